@@ -1,0 +1,27 @@
+//! # sotto — end-to-end encrypted group audio
+//!
+//! sotto lets an app run group voice calls through a relay (SFU) that learns nothing but
+//! opaque channel tokens, ciphertext, packet sizes and timing: no user ids, no room names,
+//! no audio.
+//!
+//! The crate is layered (see `DESIGN.md` in the project's shared folder):
+//!
+//! - [`frame`]: RFC 9605 SFrame — header codec, the five cipher suites, key schedule,
+//!   [`frame::FrameSealer`] (a key with its counter) and [`frame::FrameOpener`] (keys by KID
+//!   with replay windows). It knows nothing of MLS, rooms or Opus.
+//!
+//! Every untrusted input (frames, handshake messages, relay messages) is parsed without
+//! panicking; failures are typed errors.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod frame;
