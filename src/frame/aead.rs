@@ -209,6 +209,8 @@ fn joined<'a>(aad: Aad<'a>, scratch: &'a mut Vec<u8>) -> &'a [u8] {
         aad.header
     } else {
         scratch.clear();
+        // Room for the longest header, so a growing counter never reallocates.
+        scratch.reserve(super::Header::MAX_LEN.saturating_add(aad.metadata.len()));
         scratch.extend_from_slice(aad.header);
         scratch.extend_from_slice(aad.metadata);
         scratch

@@ -37,6 +37,8 @@ mod replay;
 mod schedule;
 mod sealer;
 mod suite;
+#[cfg(test)]
+mod vectors;
 
 pub use aead::{AeadKey, Nonce};
 pub use header::Header;
