@@ -103,6 +103,17 @@ impl CipherSuite {
         }
     }
 
+    /// The suite's name in the IANA registry, e.g. `"AES_128_GCM_SHA256_128"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CipherSuite::AesCtr128HmacSha256_80 => "AES_128_CTR_HMAC_SHA256_80",
+            CipherSuite::AesCtr128HmacSha256_64 => "AES_128_CTR_HMAC_SHA256_64",
+            CipherSuite::AesCtr128HmacSha256_32 => "AES_128_CTR_HMAC_SHA256_32",
+            CipherSuite::AesGcm128Sha256 => "AES_128_GCM_SHA256_128",
+            CipherSuite::AesGcm256Sha512 => "AES_256_GCM_SHA512_128",
+        }
+    }
+
     /// True for the AES-CTR + HMAC suites (ids 1–3).
     pub const fn is_ctr_hmac(self) -> bool {
         matches!(
@@ -111,6 +122,12 @@ impl CipherSuite {
                 | CipherSuite::AesCtr128HmacSha256_64
                 | CipherSuite::AesCtr128HmacSha256_32
         )
+    }
+}
+
+impl std::fmt::Display for CipherSuite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
     }
 }
 
