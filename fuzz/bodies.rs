@@ -33,7 +33,9 @@ pub const OPEN_BASE_KEY: &[u8] = b"sotto fuzz base key";
 pub fn open_opener() -> FrameOpener {
     let mut opener = FrameOpener::new();
     for (kid, suite) in OPEN_KEYS {
-        opener.insert_key(kid, suite, OPEN_BASE_KEY).expect("valid key");
+        opener
+            .insert_key(kid, suite, OPEN_BASE_KEY)
+            .expect("valid key");
     }
     opener
 }

@@ -28,7 +28,11 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn header_corpus() {
     let inputs = corpus("header");
-    assert!(inputs.len() >= 10, "header corpus has {} inputs", inputs.len());
+    assert!(
+        inputs.len() >= 10,
+        "header corpus has {} inputs",
+        inputs.len()
+    );
     for (_, data) in &inputs {
         bodies::header(data);
     }
@@ -37,7 +41,11 @@ fn header_corpus() {
 #[test]
 fn open_corpus() {
     let inputs = corpus("open");
-    assert!(inputs.len() >= 10, "open corpus has {} inputs", inputs.len());
+    assert!(
+        inputs.len() >= 10,
+        "open corpus has {} inputs",
+        inputs.len()
+    );
     for (_, data) in &inputs {
         let mut opener = bodies::open_opener();
         bodies::open(&mut opener, data);
@@ -57,7 +65,8 @@ fn write_seeds() {
     std::fs::create_dir_all(&header_dir).unwrap();
     for (kid, suite) in bodies::OPEN_KEYS {
         for (ctr, meta) in [(0u64, &b""[..]), (9, b"meta"), (300, b""), (u64::MAX, b"m")] {
-            let mut sealer = FrameSealer::starting_at(suite, kid, bodies::OPEN_BASE_KEY, ctr).unwrap();
+            let mut sealer =
+                FrameSealer::starting_at(suite, kid, bodies::OPEN_BASE_KEY, ctr).unwrap();
             let mut frame = BytesMut::new();
             sealer.seal(meta, &[0x42; 24], &mut frame).unwrap();
             let mut input = vec![u8::try_from(meta.len()).unwrap()];
@@ -66,9 +75,16 @@ fn write_seeds() {
             std::fs::write(open_dir.join(format!("seed-{kid}-{ctr}")), &input).unwrap();
         }
     }
-    for (i, (kid, ctr)) in [(0u64, 0u64), (7, 7), (8, 8), (255, 256), (1 << 40, 3), (u64::MAX, u64::MAX)]
-        .into_iter()
-        .enumerate()
+    for (i, (kid, ctr)) in [
+        (0u64, 0u64),
+        (7, 7),
+        (8, 8),
+        (255, 256),
+        (1 << 40, 3),
+        (u64::MAX, u64::MAX),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let header = sotto::frame::Header::new(kid, ctr);
         let mut buf = [0u8; 17];
@@ -76,9 +92,15 @@ fn write_seeds() {
         std::fs::write(header_dir.join(format!("seed-{i}")), &buf[..n]).unwrap();
     }
     // Malformed: non-minimal and truncated.
-    for (i, bad) in [&[0x80u8, 0x03][..], &[0x90, 0x00, 0x08], &[0x8f, 0x08], &[], &[0x0f]]
-        .iter()
-        .enumerate()
+    for (i, bad) in [
+        &[0x80u8, 0x03][..],
+        &[0x90, 0x00, 0x08],
+        &[0x8f, 0x08],
+        &[],
+        &[0x0f],
+    ]
+    .iter()
+    .enumerate()
     {
         std::fs::write(header_dir.join(format!("bad-{i}")), bad).unwrap();
     }

@@ -25,11 +25,18 @@ fn vectors() -> Option<Value> {
 }
 
 fn hex_field(case: &Value, name: &str) -> Vec<u8> {
-    hex::decode(case[name].as_str().unwrap_or_else(|| panic!("field {name}"))).unwrap()
+    hex::decode(
+        case[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("field {name}")),
+    )
+    .unwrap()
 }
 
 fn u64_field(case: &Value, name: &str) -> u64 {
-    case[name].as_u64().unwrap_or_else(|| panic!("field {name}"))
+    case[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("field {name}"))
 }
 
 fn suite_of(case: &Value) -> CipherSuite {
@@ -72,8 +79,13 @@ fn aes_ctr_hmac_aead() {
 
         let mut buf = pt.clone();
         let mut tag = vec![0u8; suite.tag_len()];
-        aead.seal_in_place(Nonce::assume_unique_for_key(nonce), &aad, &mut buf, &mut tag)
-            .unwrap();
+        aead.seal_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            &aad,
+            &mut buf,
+            &mut tag,
+        )
+        .unwrap();
         assert_eq!([&buf[..], &tag[..]].concat(), ct, "suite {suite:?}");
 
         let (body, tag) = ct.split_at(ct.len() - suite.tag_len());
@@ -134,7 +146,9 @@ fn full_frames() {
         let expected = hex_field(case, "ct");
         let mut sealer = FrameSealer::starting_at(suite, kid, &base_key, ctr).unwrap();
         let mut frame = BytesMut::new();
-        sealer.seal(&metadata, &hex_field(case, "pt"), &mut frame).unwrap();
+        sealer
+            .seal(&metadata, &hex_field(case, "pt"), &mut frame)
+            .unwrap();
         assert_eq!(&frame[..], &expected[..], "suite {suite:?}");
         // Into a caller buffer too.
         let mut sealer = FrameSealer::starting_at(suite, kid, &base_key, ctr).unwrap();

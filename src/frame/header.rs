@@ -33,6 +33,7 @@ const fn value_len(v: u64) -> usize {
 }
 
 /// Reads one field described by the 4 config bits `flag` (X or Y) and `bits` (K or C).
+#[inline]
 fn read_value(extended: bool, bits: u8, input: &[u8]) -> Result<(u64, usize), FrameError> {
     if !extended {
         return Ok((u64::from(bits), 0));
@@ -65,6 +66,7 @@ impl Header {
     ///
     /// Fails with [`FrameError::BufferTooSmall`] when `out` is shorter than
     /// [`encoded_len`](Self::encoded_len).
+    #[inline]
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, FrameError> {
         let klen = value_len(self.kid);
         let clen = value_len(self.ctr);
@@ -86,6 +88,7 @@ impl Header {
     /// ciphertext starts there).
     ///
     /// Truncated or non-minimal encodings fail with [`FrameError::MalformedHeader`].
+    #[inline]
     pub fn parse(input: &[u8]) -> Result<(Header, usize), FrameError> {
         let (&config, rest) = input.split_first().ok_or(FrameError::MalformedHeader)?;
         let (kid, klen) = read_value(config & 0x80 != 0, (config >> 4) & 0x07, rest)?;
@@ -96,6 +99,7 @@ impl Header {
 }
 
 /// The 4 config bits for a value taking `len` extra bytes.
+#[inline]
 fn field_bits(v: u64, len: usize) -> u8 {
     if len == 0 {
         // v < 8 here, so the low three bits are the value.
@@ -107,6 +111,7 @@ fn field_bits(v: u64, len: usize) -> u8 {
 }
 
 /// Writes the low `out.len()` bytes of `v`, big-endian.
+#[inline]
 fn write_be(v: u64, out: &mut [u8]) {
     let bytes = v.to_be_bytes();
     let skip = bytes.len().saturating_sub(out.len());
@@ -134,7 +139,10 @@ mod tests {
         assert_eq!(round_trip(7, 7), [0x77]);
         assert_eq!(round_trip(8, 0), [0x80, 0x08]);
         assert_eq!(round_trip(0, 8), [0x08, 0x08]);
-        assert_eq!(round_trip(0x100, 0x1_0000), [0x9a, 0x01, 0x00, 0x01, 0x00, 0x00]);
+        assert_eq!(
+            round_trip(0x100, 0x1_0000),
+            [0x9a, 0x01, 0x00, 0x01, 0x00, 0x00]
+        );
         assert_eq!(round_trip(u64::MAX, u64::MAX).len(), 17);
     }
 

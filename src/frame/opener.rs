@@ -23,6 +23,31 @@ pub struct Opened {
     pub len: usize,
 }
 
+/// Hasher for KIDs. KIDs in a frame are attacker-chosen, but only keys the application
+/// installed are ever in the table (lookups of other KIDs insert nothing), so collisions
+/// cannot be forced; a multiplicative hash (high bits well mixed, as the table needs) is
+/// enough and much cheaper than SipHash on the per-frame path.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KidHasher(u64);
+
+impl std::hash::Hasher for KidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b) ^ self.0.rotate_left(8));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        // Fibonacci hashing, then fold the high bits down so every bit of the result mixes.
+        let h = (v ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+pub(crate) type KidMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KidHasher>>;
+
 struct ReceiveKey {
     key: AeadKey,
     salt: Zeroizing<[u8; CipherSuite::NONCE_LEN]>,
@@ -34,7 +59,7 @@ struct ReceiveKey {
 /// A frame is looked up by the KID in its header (no trial decryption), screened against
 /// that key's replay window, authenticated, and only then recorded in the window.
 pub struct FrameOpener {
-    keys: HashMap<u64, ReceiveKey>,
+    keys: KidMap<ReceiveKey>,
     window: usize,
     scratch: Vec<u8>,
 }
@@ -54,9 +79,20 @@ struct Parsed<'a> {
     tag: &'a [u8],
 }
 
-fn split_frame(frame: &[u8], tag_len: usize, header: Header, hlen: usize) -> Result<Parsed<'_>, FrameError> {
-    let (head, rest) = frame.split_at_checked(hlen).ok_or(FrameError::MalformedHeader)?;
-    let ct_len = rest.len().checked_sub(tag_len).ok_or(FrameError::Truncated)?;
+#[inline]
+fn split_frame(
+    frame: &[u8],
+    tag_len: usize,
+    header: Header,
+    hlen: usize,
+) -> Result<Parsed<'_>, FrameError> {
+    let (head, rest) = frame
+        .split_at_checked(hlen)
+        .ok_or(FrameError::MalformedHeader)?;
+    let ct_len = rest
+        .len()
+        .checked_sub(tag_len)
+        .ok_or(FrameError::Truncated)?;
     let (ct, tag) = rest.split_at_checked(ct_len).ok_or(FrameError::Truncated)?;
     Ok(Parsed {
         header,
@@ -75,12 +111,12 @@ impl FrameOpener {
 
     /// An opener whose keys each remember `counters` counters behind the newest frame.
     ///
-    /// The size is rounded up to a multiple of 64 and kept within
+    /// The size is rounded up to a power of two and kept within
     /// [`MIN_REPLAY_WINDOW`](super::MIN_REPLAY_WINDOW)..=[`MAX_REPLAY_WINDOW`](super::MAX_REPLAY_WINDOW);
     /// [`replay_window`](Self::replay_window) tells the size in force.
     pub fn with_replay_window(counters: usize) -> FrameOpener {
         FrameOpener {
-            keys: HashMap::new(),
+            keys: KidMap::default(),
             window: effective_window(counters),
             scratch: Vec::new(),
         }
@@ -199,6 +235,7 @@ impl FrameOpener {
 
 /// Replay screen, authenticate and decrypt into `dst` (exactly the ciphertext length),
 /// then record the counter.
+#[inline]
 fn open_with(
     key: &mut ReceiveKey,
     scratch: &mut Vec<u8>,

@@ -13,41 +13,48 @@ pub const MAX_REPLAY_WINDOW: usize = 1 << 16;
 /// Window used by [`FrameOpener::new`](super::FrameOpener::new).
 pub const DEFAULT_REPLAY_WINDOW: usize = 128;
 
-/// Rounds a requested window up to a multiple of 64 within the supported range.
+/// Rounds a requested window up to a power of two within the supported range (so a slot is
+/// found with a mask, not a division).
 pub(crate) fn effective_window(requested: usize) -> usize {
     requested
         .clamp(MIN_REPLAY_WINDOW, MAX_REPLAY_WINDOW)
-        .next_multiple_of(64)
+        .next_power_of_two()
 }
 
-/// Bitmap window; bit `ctr % size` stands for counter `ctr` while it is inside the window.
+/// Bitmap window; bit `ctr mod size` stands for counter `ctr` while it is inside the window.
 pub(crate) struct ReplayWindow {
     /// Highest counter recorded, or `None` before the first frame.
     top: Option<u64>,
+    /// `size - 1`; `size` is a power of two of at least 128.
+    mask: u64,
     bits: Box<[u64]>,
 }
 
 impl ReplayWindow {
     /// A window of `size` counters (`size` from [`effective_window`]).
     pub(crate) fn new(size: usize) -> ReplayWindow {
+        let size = effective_window(size);
         ReplayWindow {
             top: None,
+            mask: u64::try_from(size).unwrap_or(128) - 1,
             bits: vec![0u64; size / 64].into_boxed_slice(),
         }
     }
 
+    #[inline]
     fn size(&self) -> u64 {
-        // A slice of at most 1024 words: the bit count fits in u64.
-        u64::try_from(self.bits.len()).unwrap_or(0) * 64
+        self.mask + 1
     }
 
+    #[inline]
     fn slot(&self, ctr: u64) -> (usize, u64) {
-        let bit = ctr % self.size().max(1);
-        let word = usize::try_from(bit / 64).unwrap_or(0);
-        (word, 1u64 << (bit % 64))
+        let bit = ctr & self.mask;
+        let word = usize::try_from(bit >> 6).unwrap_or(0);
+        (word, 1u64 << (bit & 63))
     }
 
     /// May a frame with counter `ctr` be opened? Does not change the window.
+    #[inline]
     pub(crate) fn check(&self, ctr: u64) -> Result<(), FrameError> {
         let Some(top) = self.top else { return Ok(()) };
         if ctr > top {
@@ -65,6 +72,7 @@ impl ReplayWindow {
 
     /// Records `ctr` as seen. Call only after [`check`](Self::check) passed and the frame
     /// authenticated.
+    #[inline]
     pub(crate) fn record(&mut self, ctr: u64) {
         match self.top {
             Some(top) if ctr <= top => {}
@@ -128,7 +136,7 @@ mod tests {
     #[test]
     fn effective_sizes() {
         assert_eq!(effective_window(0), 128);
-        assert_eq!(effective_window(129), 192);
+        assert_eq!(effective_window(129), 256);
         assert_eq!(effective_window(usize::MAX), MAX_REPLAY_WINDOW);
     }
 }

@@ -105,6 +105,7 @@ impl KeyMaterial {
 }
 
 /// `salt XOR (ctr as 12-byte big-endian)`.
+#[inline]
 pub(crate) fn nonce_for(salt: &[u8; NN], ctr: u64) -> [u8; NN] {
     let mut nonce = *salt;
     for (n, c) in nonce.iter_mut().skip(NN - 8).zip(ctr.to_be_bytes()) {

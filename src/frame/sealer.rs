@@ -90,7 +90,9 @@ impl FrameSealer {
         let start = out.len();
         let len = self.sealed_len(payload.len());
         out.resize(start.saturating_add(len), 0);
-        let dst = out.get_mut(start..).ok_or(FrameError::BufferTooSmall { needed: len })?;
+        let dst = out
+            .get_mut(start..)
+            .ok_or(FrameError::BufferTooSmall { needed: len })?;
         match self.seal_into(metadata, payload, dst) {
             Ok(n) => {
                 out.truncate(start.saturating_add(n));

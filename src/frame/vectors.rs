@@ -100,10 +100,30 @@ fn appendix_c5_full_frames() {
         let suite = CipherSuite::from_id(case.suite).unwrap();
         let base_key = unhex(case.base_key);
         let km = KeyMaterial::derive(suite, case.kid, &base_key).unwrap();
-        assert_eq!(km.sframe_secret(), unhex(case.sframe_secret), "suite {}", case.suite);
-        assert_eq!(km.sframe_key(), unhex(case.sframe_key), "suite {}", case.suite);
-        assert_eq!(&km.sframe_salt()[..], unhex(case.sframe_salt), "suite {}", case.suite);
-        assert_eq!(&km.nonce(case.ctr)[..], unhex(case.nonce), "suite {}", case.suite);
+        assert_eq!(
+            km.sframe_secret(),
+            unhex(case.sframe_secret),
+            "suite {}",
+            case.suite
+        );
+        assert_eq!(
+            km.sframe_key(),
+            unhex(case.sframe_key),
+            "suite {}",
+            case.suite
+        );
+        assert_eq!(
+            &km.sframe_salt()[..],
+            unhex(case.sframe_salt),
+            "suite {}",
+            case.suite
+        );
+        assert_eq!(
+            &km.nonce(case.ctr)[..],
+            unhex(case.nonce),
+            "suite {}",
+            case.suite
+        );
 
         let metadata = unhex(case.metadata);
         let mut sealer = FrameSealer::starting_at(suite, case.kid, &base_key, case.ctr).unwrap();
