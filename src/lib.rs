@@ -9,6 +9,12 @@
 //! - [`frame`]: RFC 9605 SFrame — header codec, the five cipher suites, key schedule,
 //!   [`frame::FrameSealer`] (a key with its counter) and [`frame::FrameOpener`] (keys by KID
 //!   with replay windows). It knows nothing of MLS, rooms or Opus.
+//! - [`keys`]: the RFC 9605 §5.2 KID layout and the [`keys::KeyRing`] of epochs and lazily
+//!   derived per-sender keys.
+//! - [`media`]: the data plane, [`media::MediaSession`], which applies
+//!   [`media::EpochKeys`] and seals/opens frames. No MLS calls, no locks.
+//! - [`room`]: the control plane, [`room::Room`], one MLS group (RFC 9420 via `openmls`)
+//!   that emits [`media::EpochKeys`], channel tokens and safety codes.
 //!
 //! Every untrusted input (frames, handshake messages, relay messages) is parsed without
 //! panicking; failures are typed errors.
@@ -25,3 +31,6 @@
 )]
 
 pub mod frame;
+pub mod keys;
+pub mod media;
+pub mod room;

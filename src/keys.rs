@@ -1,0 +1,535 @@
+//! Epoch keys for the data plane: the RFC 9605 §5.2 KID layout and the [`KeyRing`] of
+//! receiving keys.
+//!
+//! With MLS, every epoch has one base key, `MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`,
+//! and every member seals under its own KID:
+//!
+//! ```text
+//! KID = (context << (S + E)) | (leaf << E) | (epoch mod 2^E)
+//! ```
+//!
+//! so each (epoch, leaf, context) has its own `sframe_key` and `sframe_salt`. Nothing is
+//! keyed by leaf alone: MLS reuses leaf indices after removals, but a reused leaf in a later
+//! epoch has a different base key.
+//!
+//! The [`KeyRing`] holds the base keys of up to `2^E` epochs (one per slot) and derives the
+//! per-sender keys lazily, on the first frame of each (epoch, leaf). Epochs that are no longer
+//! current are kept for a grace period, and are evicted early when a newer epoch takes their
+//! slot. Memory is bounded by members × retained epochs, whatever frames arrive: only leaves
+//! that are members of a held epoch ever get a key.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use zeroize::Zeroizing;
+
+use crate::frame::{CipherSuite, FrameError, FrameOpener, FrameSealer, Header};
+
+/// Errors of the key ring and the media session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The frame layer rejected the frame (malformed, replayed, too old, not authentic...).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The frame names an epoch this ring does not hold *yet* (a commit not yet processed).
+    /// The audio layer may hold such a frame briefly and retry once keys arrive.
+    #[error("frame from epoch {epoch_bits} (mod 2^E) whose keys have not arrived yet")]
+    EpochNotYetKnown {
+        /// The epoch bits of the KID (`epoch mod 2^E`).
+        epoch_bits: u64,
+    },
+    /// The frame names an epoch that has expired or was evicted.
+    #[error("frame from an epoch no longer held")]
+    EpochExpired,
+    /// The KID names a leaf that is not a member of that epoch.
+    #[error("leaf {leaf} is not a sender of that epoch")]
+    UnknownSender {
+        /// The leaf named by the KID.
+        leaf: u64,
+    },
+    /// The KID carries another context than this ring's.
+    #[error("KID context does not match")]
+    WrongContext,
+    /// The frame was sealed by this member (e.g. reflected back by a relay).
+    #[error("frame sealed by this member")]
+    OwnFrame,
+    /// Invalid KID layout: needs 1 ≤ E ≤ 8, 1 ≤ S ≤ 32.
+    #[error("invalid KID layout")]
+    InvalidLayout,
+    /// A leaf or context does not fit its bits in the KID layout.
+    #[error("value does not fit the KID layout")]
+    OutOfRange,
+    /// There is no sending key (no epoch applied yet, or this member may only receive until
+    /// its next epoch).
+    #[error("no sending key")]
+    NoSendingKey,
+    /// An epoch's base key has the wrong length for the suite.
+    #[error("base key must be {expected} bytes")]
+    BadBaseKey {
+        /// `Nk` of the suite.
+        expected: usize,
+    },
+}
+
+/// The RFC 9605 §5.2 KID layout: `S` sender (leaf) bits and `E` epoch bits; the remaining
+/// high bits carry a context value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KidLayout {
+    sender_bits: u8,
+    epoch_bits: u8,
+}
+
+/// The parts of a KID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KidParts {
+    /// The context value (high bits).
+    pub context: u64,
+    /// The sender's MLS leaf index.
+    pub leaf: u64,
+    /// The epoch modulo `2^E`.
+    pub epoch_bits: u64,
+}
+
+impl Default for KidLayout {
+    /// `S = 16` (65,536 leaves), `E = 4` (16 epoch slots). Rooms of up to 16 leaves with
+    /// context 0 get 1-byte KIDs, so the header stays 2–4 bytes in a call.
+    fn default() -> Self {
+        KidLayout {
+            sender_bits: 16,
+            epoch_bits: 4,
+        }
+    }
+}
+
+impl KidLayout {
+    /// A layout with `sender_bits` (S, 1..=32) and `epoch_bits` (E, 1..=8).
+    pub fn new(sender_bits: u8, epoch_bits: u8) -> Result<KidLayout, KeyError> {
+        if !(1..=32).contains(&sender_bits) || !(1..=8).contains(&epoch_bits) {
+            return Err(KeyError::InvalidLayout);
+        }
+        Ok(KidLayout {
+            sender_bits,
+            epoch_bits,
+        })
+    }
+
+    /// S.
+    pub fn sender_bits(&self) -> u8 {
+        self.sender_bits
+    }
+
+    /// E.
+    pub fn epoch_bits(&self) -> u8 {
+        self.epoch_bits
+    }
+
+    /// Number of epoch slots, `2^E`.
+    pub fn epoch_slots(&self) -> u64 {
+        1u64 << self.epoch_bits
+    }
+
+    fn context_shift(&self) -> u32 {
+        u32::from(self.sender_bits) + u32::from(self.epoch_bits)
+    }
+
+    /// `(context << (S+E)) | (leaf << E) | (epoch mod 2^E)`; fails with
+    /// [`KeyError::OutOfRange`] when the leaf or the context does not fit.
+    pub fn compose(&self, context: u64, leaf: u64, epoch: u64) -> Result<u64, KeyError> {
+        if leaf >> self.sender_bits != 0 {
+            return Err(KeyError::OutOfRange);
+        }
+        let shift = self.context_shift();
+        let context_part = if context == 0 {
+            0
+        } else {
+            // shift <= 40, so the checks below are well defined.
+            let shifted = context.checked_shl(shift).ok_or(KeyError::OutOfRange)?;
+            if shifted >> shift != context {
+                return Err(KeyError::OutOfRange);
+            }
+            shifted
+        };
+        Ok(context_part | (leaf << self.epoch_bits) | (epoch & (self.epoch_slots() - 1)))
+    }
+
+    /// Splits a KID into context, leaf and epoch bits.
+    pub fn decompose(&self, kid: u64) -> KidParts {
+        let shift = self.context_shift();
+        KidParts {
+            context: kid.checked_shr(shift).unwrap_or(0),
+            leaf: (kid >> self.epoch_bits) & ((1u64 << self.sender_bits) - 1),
+            epoch_bits: kid & (self.epoch_slots() - 1),
+        }
+    }
+}
+
+/// What [`KeyRing::open`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The sender's leaf index.
+    pub leaf: u32,
+    /// The full epoch the frame was sealed in.
+    pub epoch: u64,
+    /// The frame counter.
+    pub ctr: u64,
+    /// Plaintext bytes written.
+    pub len: usize,
+}
+
+struct EpochSlot {
+    epoch: u64,
+    base_key: Zeroizing<Vec<u8>>,
+    /// Sorted leaves that may send in this epoch.
+    members: Vec<u32>,
+    /// This member's leaf in this epoch (its own frames are refused).
+    own_leaf: Option<u32>,
+    /// Leaves whose opening key has been derived into the opener.
+    derived: Vec<u32>,
+    /// Set once a newer epoch became current: the epoch is dropped at this instant.
+    expires_at: Option<Instant>,
+}
+
+/// Receiving keys of a room's recent epochs (see the [module docs](self)).
+pub struct KeyRing {
+    layout: KidLayout,
+    suite: CipherSuite,
+    context: u64,
+    grace: Duration,
+    slots: Vec<Option<EpochSlot>>,
+    current: Option<u64>,
+    opener: FrameOpener,
+}
+
+impl KeyRing {
+    /// A ring for one room. `grace` is how long an epoch stays after a newer one became
+    /// current; `replay_window` is the per-sender replay window in counters.
+    pub fn new(
+        layout: KidLayout,
+        suite: CipherSuite,
+        context: u64,
+        grace: Duration,
+        replay_window: usize,
+    ) -> KeyRing {
+        let slots = (0..layout.epoch_slots()).map(|_| None).collect();
+        KeyRing {
+            layout,
+            suite,
+            context,
+            grace,
+            slots,
+            current: None,
+            opener: FrameOpener::with_replay_window(replay_window),
+        }
+    }
+
+    /// The KID layout.
+    pub fn layout(&self) -> KidLayout {
+        self.layout
+    }
+
+    /// The SFrame suite.
+    pub fn suite(&self) -> CipherSuite {
+        self.suite
+    }
+
+    /// The newest epoch made current with [`set_current`](Self::set_current).
+    pub fn current_epoch(&self) -> Option<u64> {
+        self.current
+    }
+
+    /// Epochs held, oldest first.
+    pub fn epochs(&self) -> Vec<u64> {
+        let mut e: Vec<u64> = self.slots.iter().flatten().map(|s| s.epoch).collect();
+        e.sort_unstable();
+        e
+    }
+
+    /// Number of per-sender opening keys derived so far (bounded by members × epochs held).
+    pub fn derived_keys(&self) -> usize {
+        self.opener.len()
+    }
+
+    fn slot_index(&self, epoch: u64) -> usize {
+        usize::try_from(epoch & (self.layout.epoch_slots() - 1)).unwrap_or(0)
+    }
+
+    /// Holds `epoch` with its base key and its senders. A different epoch in the same slot
+    /// is evicted; the same epoch with the same key only updates its members; the same epoch
+    /// with another key (a commit that lost the race at the relay) is replaced.
+    pub fn insert_epoch(
+        &mut self,
+        epoch: u64,
+        base_key: &[u8],
+        members: &[u32],
+        own_leaf: Option<u32>,
+    ) -> Result<(), KeyError> {
+        if base_key.len() != self.suite.key_len() {
+            return Err(KeyError::BadBaseKey {
+                expected: self.suite.key_len(),
+            });
+        }
+        let mut members = members.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        for leaf in &members {
+            self.layout.compose(self.context, u64::from(*leaf), epoch)?;
+        }
+        let index = self.slot_index(epoch);
+        if let Some(Some(slot)) = self.slots.get_mut(index) {
+            if slot.epoch == epoch && slot.base_key.as_slice() == base_key {
+                // Keep derived keys (and their replay windows) of leaves still present.
+                let dropped: Vec<u32> = slot
+                    .derived
+                    .iter()
+                    .copied()
+                    .filter(|l| members.binary_search(l).is_err())
+                    .collect();
+                slot.derived.retain(|l| members.binary_search(l).is_ok());
+                slot.members = members;
+                slot.own_leaf = own_leaf;
+                for leaf in dropped {
+                    if let Ok(kid) = self.layout.compose(self.context, u64::from(leaf), epoch) {
+                        self.opener.remove_key(kid);
+                    }
+                }
+                return Ok(());
+            }
+        }
+        self.evict(index);
+        if let Some(entry) = self.slots.get_mut(index) {
+            *entry = Some(EpochSlot {
+                epoch,
+                base_key: Zeroizing::new(base_key.to_vec()),
+                members,
+                own_leaf,
+                derived: Vec::new(),
+                expires_at: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks `epoch` as the member's current epoch at `now`: every older epoch held starts
+    /// its grace period (if it has not already).
+    pub fn set_current(&mut self, epoch: u64, now: Instant) {
+        if self.current.is_some_and(|c| c >= epoch) {
+            return;
+        }
+        self.current = Some(epoch);
+        let expiry = now.checked_add(self.grace).unwrap_or(now);
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.epoch < epoch && slot.expires_at.is_none() {
+                slot.expires_at = Some(expiry);
+            }
+        }
+    }
+
+    /// Drops every epoch whose grace period has ended by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        for index in 0..self.slots.len() {
+            let expired = matches!(
+                self.slots.get(index),
+                Some(Some(EpochSlot { expires_at: Some(t), .. })) if *t <= now
+            );
+            if expired {
+                self.evict(index);
+            }
+        }
+    }
+
+    fn evict(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        for leaf in &slot.derived {
+            if let Ok(kid) = self
+                .layout
+                .compose(self.context, u64::from(*leaf), slot.epoch)
+            {
+                self.opener.remove_key(kid);
+            }
+        }
+    }
+
+    /// A sealer for this member's own key in `epoch`, counter 0.
+    ///
+    /// Crate-internal: the media session makes at most one per epoch, so no key's counter
+    /// is ever restarted.
+    pub(crate) fn sealer(&self, epoch: u64, leaf: u32) -> Result<FrameSealer, KeyError> {
+        let index = self.slot_index(epoch);
+        let slot = self
+            .slots
+            .get(index)
+            .and_then(Option::as_ref)
+            .filter(|s| s.epoch == epoch)
+            .ok_or(KeyError::NoSendingKey)?;
+        let kid = self.layout.compose(self.context, u64::from(leaf), epoch)?;
+        Ok(FrameSealer::new(self.suite, kid, &slot.base_key)?)
+    }
+
+    /// Classifies epoch bits that no held epoch matches.
+    fn missing_epoch(&self, epoch_bits: u64) -> KeyError {
+        let Some(current) = self.current else {
+            return KeyError::EpochNotYetKnown { epoch_bits };
+        };
+        let slots = self.layout.epoch_slots();
+        let ahead = epoch_bits.wrapping_sub(current) & (slots - 1);
+        if ahead != 0 && ahead < slots / 2 {
+            KeyError::EpochNotYetKnown { epoch_bits }
+        } else {
+            KeyError::EpochExpired
+        }
+    }
+
+    /// Opens `frame` and appends its plaintext to `out`.
+    ///
+    /// The KID selects the epoch and sender (no trial decryption). The sender's key is
+    /// derived on its first frame. On error nothing is appended and no replay state moves.
+    pub fn open(
+        &mut self,
+        frame: &[u8],
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<Received, KeyError> {
+        let (header, _) = Header::parse(frame)?;
+        let parts = self.layout.decompose(header.kid);
+        if parts.context != self.context {
+            return Err(KeyError::WrongContext);
+        }
+        let index = usize::try_from(parts.epoch_bits).unwrap_or(usize::MAX);
+        let slot = match self.slots.get_mut(index) {
+            Some(Some(slot)) => slot,
+            _ => return Err(self.missing_epoch(parts.epoch_bits)),
+        };
+        if slot.expires_at.is_some_and(|t| t <= now) {
+            self.evict(index);
+            return Err(KeyError::EpochExpired);
+        }
+        let leaf = u32::try_from(parts.leaf).map_err(|_| KeyError::UnknownSender {
+            leaf: parts.leaf,
+        })?;
+        if slot.own_leaf == Some(leaf) {
+            return Err(KeyError::OwnFrame);
+        }
+        if slot.members.binary_search(&leaf).is_err() {
+            return Err(KeyError::UnknownSender { leaf: parts.leaf });
+        }
+        let epoch = slot.epoch;
+        if let Err(at) = slot.derived.binary_search(&leaf) {
+            self.opener
+                .insert_key(header.kid, self.suite, &slot.base_key)?;
+            slot.derived.insert(at, leaf);
+        }
+        let opened = self.opener.open(&[], frame, out)?;
+        Ok(Received {
+            leaf,
+            epoch,
+            ctr: opened.ctr,
+            len: opened.len,
+        })
+    }
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("layout", &self.layout)
+            .field("suite", &self.suite)
+            .field("epochs", &self.epochs())
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
+
+    #[test]
+    fn layout_compose_decompose() {
+        let l = KidLayout::new(8, 4).unwrap();
+        let kid = l.compose(3, 0x42, 0x1235).unwrap();
+        assert_eq!(kid, (3 << 12) | (0x42 << 4) | 5);
+        assert_eq!(
+            l.decompose(kid),
+            KidParts {
+                context: 3,
+                leaf: 0x42,
+                epoch_bits: 5
+            }
+        );
+        assert_eq!(l.compose(0, 256, 0), Err(KeyError::OutOfRange));
+        assert_eq!(l.compose(1 << 52, 0, 0), Err(KeyError::OutOfRange));
+        assert!(l.compose((1 << 52) - 1, 255, 15).is_ok());
+        let full = KidLayout::new(32, 8).unwrap();
+        assert_eq!(full.compose(0xff_ffff, u64::from(u32::MAX), 255).unwrap(), u64::MAX);
+        assert_eq!(full.decompose(u64::MAX).leaf, u64::from(u32::MAX));
+        assert_eq!(KidLayout::new(0, 4), Err(KeyError::InvalidLayout));
+        assert_eq!(KidLayout::new(8, 9), Err(KeyError::InvalidLayout));
+    }
+
+    fn ring() -> KeyRing {
+        KeyRing::new(KidLayout::new(8, 2).unwrap(), SUITE, 0, Duration::from_secs(10), 128)
+    }
+
+    fn frame(ring: &KeyRing, epoch: u64, leaf: u32) -> BytesMut {
+        let mut s = ring.sealer(epoch, leaf).unwrap();
+        let mut out = BytesMut::new();
+        s.seal(b"", b"audio", &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn lazily_derives_only_for_members() {
+        let t0 = Instant::now();
+        let mut r = ring();
+        r.insert_epoch(0, &[1; 16], &[0, 1, 2], Some(0)).unwrap();
+        r.set_current(0, t0);
+        let mut out = BytesMut::new();
+        assert_eq!(r.derived_keys(), 0);
+        let got = r.open(&frame(&r, 0, 1), &mut out, t0).unwrap();
+        assert_eq!((got.leaf, got.epoch, got.len), (1, 0, 5));
+        assert_eq!(r.derived_keys(), 1);
+        assert_eq!(r.open(&frame(&r, 0, 0), &mut out, t0), Err(KeyError::OwnFrame));
+        // A forged KID for a non-member leaf derives nothing.
+        let l = r.layout();
+        let mut forged = FrameSealer::new(SUITE, l.compose(0, 9, 0).unwrap(), &[1; 16]).unwrap();
+        let mut f = BytesMut::new();
+        forged.seal(b"", b"x", &mut f).unwrap();
+        assert_eq!(r.open(&f, &mut out, t0), Err(KeyError::UnknownSender { leaf: 9 }));
+        assert_eq!(r.derived_keys(), 1);
+    }
+
+    #[test]
+    fn grace_slots_and_future_epochs() {
+        let t0 = Instant::now();
+        let mut r = ring(); // 4 slots
+        r.insert_epoch(5, &[5; 16], &[0, 1], Some(0)).unwrap();
+        r.set_current(5, t0);
+        let old = frame(&r, 5, 1);
+        // Epoch 6 not known yet; epoch 4 (behind) is expired.
+        let mut sealer6 = FrameSealer::new(SUITE, r.layout().compose(0, 1, 6).unwrap(), &[6; 16]).unwrap();
+        let mut f6 = BytesMut::new();
+        sealer6.seal(b"", b"next", &mut f6).unwrap();
+        let mut out = BytesMut::new();
+        assert_eq!(r.open(&f6, &mut out, t0), Err(KeyError::EpochNotYetKnown { epoch_bits: 2 }));
+        r.insert_epoch(6, &[6; 16], &[0, 1], Some(0)).unwrap();
+        assert!(r.open(&f6, &mut out, t0).is_ok());
+        r.set_current(6, t0);
+        // Epoch 5 stays for the grace period, then goes.
+        assert!(r.open(&old, &mut out, t0 + Duration::from_secs(9)).is_ok());
+        let old2 = frame(&r, 5, 1);
+        assert_eq!(
+            r.open(&old2, &mut out, t0 + Duration::from_secs(10)),
+            Err(KeyError::EpochExpired)
+        );
+        assert_eq!(r.epochs(), vec![6]);
+        // Slot takeover: epoch 10 evicts epoch 6 (same slot mod 4).
+        r.insert_epoch(10, &[10; 16], &[0, 1], Some(0)).unwrap();
+        assert_eq!(r.epochs(), vec![10]);
+        assert_eq!(r.derived_keys(), 0);
+    }
+}

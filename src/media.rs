@@ -1,0 +1,312 @@
+//! The data plane: [`MediaSession`] seals this member's frames and opens everyone else's,
+//! with keys handed over as [`EpochKeys`] values by the control plane
+//! ([`Room`](crate::room::Room)). No MLS calls, no locks; time is a parameter.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use zeroize::Zeroizing;
+
+use crate::frame::{CipherSuite, FrameSealer, DEFAULT_REPLAY_WINDOW};
+use crate::keys::{KeyError, KeyRing, KidLayout, Received};
+
+/// Length of a channel token.
+pub const CHANNEL_TOKEN_LEN: usize = 16;
+
+/// An opaque per-epoch channel token (`MLS-Exporter("sotto 1 channel token", "", 16)`):
+/// what a relay routes by. Only members of the epoch can compute it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChannelToken(pub [u8; CHANNEL_TOKEN_LEN]);
+
+impl std::fmt::Debug for ChannelToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChannelToken(")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Where an epoch's keys stand for the member that received them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochStatus {
+    /// A commit into this epoch is staged, not merged: open its frames, keep sealing with
+    /// the current epoch.
+    Staged,
+    /// The member has merged into this epoch: open its frames and, after the switch delay,
+    /// seal with it.
+    Current,
+    /// The epoch is current but was restored from storage. Frame counters of this member's
+    /// key in this epoch were lost with the old process, so it only receives until the next
+    /// epoch (a self-update gives one at once).
+    Restored,
+}
+
+/// Everything the data plane needs for one epoch. The base key is zeroized on drop.
+///
+/// Not `Clone`: a `Current` value is the single permission to seal in its epoch, so no two
+/// sealers can share a key and counter.
+pub struct EpochKeys {
+    /// The MLS epoch.
+    pub epoch: u64,
+    /// What the receiving member may do with the epoch.
+    pub status: EpochStatus,
+    /// The SFrame suite of the room.
+    pub suite: CipherSuite,
+    /// The KID layout of the room.
+    pub layout: KidLayout,
+    /// The KID context value of the room.
+    pub context: u64,
+    /// Leaves of the members who may send in this epoch.
+    pub members: Vec<u32>,
+    /// This member's leaf in this epoch.
+    pub own_leaf: u32,
+    /// The epoch's channel token.
+    pub token: ChannelToken,
+    pub(crate) base_key: Zeroizing<Vec<u8>>,
+}
+
+impl EpochKeys {
+    /// Keys from an exported base key (`MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`).
+    /// [`Room`](crate::room::Room) builds these; this constructor exists for other control
+    /// planes and tests.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        epoch: u64,
+        status: EpochStatus,
+        suite: CipherSuite,
+        layout: KidLayout,
+        context: u64,
+        members: Vec<u32>,
+        own_leaf: u32,
+        token: ChannelToken,
+        base_key: Vec<u8>,
+    ) -> EpochKeys {
+        EpochKeys {
+            epoch,
+            status,
+            suite,
+            layout,
+            context,
+            members,
+            own_leaf,
+            token,
+            base_key: Zeroizing::new(base_key),
+        }
+    }
+
+    /// The exported base key of the epoch (`Nk` bytes).
+    pub fn base_key(&self) -> &[u8] {
+        &self.base_key
+    }
+}
+
+impl std::fmt::Debug for EpochKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochKeys")
+            .field("epoch", &self.epoch)
+            .field("status", &self.status)
+            .field("members", &self.members.len())
+            .field("own_leaf", &self.own_leaf)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timing of the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// How long a member that merged a new epoch keeps sealing with the old one, so
+    /// receivers whose copy of the commit is late lose nothing. 0 cuts a removed member off
+    /// at once, at the price of a possible blip for slow receivers. Default 1 s.
+    pub switch_delay: Duration,
+    /// How long an epoch is still opened after a newer one became current. Default 10 s.
+    pub grace: Duration,
+    /// Replay window per sender, in counters. Default 128.
+    pub replay_window: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            switch_delay: Duration::from_secs(1),
+            grace: Duration::from_secs(10),
+            replay_window: DEFAULT_REPLAY_WINDOW,
+        }
+    }
+}
+
+struct Sending {
+    epoch: u64,
+    sealer: FrameSealer,
+}
+
+/// One member's data plane for one room (see the [module docs](self)).
+pub struct MediaSession {
+    config: MediaConfig,
+    ring: Option<KeyRing>,
+    sending: Option<Sending>,
+    /// The next sealer and the instant it takes over.
+    next: Option<(Sending, Instant)>,
+    /// The highest epoch a sealer was ever made for: sealers are only made for newer ones.
+    sealed_up_to: Option<u64>,
+    tokens: Vec<(u64, ChannelToken)>,
+}
+
+impl MediaSession {
+    /// A session with no keys yet.
+    pub fn new(config: MediaConfig) -> MediaSession {
+        MediaSession {
+            config,
+            ring: None,
+            sending: None,
+            next: None,
+            sealed_up_to: None,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MediaConfig {
+        &self.config
+    }
+
+    /// Applies an epoch's keys at `now`.
+    ///
+    /// `Staged` keys are installed for opening only. `Current` keys are installed, older
+    /// epochs start their grace period, and this member switches to sealing in the new
+    /// epoch after the switch delay (at once for its first epoch). `Restored` keys are
+    /// installed for opening only and become current.
+    pub fn apply(&mut self, keys: EpochKeys, now: Instant) -> Result<(), KeyError> {
+        let ring = match &mut self.ring {
+            Some(ring) if ring.suite() == keys.suite && ring.layout() == keys.layout => ring,
+            _ => self.ring.insert(KeyRing::new(
+                keys.layout,
+                keys.suite,
+                keys.context,
+                self.config.grace,
+                self.config.replay_window,
+            )),
+        };
+        ring.insert_epoch(keys.epoch, &keys.base_key, &keys.members, Some(keys.own_leaf))?;
+        if !self.tokens.iter().any(|(e, _)| *e == keys.epoch) {
+            self.tokens.push((keys.epoch, keys.token));
+            self.tokens.sort_by_key(|(e, _)| *e);
+        }
+        match keys.status {
+            EpochStatus::Staged => {}
+            EpochStatus::Restored => ring.set_current(keys.epoch, now),
+            EpochStatus::Current => {
+                ring.set_current(keys.epoch, now);
+                if self.sealed_up_to.is_none_or(|e| keys.epoch > e) {
+                    let sealer = ring.sealer(keys.epoch, keys.own_leaf)?;
+                    self.sealed_up_to = Some(keys.epoch);
+                    let next = Sending {
+                        epoch: keys.epoch,
+                        sealer,
+                    };
+                    if self.sending.is_none() {
+                        self.sending = Some(next);
+                        self.next = None;
+                    } else {
+                        let at = now.checked_add(self.config.switch_delay).unwrap_or(now);
+                        self.next = Some((next, at));
+                    }
+                }
+            }
+        }
+        self.expire(now);
+        Ok(())
+    }
+
+    /// Moves time to `now`: switches to a pending sending epoch whose delay has passed, and
+    /// drops epochs (and tokens) whose grace period ended. `seal` and `open` call it.
+    pub fn expire(&mut self, now: Instant) {
+        if self.next.as_ref().is_some_and(|(_, at)| *at <= now) {
+            if let Some((next, _)) = self.next.take() {
+                self.sending = Some(next);
+            }
+        }
+        if let Some(ring) = &mut self.ring {
+            ring.expire(now);
+            let held = ring.epochs();
+            self.tokens.retain(|(e, _)| held.contains(e));
+        }
+    }
+
+    /// Stops sealing (for a member that was removed or left). Receiving keys stay until
+    /// their grace period ends.
+    pub fn stop_sending(&mut self) {
+        self.sending = None;
+        self.next = None;
+    }
+
+    /// The epoch this member seals in at `now`, if any.
+    pub fn sending_epoch(&self) -> Option<u64> {
+        self.sending.as_ref().map(|s| s.epoch)
+    }
+
+    /// The KID this member seals with, if any.
+    pub fn sending_kid(&self) -> Option<u64> {
+        self.sending.as_ref().map(|s| s.sealer.kid())
+    }
+
+    /// Size of a sealed frame for a payload of `payload_len` bytes right now.
+    pub fn sealed_len(&self, payload_len: usize) -> Option<usize> {
+        self.sending
+            .as_ref()
+            .map(|s| s.sealer.sealed_len(payload_len))
+    }
+
+    /// Seals `payload` with this member's current key and appends the frame to `out`;
+    /// returns the frame length.
+    pub fn seal(
+        &mut self,
+        payload: &[u8],
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<usize, KeyError> {
+        self.expire(now);
+        let sending = self.sending.as_mut().ok_or(KeyError::NoSendingKey)?;
+        Ok(sending.sealer.seal(&[], payload, out)?)
+    }
+
+    /// Opens a frame from another member and appends its plaintext to `out`.
+    ///
+    /// [`KeyError::EpochNotYetKnown`] means the frame is from an epoch whose keys have not
+    /// been applied yet: hold it and retry after the next [`apply`](Self::apply).
+    pub fn open(
+        &mut self,
+        frame: &[u8],
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<Received, KeyError> {
+        self.expire(now);
+        let ring = self
+            .ring
+            .as_mut()
+            .ok_or(KeyError::EpochNotYetKnown { epoch_bits: 0 })?;
+        ring.open(frame, out, now)
+    }
+
+    /// Channel tokens of the epochs held, oldest first: subscribe to all of them; drop a
+    /// token once it is gone from this list.
+    pub fn tokens(&self) -> impl Iterator<Item = (u64, ChannelToken)> + '_ {
+        self.tokens.iter().copied()
+    }
+
+    /// The key ring (for inspection: epochs held, keys derived).
+    pub fn ring(&self) -> Option<&KeyRing> {
+        self.ring.as_ref()
+    }
+}
+
+impl std::fmt::Debug for MediaSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaSession")
+            .field("sending_epoch", &self.sending_epoch())
+            .field("ring", &self.ring)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,924 @@
+//! The control plane: a [`Room`] is one MLS group (RFC 9420, via `openmls`).
+//!
+//! A room creates, invites, joins, removes, self-updates and processes handshake bytes, and
+//! hands the data plane one [`EpochKeys`] value per epoch. It never touches frames.
+//!
+//! - MLS ciphersuite `MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`; wire-format policy
+//!   PURE_CIPHERTEXT (commits and proposals are MLS PrivateMessages); the ratchet tree
+//!   travels in the Welcome, and joiners use the same setting (or the next newcomer would
+//!   fail with a missing ratchet tree).
+//! - Credentials are basic credentials carrying an app-chosen pseudonym: opaque bytes, never
+//!   required to be a user id. The group id is random, never a room name.
+//! - Every commit this member makes is *pending* until the relay has ordered it:
+//!   [`Room::confirm_pending`] (or receiving its own commit back through
+//!   [`Room::process`]) merges it; [`Room::discard_pending`] drops it.
+//!
+//! Per epoch, the room exports `MLS-Exporter("SFrame 1.0 Base Key", "", Nk)` (RFC 9605 §5.2)
+//! and the channel token `MLS-Exporter("sotto 1 channel token", "", 16)`. Receivers of a
+//! commit get the new epoch's keys from the staged commit, before merging it.
+
+use std::collections::BTreeMap;
+
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{
+    BasicCredential, Ciphersuite, CredentialWithKey, Extension, Extensions,
+    ExternalSender, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters,
+    MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProtocolVersion, StagedCommit,
+    StagedWelcome, ValidationError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::OpenMlsProvider;
+use ring::digest;
+
+use crate::frame::CipherSuite;
+use crate::keys::KidLayout;
+use crate::media::{ChannelToken, EpochKeys, EpochStatus, CHANNEL_TOKEN_LEN};
+
+/// The MLS ciphersuite of every room.
+pub const MLS_CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// Exporter label of the SFrame base key (RFC 9605 §5.2).
+pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
+/// Exporter label of the channel token.
+pub const TOKEN_EXPORTER_LABEL: &str = "sotto 1 channel token";
+
+const FINGERPRINT_LABEL: &[u8] = b"sotto 1 member fingerprint";
+
+/// Why the room refused handshake bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The bytes are not an MLS message of the expected kind.
+    Malformed,
+    /// The message is for another group.
+    WrongGroup,
+    /// The message is for another epoch (late, or ahead of a commit not yet processed).
+    WrongEpoch,
+    /// The message could not be decrypted or authenticated.
+    Undecryptable,
+    /// A commit or proposal that fails validation.
+    Invalid,
+}
+
+/// Errors of the control plane. Carries no strings; the room stays usable after any of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoomError {
+    /// Handshake bytes were refused.
+    #[error("handshake message rejected: {0:?}")]
+    Rejected(Rejection),
+    /// The bytes are not a valid KeyPackage for this room's ciphersuite.
+    #[error("invalid key package")]
+    InvalidKeyPackage,
+    /// The bytes are not a Welcome this identity can use.
+    #[error("invalid welcome")]
+    InvalidWelcome,
+    /// A commit of this member is already pending.
+    #[error("a commit is already pending")]
+    CommitPending,
+    /// There is no pending commit to confirm.
+    #[error("no pending commit")]
+    NoPendingCommit,
+    /// Proposals are queued and must be committed first
+    /// ([`Room::commit_pending_proposals`]).
+    #[error("proposals are pending")]
+    ProposalsPending,
+    /// The leaf is not a member (or is this member, where that is not allowed).
+    #[error("no such member")]
+    NoSuchMember,
+    /// This member is no longer in the room.
+    #[error("no longer a member")]
+    NotAMember,
+    /// The room's storage failed.
+    #[error("storage error")]
+    Storage,
+    /// No stored room under that id (or no stored signature key).
+    #[error("room not found in storage")]
+    NotFound,
+    /// An internal MLS or crypto failure.
+    #[error("internal MLS error")]
+    Internal,
+}
+
+/// Configuration shared by every member of a room (the creator's and the joiners' must
+/// agree).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// SFrame suite of the media. Default `AES_128_CTR_HMAC_SHA256_80`.
+    pub suite: CipherSuite,
+    /// KID layout. Default S = 16, E = 4.
+    pub layout: KidLayout,
+    /// KID context value. Default 0.
+    pub context: u64,
+    /// External senders (e.g. a relay that may propose removing a member whose connection
+    /// is gone): `(signature public key, credential identity)`. Set at creation only.
+    pub external_senders: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            suite: CipherSuite::AesCtr128HmacSha256_80,
+            layout: KidLayout::default(),
+            context: 0,
+            external_senders: Vec::new(),
+        }
+    }
+}
+
+/// A member's identity before it is in a room: its MLS provider (storage and crypto), its
+/// signature key and its pseudonym.
+pub struct Identity<P: OpenMlsProvider> {
+    provider: P,
+    signer: SignatureKeyPair,
+    pseudonym: Vec<u8>,
+}
+
+/// A KeyPackage to publish: the bytes for the inviter and their hash reference (the opaque
+/// key a relay's Welcome mailbox uses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedKeyPackage {
+    /// The serialized MLS message carrying the KeyPackage.
+    pub bytes: Vec<u8>,
+    /// The KeyPackage reference (hash) — no identity in it.
+    pub reference: Vec<u8>,
+}
+
+impl<P: OpenMlsProvider> Identity<P> {
+    /// A new identity with a fresh Ed25519 signature key, stored in the provider's storage
+    /// so the room can be reloaded later ([`Room::load`]).
+    pub fn new(provider: P, pseudonym: &[u8]) -> Result<Identity<P>, RoomError> {
+        let signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm())
+            .map_err(|_| RoomError::Internal)?;
+        signer
+            .store(provider.storage())
+            .map_err(|_| RoomError::Storage)?;
+        Ok(Identity {
+            provider,
+            signer,
+            pseudonym: pseudonym.to_vec(),
+        })
+    }
+
+    /// The identity's signature public key.
+    pub fn signature_key(&self) -> &[u8] {
+        self.signer.public()
+    }
+
+    /// The pseudonym in the identity's credential.
+    pub fn pseudonym(&self) -> &[u8] {
+        &self.pseudonym
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(self.pseudonym.clone()).into(),
+            signature_key: self.signer.public().into(),
+        }
+    }
+
+    /// Makes a KeyPackage for an inviter; its private keys stay in this identity's storage
+    /// until a Welcome consumes them.
+    pub fn key_package(&self) -> Result<PublishedKeyPackage, RoomError> {
+        let bundle = KeyPackage::builder()
+            .build(
+                MLS_CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential(),
+            )
+            .map_err(|_| RoomError::Internal)?;
+        let reference = bundle
+            .key_package()
+            .hash_ref(self.provider.crypto())
+            .map_err(|_| RoomError::Internal)?
+            .as_slice()
+            .to_vec();
+        let bytes = MlsMessageOut::from(bundle.key_package().clone())
+            .to_bytes()
+            .map_err(|_| RoomError::Internal)?;
+        Ok(PublishedKeyPackage { bytes, reference })
+    }
+}
+
+/// A commit this member made: send `message` to the relay (and `welcome`, if any, to the
+/// invitees), then [`confirm_pending`](Room::confirm_pending) once the relay ordered it.
+#[derive(Debug)]
+pub struct Commit {
+    /// The MLS commit (a PrivateMessage).
+    pub message: Vec<u8>,
+    /// The Welcome for invitees, when the commit adds members.
+    pub welcome: Option<Vec<u8>>,
+    /// References of the KeyPackages this commit adds (the Welcome's mailboxes).
+    pub invited: Vec<Vec<u8>>,
+    /// The next epoch's keys, `Staged`: apply them now so frames of members who switch
+    /// before this member confirms still open.
+    pub keys: EpochKeys,
+}
+
+/// Something that happened in the room.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RoomEvent {
+    /// A member joined at `leaf`.
+    MemberAdded {
+        /// Leaf index.
+        leaf: u32,
+        /// The pseudonym in its credential.
+        pseudonym: Vec<u8>,
+    },
+    /// The member at `leaf` was removed.
+    MemberRemoved {
+        /// Leaf index.
+        leaf: u32,
+    },
+    /// The room moved to `epoch`.
+    EpochChanged {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Keys for the data plane: pass them to the member's
+    /// [`MediaSession::apply`](crate::media::MediaSession::apply).
+    Keys(EpochKeys),
+    /// A proposal was queued (a member asked to leave, or an external sender proposed a
+    /// removal): some member should call [`Room::commit_pending_proposals`].
+    ProposalQueued,
+    /// This member's pending commit lost the race at the relay and was dropped; redo the
+    /// operation if it is still wanted.
+    PendingCommitDropped,
+    /// This member was removed from the room; the room can do nothing more.
+    RemovedFromRoom,
+}
+
+/// A member as listed by [`Room::members`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Leaf index.
+    pub leaf: u32,
+    /// The pseudonym in its credential.
+    pub pseudonym: Vec<u8>,
+    /// Fingerprint of its signature key and credential.
+    pub fingerprint: Fingerprint,
+}
+
+/// 30 decimal digits, shown as six groups of five.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digits30([u8; 30]);
+
+impl Digits30 {
+    /// Six 5-digit groups, each from 5 bytes (a 40-bit number) modulo 100,000.
+    fn from_bytes(bytes: &[u8]) -> Digits30 {
+        let mut digits = [0u8; 30];
+        for (group, chunk) in digits.chunks_exact_mut(5).zip(bytes.chunks(5)) {
+            let mut v = chunk.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)) % 100_000;
+            for d in group.iter_mut().rev() {
+                *d = u8::try_from(v % 10).unwrap_or(0);
+                v /= 10;
+            }
+        }
+        Digits30(digits)
+    }
+
+    /// The digits, 0–9 each.
+    pub fn digits(&self) -> &[u8; 30] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Digits30 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, group) in self.0.chunks(5).enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            for d in group {
+                write!(f, "{d}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Digits30 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// The room's safety code for one epoch: 30 digits from the MLS epoch authenticator, the
+/// same for every member of the epoch. Members compare it out of band.
+pub type SafetyCode = Digits30;
+
+/// A member's fingerprint: 30 digits from SHA-256 over its signature key and credential.
+pub type Fingerprint = Digits30;
+
+/// The fingerprint of a signature key and credential identity.
+pub fn fingerprint(signature_key: &[u8], credential: &[u8]) -> Fingerprint {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(FINGERPRINT_LABEL);
+    for part in [signature_key, credential] {
+        let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        ctx.update(&len.to_be_bytes());
+        ctx.update(part);
+    }
+    Digits30::from_bytes(ctx.finish().as_ref())
+}
+
+struct Pending {
+    message: Vec<u8>,
+}
+
+/// One room: an MLS group plus this member's signature key and provider (see the
+/// [module docs](self)).
+pub struct Room<P: OpenMlsProvider> {
+    provider: P,
+    signer: SignatureKeyPair,
+    group: MlsGroup,
+    config: RoomConfig,
+    pending: Option<Pending>,
+}
+
+fn create_config(config: &RoomConfig) -> Result<MlsGroupCreateConfig, RoomError> {
+    let mut builder = MlsGroupCreateConfig::builder()
+        .ciphersuite(MLS_CIPHERSUITE)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true);
+    if !config.external_senders.is_empty() {
+        let senders = config
+            .external_senders
+            .iter()
+            .map(|(key, identity)| {
+                ExternalSender::new(
+                    key.as_slice().into(),
+                    BasicCredential::new(identity.clone()).into(),
+                )
+            })
+            .collect();
+        let extensions = Extensions::single(Extension::ExternalSenders(senders))
+            .map_err(|_| RoomError::Internal)?;
+        builder = builder.with_group_context_extensions(extensions);
+    }
+    Ok(builder.build())
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+fn rejection<E>(e: &ProcessMessageError<E>) -> RoomError {
+    match e {
+        ProcessMessageError::StorageError(_) => RoomError::Storage,
+        ProcessMessageError::LibraryError(_) => RoomError::Internal,
+        ProcessMessageError::ValidationError(v) => RoomError::Rejected(match v {
+            ValidationError::WrongGroupId => Rejection::WrongGroup,
+            ValidationError::WrongEpoch => Rejection::WrongEpoch,
+            ValidationError::UnableToDecrypt(_) => Rejection::Undecryptable,
+            _ => Rejection::Invalid,
+        }),
+        ProcessMessageError::GroupStateError(_) => RoomError::NotAMember,
+        _ => RoomError::Rejected(Rejection::Invalid),
+    }
+}
+
+fn parse_message(bytes: &[u8]) -> Result<MlsMessageBodyIn, RoomError> {
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .map(MlsMessageIn::extract)
+        .map_err(|_| RoomError::Rejected(Rejection::Malformed))
+}
+
+fn leaf_u32(index: LeafNodeIndex) -> u32 {
+    index.u32()
+}
+
+impl<P: OpenMlsProvider> Room<P> {
+    /// Creates a room with this identity as its only member; returns it and the first
+    /// epoch's keys (`Current`).
+    pub fn create(
+        identity: Identity<P>,
+        config: RoomConfig,
+    ) -> Result<(Room<P>, EpochKeys), RoomError> {
+        let credential = identity.credential();
+        let group = MlsGroup::new(
+            &identity.provider,
+            &identity.signer,
+            &create_config(&config)?,
+            credential,
+        )
+        .map_err(|_| RoomError::Internal)?;
+        let room = Room {
+            provider: identity.provider,
+            signer: identity.signer,
+            group,
+            config,
+            pending: None,
+        };
+        let keys = room.current_keys(EpochStatus::Current)?;
+        Ok((room, keys))
+    }
+
+    /// Joins a room from a Welcome made for one of this identity's KeyPackages.
+    /// `config` must be the room's.
+    pub fn join(
+        identity: Identity<P>,
+        config: RoomConfig,
+        welcome: &[u8],
+    ) -> Result<(Room<P>, EpochKeys), RoomError> {
+        let MlsMessageBodyIn::Welcome(welcome) =
+            parse_message(welcome).map_err(|_| RoomError::InvalidWelcome)?
+        else {
+            return Err(RoomError::InvalidWelcome);
+        };
+        let group = StagedWelcome::new_from_welcome(
+            &identity.provider,
+            &join_config(),
+            welcome,
+            None,
+        )
+        .map_err(|_| RoomError::InvalidWelcome)?
+        .into_group(&identity.provider)
+        .map_err(|_| RoomError::InvalidWelcome)?;
+        let room = Room {
+            provider: identity.provider,
+            signer: identity.signer,
+            group,
+            config,
+            pending: None,
+        };
+        let keys = room.current_keys(EpochStatus::Current)?;
+        Ok((room, keys))
+    }
+
+    /// Reloads a room from the provider's storage (after a restart). The keys are
+    /// `Restored`: receive-only until the next epoch, since this member's frame counters in
+    /// the current epoch were lost — call [`self_update`](Self::self_update) to send again.
+    pub fn load(
+        provider: P,
+        signature_key: &[u8],
+        group_id: &[u8],
+        config: RoomConfig,
+    ) -> Result<(Room<P>, EpochKeys), RoomError> {
+        let signer = SignatureKeyPair::read(
+            provider.storage(),
+            signature_key,
+            MLS_CIPHERSUITE.signature_algorithm(),
+        )
+        .ok_or(RoomError::NotFound)?;
+        let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(|_| RoomError::Storage)?
+            .ok_or(RoomError::NotFound)?;
+        let pending = group
+            .pending_commit()
+            .map(|_| Pending {
+                message: Vec::new(),
+            });
+        let room = Room {
+            provider,
+            signer,
+            group,
+            config,
+            pending,
+        };
+        let keys = room.current_keys(EpochStatus::Restored)?;
+        Ok((room, keys))
+    }
+
+    /// The MLS group id (random bytes; store it to [`load`](Self::load) the room).
+    pub fn group_id(&self) -> &[u8] {
+        self.group.group_id().as_slice()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.group.epoch().as_u64()
+    }
+
+    /// This member's leaf index.
+    pub fn own_leaf(&self) -> u32 {
+        leaf_u32(self.group.own_leaf_index())
+    }
+
+    /// Whether this member is still in the room.
+    pub fn is_active(&self) -> bool {
+        self.group.is_active()
+    }
+
+    /// Whether a commit of this member awaits confirmation.
+    pub fn has_pending_commit(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The room configuration.
+    pub fn config(&self) -> &RoomConfig {
+        &self.config
+    }
+
+    /// The provider (its storage holds the room's state).
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+
+    /// The members, by leaf, with their pseudonyms and fingerprints.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.group
+            .members()
+            .map(|m| {
+                let pseudonym = m.credential.serialized_content().to_vec();
+                MemberInfo {
+                    leaf: leaf_u32(m.index),
+                    fingerprint: fingerprint(&m.signature_key, &pseudonym),
+                    pseudonym,
+                }
+            })
+            .collect()
+    }
+
+    /// The safety code of the current epoch.
+    pub fn safety_code(&self) -> SafetyCode {
+        Digits30::from_bytes(self.group.epoch_authenticator().as_slice())
+    }
+
+    /// The channel token of the current epoch.
+    pub fn channel_token(&self) -> Result<ChannelToken, RoomError> {
+        token_from(self.group.export_secret(
+            self.provider.crypto(),
+            TOKEN_EXPORTER_LABEL,
+            &[],
+            CHANNEL_TOKEN_LEN,
+        ))
+    }
+
+    /// `MLS-Exporter(label, context, len)` of the current epoch, for application secrets
+    /// bound to the room (use a label of your own; sotto uses
+    /// [`SFRAME_EXPORTER_LABEL`] and [`TOKEN_EXPORTER_LABEL`]).
+    pub fn export_secret(
+        &self,
+        label: &str,
+        context: &[u8],
+        len: usize,
+    ) -> Result<Vec<u8>, RoomError> {
+        self.group
+            .export_secret(self.provider.crypto(), label, context, len)
+            .map_err(|_| RoomError::NotAMember)
+    }
+
+    /// The current epoch's keys with `status` (`Restored` gives receive-only keys, e.g. for
+    /// a new media session of a running room).
+    fn current_keys(&self, status: EpochStatus) -> Result<EpochKeys, RoomError> {
+        let crypto = self.provider.crypto();
+        let base = self
+            .group
+            .export_secret(crypto, SFRAME_EXPORTER_LABEL, &[], self.config.suite.key_len())
+            .map_err(|_| RoomError::NotAMember)?;
+        let token = self.channel_token()?;
+        let members = self.group.members().map(|m| leaf_u32(m.index)).collect();
+        Ok(self.epoch_keys(self.epoch(), status, members, token, base))
+    }
+
+    /// Receive-only keys of the current epoch, for a media session started while the room
+    /// runs (the running session keeps the only permission to seal).
+    pub fn receive_keys(&self) -> Result<EpochKeys, RoomError> {
+        self.current_keys(EpochStatus::Restored)
+    }
+
+    fn epoch_keys(
+        &self,
+        epoch: u64,
+        status: EpochStatus,
+        members: Vec<u32>,
+        token: ChannelToken,
+        base: Vec<u8>,
+    ) -> EpochKeys {
+        EpochKeys::new(
+            epoch,
+            status,
+            self.config.suite,
+            self.config.layout,
+            self.config.context,
+            members,
+            self.own_leaf(),
+            token,
+            base,
+        )
+    }
+
+    /// `Staged` keys of the pending commit's epoch. Members follow RFC 9420 §12.3: removed
+    /// leaves go, then each add takes the leftmost blank leaf.
+    fn staged_keys(&self, staged: &StagedCommit) -> Result<EpochKeys, RoomError> {
+        let crypto = self.provider.crypto();
+        let base = staged
+            .export_secret(crypto, SFRAME_EXPORTER_LABEL, &[], self.config.suite.key_len())
+            .map_err(|_| RoomError::Internal)?;
+        let token = token_from(staged.export_secret(
+            crypto,
+            TOKEN_EXPORTER_LABEL,
+            &[],
+            CHANNEL_TOKEN_LEN,
+        ))?;
+        let removed: Vec<u32> = staged
+            .remove_proposals()
+            .map(|r| leaf_u32(r.remove_proposal().removed()))
+            .collect();
+        let mut members: Vec<u32> = self
+            .group
+            .members()
+            .map(|m| leaf_u32(m.index))
+            .filter(|l| !removed.contains(l))
+            .collect();
+        members.sort_unstable();
+        let mut candidate = 0u32;
+        for _ in staged.add_proposals() {
+            while members.binary_search(&candidate).is_ok() {
+                candidate = candidate.saturating_add(1);
+            }
+            if let Err(at) = members.binary_search(&candidate) {
+                members.insert(at, candidate);
+            }
+        }
+        Ok(self.epoch_keys(staged.epoch().as_u64(), EpochStatus::Staged, members, token, base))
+    }
+
+    fn ensure_can_commit(&self) -> Result<(), RoomError> {
+        if !self.group.is_active() {
+            return Err(RoomError::NotAMember);
+        }
+        if self.pending.is_some() {
+            return Err(RoomError::CommitPending);
+        }
+        Ok(())
+    }
+
+    fn finish_commit(
+        &mut self,
+        message: &MlsMessageOut,
+        welcome: Option<&MlsMessageOut>,
+        invited: Vec<Vec<u8>>,
+    ) -> Result<Commit, RoomError> {
+        let message = message.to_bytes().map_err(|_| RoomError::Internal)?;
+        let welcome = welcome
+            .map(|w| w.to_bytes().map_err(|_| RoomError::Internal))
+            .transpose()?;
+        let staged = self.group.pending_commit().ok_or(RoomError::Internal)?;
+        let keys = self.staged_keys(staged)?;
+        self.pending = Some(Pending {
+            message: message.clone(),
+        });
+        Ok(Commit {
+            message,
+            welcome,
+            invited,
+            keys,
+        })
+    }
+
+    /// Invites the members whose KeyPackages are given (as published by
+    /// [`Identity::key_package`]). The commit is pending until confirmed.
+    pub fn invite(&mut self, key_packages: &[&[u8]]) -> Result<Commit, RoomError> {
+        self.ensure_can_commit()?;
+        let mut packages = Vec::with_capacity(key_packages.len());
+        let mut invited = Vec::with_capacity(key_packages.len());
+        for bytes in key_packages {
+            let MlsMessageBodyIn::KeyPackage(kp) =
+                parse_message(bytes).map_err(|_| RoomError::InvalidKeyPackage)?
+            else {
+                return Err(RoomError::InvalidKeyPackage);
+            };
+            let kp = validate_key_package(kp, &self.provider)?;
+            invited.push(
+                kp.hash_ref(self.provider.crypto())
+                    .map_err(|_| RoomError::Internal)?
+                    .as_slice()
+                    .to_vec(),
+            );
+            packages.push(kp);
+        }
+        let (commit, welcome, _) = self
+            .group
+            .add_members(&self.provider, &self.signer, &packages)
+            .map_err(|_| RoomError::InvalidKeyPackage)?;
+        self.finish_commit(&commit, Some(&welcome), invited)
+    }
+
+    /// Removes the members at `leaves`. The commit is pending until confirmed.
+    pub fn remove(&mut self, leaves: &[u32]) -> Result<Commit, RoomError> {
+        self.ensure_can_commit()?;
+        let own = self.own_leaf();
+        let present: Vec<u32> = self.group.members().map(|m| leaf_u32(m.index)).collect();
+        if leaves.is_empty() || leaves.iter().any(|l| *l == own || !present.contains(l)) {
+            return Err(RoomError::NoSuchMember);
+        }
+        let indices: Vec<LeafNodeIndex> = leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect();
+        let (commit, welcome, _) = self
+            .group
+            .remove_members(&self.provider, &self.signer, &indices)
+            .map_err(|_| RoomError::Internal)?;
+        self.finish_commit(&commit, welcome.as_ref(), Vec::new())
+    }
+
+    /// Refreshes this member's leaf keys (post-compromise security) in a new epoch. The
+    /// commit is pending until confirmed.
+    pub fn self_update(&mut self) -> Result<Commit, RoomError> {
+        self.ensure_can_commit()?;
+        let bundle = self
+            .group
+            .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
+            .map_err(|e| match e {
+                openmls::prelude::SelfUpdateError::GroupStateError(_) => {
+                    RoomError::ProposalsPending
+                }
+                _ => RoomError::Internal,
+            })?;
+        let (commit, _, _) = bundle.into_contents();
+        self.finish_commit(&commit, None, Vec::new())
+    }
+
+    /// Commits the queued proposals (removals proposed by an external sender, members who
+    /// asked to leave). The commit is pending until confirmed.
+    pub fn commit_pending_proposals(&mut self) -> Result<Commit, RoomError> {
+        self.ensure_can_commit()?;
+        let (commit, welcome, _) = self
+            .group
+            .commit_to_pending_proposals(&self.provider, &self.signer)
+            .map_err(|_| RoomError::Internal)?;
+        self.finish_commit(&commit, welcome.as_ref(), Vec::new())
+    }
+
+    /// Asks to leave: returns a proposal for the relay; another member commits it.
+    pub fn leave(&mut self) -> Result<Vec<u8>, RoomError> {
+        self.ensure_can_commit()?;
+        self.group
+            .leave_group(&self.provider, &self.signer)
+            .map_err(|_| RoomError::Internal)?
+            .to_bytes()
+            .map_err(|_| RoomError::Internal)
+    }
+
+    /// Merges this member's pending commit (the relay ordered it). Returns the events,
+    /// including the new epoch's `Current` keys.
+    pub fn confirm_pending(&mut self) -> Result<Vec<RoomEvent>, RoomError> {
+        if self.pending.is_none() {
+            return Err(RoomError::NoPendingCommit);
+        }
+        let before = self.member_map();
+        self.group
+            .merge_pending_commit(&self.provider)
+            .map_err(|_| RoomError::Storage)?;
+        self.pending = None;
+        self.after_merge(before)
+    }
+
+    /// Drops this member's pending commit (the relay refused it, or another commit won).
+    pub fn discard_pending(&mut self) -> Result<(), RoomError> {
+        if self.pending.take().is_none() {
+            return Err(RoomError::NoPendingCommit);
+        }
+        self.group
+            .clear_pending_commit(self.provider.storage())
+            .map_err(|_| RoomError::Storage)
+    }
+
+    fn member_map(&self) -> BTreeMap<u32, (Vec<u8>, Vec<u8>)> {
+        self.group
+            .members()
+            .map(|m| {
+                (
+                    leaf_u32(m.index),
+                    (m.signature_key, m.credential.serialized_content().to_vec()),
+                )
+            })
+            .collect()
+    }
+
+    /// Events for a merge: membership changes, the new epoch, and its `Current` keys.
+    fn after_merge(
+        &self,
+        before: BTreeMap<u32, (Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        let after = self.member_map();
+        let mut events = Vec::new();
+        for (leaf, (key, _)) in &before {
+            if after.get(leaf).is_none_or(|(k, _)| k != key) {
+                events.push(RoomEvent::MemberRemoved { leaf: *leaf });
+            }
+        }
+        for (leaf, (key, pseudonym)) in &after {
+            if before.get(leaf).is_none_or(|(k, _)| k != key) {
+                events.push(RoomEvent::MemberAdded {
+                    leaf: *leaf,
+                    pseudonym: pseudonym.clone(),
+                });
+            }
+        }
+        events.push(RoomEvent::EpochChanged {
+            epoch: self.epoch(),
+        });
+        events.push(RoomEvent::Keys(self.current_keys(EpochStatus::Current)?));
+        Ok(events)
+    }
+
+    /// Processes handshake bytes from the relay (commits, proposals, or this member's own
+    /// commit coming back). Any error leaves the room as it was.
+    pub fn process(&mut self, bytes: &[u8]) -> Result<Vec<RoomEvent>, RoomError> {
+        if !self.group.is_active() {
+            return Err(RoomError::NotAMember);
+        }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| !p.message.is_empty() && p.message == bytes)
+        {
+            return self.confirm_pending();
+        }
+        let message = match parse_message(bytes)? {
+            MlsMessageBodyIn::PrivateMessage(m) => openmls::prelude::ProtocolMessage::from(m),
+            MlsMessageBodyIn::PublicMessage(m) => openmls::prelude::ProtocolMessage::from(m),
+            _ => return Err(RoomError::Rejected(Rejection::Malformed)),
+        };
+        let processed = self
+            .group
+            .process_message(&self.provider, message)
+            .map_err(|e| rejection(&e))?;
+        match processed.into_content() {
+            ProcessedMessageContent::StagedCommitMessage(staged) => self.merge_foreign(*staged),
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                self.group
+                    .store_pending_proposal(self.provider.storage(), *proposal)
+                    .map_err(|_| RoomError::Storage)?;
+                Ok(vec![RoomEvent::ProposalQueued])
+            }
+            ProcessedMessageContent::OwnPrivateMessage
+            | ProcessedMessageContent::OwnPendingCommit => Ok(Vec::new()),
+            _ => Err(RoomError::Rejected(Rejection::Invalid)),
+        }
+    }
+
+    fn merge_foreign(&mut self, staged: StagedCommit) -> Result<Vec<RoomEvent>, RoomError> {
+        let mut events = Vec::new();
+        if self.pending.take().is_some() {
+            self.group
+                .clear_pending_commit(self.provider.storage())
+                .map_err(|_| RoomError::Storage)?;
+            events.push(RoomEvent::PendingCommitDropped);
+        }
+        if staged.self_removed() {
+            self.group
+                .merge_staged_commit(&self.provider, staged)
+                .map_err(|_| RoomError::Storage)?;
+            events.push(RoomEvent::RemovedFromRoom);
+            return Ok(events);
+        }
+        // The new epoch's secrets come from the staged commit, before merging.
+        let staged_keys = self.staged_keys(&staged)?;
+        let before = self.member_map();
+        self.group
+            .merge_staged_commit(&self.provider, staged)
+            .map_err(|_| RoomError::Storage)?;
+        let mut merged = self.after_merge(before)?;
+        // The merged epoch's exporter must equal what the staged commit gave.
+        if let Some(RoomEvent::Keys(keys)) = merged.last() {
+            if keys.base_key() != staged_keys.base_key() || keys.token != staged_keys.token {
+                return Err(RoomError::Internal);
+            }
+        }
+        events.append(&mut merged);
+        Ok(events)
+    }
+}
+
+fn validate_key_package<P: OpenMlsProvider>(
+    kp: KeyPackageIn,
+    provider: &P,
+) -> Result<KeyPackage, RoomError> {
+    let kp = kp
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|_| RoomError::InvalidKeyPackage)?;
+    if kp.ciphersuite() != MLS_CIPHERSUITE {
+        return Err(RoomError::InvalidKeyPackage);
+    }
+    Ok(kp)
+}
+
+fn token_from<E>(exported: Result<Vec<u8>, E>) -> Result<ChannelToken, RoomError> {
+    let bytes = exported.map_err(|_| RoomError::NotAMember)?;
+    let token: [u8; CHANNEL_TOKEN_LEN] = bytes.try_into().map_err(|_| RoomError::Internal)?;
+    Ok(ChannelToken(token))
+}
+
+impl<P: OpenMlsProvider> std::fmt::Debug for Room<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("epoch", &self.epoch())
+            .field("own_leaf", &self.own_leaf())
+            .field("pending", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
