@@ -406,9 +406,8 @@ impl KeyRing {
             self.evict(index);
             return Err(KeyError::EpochExpired);
         }
-        let leaf = u32::try_from(parts.leaf).map_err(|_| KeyError::UnknownSender {
-            leaf: parts.leaf,
-        })?;
+        let leaf =
+            u32::try_from(parts.leaf).map_err(|_| KeyError::UnknownSender { leaf: parts.leaf })?;
         if slot.own_leaf == Some(leaf) {
             return Err(KeyError::OwnFrame);
         }
@@ -465,14 +464,23 @@ mod tests {
         assert_eq!(l.compose(1 << 52, 0, 0), Err(KeyError::OutOfRange));
         assert!(l.compose((1 << 52) - 1, 255, 15).is_ok());
         let full = KidLayout::new(32, 8).unwrap();
-        assert_eq!(full.compose(0xff_ffff, u64::from(u32::MAX), 255).unwrap(), u64::MAX);
+        assert_eq!(
+            full.compose(0xff_ffff, u64::from(u32::MAX), 255).unwrap(),
+            u64::MAX
+        );
         assert_eq!(full.decompose(u64::MAX).leaf, u64::from(u32::MAX));
         assert_eq!(KidLayout::new(0, 4), Err(KeyError::InvalidLayout));
         assert_eq!(KidLayout::new(8, 9), Err(KeyError::InvalidLayout));
     }
 
     fn ring() -> KeyRing {
-        KeyRing::new(KidLayout::new(8, 2).unwrap(), SUITE, 0, Duration::from_secs(10), 128)
+        KeyRing::new(
+            KidLayout::new(8, 2).unwrap(),
+            SUITE,
+            0,
+            Duration::from_secs(10),
+            128,
+        )
     }
 
     fn frame(ring: &KeyRing, epoch: u64, leaf: u32) -> BytesMut {
@@ -493,13 +501,19 @@ mod tests {
         let got = r.open(&frame(&r, 0, 1), &mut out, t0).unwrap();
         assert_eq!((got.leaf, got.epoch, got.len), (1, 0, 5));
         assert_eq!(r.derived_keys(), 1);
-        assert_eq!(r.open(&frame(&r, 0, 0), &mut out, t0), Err(KeyError::OwnFrame));
+        assert_eq!(
+            r.open(&frame(&r, 0, 0), &mut out, t0),
+            Err(KeyError::OwnFrame)
+        );
         // A forged KID for a non-member leaf derives nothing.
         let l = r.layout();
         let mut forged = FrameSealer::new(SUITE, l.compose(0, 9, 0).unwrap(), &[1; 16]).unwrap();
         let mut f = BytesMut::new();
         forged.seal(b"", b"x", &mut f).unwrap();
-        assert_eq!(r.open(&f, &mut out, t0), Err(KeyError::UnknownSender { leaf: 9 }));
+        assert_eq!(
+            r.open(&f, &mut out, t0),
+            Err(KeyError::UnknownSender { leaf: 9 })
+        );
         assert_eq!(r.derived_keys(), 1);
     }
 
@@ -511,11 +525,15 @@ mod tests {
         r.set_current(5, t0);
         let old = frame(&r, 5, 1);
         // Epoch 6 not known yet; epoch 4 (behind) is expired.
-        let mut sealer6 = FrameSealer::new(SUITE, r.layout().compose(0, 1, 6).unwrap(), &[6; 16]).unwrap();
+        let mut sealer6 =
+            FrameSealer::new(SUITE, r.layout().compose(0, 1, 6).unwrap(), &[6; 16]).unwrap();
         let mut f6 = BytesMut::new();
         sealer6.seal(b"", b"next", &mut f6).unwrap();
         let mut out = BytesMut::new();
-        assert_eq!(r.open(&f6, &mut out, t0), Err(KeyError::EpochNotYetKnown { epoch_bits: 2 }));
+        assert_eq!(
+            r.open(&f6, &mut out, t0),
+            Err(KeyError::EpochNotYetKnown { epoch_bits: 2 })
+        );
         r.insert_epoch(6, &[6; 16], &[0, 1], Some(0)).unwrap();
         assert!(r.open(&f6, &mut out, t0).is_ok());
         r.set_current(6, t0);

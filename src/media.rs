@@ -189,7 +189,12 @@ impl MediaSession {
                 self.config.replay_window,
             )),
         };
-        ring.insert_epoch(keys.epoch, &keys.base_key, &keys.members, Some(keys.own_leaf))?;
+        ring.insert_epoch(
+            keys.epoch,
+            &keys.base_key,
+            &keys.members,
+            Some(keys.own_leaf),
+        )?;
         if !self.tokens.iter().any(|(e, _)| *e == keys.epoch) {
             self.tokens.push((keys.epoch, keys.token));
             self.tokens.sort_by_key(|(e, _)| *e);

@@ -21,11 +21,11 @@ use std::collections::BTreeMap;
 
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialWithKey, Extension, Extensions,
-    ExternalSender, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters,
-    MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
-    MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProtocolVersion, StagedCommit,
-    StagedWelcome, ValidationError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    BasicCredential, Ciphersuite, CredentialWithKey, Extension, Extensions, ExternalSender,
+    GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    ProcessMessageError, ProcessedMessageContent, ProtocolVersion, StagedCommit, StagedWelcome,
+    ValidationError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
@@ -36,8 +36,7 @@ use crate::keys::KidLayout;
 use crate::media::{ChannelToken, EpochKeys, EpochStatus, CHANNEL_TOKEN_LEN};
 
 /// The MLS ciphersuite of every room.
-pub const MLS_CIPHERSUITE: Ciphersuite =
-    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+pub const MLS_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 /// Exporter label of the SFrame base key (RFC 9605 §5.2).
 pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
@@ -438,15 +437,11 @@ impl<P: OpenMlsProvider> Room<P> {
         else {
             return Err(RoomError::InvalidWelcome);
         };
-        let group = StagedWelcome::new_from_welcome(
-            &identity.provider,
-            &join_config(),
-            welcome,
-            None,
-        )
-        .map_err(|_| RoomError::InvalidWelcome)?
-        .into_group(&identity.provider)
-        .map_err(|_| RoomError::InvalidWelcome)?;
+        let group =
+            StagedWelcome::new_from_welcome(&identity.provider, &join_config(), welcome, None)
+                .map_err(|_| RoomError::InvalidWelcome)?
+                .into_group(&identity.provider)
+                .map_err(|_| RoomError::InvalidWelcome)?;
         let room = Room {
             provider: identity.provider,
             signer: identity.signer,
@@ -476,11 +471,9 @@ impl<P: OpenMlsProvider> Room<P> {
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(|_| RoomError::Storage)?
             .ok_or(RoomError::NotFound)?;
-        let pending = group
-            .pending_commit()
-            .map(|_| Pending {
-                message: Vec::new(),
-            });
+        let pending = group.pending_commit().map(|_| Pending {
+            message: Vec::new(),
+        });
         let room = Room {
             provider,
             signer,
@@ -577,7 +570,12 @@ impl<P: OpenMlsProvider> Room<P> {
         let crypto = self.provider.crypto();
         let base = self
             .group
-            .export_secret(crypto, SFRAME_EXPORTER_LABEL, &[], self.config.suite.key_len())
+            .export_secret(
+                crypto,
+                SFRAME_EXPORTER_LABEL,
+                &[],
+                self.config.suite.key_len(),
+            )
             .map_err(|_| RoomError::NotAMember)?;
         let token = self.channel_token()?;
         let members = self.group.members().map(|m| leaf_u32(m.index)).collect();
@@ -616,14 +614,15 @@ impl<P: OpenMlsProvider> Room<P> {
     fn staged_keys(&self, staged: &StagedCommit) -> Result<EpochKeys, RoomError> {
         let crypto = self.provider.crypto();
         let base = staged
-            .export_secret(crypto, SFRAME_EXPORTER_LABEL, &[], self.config.suite.key_len())
+            .export_secret(
+                crypto,
+                SFRAME_EXPORTER_LABEL,
+                &[],
+                self.config.suite.key_len(),
+            )
             .map_err(|_| RoomError::Internal)?;
-        let token = token_from(staged.export_secret(
-            crypto,
-            TOKEN_EXPORTER_LABEL,
-            &[],
-            CHANNEL_TOKEN_LEN,
-        ))?;
+        let token =
+            token_from(staged.export_secret(crypto, TOKEN_EXPORTER_LABEL, &[], CHANNEL_TOKEN_LEN))?;
         let removed: Vec<u32> = staged
             .remove_proposals()
             .map(|r| leaf_u32(r.remove_proposal().removed()))
@@ -644,7 +643,13 @@ impl<P: OpenMlsProvider> Room<P> {
                 members.insert(at, candidate);
             }
         }
-        Ok(self.epoch_keys(staged.epoch().as_u64(), EpochStatus::Staged, members, token, base))
+        Ok(self.epoch_keys(
+            staged.epoch().as_u64(),
+            EpochStatus::Staged,
+            members,
+            token,
+            base,
+        ))
     }
 
     fn ensure_can_commit(&self) -> Result<(), RoomError> {

@@ -1,0 +1,331 @@
+//! MLS rooms end to end: agreement, forward secrecy, leaf reuse, and no gap at epoch change.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{deliver_commit, identity, ms, room_of, Member};
+use sotto::frame::KeyMaterial;
+use sotto::keys::{KeyError, KidLayout};
+use sotto::media::MediaConfig;
+use sotto::room::{RoomConfig, RoomError, RoomEvent};
+
+#[test]
+fn three_members_agree_and_open_each_other() {
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["alice", "bob", "carol"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    let epoch = m[0].room.epoch();
+    assert_eq!(epoch, 1);
+    let token = m[0].room.channel_token().unwrap();
+    let code = m[0].room.safety_code();
+    for x in &m {
+        assert_eq!(x.room.epoch(), epoch);
+        assert_eq!(x.room.channel_token().unwrap(), token);
+        assert_eq!(x.room.safety_code(), code);
+        assert_eq!(x.room.safety_code().to_string().len(), 30 + 5);
+        assert_eq!(x.room.members(), m[0].room.members());
+    }
+    let names: Vec<Vec<u8>> = m[0]
+        .room
+        .members()
+        .into_iter()
+        .map(|i| i.pseudonym)
+        .collect();
+    assert_eq!(
+        names,
+        [b"alice".to_vec(), b"bob".to_vec(), b"carol".to_vec()]
+    );
+    let fps: Vec<_> = m[0]
+        .room
+        .members()
+        .into_iter()
+        .map(|i| i.fingerprint)
+        .collect();
+    assert!(fps[0] != fps[1] && fps[1] != fps[2]);
+
+    // After the switch delay, everyone seals in epoch 1.
+    let t = t0 + Duration::from_secs(1);
+    let layout = KidLayout::default();
+    for i in 0..3 {
+        let payload = format!("frame from {}", m[i].name).into_bytes();
+        let frame = m[i].seal(&payload, t);
+        let kid = m[i].media.sending_kid().unwrap();
+        let parts = layout.decompose(kid);
+        assert_eq!(parts.leaf, u64::from(m[i].room.own_leaf()));
+        assert_eq!(parts.epoch_bits, epoch % 16);
+        assert_eq!(parts.context, 0);
+        for j in 0..3 {
+            let result = m[j].open(&frame, t);
+            if i == j {
+                assert_eq!(result.unwrap_err(), KeyError::OwnFrame);
+                continue;
+            }
+            let (got, plain) = result.unwrap();
+            assert_eq!(got.leaf, m[i].room.own_leaf());
+            assert_eq!(got.epoch, epoch);
+            assert_eq!(plain, payload);
+        }
+    }
+    // Tokens the relay would see: the media sessions know the current one.
+    for x in &m {
+        assert!(x.media.tokens().any(|(e, tk)| e == epoch && tk == token));
+    }
+}
+
+#[test]
+fn removal_cuts_off_and_newcomer_cannot_read_the_past() {
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["alice", "bob", "carol"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    let t1 = t0 + Duration::from_secs(2);
+    let carol_leaf = m[2].room.own_leaf();
+    let carol_token = m[2].room.channel_token().unwrap();
+    let commit = m[0].room.remove(&[carol_leaf]).unwrap();
+    // Carol's copy of the commit tells her she is out.
+    m[0].apply_staged(commit.keys, t1);
+    m[1].process(&commit.message, t1);
+    let events = m[2].process(&commit.message, t1);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, RoomEvent::RemovedFromRoom)));
+    assert!(!m[2].room.is_active());
+    assert_eq!(m[2].room.channel_token(), Err(RoomError::NotAMember));
+    m[0].confirm(t1);
+    let new_token = m[0].room.channel_token().unwrap();
+    assert_ne!(new_token, carol_token);
+    assert_eq!(m[1].room.channel_token().unwrap(), new_token);
+    assert!(m[2].media.tokens().all(|(_, t)| t != new_token));
+
+    // After the switch delay, alice and bob seal in epoch 2: carol opens nothing of it.
+    let t2 = t1 + ms(1001);
+    let a = m[0].seal(b"alice in epoch 2", t2);
+    assert_eq!(m[0].media.sending_epoch(), Some(2));
+    assert!(m[2].open(&a, t2).is_err());
+    assert!(m[1].open(&a, t2).is_ok());
+
+    // Carol still seals in epoch 1: accepted within the grace period (the documented price)...
+    let c = m[2].seal(b"carol, removed", t2);
+    assert!(m[1].open(&c, t2).is_ok());
+    // ...and refused once it has passed.
+    let t3 = t1 + Duration::from_secs(10) + ms(1);
+    let c = m[2].seal(b"carol, later", t3);
+    assert_eq!(m[1].open(&c, t3).unwrap_err(), KeyError::EpochExpired);
+    assert_eq!(m[0].open(&c, t3).unwrap_err(), KeyError::EpochExpired);
+
+    // A newcomer cannot open frames from before it joined.
+    let dave = identity("dave");
+    let kp = dave.key_package().unwrap();
+    let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
+    let welcome = commit.welcome.clone().unwrap();
+    m.truncate(2);
+    deliver_commit(&mut m, 0, commit, t3);
+    let mut dave = Member::join(
+        dave,
+        RoomConfig::default(),
+        MediaConfig::default(),
+        &welcome,
+        t3,
+    );
+    assert_eq!(dave.room.epoch(), 3);
+    assert!(dave.open(&a, t3).is_err());
+    let b_old = m[1].seal(b"bob, still epoch 2", t3);
+    assert!(dave.open(&b_old, t3).is_err());
+    let t4 = t3 + ms(1001);
+    let b_new = m[1].seal(b"bob, epoch 3", t4);
+    assert_eq!(dave.open(&b_new, t4).unwrap().1, b"bob, epoch 3");
+}
+
+#[test]
+fn reused_leaf_gets_different_keys() {
+    // E = 1: epochs 1 and 3 share KID bits, so carol (leaf 2, epoch 1) and dave (leaf 2,
+    // epoch 3) seal under the very same KID — but with different keys.
+    let config = RoomConfig {
+        layout: KidLayout::new(8, 1).unwrap(),
+        ..RoomConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["alice", "bob", "carol"],
+        config.clone(),
+        MediaConfig::default(),
+        t0,
+    );
+    let t1 = t0 + Duration::from_secs(1);
+    let carol_frame = m[2].seal(b"carol", t1);
+    let carol_kid = m[2].media.sending_kid().unwrap();
+    let carol_leaf = m[2].room.own_leaf();
+
+    let commit = m[0].room.remove(&[carol_leaf]).unwrap();
+    m[0].apply_staged(commit.keys, t1);
+    m[1].process(&commit.message, t1);
+    m[2].process(&commit.message, t1);
+    m[0].confirm(t1);
+    m.truncate(2);
+
+    let dave = identity("dave");
+    let kp = dave.key_package().unwrap();
+    let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
+    let welcome = commit.welcome.clone().unwrap();
+    let dave_base = commit.keys.base_key().to_vec();
+    deliver_commit(&mut m, 0, commit, t1);
+    let mut dave = Member::join(dave, config.clone(), MediaConfig::default(), &welcome, t1);
+    assert_eq!(
+        dave.room.own_leaf(),
+        carol_leaf,
+        "MLS reuses the blank leaf"
+    );
+    let dave_frame = dave.seal(b"dave", t1);
+    let dave_kid = dave.media.sending_kid().unwrap();
+    assert_eq!(dave_kid, carol_kid, "same KID by construction");
+
+    let t2 = t1 + ms(1001);
+    assert_eq!(m[0].open(&dave_frame, t2).unwrap().1, b"dave");
+    // Carol's frame under the same KID does not open with dave's key.
+    assert_eq!(
+        m[1].open(&carol_frame, t2).unwrap_err(),
+        KeyError::Frame(sotto::frame::FrameError::AuthenticationFailed)
+    );
+    let suite = config.suite;
+    let k_dave = KeyMaterial::derive(suite, dave_kid, &dave_base).unwrap();
+    let k_epoch1 = m[0]
+        .room
+        .export_secret("SFrame 1.0 Base Key", b"", suite.key_len())
+        .unwrap();
+    let k_other = KeyMaterial::derive(suite, dave_kid, &k_epoch1).unwrap();
+    assert_eq!(
+        k_dave.sframe_key(),
+        k_other.sframe_key(),
+        "epoch 3 key is dave's"
+    );
+    assert_ne!(dave_base, vec![0u8; dave_base.len()]);
+}
+
+/// Every member seals a frame every 20 ms; each frame goes to every other member at once.
+/// Returns, per (sender, receiver), the frames that failed to open.
+struct Call {
+    failures: Vec<(usize, usize, u64, KeyError)>,
+    opened: usize,
+}
+
+fn tick(m: &mut [Member], now: Instant, call: &mut Call, skip: &[usize]) {
+    for i in 0..m.len() {
+        if skip.contains(&i) || m[i].media.sending_epoch().is_none() {
+            continue;
+        }
+        let frame = m[i].seal(b"twenty ms of audio", now);
+        let epoch = m[i].media.sending_epoch().unwrap();
+        for j in 0..m.len() {
+            if i == j {
+                continue;
+            }
+            match m[j].open(&frame, now) {
+                Ok(_) => call.opened += 1,
+                Err(e) => call.failures.push((i, j, epoch, e)),
+            }
+        }
+    }
+}
+
+#[test]
+fn no_gap_when_one_receiver_is_800ms_late() {
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["a", "b", "c", "d"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    let mut call = Call {
+        failures: Vec::new(),
+        opened: 0,
+    };
+    let start = t0 + Duration::from_secs(1);
+    let commit_at = start + Duration::from_secs(1);
+    let late_at = commit_at + ms(800);
+    let mut pending = None;
+    for step in 0..200u64 {
+        let now = start + ms(20 * step);
+        if now == commit_at {
+            // a self-updates; the relay orders it at once; b and d process it at once, c 800 ms later.
+            let commit = m[0].room.self_update().unwrap();
+            m[0].apply_staged(commit.keys, now);
+            m[0].confirm(now);
+            m[1].process(&commit.message, now);
+            m[3].process(&commit.message, now);
+            pending = Some(commit.message);
+        }
+        if now == late_at {
+            m[2].process(pending.as_deref().unwrap(), now);
+        }
+        tick(&mut m, now, &mut call, &[]);
+    }
+    assert!(
+        call.failures.is_empty(),
+        "lost frames: {:?}",
+        &call.failures[..call.failures.len().min(5)]
+    );
+    assert_eq!(call.opened, 200 * 4 * 3);
+    // Everyone ended in epoch 2 and agrees.
+    for x in &m {
+        assert_eq!(x.media.sending_epoch(), Some(2));
+        assert_eq!(x.room.safety_code(), m[0].room.safety_code());
+    }
+}
+
+#[test]
+fn switch_delay_zero_cuts_the_removed_member_at_the_commit() {
+    let t0 = Instant::now();
+    let media = MediaConfig {
+        switch_delay: Duration::ZERO,
+        ..MediaConfig::default()
+    };
+    let mut m = room_of(&["a", "b", "c", "d"], RoomConfig::default(), media, t0);
+    let start = t0 + ms(100);
+    let commit_at = start + Duration::from_secs(1);
+    let mut before = Call {
+        failures: Vec::new(),
+        opened: 0,
+    };
+    let mut after = Call {
+        failures: Vec::new(),
+        opened: 0,
+    };
+    let d_leaf = m[3].room.own_leaf();
+    for step in 0..100u64 {
+        let now = start + ms(20 * step);
+        if now == commit_at {
+            let commit = m[0].room.remove(&[d_leaf]).unwrap();
+            m[0].apply_staged(commit.keys, now);
+            m[0].confirm(now);
+            for x in &mut m[1..] {
+                x.process(&commit.message, now);
+            }
+            assert!(m[3].removed);
+            m[3].media.stop_sending();
+        }
+        let call = if now < commit_at {
+            &mut before
+        } else {
+            &mut after
+        };
+        tick(&mut m, now, call, &[]);
+    }
+    assert!(before.failures.is_empty());
+    // After the commit, d (index 3) opens nothing; everyone else opens everything.
+    let d_opened_after = 50 * 3 - after.failures.iter().filter(|f| f.1 == 3).count();
+    assert_eq!(
+        d_opened_after, 0,
+        "removed member opened frames sealed after the commit"
+    );
+    assert!(after.failures.iter().all(|f| f.1 == 3));
+    assert_eq!(after.opened, 50 * 3 * 2);
+}
