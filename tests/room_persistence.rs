@@ -1,0 +1,177 @@
+//! A room persisted with `openmls_sqlite_storage`: create, drop every in-memory object,
+//! reload from the SQLite file, keep opening, resume sealing after a self-update, and
+//! process the next commit.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::{identity, Member};
+use openmls_rust_crypto::RustCrypto;
+use openmls_sqlite_storage::{Codec, Connection, SqliteStorageProvider};
+use sotto::keys::KeyError;
+use sotto::media::{EpochStatus, MediaConfig, MediaSession};
+use sotto::room::{Identity, Room, RoomConfig};
+
+#[derive(Default)]
+struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+struct SqliteProvider {
+    crypto: RustCrypto,
+    storage: SqliteStorageProvider<JsonCodec, Connection>,
+}
+
+impl SqliteProvider {
+    fn open(path: &std::path::Path) -> SqliteProvider {
+        let mut storage = SqliteStorageProvider::new(Connection::open(path).unwrap());
+        storage.run_migrations().unwrap();
+        SqliteProvider {
+            crypto: RustCrypto::default(),
+            storage,
+        }
+    }
+}
+
+impl openmls_traits::OpenMlsProvider for SqliteProvider {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, Connection>;
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+fn open(media: &mut MediaSession, frame: &[u8], now: Instant) -> Result<Vec<u8>, KeyError> {
+    let mut out = BytesMut::new();
+    media.open(frame, &mut out, now)?;
+    Ok(out.to_vec())
+}
+
+#[test]
+fn reload_from_sqlite_and_continue() {
+    let dir = std::env::temp_dir().join(format!("sotto-persist-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("alice.sqlite");
+    let _ = std::fs::remove_file(&db);
+    let t0 = Instant::now();
+    let config = RoomConfig::default();
+
+    // Alice (SQLite) creates the room and invites bob (in memory).
+    let alice_id = Identity::new(SqliteProvider::open(&db), b"alice").unwrap();
+    let alice_key = alice_id.signature_key().to_vec();
+    let (mut alice, keys) = Room::create(alice_id, config.clone()).unwrap();
+    let mut alice_media = MediaSession::new(MediaConfig::default());
+    alice_media.apply(keys, t0).unwrap();
+    let bob_id = identity("bob");
+    let kp = bob_id.key_package().unwrap();
+    let commit = alice.invite(&[&kp.bytes]).unwrap();
+    alice_media.apply(commit.keys, t0).unwrap();
+    for e in alice.confirm_pending().unwrap() {
+        if let sotto::room::RoomEvent::Keys(k) = e {
+            alice_media.apply(k, t0).unwrap();
+        }
+    }
+    let mut bob = Member::join(
+        bob_id,
+        config.clone(),
+        MediaConfig::default(),
+        &commit.welcome.unwrap(),
+        t0,
+    );
+    let t1 = t0 + Duration::from_secs(1);
+    let mut out = BytesMut::new();
+    alice_media
+        .seal(b"before the restart", &mut out, t1)
+        .unwrap();
+    assert_eq!(bob.open(&out, t1).unwrap().1, b"before the restart");
+    let group_id = alice.group_id().to_vec();
+    let epoch = alice.epoch();
+    let token = alice.channel_token().unwrap();
+    let code = alice.safety_code();
+
+    // The restart: every in-memory object of alice's goes.
+    drop(alice);
+    drop(alice_media);
+
+    let (mut alice, keys) = Room::load(
+        SqliteProvider::open(&db),
+        &alice_key,
+        &group_id,
+        config.clone(),
+    )
+    .unwrap();
+    assert_eq!(keys.status, EpochStatus::Restored);
+    assert_eq!(
+        (
+            alice.epoch(),
+            alice.channel_token().unwrap(),
+            alice.safety_code()
+        ),
+        (epoch, token, code)
+    );
+    let mut alice_media = MediaSession::new(MediaConfig::default());
+    alice_media.apply(keys, t1).unwrap();
+
+    // Receiving works at once; sealing waits for a fresh epoch (the old counters are gone).
+    let b = bob.seal(b"bob after alice's restart", t1);
+    assert_eq!(
+        open(&mut alice_media, &b, t1).unwrap(),
+        b"bob after alice's restart"
+    );
+    assert_eq!(
+        alice_media.seal(b"x", &mut BytesMut::new(), t1),
+        Err(KeyError::NoSendingKey)
+    );
+
+    // Alice self-updates; bob processes; alice confirms and seals in the new epoch.
+    let commit = alice.self_update().unwrap();
+    alice_media.apply(commit.keys, t1).unwrap();
+    bob.process(&commit.message, t1);
+    for e in alice.confirm_pending().unwrap() {
+        if let sotto::room::RoomEvent::Keys(k) = e {
+            alice_media.apply(k, t1).unwrap();
+        }
+    }
+    let mut out = BytesMut::new();
+    alice_media.seal(b"alice resumed", &mut out, t1).unwrap();
+    assert_eq!(alice_media.sending_epoch(), Some(epoch + 1));
+    assert_eq!(bob.open(&out, t1).unwrap().1, b"alice resumed");
+
+    // And the next commit (bob's) is processed by the reloaded room.
+    let commit = bob.room.self_update().unwrap();
+    bob.apply_staged(commit.keys, t1);
+    bob.confirm(t1);
+    for e in alice.process(&commit.message).unwrap() {
+        if let sotto::room::RoomEvent::Keys(k) = e {
+            alice_media.apply(k, t1).unwrap();
+        }
+    }
+    assert_eq!(alice.epoch(), epoch + 2);
+    assert_eq!(alice.safety_code(), bob.room.safety_code());
+    let t2 = t1 + Duration::from_secs(1);
+    let b = bob.seal(b"bob in epoch 3", t2);
+    assert_eq!(open(&mut alice_media, &b, t2).unwrap(), b"bob in epoch 3");
+
+    // Once more from disk: the latest state is there.
+    drop(alice);
+    let (alice, _) = Room::load(SqliteProvider::open(&db), &alice_key, &group_id, config).unwrap();
+    assert_eq!(alice.epoch(), epoch + 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
