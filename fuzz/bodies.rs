@@ -73,3 +73,139 @@ pub fn open(opener: &mut FrameOpener, data: &[u8]) {
     let mut small = [0u8; 32];
     let _ = opener.open_into(metadata, frame, &mut small);
 }
+
+pub use room_fixture::{room_fixture, room_ingest};
+
+mod room_fixture {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+
+    use openmls_memory_storage::MemoryStorage;
+    use openmls_rust_crypto::RustCrypto;
+    use sotto::media::ChannelToken;
+    use sotto::room::{Identity, Room, RoomConfig};
+
+    /// An MLS provider over a memory storage that can be snapshotted and restored, so every
+    /// fuzz input starts from the same live room.
+    pub struct SnapProvider {
+        crypto: RustCrypto,
+        storage: MemoryStorage,
+    }
+
+    impl SnapProvider {
+        fn new(values: HashMap<Vec<u8>, Vec<u8>>) -> SnapProvider {
+            SnapProvider {
+                crypto: RustCrypto::default(),
+                storage: MemoryStorage {
+                    values: RwLock::new(values),
+                },
+            }
+        }
+
+        fn snapshot(&self) -> HashMap<Vec<u8>, Vec<u8>> {
+            self.storage.values.read().expect("lock").clone()
+        }
+    }
+
+    impl openmls_traits::OpenMlsProvider for SnapProvider {
+        type CryptoProvider = RustCrypto;
+        type RandProvider = RustCrypto;
+        type StorageProvider = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            &self.storage
+        }
+        fn crypto(&self) -> &RustCrypto {
+            &self.crypto
+        }
+        fn rand(&self) -> &RustCrypto {
+            &self.crypto
+        }
+    }
+
+    /// Alice's state in a live 3-member room, and a genuine commit (bob's self-update) that
+    /// alice can process next.
+    pub struct RoomFixture {
+        snapshot: HashMap<Vec<u8>, Vec<u8>>,
+        signature_key: Vec<u8>,
+        group_id: Vec<u8>,
+        /// The epoch alice is in.
+        pub epoch: u64,
+        token: ChannelToken,
+        /// Bob's pending self-update commit, valid for alice's epoch.
+        pub good_commit: Vec<u8>,
+        /// A leave proposal from carol, valid for alice's epoch.
+        pub good_proposal: Vec<u8>,
+    }
+
+    impl RoomFixture {
+        fn build() -> RoomFixture {
+            let config = RoomConfig::default();
+            let alice = Identity::new(SnapProvider::new(HashMap::new()), b"alice").expect("id");
+            let signature_key = alice.signature_key().to_vec();
+            let (mut room, _) = Room::create(alice, config.clone()).expect("create");
+            let bob = Identity::new(SnapProvider::new(HashMap::new()), b"bob").expect("id");
+            let carol = Identity::new(SnapProvider::new(HashMap::new()), b"carol").expect("id");
+            let kps = [
+                bob.key_package().expect("kp").bytes,
+                carol.key_package().expect("kp").bytes,
+            ];
+            let commit = room
+                .invite(&[kps[0].as_slice(), kps[1].as_slice()])
+                .expect("invite");
+            room.confirm_pending().expect("confirm");
+            let welcome = commit.welcome.expect("welcome");
+            let (mut bob, _) = Room::join(bob, config.clone(), &welcome).expect("join");
+            let (mut carol, _) = Room::join(carol, config, &welcome).expect("join");
+            let good_commit = bob.self_update().expect("update").message;
+            let good_proposal = carol.leave().expect("leave");
+            RoomFixture {
+                snapshot: room.provider().snapshot(),
+                signature_key,
+                group_id: room.group_id().to_vec(),
+                epoch: room.epoch(),
+                token: room.channel_token().expect("token"),
+                good_commit,
+                good_proposal,
+            }
+        }
+
+        /// Alice's room, restored from the snapshot.
+        pub fn restore(&self) -> Room<SnapProvider> {
+            let provider = SnapProvider::new(self.snapshot.clone());
+            Room::load(
+                provider,
+                &self.signature_key,
+                &self.group_id,
+                RoomConfig::default(),
+            )
+            .expect("restore")
+            .0
+        }
+    }
+
+    /// The shared fixture (built once per process).
+    pub fn room_fixture() -> &'static RoomFixture {
+        static FIXTURE: OnceLock<RoomFixture> = OnceLock::new();
+        FIXTURE.get_or_init(RoomFixture::build)
+    }
+
+    /// Arbitrary bytes into `Room::process` of a live 3-member room: never a panic, and an
+    /// error leaves the room as it was. With `full_check`, the room must then still process
+    /// a genuine commit.
+    pub fn room_ingest(data: &[u8], full_check: bool) {
+        let fixture = room_fixture();
+        let mut room = fixture.restore();
+        if room.process(data).is_ok() {
+            return;
+        }
+        assert_eq!(room.epoch(), fixture.epoch);
+        assert!(room.is_active());
+        assert_eq!(room.channel_token(), Ok(fixture.token));
+        assert!(!room.has_pending_commit());
+        if full_check {
+            room.process(&fixture.good_commit)
+                .expect("the room still processes a genuine commit");
+            assert_eq!(room.epoch(), fixture.epoch + 1);
+        }
+    }
+}

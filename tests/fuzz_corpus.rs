@@ -105,3 +105,51 @@ fn write_seeds() {
         std::fs::write(header_dir.join(format!("bad-{i}")), bad).unwrap();
     }
 }
+
+#[test]
+fn room_ingest_corpus() {
+    let inputs = corpus("room_ingest");
+    assert!(
+        inputs.len() >= 5,
+        "room_ingest corpus has {} inputs",
+        inputs.len()
+    );
+    for (_, data) in &inputs {
+        bodies::room_ingest(data, true);
+    }
+    // The genuine messages of this run's room are accepted.
+    let fixture = bodies::room_fixture();
+    let mut room = fixture.restore();
+    assert!(room.process(&fixture.good_proposal).is_ok());
+    let mut room = fixture.restore();
+    assert!(room.process(&fixture.good_commit).is_ok());
+    assert_eq!(room.epoch(), fixture.epoch + 1);
+}
+
+/// Seeds for `room_ingest`: genuine MLS messages of a room (a commit, a proposal, a Welcome,
+/// a KeyPackage) — of another group than the fuzz fixture's, so they exercise parsing and
+/// validation — plus truncations and garbage.
+#[test]
+#[ignore]
+fn write_room_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/room_ingest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = bodies::room_fixture();
+    let mut seeds = vec![
+        ("commit", fixture.good_commit.clone()),
+        ("proposal", fixture.good_proposal.clone()),
+        ("empty", Vec::new()),
+        ("garbage", b"not an MLS message".to_vec()),
+    ];
+    seeds.push((
+        "commit-truncated",
+        fixture.good_commit[..fixture.good_commit.len() / 2].to_vec(),
+    ));
+    let mut flipped = fixture.good_commit.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    seeds.push(("commit-flipped", flipped));
+    for (name, bytes) in seeds {
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+    }
+}
