@@ -329,3 +329,121 @@ fn switch_delay_zero_cuts_the_removed_member_at_the_commit() {
     assert!(after.failures.iter().all(|f| f.1 == 3));
     assert_eq!(after.opened, 50 * 3 * 2);
 }
+
+#[test]
+fn leave_proposal_is_committed_by_another_member() {
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["alice", "bob", "carol"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    let proposal = m[2].room.leave().unwrap();
+    for x in &mut m[..2] {
+        let events = x.process(&proposal, t0);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, RoomEvent::ProposalQueued)));
+    }
+    // carol's own proposal echoed back is ignored.
+    assert!(m[2].process(&proposal, t0).is_empty());
+    let commit = m[1].room.commit_pending_proposals().unwrap();
+    deliver_commit(&mut m, 1, commit, t0);
+    assert!(m[2].removed);
+    assert_eq!(m[0].room.members().len(), 2);
+    assert_eq!(m[0].room.epoch(), m[1].room.epoch());
+}
+
+#[test]
+fn concurrent_commits_loser_is_told_and_can_retry() {
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["alice", "bob", "carol"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    let a = m[0].room.self_update().unwrap();
+    assert_eq!(
+        m[0].room.self_update().unwrap_err(),
+        RoomError::CommitPending
+    );
+    let b = m[1].room.self_update().unwrap();
+    m[0].apply_staged(a.keys, t0);
+    m[1].apply_staged(b.keys, t0);
+    // The relay orders bob's commit first and hands it to everyone, bob included.
+    let events = m[0].process(&b.message, t0);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, RoomEvent::PendingCommitDropped)));
+    m[2].process(&b.message, t0);
+    let events = m[1].process(&b.message, t0); // bob's own commit comes back: confirmed
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, RoomEvent::EpochChanged { epoch: 2 })));
+    // Alice's commit is now for a past epoch.
+    assert_eq!(
+        m[2].room.process(&a.message).unwrap_err(),
+        RoomError::Rejected(sotto::room::Rejection::WrongEpoch)
+    );
+    for x in &m {
+        assert_eq!(x.room.epoch(), 2);
+        assert_eq!(x.room.safety_code(), m[0].room.safety_code());
+    }
+    // Alice retries.
+    let a = m[0].room.self_update().unwrap();
+    deliver_commit(&mut m, 0, a, t0);
+    assert_eq!(m[2].room.epoch(), 3);
+    assert_eq!(
+        m[0].room.discard_pending().unwrap_err(),
+        RoomError::NoPendingCommit
+    );
+}
+
+#[test]
+fn bad_handshake_bytes_are_typed_errors_and_change_nothing() {
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["alice", "bob"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    let good = m[1].room.self_update().unwrap();
+    let epoch = m[0].room.epoch();
+    let mut flipped = good.message.clone();
+    let n = flipped.len();
+    flipped[n - 3] ^= 0x40;
+    for bad in [
+        &b""[..],
+        b"\x00\x01garbage",
+        &good.message[..n / 2],
+        &flipped,
+    ] {
+        assert!(matches!(
+            m[0].room.process(bad),
+            Err(RoomError::Rejected(_))
+        ));
+        assert_eq!(m[0].room.epoch(), epoch);
+    }
+    // A KeyPackage is not a handshake message; a Welcome is not a KeyPackage.
+    let kp = identity("x").key_package().unwrap();
+    assert!(m[0].room.process(&kp.bytes).is_err());
+    assert_eq!(
+        m[0].room.invite(&[b"nope"]).unwrap_err(),
+        RoomError::InvalidKeyPackage
+    );
+    assert_eq!(
+        m[0].room.remove(&[99]).unwrap_err(),
+        RoomError::NoSuchMember
+    );
+    let own = m[0].room.own_leaf();
+    assert_eq!(
+        m[0].room.remove(&[own]).unwrap_err(),
+        RoomError::NoSuchMember
+    );
+    // The genuine commit still goes through.
+    m[0].process(&good.message, t0);
+    assert_eq!(m[0].room.epoch(), epoch + 1);
+}
