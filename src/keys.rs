@@ -352,11 +352,16 @@ impl KeyRing {
         }
     }
 
-    /// A sealer for this member's own key in `epoch`, counter 0.
+    /// A sealer for this member's own key in `epoch`, starting at counter `first_ctr`.
     ///
-    /// Crate-internal: the media session makes at most one per epoch, so no key's counter
-    /// is ever restarted.
-    pub(crate) fn sealer(&self, epoch: u64, leaf: u32) -> Result<FrameSealer, KeyError> {
+    /// Crate-internal: the media session makes at most one per epoch (each epoch's key is
+    /// fresh), so no key's counter is ever restarted.
+    pub(crate) fn sealer(
+        &self,
+        epoch: u64,
+        leaf: u32,
+        first_ctr: u64,
+    ) -> Result<FrameSealer, KeyError> {
         let index = self.slot_index(epoch);
         let slot = self
             .slots
@@ -365,7 +370,12 @@ impl KeyRing {
             .filter(|s| s.epoch == epoch)
             .ok_or(KeyError::NoSendingKey)?;
         let kid = self.layout.compose(self.context, u64::from(leaf), epoch)?;
-        Ok(FrameSealer::new(self.suite, kid, &slot.base_key)?)
+        Ok(FrameSealer::starting_at(
+            self.suite,
+            kid,
+            &slot.base_key,
+            first_ctr,
+        )?)
     }
 
     /// Classifies epoch bits that no held epoch matches.
@@ -484,7 +494,7 @@ mod tests {
     }
 
     fn frame(ring: &KeyRing, epoch: u64, leaf: u32) -> BytesMut {
-        let mut s = ring.sealer(epoch, leaf).unwrap();
+        let mut s = ring.sealer(epoch, leaf, 0).unwrap();
         let mut out = BytesMut::new();
         s.seal(b"", b"audio", &mut out).unwrap();
         out

@@ -13,6 +13,8 @@
 //!   derived per-sender keys.
 //! - [`media`]: the data plane, [`media::MediaSession`], which applies
 //!   [`media::EpochKeys`] and seals/opens frames. No MLS calls, no locks.
+//! - `audio` (feature `opus`, default): Opus encode → seal and open → decode with FEC and
+//!   loss concealment; constant cadence and size by default.
 //! - [`room`]: the control plane, [`room::Room`], one MLS group (RFC 9420 via `openmls`)
 //!   that emits [`media::EpochKeys`], channel tokens and safety codes.
 //!
@@ -30,7 +32,10 @@
     )
 )]
 
+#[cfg(feature = "opus")]
+pub mod audio;
 pub mod frame;
 pub mod keys;
 pub mod media;
+pub mod relay;
 pub mod room;

@@ -147,8 +147,8 @@ pub struct MediaSession {
     config: MediaConfig,
     ring: Option<KeyRing>,
     sending: Option<Sending>,
-    /// The next sealer and the instant it takes over.
-    next: Option<(Sending, Instant)>,
+    /// The next sending epoch, this member's leaf in it, and the instant it takes over.
+    next: Option<(u64, u32, Instant)>,
     /// The highest epoch a sealer was ever made for: sealers are only made for newer ones.
     sealed_up_to: Option<u64>,
     tokens: Vec<(u64, ChannelToken)>,
@@ -205,19 +205,16 @@ impl MediaSession {
             EpochStatus::Current => {
                 ring.set_current(keys.epoch, now);
                 if self.sealed_up_to.is_none_or(|e| keys.epoch > e) {
-                    let sealer = ring.sealer(keys.epoch, keys.own_leaf)?;
+                    ring.layout()
+                        .compose(keys.context, u64::from(keys.own_leaf), keys.epoch)?;
+                    // Reserve the epoch: no second sealer is ever made for it.
                     self.sealed_up_to = Some(keys.epoch);
-                    let next = Sending {
-                        epoch: keys.epoch,
-                        sealer,
-                    };
-                    if self.sending.is_none() {
-                        self.sending = Some(next);
-                        self.next = None;
+                    let at = if self.sending.is_none() {
+                        now
                     } else {
-                        let at = now.checked_add(self.config.switch_delay).unwrap_or(now);
-                        self.next = Some((next, at));
-                    }
+                        now.checked_add(self.config.switch_delay).unwrap_or(now)
+                    };
+                    self.next = Some((keys.epoch, keys.own_leaf, at));
                 }
             }
         }
@@ -228,9 +225,21 @@ impl MediaSession {
     /// Moves time to `now`: switches to a pending sending epoch whose delay has passed, and
     /// drops epochs (and tokens) whose grace period ended. `seal` and `open` call it.
     pub fn expire(&mut self, now: Instant) {
-        if self.next.as_ref().is_some_and(|(_, at)| *at <= now) {
-            if let Some((next, _)) = self.next.take() {
-                self.sending = Some(next);
+        if self.next.is_some_and(|(_, _, at)| at <= now) {
+            if let (Some((epoch, leaf, _)), Some(ring)) = (self.next.take(), &self.ring) {
+                // The counter runs on across epochs, so receivers can order a sender's
+                // frames (and spot losses) across key changes. The epoch's key is fresh
+                // (reserved by `apply`), so any starting counter is safe for it.
+                let first_ctr = self
+                    .sending
+                    .as_ref()
+                    .and_then(|s| s.sealer.next_counter())
+                    .unwrap_or(0);
+                // An epoch evicted before its switch leaves this member without a key.
+                self.sending = ring
+                    .sealer(epoch, leaf, first_ctr)
+                    .ok()
+                    .map(|sealer| Sending { epoch, sealer });
             }
         }
         if let Some(ring) = &mut self.ring {
@@ -293,6 +302,16 @@ impl MediaSession {
             .as_mut()
             .ok_or(KeyError::EpochNotYetKnown { epoch_bits: 0 })?;
         ring.open(frame, out, now)
+    }
+
+    /// The sender (leaf) a frame claims in its KID, read without any key: for routing a
+    /// packet to its [`AudioReceiver`](crate::audio) before it is opened. Not authenticated
+    /// until the frame opens.
+    pub fn sender_of(&self, frame: &[u8]) -> Result<u32, KeyError> {
+        let (header, _) = crate::frame::Header::parse(frame)?;
+        let ring = self.ring.as_ref().ok_or(KeyError::NoSendingKey)?;
+        let parts = ring.layout().decompose(header.kid);
+        u32::try_from(parts.leaf).map_err(|_| KeyError::UnknownSender { leaf: parts.leaf })
     }
 
     /// Channel tokens of the epochs held, oldest first: subscribe to all of them; drop a

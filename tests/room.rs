@@ -216,6 +216,7 @@ struct Call {
     opened: usize,
 }
 
+#[allow(clippy::needless_range_loop)]
 fn tick(m: &mut [Member], now: Instant, call: &mut Call, skip: &[usize]) {
     for i in 0..m.len() {
         if skip.contains(&i) || m[i].media.sending_epoch().is_none() {
