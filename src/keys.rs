@@ -325,6 +325,23 @@ impl KeyRing {
         }
     }
 
+    /// The earliest instant at which a held epoch expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|s| s.expires_at)
+            .min()
+    }
+
+    /// Whether `epoch` is held.
+    pub fn holds(&self, epoch: u64) -> bool {
+        self.slots
+            .get(self.slot_index(epoch))
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.epoch == epoch)
+    }
+
     /// Drops every epoch whose grace period has ended by `now`.
     pub fn expire(&mut self, now: Instant) {
         for index in 0..self.slots.len() {

@@ -243,9 +243,10 @@ impl MediaSession {
             }
         }
         if let Some(ring) = &mut self.ring {
-            ring.expire(now);
-            let held = ring.epochs();
-            self.tokens.retain(|(e, _)| held.contains(e));
+            if ring.next_expiry().is_some_and(|t| t <= now) {
+                ring.expire(now);
+                self.tokens.retain(|(e, _)| ring.holds(*e));
+            }
         }
     }
 

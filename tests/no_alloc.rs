@@ -88,3 +88,46 @@ fn seal_and_open_do_not_allocate() {
         }
     }
 }
+
+#[test]
+fn media_session_seal_and_open_do_not_allocate() {
+    use sotto::keys::KidLayout;
+    use sotto::media::{ChannelToken, EpochKeys, EpochStatus, MediaConfig, MediaSession};
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let suite = CipherSuite::AesCtr128HmacSha256_80;
+    let keys = |own| {
+        EpochKeys::new(
+            3,
+            EpochStatus::Current,
+            suite,
+            KidLayout::default(),
+            0,
+            vec![0, 1, 2],
+            own,
+            ChannelToken([1; 16]),
+            vec![9; suite.key_len()],
+        )
+    };
+    let mut alice = MediaSession::new(MediaConfig::default());
+    let mut bob = MediaSession::new(MediaConfig::default());
+    alice.apply(keys(0), t0).unwrap();
+    bob.apply(keys(1), t0).unwrap();
+    let payload = [0x33u8; 60];
+    let mut wire = BytesMut::with_capacity(256);
+    let mut plain = BytesMut::with_capacity(256);
+    let mut step = |k: u64, wire: &mut BytesMut, plain: &mut BytesMut| {
+        let now = t0 + Duration::from_millis(20 * k);
+        wire.clear();
+        plain.clear();
+        alice.seal(&payload, wire, now).unwrap();
+        bob.open(wire, plain, now).unwrap();
+    };
+    step(0, &mut wire, &mut plain); // first frame derives bob's opening key
+    let n = allocations_in(|| {
+        for k in 1..=10_000 {
+            step(k, &mut wire, &mut plain);
+        }
+    });
+    assert_eq!(n, 0);
+}
