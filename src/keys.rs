@@ -64,6 +64,9 @@ pub enum KeyError {
     /// its next epoch).
     #[error("no sending key")]
     NoSendingKey,
+    /// The epoch is older than the one holding its slot (keys applied out of order).
+    #[error("epoch older than the one holding its slot")]
+    StaleEpoch,
     /// An epoch's base key has the wrong length for the suite.
     #[error("base key must be {expected} bytes")]
     BadBaseKey {
@@ -254,8 +257,8 @@ impl KeyRing {
         usize::try_from(epoch & (self.layout.epoch_slots() - 1)).unwrap_or(0)
     }
 
-    /// Holds `epoch` with its base key and its senders. A different epoch in the same slot
-    /// is evicted; the same epoch with the same key only updates its members; the same epoch
+    /// Holds `epoch` with its base key and its senders. An older epoch in the same slot is
+    /// evicted (a newer one makes this fail with [`KeyError::StaleEpoch`]); the same epoch with the same key only updates its members; the same epoch
     /// with another key (a commit that lost the race at the relay) is replaced.
     pub fn insert_epoch(
         &mut self,
@@ -277,6 +280,9 @@ impl KeyRing {
         }
         let index = self.slot_index(epoch);
         if let Some(Some(slot)) = self.slots.get_mut(index) {
+            if slot.epoch > epoch {
+                return Err(KeyError::StaleEpoch);
+            }
             if slot.epoch == epoch && slot.base_key.as_slice() == base_key {
                 // Keep derived keys (and their replay windows) of leaves still present.
                 let dropped: Vec<u32> = slot

@@ -48,7 +48,7 @@ fn open_corpus() {
     );
     for (_, data) in &inputs {
         let mut opener = bodies::open_opener();
-        bodies::open(&mut opener, data);
+        let _ = bodies::open(&mut opener, data);
     }
 }
 
@@ -151,5 +151,207 @@ fn write_room_seeds() {
     seeds.push(("commit-flipped", flipped));
     for (name, bytes) in seeds {
         std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+    }
+}
+
+#[test]
+fn relay_wire_corpus() {
+    let inputs = corpus("relay_wire");
+    assert!(
+        inputs.len() >= 10,
+        "relay_wire corpus has {} inputs",
+        inputs.len()
+    );
+    for (_, data) in &inputs {
+        bodies::relay_wire(data);
+    }
+}
+
+/// Seeds for `relay_wire`: one valid message of every type (both directions), messages
+/// the fixture's router acts on (media and handshakes on its connections' handles,
+/// subscriptions to its tokens, a Welcome delivered and fetched), malformed ones, and
+/// scripts of several steps. Run with `--ignored` to rewrite the seed files.
+#[test]
+#[ignore]
+fn write_relay_seeds() {
+    use sotto::relay::{ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, Request};
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/relay_wire");
+    std::fs::create_dir_all(&dir).unwrap();
+    let [t0, t1, _] = bodies::RELAY_TOKENS;
+    let kp = [0x4bu8; 32];
+    let mailbox = MailboxId::new(&kp).unwrap();
+    let h0 = ChannelHandle(0);
+    let h1 = ChannelHandle(1);
+    let enc = |m: ClientMessage<'_>| {
+        let mut b = vec![0u8; m.encoded_len()];
+        m.encode(&mut b).unwrap();
+        b
+    };
+    let renc = |m: RelayMessage<'_>| {
+        let mut b = vec![0u8; m.encoded_len()];
+        m.encode(&mut b).unwrap();
+        b
+    };
+    let frame = [0xa5u8; 60];
+    let client = [
+        ("subscribe", enc(ClientMessage::Subscribe { token: t1 })),
+        (
+            "unsubscribe",
+            enc(ClientMessage::Unsubscribe { handle: h0 }),
+        ),
+        (
+            "media",
+            enc(ClientMessage::Media {
+                handle: h0,
+                frame: &frame,
+            }),
+        ),
+        (
+            "handshake",
+            enc(ClientMessage::Handshake {
+                handle: h0,
+                message: b"commit",
+            }),
+        ),
+        (
+            "deliver",
+            enc(ClientMessage::DeliverWelcome {
+                mailbox,
+                welcome: b"welcome",
+            }),
+        ),
+        ("fetch", enc(ClientMessage::FetchWelcomes { mailbox })),
+    ];
+    let relay = [
+        (
+            "subscribed",
+            renc(RelayMessage::Subscribed {
+                token: t0,
+                handle: h1,
+            }),
+        ),
+        (
+            "unsubscribed",
+            renc(RelayMessage::Unsubscribed { handle: h1 }),
+        ),
+        (
+            "r-media",
+            renc(RelayMessage::Media {
+                handle: h1,
+                frame: &frame,
+            }),
+        ),
+        (
+            "r-handshake",
+            renc(RelayMessage::Handshake {
+                handle: h1,
+                seq: 7,
+                message: b"commit",
+            }),
+        ),
+        (
+            "welcome",
+            renc(RelayMessage::Welcome {
+                mailbox,
+                welcome: b"welcome",
+            }),
+        ),
+        ("stored", renc(RelayMessage::Stored { mailbox })),
+        (
+            "error",
+            renc(RelayMessage::Error {
+                code: ErrorCode::UnknownHandle,
+                request: Request::Media(h0),
+            }),
+        ),
+        (
+            "error-fetch",
+            renc(RelayMessage::Error {
+                code: ErrorCode::MailboxEmpty,
+                request: Request::FetchWelcomes(mailbox),
+            }),
+        ),
+    ];
+    let mut seeds: Vec<(String, Vec<u8>)> = client
+        .iter()
+        .chain(relay.iter())
+        .map(|(name, bytes)| (format!("seed-{name}"), bytes.clone()))
+        .collect();
+    for (name, bytes) in [
+        ("empty", vec![]),
+        ("version-2", vec![0x43, 0, 0, 1]),
+        ("unknown-type", vec![0x2f]),
+        ("truncated-subscribe", vec![0x21, 1, 2, 3]),
+        ("mailbox-0", vec![0x26, 0]),
+    ] {
+        seeds.push((format!("bad-{name}"), bytes));
+    }
+    // Scripts: `op ‖ len ‖ datagram` steps (see `bodies::relay_wire`). Connection index
+    // `op & 3` is connection 1..=4.
+    let step = |op: u8, datagram: &[u8]| {
+        let mut s = vec![op, u8::try_from(datagram.len()).unwrap()];
+        s.extend_from_slice(datagram);
+        s
+    };
+    let (_, sub1) = &client[0];
+    let (_, media) = &client[2];
+    let (_, hs) = &client[3];
+    let (_, deliver) = &client[4];
+    let (_, fetch) = &client[5];
+    let scripts: [(&str, Vec<Vec<u8>>); 4] = [
+        // Conn 1 publishes media and a handshake on token 0; conn 2 subscribes to token 1
+        // again and unsubscribes handle 0.
+        (
+            "traffic",
+            vec![
+                step(0, media),
+                step(0, hs),
+                step(1, sub1),
+                step(1, &enc(ClientMessage::Unsubscribe { handle: h0 })),
+                step(1, hs),
+            ],
+        ),
+        // Welcome delivered, fetched, expired (op 8 + 16: 3 s later and expire, twice).
+        (
+            "mailbox",
+            vec![
+                step(0, deliver),
+                step(1, fetch),
+                step(8 | 16, fetch),
+                step(8 | 16, fetch),
+            ],
+        ),
+        // Subscription flood from conn 4, then disconnects (op 4).
+        (
+            "flood",
+            (0u8..8)
+                .map(|i| {
+                    step(
+                        3,
+                        &enc(ClientMessage::Subscribe {
+                            token: sotto::media::ChannelToken([i; 16]),
+                        }),
+                    )
+                })
+                .chain([vec![4 | 3], vec![4], step(1, media)])
+                .collect(),
+        ),
+        // Malformed steps between valid ones.
+        (
+            "mixed",
+            vec![
+                step(0, &[0x43, 0, 0]),
+                step(2, &[0x21]),
+                step(0, media),
+                step(1, &[]),
+            ],
+        ),
+    ];
+    for (name, steps) in scripts {
+        seeds.push((format!("script-{name}"), steps.concat()));
+    }
+    for (name, bytes) in seeds {
+        std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
