@@ -2,6 +2,7 @@
 //! with keys handed over as [`EpochKeys`] values by the control plane
 //! ([`Room`](crate::room::Room)). No MLS calls, no locks; time is a parameter.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -147,8 +148,10 @@ pub struct MediaSession {
     config: MediaConfig,
     ring: Option<KeyRing>,
     sending: Option<Sending>,
-    /// The next sending epoch, this member's leaf in it, and the instant it takes over.
-    next: Option<(u64, u32, Instant)>,
+    /// Sending epochs waiting for their switch delay, oldest first: (epoch, this member's
+    /// leaf in it, the instant it takes over). Each epoch waits its own delay, so a quick
+    /// series of commits never postpones switching indefinitely.
+    next: VecDeque<(u64, u32, Instant)>,
     /// The highest epoch a sealer was ever made for: sealers are only made for newer ones.
     sealed_up_to: Option<u64>,
     tokens: Vec<(u64, ChannelToken)>,
@@ -161,7 +164,7 @@ impl MediaSession {
             config,
             ring: None,
             sending: None,
-            next: None,
+            next: VecDeque::new(),
             sealed_up_to: None,
             tokens: Vec::new(),
         }
@@ -214,7 +217,7 @@ impl MediaSession {
                     } else {
                         now.checked_add(self.config.switch_delay).unwrap_or(now)
                     };
-                    self.next = Some((keys.epoch, keys.own_leaf, at));
+                    self.next.push_back((keys.epoch, keys.own_leaf, at));
                 }
             }
         }
@@ -225,8 +228,13 @@ impl MediaSession {
     /// Moves time to `now`: switches to a pending sending epoch whose delay has passed, and
     /// drops epochs (and tokens) whose grace period ended. `seal` and `open` call it.
     pub fn expire(&mut self, now: Instant) {
-        if self.next.is_some_and(|(_, _, at)| at <= now) {
-            if let (Some((epoch, leaf, _)), Some(ring)) = (self.next.take(), &self.ring) {
+        // The newest epoch whose delay has passed takes over; older pending ones are skipped.
+        let mut due = None;
+        while self.next.front().is_some_and(|(_, _, at)| *at <= now) {
+            due = self.next.pop_front();
+        }
+        if let Some((epoch, leaf, _)) = due {
+            if let Some(ring) = &self.ring {
                 // The counter runs on across epochs, so receivers can order a sender's
                 // frames (and spot losses) across key changes. The epoch's key is fresh
                 // (reserved by `apply`), so any starting counter is safe for it.
@@ -235,11 +243,11 @@ impl MediaSession {
                     .as_ref()
                     .and_then(|s| s.sealer.next_counter())
                     .unwrap_or(0);
-                // An epoch evicted before its switch leaves this member without a key.
-                self.sending = ring
-                    .sealer(epoch, leaf, first_ctr)
-                    .ok()
-                    .map(|sealer| Sending { epoch, sealer });
+                // An epoch already evicted (a newer one took its slot) is skipped: the
+                // member keeps sealing with what it has until a later epoch is due.
+                if let Ok(sealer) = ring.sealer(epoch, leaf, first_ctr) {
+                    self.sending = Some(Sending { epoch, sealer });
+                }
             }
         }
         if let Some(ring) = &mut self.ring {
@@ -254,7 +262,7 @@ impl MediaSession {
     /// their grace period ends.
     pub fn stop_sending(&mut self) {
         self.sending = None;
-        self.next = None;
+        self.next.clear();
     }
 
     /// The epoch this member seals in at `now`, if any.
