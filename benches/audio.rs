@@ -143,6 +143,7 @@ fn per_frame(c: &mut Criterion) {
 
 /// One receiving thread: 50 speakers × 50 packets (one second of audio), each opened,
 /// queued and decoded by its own `AudioReceiver`, one pull per speaker per 20 ms.
+#[allow(clippy::needless_range_loop)]
 fn fifty_speakers(c: &mut Criterion) {
     let t0 = Instant::now();
     let config = AudioConfig::default();

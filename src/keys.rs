@@ -431,6 +431,19 @@ impl KeyRing {
             return Err(KeyError::WrongContext);
         }
         let index = usize::try_from(parts.epoch_bits).unwrap_or(usize::MAX);
+        // Epoch bits are read relative to the current epoch: the half of the slots ahead
+        // of it name epochs to come. A slot there still holding an old epoch (kept for its
+        // grace period) does not make a newer epoch's frame look like an old one.
+        if let Some(current) = self.current {
+            let slots = self.layout.epoch_slots();
+            let ahead = parts.epoch_bits.wrapping_sub(current) & (slots - 1);
+            let held_is_old = matches!(self.slots.get(index), Some(Some(s)) if s.epoch < current);
+            if ahead != 0 && ahead < slots / 2 && held_is_old {
+                return Err(KeyError::EpochNotYetKnown {
+                    epoch_bits: parts.epoch_bits,
+                });
+            }
+        }
         let slot = match self.slots.get_mut(index) {
             Some(Some(slot)) => slot,
             _ => return Err(self.missing_epoch(parts.epoch_bits)),

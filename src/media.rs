@@ -179,7 +179,8 @@ impl MediaSession {
     ///
     /// `Staged` keys are installed for opening only. `Current` keys are installed, older
     /// epochs start their grace period, and this member switches to sealing in the new
-    /// epoch after the switch delay (at once for its first epoch). `Restored` keys are
+    /// epoch after the switch delay (its first epoch too: members whose copy of the commit
+    /// that added it is late must be able to open its first frame). `Restored` keys are
     /// installed for opening only and become current.
     pub fn apply(&mut self, keys: EpochKeys, now: Instant) -> Result<(), KeyError> {
         let ring = match &mut self.ring {
@@ -212,11 +213,9 @@ impl MediaSession {
                         .compose(keys.context, u64::from(keys.own_leaf), keys.epoch)?;
                     // Reserve the epoch: no second sealer is ever made for it.
                     self.sealed_up_to = Some(keys.epoch);
-                    let at = if self.sending.is_none() {
-                        now
-                    } else {
-                        now.checked_add(self.config.switch_delay).unwrap_or(now)
-                    };
+                    // Even a member's first epoch (a newcomer's) waits the switch delay:
+                    // the other members' copies of the commit that added it may be late.
+                    let at = now.checked_add(self.config.switch_delay).unwrap_or(now);
                     self.next.push_back((keys.epoch, keys.own_leaf, at));
                 }
             }

@@ -3,33 +3,34 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 use sotto::frame::{CipherSuite, FrameOpener, FrameSealer};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
+    // Per thread: tests run in parallel, and only the measured thread's allocations count.
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
+        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+    }
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_one();
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_one();
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -39,11 +40,11 @@ static GLOBAL: Counting = Counting;
 
 /// Runs `f` and returns how many allocations this thread made meanwhile.
 fn allocations_in(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOCATIONS.with(|a| a.get());
     COUNTING.with(|c| c.set(true));
     f();
     COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    ALLOCATIONS.with(|a| a.get()) - before
 }
 
 #[test]
@@ -123,9 +124,11 @@ fn media_session_seal_and_open_do_not_allocate() {
         alice.seal(&payload, wire, now).unwrap();
         bob.open(wire, plain, now).unwrap();
     };
-    step(0, &mut wire, &mut plain); // first frame derives bob's opening key
+    // Sealing starts after the switch delay (1 s = 50 frames); the first frame derives
+    // bob's opening key.
+    step(50, &mut wire, &mut plain);
     let n = allocations_in(|| {
-        for k in 1..=10_000 {
+        for k in 51..=10_050 {
             step(k, &mut wire, &mut plain);
         }
     });

@@ -183,7 +183,12 @@ fn reused_leaf_gets_different_keys() {
         carol_leaf,
         "MLS reuses the blank leaf"
     );
-    let dave_frame = dave.seal(b"dave", t1);
+    // A newcomer, too, starts sealing after the switch delay.
+    assert!(dave
+        .media
+        .seal(b"dave", &mut bytes::BytesMut::new(), t1)
+        .is_err());
+    let dave_frame = dave.seal(b"dave", t1 + ms(1000));
     let dave_kid = dave.media.sending_kid().unwrap();
     assert_eq!(dave_kid, carol_kid, "same KID by construction");
 
@@ -219,6 +224,7 @@ struct Call {
 #[allow(clippy::needless_range_loop)]
 fn tick(m: &mut [Member], now: Instant, call: &mut Call, skip: &[usize]) {
     for i in 0..m.len() {
+        m[i].media.expire(now);
         if skip.contains(&i) || m[i].media.sending_epoch().is_none() {
             continue;
         }

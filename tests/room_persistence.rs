@@ -149,10 +149,12 @@ fn reload_from_sqlite_and_continue() {
             alice_media.apply(k, t1).unwrap();
         }
     }
+    // The new epoch's sealing starts after the switch delay.
+    let t15 = t1 + Duration::from_secs(1);
     let mut out = BytesMut::new();
-    alice_media.seal(b"alice resumed", &mut out, t1).unwrap();
+    alice_media.seal(b"alice resumed", &mut out, t15).unwrap();
     assert_eq!(alice_media.sending_epoch(), Some(epoch + 1));
-    assert_eq!(bob.open(&out, t1).unwrap().1, b"alice resumed");
+    assert_eq!(bob.open(&out, t15).unwrap().1, b"alice resumed");
 
     // And the next commit (bob's) is processed by the reloaded room.
     let commit = bob.room.self_update().unwrap();

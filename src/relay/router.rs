@@ -1,0 +1,861 @@
+//! [`Router`]: the relay's sans-IO state. Datagrams and time go in; datagrams come out
+//! through a sink the I/O layer passes in. No sockets, no clock, no threads.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::time::{Duration, Instant};
+
+use super::wire::{
+    ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, Request, HANDSHAKE_OVERHEAD,
+    MAX_MESSAGE, MEDIA_OVERHEAD,
+};
+use crate::media::ChannelToken;
+
+/// A connection, as the I/O layer names it (a socket address it mapped, a QUIC connection,
+/// ...). The router never interprets it.
+///
+/// Ids are chosen by the I/O layer, never by peers, so the router hashes them with a cheap
+/// non-keyed hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What the router holds at most. A request that would exceed a limit is refused with an
+/// [error](RelayMessage::Error) to its sender; nothing else changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterLimits {
+    /// Connections with at least one subscription (or whose subscriptions all ended but
+    /// which were not [disconnected](Router::disconnect)). Default 10,000.
+    pub max_connections: usize,
+    /// Channels in total. Default 10,000.
+    pub max_channels: usize,
+    /// Channels one connection is subscribed to. Default 8 (a client needs the current
+    /// epoch's token and the previous one during the grace period).
+    pub max_channels_per_connection: usize,
+    /// Subscribers of one channel. Default 64.
+    pub max_subscribers_per_channel: usize,
+    /// Largest datagram accepted, in bytes; at most [`MAX_MESSAGE`] (larger values are
+    /// lowered). Media messages are further bounded by
+    /// [`MAX_MEDIA_MESSAGE`](super::MAX_MEDIA_MESSAGE). Default [`MAX_MESSAGE`].
+    pub max_message: usize,
+    /// Welcome mailboxes in total. Default 10,000.
+    pub max_mailboxes: usize,
+    /// Welcomes held in one mailbox. Default 4.
+    pub max_welcomes_per_mailbox: usize,
+    /// Bytes of Welcomes held in all mailboxes together. Default 64 MiB.
+    pub max_welcome_bytes: usize,
+    /// How long a Welcome is held after it was delivered. Fetching does not remove it (a
+    /// fetch reply lost on the way can be fetched again). Default 24 hours.
+    pub welcome_ttl: Duration,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        RouterLimits {
+            max_connections: 10_000,
+            max_channels: 10_000,
+            max_channels_per_connection: 8,
+            max_subscribers_per_channel: 64,
+            max_message: MAX_MESSAGE,
+            max_mailboxes: 10_000,
+            max_welcomes_per_mailbox: 4,
+            max_welcome_bytes: 64 << 20,
+            welcome_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Requests refused, by reason: one count per error sent back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DropStats {
+    /// [`ErrorCode::Malformed`].
+    pub malformed: u64,
+    /// [`ErrorCode::UnsupportedVersion`].
+    pub unsupported_version: u64,
+    /// [`ErrorCode::TooLarge`].
+    pub too_large: u64,
+    /// [`ErrorCode::UnknownHandle`].
+    pub unknown_handle: u64,
+    /// [`ErrorCode::TooManySubscriptions`].
+    pub too_many_subscriptions: u64,
+    /// [`ErrorCode::ChannelFull`].
+    pub channel_full: u64,
+    /// [`ErrorCode::RelayFull`].
+    pub relay_full: u64,
+    /// [`ErrorCode::MailboxFull`].
+    pub mailbox_full: u64,
+    /// [`ErrorCode::StorageFull`].
+    pub storage_full: u64,
+    /// [`ErrorCode::MailboxEmpty`] (a fetch with nothing to deliver).
+    pub mailbox_empty: u64,
+}
+
+impl DropStats {
+    /// The count for `code` (0 for codes the router never sends).
+    pub fn get(&self, code: ErrorCode) -> u64 {
+        match code {
+            ErrorCode::Malformed => self.malformed,
+            ErrorCode::UnsupportedVersion => self.unsupported_version,
+            ErrorCode::TooLarge => self.too_large,
+            ErrorCode::UnknownHandle => self.unknown_handle,
+            ErrorCode::TooManySubscriptions => self.too_many_subscriptions,
+            ErrorCode::ChannelFull => self.channel_full,
+            ErrorCode::RelayFull => self.relay_full,
+            ErrorCode::MailboxFull => self.mailbox_full,
+            ErrorCode::StorageFull => self.storage_full,
+            ErrorCode::MailboxEmpty => self.mailbox_empty,
+            ErrorCode::Other(_) => 0,
+        }
+    }
+
+    /// All requests refused.
+    pub fn total(&self) -> u64 {
+        ErrorCode::ALL.iter().map(|c| self.get(*c)).sum()
+    }
+
+    fn count(&mut self, code: ErrorCode) {
+        let slot = match code {
+            ErrorCode::Malformed => &mut self.malformed,
+            ErrorCode::UnsupportedVersion => &mut self.unsupported_version,
+            ErrorCode::TooLarge => &mut self.too_large,
+            ErrorCode::UnknownHandle => &mut self.unknown_handle,
+            ErrorCode::TooManySubscriptions => &mut self.too_many_subscriptions,
+            ErrorCode::ChannelFull => &mut self.channel_full,
+            ErrorCode::RelayFull => &mut self.relay_full,
+            ErrorCode::MailboxFull => &mut self.mailbox_full,
+            ErrorCode::StorageFull => &mut self.storage_full,
+            ErrorCode::MailboxEmpty => &mut self.mailbox_empty,
+            ErrorCode::Other(_) => return,
+        };
+        *slot = slot.saturating_add(1);
+    }
+}
+
+/// Counters of a [`Router`]: what a reference relay logs (counts only, never tokens,
+/// handles or payloads).
+///
+/// Every datagram in is either accepted (counted under its type) or refused (counted in
+/// [`drops`](Self::drops), and answered with exactly one error), so
+/// `datagrams_in = subscribes + unsubscribes + media_in + handshakes_in + welcomes_in +
+/// fetches + drops.total()` and `datagrams_out = subscribes + unsubscribes + media_out +
+/// handshakes_out + welcomes_in + welcomes_out + errors_out`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Datagrams handed to the sink.
+    pub datagrams_out: u64,
+    /// Bytes handed to the sink.
+    pub bytes_out: u64,
+    /// Subscribe requests accepted (each answered with `Subscribed`).
+    pub subscribes: u64,
+    /// Unsubscribe requests accepted (each answered with `Unsubscribed`).
+    pub unsubscribes: u64,
+    /// Media messages accepted.
+    pub media_in: u64,
+    /// Media messages sent.
+    pub media_out: u64,
+    /// Handshake messages accepted (each stamped with a sequence number).
+    pub handshakes_in: u64,
+    /// Handshake messages sent.
+    pub handshakes_out: u64,
+    /// Welcome deliveries accepted (each answered with `Stored`).
+    pub welcomes_in: u64,
+    /// Fetches that found at least one Welcome.
+    pub fetches: u64,
+    /// Welcome messages sent.
+    pub welcomes_out: u64,
+    /// Error messages sent.
+    pub errors_out: u64,
+    /// Channels created (by a first subscriber).
+    pub channels_opened: u64,
+    /// Channels removed (their last subscriber left).
+    pub channels_closed: u64,
+    /// Requests refused, by reason.
+    pub drops: DropStats,
+}
+
+/// A channel that lost a member when a connection [disconnected](Router::disconnect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Departure {
+    /// The channel.
+    pub token: ChannelToken,
+    /// Subscribers left; 0 means the channel was removed.
+    pub remaining: usize,
+}
+
+/// Hasher for [`ConnId`]s (chosen by the I/O layer, not by peers): a multiplicative hash,
+/// much cheaper than SipHash on the per-packet path.
+#[derive(Default, Clone, Copy)]
+struct ConnHasher(u64);
+
+impl std::hash::Hasher for ConnHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b) ^ self.0.rotate_left(8));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        let h = (v ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+type ConnMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnHasher>>;
+
+/// A connection's name for a channel: the key of the per-packet lookup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Route {
+    conn: ConnId,
+    handle: ChannelHandle,
+}
+
+impl std::hash::Hash for Route {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // One word for the hasher; equality still compares both fields.
+        state.write_u64(self.conn.0.rotate_left(16) ^ u64::from(self.handle.0));
+    }
+}
+
+type RouteMap = HashMap<Route, usize, BuildHasherDefault<ConnHasher>>;
+
+/// A subscriber of a channel, with its own handle for it.
+#[derive(Clone, Copy)]
+struct Member {
+    conn: ConnId,
+    handle: ChannelHandle,
+}
+
+struct Channel {
+    token: ChannelToken,
+    members: Vec<Member>,
+    next_seq: u64,
+}
+
+/// A connection's subscriptions.
+struct Connection {
+    /// Handle → channel slot, sorted by handle.
+    handles: Vec<(ChannelHandle, usize)>,
+    /// Where the search for a free handle starts: handles are not reused until the
+    /// 16-bit space wraps, so a late packet for a released handle does not land in a newer
+    /// channel.
+    next_handle: u16,
+}
+
+impl Connection {
+    fn new() -> Connection {
+        Connection {
+            handles: Vec::new(),
+            next_handle: 0,
+        }
+    }
+
+    fn handle_of(&self, slot: usize) -> Option<ChannelHandle> {
+        self.handles
+            .iter()
+            .find(|(_, s)| *s == slot)
+            .map(|(h, _)| *h)
+    }
+
+    /// Takes the next free handle for `slot`; `None` only if all 65,536 are in use.
+    fn insert(&mut self, slot: usize) -> Option<ChannelHandle> {
+        for _ in 0..=u16::MAX {
+            let handle = ChannelHandle(self.next_handle);
+            self.next_handle = self.next_handle.wrapping_add(1);
+            if let Err(pos) = self.handles.binary_search_by_key(&handle, |(h, _)| *h) {
+                self.handles.insert(pos, (handle, slot));
+                return Some(handle);
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, handle: ChannelHandle) -> Option<usize> {
+        let pos = self
+            .handles
+            .binary_search_by_key(&handle, |(h, _)| *h)
+            .ok()?;
+        Some(self.handles.remove(pos).1)
+    }
+}
+
+/// A mailbox id, owned, fixed-size (no allocation per key).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct MailboxKey {
+    len: u8,
+    bytes: [u8; MailboxId::MAX_LEN],
+}
+
+impl MailboxKey {
+    fn new(id: MailboxId<'_>) -> MailboxKey {
+        let src = id.as_bytes();
+        let mut bytes = [0u8; MailboxId::MAX_LEN];
+        for (d, s) in bytes.iter_mut().zip(src) {
+            *d = *s;
+        }
+        MailboxKey {
+            len: u8::try_from(src.len()).unwrap_or(u8::MAX),
+            bytes,
+        }
+    }
+}
+
+struct HeldWelcome {
+    /// `None`: the TTL overflowed `Instant`, never expires.
+    expires: Option<Instant>,
+    bytes: Box<[u8]>,
+}
+
+impl HeldWelcome {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|t| t > now)
+    }
+}
+
+/// The relay's routing state (see the [module docs](super)).
+///
+/// Channels are created by their first subscriber and removed with their last. Each
+/// connection names its channels by its own [`ChannelHandle`]s; a media message is copied
+/// once into an internal buffer and handed to the sink once per other subscriber, with
+/// only the 2 handle bytes rewritten in between: no heap allocation per packet.
+pub struct Router {
+    limits: RouterLimits,
+    connections: ConnMap<Connection>,
+    /// (connection, handle) → channel slot: the one lookup per media packet. Mirrors the
+    /// connections' handle lists.
+    routes: RouteMap,
+    /// Channel slab; `None` slots are listed in `free`.
+    channels: Vec<Option<Channel>>,
+    free: Vec<usize>,
+    by_token: HashMap<ChannelToken, usize>,
+    mailboxes: HashMap<MailboxKey, Vec<HeldWelcome>>,
+    welcome_bytes: usize,
+    /// No Welcome expires before this (so sweeps on a full store stay rare).
+    next_expiry: Option<Instant>,
+    /// Where every outgoing datagram is built.
+    buf: Vec<u8>,
+    stats: RouterStats,
+}
+
+/// Converts a length to a counter increment.
+#[inline]
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Hands `bytes` to the sink and counts it.
+#[inline]
+fn emit(stats: &mut RouterStats, sink: &mut impl FnMut(ConnId, &[u8]), conn: ConnId, bytes: &[u8]) {
+    stats.datagrams_out += 1;
+    stats.bytes_out += count(bytes.len());
+    sink(conn, bytes);
+}
+
+impl Router {
+    /// A router with no connections, holding at most `limits`.
+    pub fn new(limits: RouterLimits) -> Router {
+        let limits = RouterLimits {
+            max_message: limits.max_message.min(MAX_MESSAGE),
+            max_channels_per_connection: limits
+                .max_channels_per_connection
+                .min(usize::from(u16::MAX)),
+            ..limits
+        };
+        Router {
+            limits,
+            connections: ConnMap::default(),
+            routes: RouteMap::default(),
+            channels: Vec::new(),
+            free: Vec::new(),
+            by_token: HashMap::new(),
+            mailboxes: HashMap::new(),
+            welcome_bytes: 0,
+            next_expiry: None,
+            buf: vec![0; MAX_MESSAGE],
+            stats: RouterStats::default(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &RouterLimits {
+        &self.limits
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
+    /// Channels with at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.by_token.len()
+    }
+
+    /// Connections holding state (subscribed at least once, not disconnected).
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Subscribers of the channel of `token` (0 when there is no such channel).
+    pub fn subscriber_count(&self, token: &ChannelToken) -> usize {
+        self.channel(token).map_or(0, |c| c.members.len())
+    }
+
+    /// The handle `conn` has for the channel of `token`, if subscribed.
+    pub fn handle(&self, conn: ConnId, token: &ChannelToken) -> Option<ChannelHandle> {
+        let slot = *self.by_token.get(token)?;
+        self.connections.get(&conn)?.handle_of(slot)
+    }
+
+    /// Mailboxes holding at least one Welcome (expired ones included until
+    /// [`expire`](Self::expire) or a request touches them).
+    pub fn mailbox_count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Bytes of Welcomes held.
+    pub fn welcome_bytes(&self) -> usize {
+        self.welcome_bytes
+    }
+
+    fn channel(&self, token: &ChannelToken) -> Option<&Channel> {
+        let slot = *self.by_token.get(token)?;
+        self.channels.get(slot)?.as_ref()
+    }
+
+    /// Handles one datagram from `conn` received at `now`; hands every datagram to send to
+    /// `sink`, with its destination, before returning.
+    ///
+    /// Returns the error sent back to `conn` when the request was refused; a refusal
+    /// changes nothing else. `now` only matters for Welcome expiry.
+    pub fn receive(
+        &mut self,
+        conn: ConnId,
+        datagram: &[u8],
+        now: Instant,
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) -> Result<(), ErrorCode> {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += count(datagram.len());
+        let refused = if datagram.len() > self.limits.max_message {
+            Err((ErrorCode::TooLarge, Request::Unparsed))
+        } else {
+            match ClientMessage::parse(datagram) {
+                Err(e) => Err((ErrorCode::from(e), Request::Unparsed)),
+                Ok(msg) => self
+                    .dispatch(conn, msg, now, sink)
+                    .map_err(|code| (code, msg.request())),
+            }
+        };
+        refused.map_err(|(code, request)| {
+            self.refuse(conn, code, request, sink);
+            code
+        })
+    }
+
+    fn dispatch(
+        &mut self,
+        conn: ConnId,
+        msg: ClientMessage<'_>,
+        now: Instant,
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) -> Result<(), ErrorCode> {
+        match msg {
+            ClientMessage::Media { handle, frame } => self.media(conn, handle, frame, sink),
+            ClientMessage::Handshake { handle, message } => {
+                self.handshake(conn, handle, message, sink)
+            }
+            ClientMessage::Subscribe { token } => self.subscribe(conn, token, sink),
+            ClientMessage::Unsubscribe { handle } => self.unsubscribe(conn, handle, sink),
+            ClientMessage::DeliverWelcome { mailbox, welcome } => {
+                self.deliver(conn, mailbox, welcome, now, sink)
+            }
+            ClientMessage::FetchWelcomes { mailbox } => self.fetch(conn, mailbox, now, sink),
+        }
+    }
+
+    /// Counts a refusal and sends the error.
+    fn refuse(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        request: Request<'_>,
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) {
+        self.stats.drops.count(code);
+        let reply = RelayMessage::Error { code, request };
+        if let Ok(n) = reply.encode(&mut self.buf) {
+            if let Some(bytes) = self.buf.get(..n) {
+                self.stats.errors_out += 1;
+                emit(&mut self.stats, sink, conn, bytes);
+            }
+        }
+    }
+
+    /// Sends a small control reply to `conn`.
+    fn reply(&mut self, conn: ConnId, msg: RelayMessage<'_>, sink: &mut impl FnMut(ConnId, &[u8])) {
+        if let Ok(n) = msg.encode(&mut self.buf) {
+            if let Some(bytes) = self.buf.get(..n) {
+                emit(&mut self.stats, sink, conn, bytes);
+            }
+        }
+    }
+
+    /// The channel slot `conn` calls `handle`.
+    #[inline]
+    fn slot(&self, conn: ConnId, handle: ChannelHandle) -> Result<usize, ErrorCode> {
+        self.routes
+            .get(&Route { conn, handle })
+            .copied()
+            .ok_or(ErrorCode::UnknownHandle)
+    }
+
+    /// The hot path: one copy of the frame into the buffer, then per receiver a 2-byte
+    /// handle rewrite and a sink call.
+    #[inline]
+    fn media(
+        &mut self,
+        conn: ConnId,
+        handle: ChannelHandle,
+        frame: &[u8],
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) -> Result<(), ErrorCode> {
+        let slot = self.slot(conn, handle)?;
+        let channel = self
+            .channels
+            .get(slot)
+            .and_then(Option::as_ref)
+            .ok_or(ErrorCode::UnknownHandle)?;
+        let len = MEDIA_OVERHEAD + frame.len();
+        let out = self.buf.get_mut(..len).ok_or(ErrorCode::TooLarge)?;
+        if let Some(body) = out.get_mut(MEDIA_OVERHEAD..) {
+            body.copy_from_slice(frame);
+        }
+        let mut sent = 0;
+        for member in &channel.members {
+            if member.conn == conn {
+                continue;
+            }
+            if let Some(head) = out.get_mut(..MEDIA_OVERHEAD) {
+                head.copy_from_slice(&RelayMessage::media_header(member.handle));
+            }
+            sink(member.conn, out);
+            sent += 1;
+        }
+        self.stats.media_in += 1;
+        self.stats.media_out += sent;
+        self.stats.datagrams_out += sent;
+        self.stats.bytes_out += sent * count(len);
+        Ok(())
+    }
+
+    fn handshake(
+        &mut self,
+        conn: ConnId,
+        handle: ChannelHandle,
+        message: &[u8],
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) -> Result<(), ErrorCode> {
+        let slot = self.slot(conn, handle)?;
+        let channel = self
+            .channels
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .ok_or(ErrorCode::UnknownHandle)?;
+        let len = HANDSHAKE_OVERHEAD + message.len();
+        let out = self.buf.get_mut(..len).ok_or(ErrorCode::TooLarge)?;
+        let seq = channel.next_seq;
+        channel.next_seq = seq.wrapping_add(1);
+        if let Some(body) = out.get_mut(HANDSHAKE_OVERHEAD..) {
+            body.copy_from_slice(message);
+        }
+        self.stats.handshakes_in += 1;
+        for member in &channel.members {
+            if let Some(head) = out.get_mut(..HANDSHAKE_OVERHEAD) {
+                head.copy_from_slice(&RelayMessage::handshake_header(member.handle, seq));
+            }
+            self.stats.handshakes_out += 1;
+            emit(&mut self.stats, sink, member.conn, out);
+        }
+        Ok(())
+    }
+
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        token: ChannelToken,
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) -> Result<(), ErrorCode> {
+        let existing = self.by_token.get(&token).copied();
+        let connection = self.connections.get(&conn);
+        // Already subscribed: the same handle again (a retransmitted request).
+        if let Some(handle) = existing
+            .zip(connection)
+            .and_then(|(slot, c)| c.handle_of(slot))
+        {
+            self.stats.subscribes += 1;
+            self.reply(conn, RelayMessage::Subscribed { token, handle }, sink);
+            return Ok(());
+        }
+        // Check every limit before changing anything.
+        match connection {
+            None if self.connections.len() >= self.limits.max_connections => {
+                return Err(ErrorCode::RelayFull)
+            }
+            Some(c) if c.handles.len() >= self.limits.max_channels_per_connection => {
+                return Err(ErrorCode::TooManySubscriptions)
+            }
+            None if self.limits.max_channels_per_connection == 0 => {
+                return Err(ErrorCode::TooManySubscriptions)
+            }
+            _ => {}
+        }
+        match existing.and_then(|slot| self.channels.get(slot)?.as_ref()) {
+            Some(channel) if channel.members.len() >= self.limits.max_subscribers_per_channel => {
+                return Err(ErrorCode::ChannelFull)
+            }
+            Some(_) => {}
+            None if self.limits.max_subscribers_per_channel == 0 => {
+                return Err(ErrorCode::ChannelFull)
+            }
+            None if self.by_token.len() >= self.limits.max_channels => {
+                return Err(ErrorCode::RelayFull)
+            }
+            None => {}
+        }
+        let slot = match existing {
+            Some(slot) => slot,
+            None => self.open_channel(token),
+        };
+        let handle = self
+            .connections
+            .entry(conn)
+            .or_insert_with(Connection::new)
+            .insert(slot);
+        let (Some(handle), Some(Some(channel))) = (handle, self.channels.get_mut(slot)) else {
+            // Unreachable: fewer than 65,536 handles are in use and the slot is live.
+            // Undo a channel opened for nothing.
+            self.leave(slot, conn);
+            return Err(ErrorCode::TooManySubscriptions);
+        };
+        channel.members.push(Member { conn, handle });
+        self.routes.insert(Route { conn, handle }, slot);
+        self.stats.subscribes += 1;
+        self.reply(conn, RelayMessage::Subscribed { token, handle }, sink);
+        Ok(())
+    }
+
+    fn open_channel(&mut self, token: ChannelToken) -> usize {
+        let channel = Channel {
+            token,
+            members: Vec::new(),
+            next_seq: 0,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                if let Some(entry) = self.channels.get_mut(slot) {
+                    *entry = Some(channel);
+                }
+                slot
+            }
+            None => {
+                self.channels.push(Some(channel));
+                self.channels.len() - 1
+            }
+        };
+        self.by_token.insert(token, slot);
+        self.stats.channels_opened += 1;
+        slot
+    }
+
+    /// Removes `conn` from the channel in `slot` (the connection's own map is the caller's
+    /// business); removes the channel if that was its last member. Returns the channel's
+    /// token and how many members remain.
+    fn leave(&mut self, slot: usize, conn: ConnId) -> Option<Departure> {
+        let entry = self.channels.get_mut(slot)?;
+        let channel = entry.as_mut()?;
+        if let Some(i) = channel.members.iter().position(|m| m.conn == conn) {
+            channel.members.swap_remove(i);
+        }
+        let departure = Departure {
+            token: channel.token,
+            remaining: channel.members.len(),
+        };
+        if departure.remaining == 0 {
+            *entry = None;
+            self.free.push(slot);
+            self.by_token.remove(&departure.token);
+            self.stats.channels_closed += 1;
+        }
+        Some(departure)
+    }
+
+    fn unsubscribe(
+        &mut self,
+        conn: ConnId,
+        handle: ChannelHandle,
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) -> Result<(), ErrorCode> {
+        let slot = self
+            .connections
+            .get_mut(&conn)
+            .and_then(|c| c.remove(handle))
+            .ok_or(ErrorCode::UnknownHandle)?;
+        self.routes.remove(&Route { conn, handle });
+        self.leave(slot, conn);
+        self.stats.unsubscribes += 1;
+        self.reply(conn, RelayMessage::Unsubscribed { handle }, sink);
+        Ok(())
+    }
+
+    /// Forgets `conn`: ends its subscriptions (removing channels left empty) and returns
+    /// the channels that lost a member. Unknown connections are ignored.
+    pub fn disconnect(&mut self, conn: ConnId) -> Vec<Departure> {
+        let Some(connection) = self.connections.remove(&conn) else {
+            return Vec::new();
+        };
+        connection
+            .handles
+            .iter()
+            .filter_map(|&(handle, slot)| {
+                self.routes.remove(&Route { conn, handle });
+                self.leave(slot, conn)
+            })
+            .collect()
+    }
+
+    fn deliver(
+        &mut self,
+        conn: ConnId,
+        mailbox: MailboxId<'_>,
+        welcome: &[u8],
+        now: Instant,
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) -> Result<(), ErrorCode> {
+        let key = MailboxKey::new(mailbox);
+        self.expire_mailbox(&key, now);
+        match self.mailboxes.get(&key) {
+            // The same Welcome again (a retransmitted request): already held.
+            Some(held) if held.iter().any(|w| *w.bytes == *welcome) => {
+                self.stats.welcomes_in += 1;
+                self.reply(conn, RelayMessage::Stored { mailbox }, sink);
+                return Ok(());
+            }
+            Some(held) if held.len() >= self.limits.max_welcomes_per_mailbox => {
+                return Err(ErrorCode::MailboxFull)
+            }
+            None if self.limits.max_welcomes_per_mailbox == 0 => {
+                return Err(ErrorCode::MailboxFull)
+            }
+            _ => {}
+        }
+        let fits = |r: &Router| {
+            (r.mailboxes.contains_key(&key) || r.mailboxes.len() < r.limits.max_mailboxes)
+                && r.welcome_bytes.saturating_add(welcome.len()) <= r.limits.max_welcome_bytes
+        };
+        if !fits(self) {
+            self.expire(now);
+            if !fits(self) {
+                return Err(ErrorCode::StorageFull);
+            }
+        }
+        let expires = now.checked_add(self.limits.welcome_ttl);
+        if let Some(t) = expires {
+            self.next_expiry = Some(self.next_expiry.map_or(t, |e| e.min(t)));
+        }
+        self.mailboxes.entry(key).or_default().push(HeldWelcome {
+            expires,
+            bytes: welcome.into(),
+        });
+        self.welcome_bytes += welcome.len();
+        self.stats.welcomes_in += 1;
+        self.reply(conn, RelayMessage::Stored { mailbox }, sink);
+        Ok(())
+    }
+
+    fn fetch(
+        &mut self,
+        conn: ConnId,
+        mailbox: MailboxId<'_>,
+        now: Instant,
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) -> Result<(), ErrorCode> {
+        let key = MailboxKey::new(mailbox);
+        self.expire_mailbox(&key, now);
+        let held = self.mailboxes.get(&key).ok_or(ErrorCode::MailboxEmpty)?;
+        self.stats.fetches += 1;
+        for w in held {
+            let msg = RelayMessage::Welcome {
+                mailbox,
+                welcome: &w.bytes,
+            };
+            if let Ok(n) = msg.encode(&mut self.buf) {
+                if let Some(bytes) = self.buf.get(..n) {
+                    self.stats.welcomes_out += 1;
+                    emit(&mut self.stats, sink, conn, bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the expired Welcomes of one mailbox (and the mailbox if left empty).
+    fn expire_mailbox(&mut self, key: &MailboxKey, now: Instant) {
+        if self.next_expiry.is_none_or(|t| t > now) {
+            return;
+        }
+        if let Some(held) = self.mailboxes.get_mut(key) {
+            let before: usize = held.iter().map(|w| w.bytes.len()).sum();
+            held.retain(|w| w.live(now));
+            let after: usize = held.iter().map(|w| w.bytes.len()).sum();
+            self.welcome_bytes = self.welcome_bytes.saturating_sub(before - after);
+            if held.is_empty() {
+                self.mailboxes.remove(key);
+            }
+        }
+    }
+
+    /// Drops every Welcome older than the TTL at `now`, and mailboxes left empty. Cheap when
+    /// nothing can have expired; otherwise a pass over all mailboxes. Requests also expire
+    /// the mailbox they touch, so calling this is only needed to free memory sooner.
+    pub fn expire(&mut self, now: Instant) {
+        if self.next_expiry.is_none_or(|t| t > now) {
+            return;
+        }
+        let mut freed = 0;
+        let mut next: Option<Instant> = None;
+        self.mailboxes.retain(|_, held| {
+            held.retain(|w| {
+                let live = w.live(now);
+                if live {
+                    if let Some(t) = w.expires {
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
+                } else {
+                    freed += w.bytes.len();
+                }
+                live
+            });
+            !held.is_empty()
+        });
+        self.welcome_bytes = self.welcome_bytes.saturating_sub(freed);
+        self.next_expiry = next;
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("connections", &self.connections.len())
+            .field("channels", &self.by_token.len())
+            .field("mailboxes", &self.mailboxes.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}

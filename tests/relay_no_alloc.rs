@@ -1,0 +1,159 @@
+//! Zero heap allocations per media fan-out (and per handshake fan-out and error reply) in
+//! the relay router after warm-up, measured with a counting global allocator. In its own
+//! test binary because a global allocator is per binary.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Instant;
+
+use sotto::media::ChannelToken;
+use sotto::relay::{
+    ChannelHandle, ClientMessage, ConnId, RelayMessage, Router, RouterLimits, MEDIA_OVERHEAD,
+};
+
+struct Counting;
+
+thread_local! {
+    /// Whether this thread counts its allocations now.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// This thread's count (per thread: tests run in parallel, and `counter_works`
+    /// allocates on purpose).
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    if COUNTING.with(|c| c.get()) {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+    }
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` and returns how many allocations this thread made meanwhile.
+fn allocations_in(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn counter_works() {
+    let n = allocations_in(|| {
+        let v: Vec<u8> = Vec::with_capacity(10);
+        std::hint::black_box(v);
+    });
+    assert_eq!(n, 1);
+}
+
+const CHANNELS: u16 = 100;
+const MEMBERS: u64 = 8;
+
+/// A router with `CHANNELS` channels of `MEMBERS` connections each; returns each sender's
+/// handle.
+fn populated() -> (Router, Vec<(ConnId, ChannelHandle)>) {
+    let mut router = Router::new(RouterLimits::default());
+    let now = Instant::now();
+    let mut senders = Vec::new();
+    let mut buf = [0u8; 32];
+    for ch in 0..CHANNELS {
+        let mut t = [0u8; 16];
+        t[..2].copy_from_slice(&ch.to_be_bytes());
+        let token = ChannelToken(t);
+        for m in 0..MEMBERS {
+            let conn = ConnId(u64::from(ch) * MEMBERS + m);
+            let n = ClientMessage::Subscribe { token }.encode(&mut buf).unwrap();
+            router
+                .receive(conn, &buf[..n], now, &mut |_, _| {})
+                .unwrap();
+            if m == 0 {
+                senders.push((conn, router.handle(conn, &token).unwrap()));
+            }
+        }
+    }
+    (router, senders)
+}
+
+#[test]
+fn media_fan_out_does_not_allocate() {
+    let (mut router, senders) = populated();
+    let now = Instant::now();
+    let frame = [0xa5u8; 60];
+    let packets: Vec<Vec<u8>> = senders
+        .iter()
+        .map(|(_, h)| {
+            let mut p = ClientMessage::media_header(*h).to_vec();
+            p.extend_from_slice(&frame);
+            p
+        })
+        .collect();
+    let mut delivered = 0u64;
+    let mut bytes = 0usize;
+    let mut sink = |_: ConnId, b: &[u8]| {
+        delivered += 1;
+        bytes += b.len();
+    };
+    // Warm-up.
+    for ((conn, _), p) in senders.iter().zip(&packets) {
+        router.receive(*conn, p, now, &mut sink).unwrap();
+    }
+    let n = allocations_in(|| {
+        for _ in 0..100 {
+            for ((conn, _), p) in senders.iter().zip(&packets) {
+                router.receive(*conn, p, now, &mut sink).unwrap();
+            }
+        }
+    });
+    assert_eq!(n, 0, "allocations during 10,000 media fan-outs");
+    let packets_in = 101 * u64::from(CHANNELS);
+    assert_eq!(delivered, packets_in * (MEMBERS - 1));
+    assert_eq!(bytes as u64, delivered * (60 + MEDIA_OVERHEAD) as u64);
+    assert_eq!(router.stats().media_out, delivered);
+}
+
+#[test]
+fn handshake_fan_out_and_error_replies_do_not_allocate() {
+    let (mut router, senders) = populated();
+    let now = Instant::now();
+    let (conn, handle) = senders[3];
+    let mut hs = [0u8; 300];
+    let n = ClientMessage::Handshake {
+        handle,
+        message: &[7; 280],
+    }
+    .encode(&mut hs)
+    .unwrap();
+    let unknown = ClientMessage::media_header(ChannelHandle(4321));
+    let mut last_seq = None;
+    let mut sink = |_: ConnId, b: &[u8]| {
+        if let Ok(RelayMessage::Handshake { seq, .. }) = RelayMessage::parse(b) {
+            last_seq = Some(seq);
+        }
+    };
+    router.receive(conn, &hs[..n], now, &mut sink).unwrap();
+    let allocations = allocations_in(|| {
+        for _ in 0..1000 {
+            router.receive(conn, &hs[..n], now, &mut sink).unwrap();
+            router.receive(conn, &unknown, now, &mut sink).unwrap_err();
+            router.receive(conn, b"junk", now, &mut sink).unwrap_err();
+        }
+    });
+    assert_eq!(allocations, 0);
+    assert_eq!(last_seq, Some(1000));
+}

@@ -1,0 +1,1193 @@
+//! The relay: wire format round trips and rejections, and the router's behaviour (fan-out,
+//! handshake ordering, mailboxes, limits, disconnects, counters).
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use sotto::media::ChannelToken;
+use sotto::relay::{
+    ChannelHandle, ClientMessage, ConnId, Departure, ErrorCode, MailboxId, RelayMessage, Request,
+    Router, RouterLimits, RouterStats, WireError, HANDSHAKE_OVERHEAD, MAX_HANDSHAKE,
+    MAX_MEDIA_FRAME, MAX_MEDIA_MESSAGE, MAX_MESSAGE, MEDIA_OVERHEAD,
+};
+
+// ---------------------------------------------------------------------------------------
+// Wire format
+// ---------------------------------------------------------------------------------------
+
+/// Owned contents of a client message (messages borrow their payloads).
+#[derive(Clone, Debug)]
+enum OwnedClient {
+    Subscribe([u8; 16]),
+    Unsubscribe(u16),
+    Media(u16, Vec<u8>),
+    Handshake(u16, Vec<u8>),
+    DeliverWelcome(Vec<u8>, Vec<u8>),
+    FetchWelcomes(Vec<u8>),
+}
+
+impl OwnedClient {
+    fn message(&self) -> ClientMessage<'_> {
+        match self {
+            OwnedClient::Subscribe(t) => ClientMessage::Subscribe {
+                token: ChannelToken(*t),
+            },
+            OwnedClient::Unsubscribe(h) => ClientMessage::Unsubscribe {
+                handle: ChannelHandle(*h),
+            },
+            OwnedClient::Media(h, f) => ClientMessage::Media {
+                handle: ChannelHandle(*h),
+                frame: f,
+            },
+            OwnedClient::Handshake(h, m) => ClientMessage::Handshake {
+                handle: ChannelHandle(*h),
+                message: m,
+            },
+            OwnedClient::DeliverWelcome(id, w) => ClientMessage::DeliverWelcome {
+                mailbox: MailboxId::new(id).unwrap(),
+                welcome: w,
+            },
+            OwnedClient::FetchWelcomes(id) => ClientMessage::FetchWelcomes {
+                mailbox: MailboxId::new(id).unwrap(),
+            },
+        }
+    }
+
+    /// Whether the message ends with a payload (so appended bytes become payload).
+    fn open_ended(&self) -> bool {
+        matches!(
+            self,
+            OwnedClient::Media(..) | OwnedClient::Handshake(..) | OwnedClient::DeliverWelcome(..)
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+enum OwnedRequest {
+    Unparsed,
+    Subscribe([u8; 16]),
+    Unsubscribe(u16),
+    Media(u16),
+    Handshake(u16),
+    DeliverWelcome(Vec<u8>),
+    FetchWelcomes(Vec<u8>),
+}
+
+#[derive(Clone, Debug)]
+enum OwnedRelay {
+    Subscribed([u8; 16], u16),
+    Unsubscribed(u16),
+    Media(u16, Vec<u8>),
+    Handshake(u16, u64, Vec<u8>),
+    Welcome(Vec<u8>, Vec<u8>),
+    Stored(Vec<u8>),
+    Error(u8, OwnedRequest),
+}
+
+impl OwnedRelay {
+    fn message(&self) -> RelayMessage<'_> {
+        match self {
+            OwnedRelay::Subscribed(t, h) => RelayMessage::Subscribed {
+                token: ChannelToken(*t),
+                handle: ChannelHandle(*h),
+            },
+            OwnedRelay::Unsubscribed(h) => RelayMessage::Unsubscribed {
+                handle: ChannelHandle(*h),
+            },
+            OwnedRelay::Media(h, f) => RelayMessage::Media {
+                handle: ChannelHandle(*h),
+                frame: f,
+            },
+            OwnedRelay::Handshake(h, seq, m) => RelayMessage::Handshake {
+                handle: ChannelHandle(*h),
+                seq: *seq,
+                message: m,
+            },
+            OwnedRelay::Welcome(id, w) => RelayMessage::Welcome {
+                mailbox: MailboxId::new(id).unwrap(),
+                welcome: w,
+            },
+            OwnedRelay::Stored(id) => RelayMessage::Stored {
+                mailbox: MailboxId::new(id).unwrap(),
+            },
+            OwnedRelay::Error(code, req) => RelayMessage::Error {
+                code: ErrorCode::from(*code),
+                request: match req {
+                    OwnedRequest::Unparsed => Request::Unparsed,
+                    OwnedRequest::Subscribe(t) => Request::Subscribe(ChannelToken(*t)),
+                    OwnedRequest::Unsubscribe(h) => Request::Unsubscribe(ChannelHandle(*h)),
+                    OwnedRequest::Media(h) => Request::Media(ChannelHandle(*h)),
+                    OwnedRequest::Handshake(h) => Request::Handshake(ChannelHandle(*h)),
+                    OwnedRequest::DeliverWelcome(id) => {
+                        Request::DeliverWelcome(MailboxId::new(id).unwrap())
+                    }
+                    OwnedRequest::FetchWelcomes(id) => {
+                        Request::FetchWelcomes(MailboxId::new(id).unwrap())
+                    }
+                },
+            },
+        }
+    }
+
+    fn open_ended(&self) -> bool {
+        matches!(
+            self,
+            OwnedRelay::Media(..) | OwnedRelay::Handshake(..) | OwnedRelay::Welcome(..)
+        )
+    }
+}
+
+fn mailbox_id() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 1..=MailboxId::MAX_LEN)
+}
+
+/// Payloads: mostly small, sometimes up to the bound of their type.
+fn payload(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => prop::collection::vec(any::<u8>(), 0..200),
+        1 => prop::collection::vec(any::<u8>(), 0..=max),
+    ]
+}
+
+fn client_message() -> impl Strategy<Value = OwnedClient> {
+    prop_oneof![
+        any::<[u8; 16]>().prop_map(OwnedClient::Subscribe),
+        any::<u16>().prop_map(OwnedClient::Unsubscribe),
+        (any::<u16>(), payload(MAX_MEDIA_FRAME)).prop_map(|(h, f)| OwnedClient::Media(h, f)),
+        (any::<u16>(), payload(4000)).prop_map(|(h, m)| OwnedClient::Handshake(h, m)),
+        (mailbox_id(), payload(4000)).prop_map(|(id, w)| OwnedClient::DeliverWelcome(id, w)),
+        mailbox_id().prop_map(OwnedClient::FetchWelcomes),
+    ]
+}
+
+fn request() -> impl Strategy<Value = OwnedRequest> {
+    prop_oneof![
+        Just(OwnedRequest::Unparsed),
+        any::<[u8; 16]>().prop_map(OwnedRequest::Subscribe),
+        any::<u16>().prop_map(OwnedRequest::Unsubscribe),
+        any::<u16>().prop_map(OwnedRequest::Media),
+        any::<u16>().prop_map(OwnedRequest::Handshake),
+        mailbox_id().prop_map(OwnedRequest::DeliverWelcome),
+        mailbox_id().prop_map(OwnedRequest::FetchWelcomes),
+    ]
+}
+
+fn relay_message() -> impl Strategy<Value = OwnedRelay> {
+    prop_oneof![
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(t, h)| OwnedRelay::Subscribed(t, h)),
+        any::<u16>().prop_map(OwnedRelay::Unsubscribed),
+        (any::<u16>(), payload(MAX_MEDIA_FRAME)).prop_map(|(h, f)| OwnedRelay::Media(h, f)),
+        (any::<u16>(), any::<u64>(), payload(4000))
+            .prop_map(|(h, s, m)| OwnedRelay::Handshake(h, s, m)),
+        (mailbox_id(), payload(4000)).prop_map(|(id, w)| OwnedRelay::Welcome(id, w)),
+        mailbox_id().prop_map(OwnedRelay::Stored),
+        (any::<u8>(), request()).prop_map(|(c, r)| OwnedRelay::Error(c, r)),
+    ]
+}
+
+/// Encodes through both APIs and checks they agree.
+fn encode_both(len: usize, encode: impl Fn(&mut [u8]) -> Result<usize, WireError>) -> Vec<u8> {
+    let mut buf = vec![0u8; len + 7];
+    let n = encode(&mut buf).unwrap();
+    assert_eq!(n, len);
+    buf.truncate(n);
+    // One byte short is refused with the size needed.
+    let mut short = vec![0u8; len - 1];
+    assert_eq!(
+        encode(&mut short),
+        Err(WireError::BufferTooSmall { needed: len })
+    );
+    buf
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn client_messages_round_trip(owned in client_message(), extra in any::<u8>()) {
+        let msg = owned.message();
+        let bytes = encode_both(msg.encoded_len(), |b| msg.encode(b));
+        let mut appended = BytesMut::from(&b"prefix"[..]);
+        prop_assert_eq!(msg.encode_into(&mut appended), Ok(bytes.len()));
+        prop_assert_eq!(&appended[6..], &bytes[..]);
+        prop_assert_eq!(ClientMessage::parse(&bytes), Ok(msg));
+        prop_assert_eq!(bytes[0] >> 5, 1, "version 1");
+        // The other direction refuses it.
+        let wrong = matches!(RelayMessage::parse(&bytes), Err(WireError::WrongDirection { .. }));
+        prop_assert!(wrong, "relay parser accepted a client message");
+        // Truncations: never the same message.
+        for cut in 0..bytes.len() {
+            let parsed = ClientMessage::parse(&bytes[..cut]);
+            if cut < 3 || !owned.open_ended() {
+                prop_assert!(parsed.is_err(), "prefix of {} parsed", cut);
+            } else {
+                prop_assert_ne!(parsed, Ok(msg));
+            }
+        }
+        // Trailing bytes: refused, or payload of an open-ended message.
+        let mut longer = bytes.clone();
+        longer.push(extra);
+        let parsed = ClientMessage::parse(&longer);
+        if owned.open_ended() {
+            prop_assert!(parsed.is_ok_and(|m| m != msg) || parsed.is_err());
+        } else {
+            prop_assert_eq!(parsed, Err(WireError::TrailingBytes));
+        }
+        // Every other version is refused.
+        for version in (0u8..8).filter(|v| *v != 1) {
+            let mut other = bytes.clone();
+            other[0] = (version << 5) | (other[0] & 0x1f);
+            prop_assert_eq!(
+                ClientMessage::parse(&other),
+                Err(WireError::UnsupportedVersion { version })
+            );
+        }
+    }
+
+    #[test]
+    fn relay_messages_round_trip(owned in relay_message(), extra in any::<u8>()) {
+        let msg = owned.message();
+        let bytes = encode_both(msg.encoded_len(), |b| msg.encode(b));
+        let mut appended = BytesMut::new();
+        prop_assert_eq!(msg.encode_into(&mut appended), Ok(bytes.len()));
+        prop_assert_eq!(&appended[..], &bytes[..]);
+        prop_assert_eq!(RelayMessage::parse(&bytes), Ok(msg));
+        let wrong = matches!(ClientMessage::parse(&bytes), Err(WireError::WrongDirection { .. }));
+        prop_assert!(wrong, "client parser accepted a relay message");
+        for cut in 0..bytes.len() {
+            let parsed = RelayMessage::parse(&bytes[..cut]);
+            let header = if matches!(owned, OwnedRelay::Handshake(..)) { HANDSHAKE_OVERHEAD } else { 3 };
+            if cut < header || !owned.open_ended() {
+                prop_assert!(parsed.is_err(), "prefix of {} parsed", cut);
+            } else {
+                prop_assert_ne!(parsed, Ok(msg));
+            }
+        }
+        let mut longer = bytes.clone();
+        longer.push(extra);
+        let parsed = RelayMessage::parse(&longer);
+        if owned.open_ended() {
+            prop_assert!(parsed.is_ok_and(|m| m != msg) || parsed.is_err());
+        } else {
+            prop_assert_eq!(parsed, Err(WireError::TrailingBytes));
+        }
+        for version in (0u8..8).filter(|v| *v != 1) {
+            let mut other = bytes.clone();
+            other[0] = (version << 5) | (other[0] & 0x1f);
+            prop_assert_eq!(
+                RelayMessage::parse(&other),
+                Err(WireError::UnsupportedVersion { version })
+            );
+        }
+    }
+
+    /// Arbitrary bytes never panic a parser, and whatever parses re-encodes to the same
+    /// bytes.
+    #[test]
+    fn arbitrary_bytes_parse_or_fail(bytes in prop::collection::vec(any::<u8>(), 0..100)) {
+        if let Ok(msg) = ClientMessage::parse(&bytes) {
+            let mut buf = vec![0u8; bytes.len()];
+            prop_assert_eq!(msg.encode(&mut buf), Ok(bytes.len()));
+            prop_assert_eq!(&buf, &bytes);
+        }
+        if let Ok(msg) = RelayMessage::parse(&bytes) {
+            let mut buf = vec![0u8; bytes.len()];
+            prop_assert_eq!(msg.encode(&mut buf), Ok(bytes.len()));
+            prop_assert_eq!(&buf, &bytes);
+        }
+    }
+}
+
+#[test]
+fn wire_layout_matches_the_table() {
+    let token = ChannelToken([0xaa; 16]);
+    let h = ChannelHandle(0x0102);
+    let id = MailboxId::new(&[7; 32]).unwrap();
+    let enc = |m: ClientMessage<'_>| {
+        let mut buf = vec![0u8; m.encoded_len()];
+        m.encode(&mut buf).unwrap();
+        buf
+    };
+    let renc = |m: RelayMessage<'_>| {
+        let mut buf = vec![0u8; m.encoded_len()];
+        m.encode(&mut buf).unwrap();
+        buf
+    };
+    let sub = enc(ClientMessage::Subscribe { token });
+    assert_eq!(sub.len(), 17);
+    assert_eq!(sub[0], 0x21);
+    assert_eq!(enc(ClientMessage::Unsubscribe { handle: h }), [0x22, 1, 2]);
+    let media = enc(ClientMessage::Media {
+        handle: h,
+        frame: &[9; 60],
+    });
+    assert_eq!(media.len(), 60 + MEDIA_OVERHEAD);
+    assert_eq!(&media[..3], &[0x23, 1, 2]);
+    assert_eq!(&media[..3], &ClientMessage::media_header(h));
+    assert_eq!(
+        enc(ClientMessage::Handshake {
+            handle: h,
+            message: b"mls"
+        }),
+        [0x24, 1, 2, b'm', b'l', b's']
+    );
+    let deliver = enc(ClientMessage::DeliverWelcome {
+        mailbox: id,
+        welcome: b"w",
+    });
+    assert_eq!(deliver.len(), 1 + 1 + 32 + 1);
+    assert_eq!(&deliver[..2], &[0x25, 32]);
+    assert_eq!(enc(ClientMessage::FetchWelcomes { mailbox: id }).len(), 34);
+
+    let subscribed = renc(RelayMessage::Subscribed { token, handle: h });
+    assert_eq!(subscribed.len(), 19);
+    assert_eq!((subscribed[0], &subscribed[17..]), (0x31, &[1u8, 2][..]));
+    assert_eq!(renc(RelayMessage::Unsubscribed { handle: h }), [0x32, 1, 2]);
+    let media = renc(RelayMessage::Media {
+        handle: h,
+        frame: &[9; 60],
+    });
+    assert_eq!((media.len(), &media[..3]), (63, &[0x33u8, 1, 2][..]));
+    let hs = renc(RelayMessage::Handshake {
+        handle: h,
+        seq: 5,
+        message: b"x",
+    });
+    assert_eq!(hs, [0x34, 1, 2, 0, 0, 0, 0, 0, 0, 0, 5, b'x']);
+    assert_eq!(
+        renc(RelayMessage::Welcome {
+            mailbox: id,
+            welcome: b"w"
+        })[0],
+        0x35
+    );
+    assert_eq!(renc(RelayMessage::Stored { mailbox: id })[..2], [0x36, 32]);
+    assert_eq!(
+        renc(RelayMessage::Error {
+            code: ErrorCode::UnknownHandle,
+            request: Request::Media(h)
+        }),
+        [0x37, 4, 0x03, 1, 2]
+    );
+    assert_eq!(
+        renc(RelayMessage::Error {
+            code: ErrorCode::Malformed,
+            request: Request::Unparsed
+        }),
+        [0x37, 1, 0]
+    );
+}
+
+#[test]
+fn wire_rejections() {
+    assert_eq!(ClientMessage::parse(&[]), Err(WireError::Truncated));
+    assert_eq!(RelayMessage::parse(&[]), Err(WireError::Truncated));
+    assert_eq!(
+        ClientMessage::parse(&[0x20]),
+        Err(WireError::UnknownType { code: 0 })
+    );
+    assert_eq!(
+        ClientMessage::parse(&[0x2f, 1, 2]),
+        Err(WireError::UnknownType { code: 0x0f })
+    );
+    assert_eq!(
+        ClientMessage::parse(&[0x33, 1, 2]),
+        Err(WireError::WrongDirection { code: 0x13 })
+    );
+    assert_eq!(
+        RelayMessage::parse(&[0x3f, 1, 2]),
+        Err(WireError::UnknownType { code: 0x1f })
+    );
+    assert_eq!(
+        ClientMessage::parse(&[0x43, 1, 2]),
+        Err(WireError::UnsupportedVersion { version: 2 })
+    );
+    assert_eq!(
+        ClientMessage::parse(&[0x03, 1, 2]),
+        Err(WireError::UnsupportedVersion { version: 0 })
+    );
+    // Mailbox ids of 0 and 65 bytes.
+    assert_eq!(
+        ClientMessage::parse(&[0x26, 0]),
+        Err(WireError::InvalidMailboxId { len: 0 })
+    );
+    let mut long = vec![0x26, 65];
+    long.extend([1; 65]);
+    assert_eq!(
+        ClientMessage::parse(&long),
+        Err(WireError::InvalidMailboxId { len: 65 })
+    );
+    assert_eq!(
+        ClientMessage::parse(&[0x26, 3, 1, 2]),
+        Err(WireError::Truncated)
+    );
+    assert_eq!(
+        MailboxId::new(&[]),
+        Err(WireError::InvalidMailboxId { len: 0 })
+    );
+    assert!(MailboxId::new(&[0; 64]).is_ok());
+    // Size bounds.
+    let mut media = vec![0x23, 0, 1];
+    media.resize(MAX_MEDIA_MESSAGE, 0);
+    assert!(ClientMessage::parse(&media).is_ok());
+    media.push(0);
+    assert_eq!(
+        ClientMessage::parse(&media),
+        Err(WireError::TooLarge {
+            len: MAX_MEDIA_MESSAGE + 1,
+            max: MAX_MEDIA_MESSAGE
+        })
+    );
+    let mut hs = vec![0x24, 0, 1];
+    hs.resize(3 + MAX_HANDSHAKE, 0);
+    assert!(ClientMessage::parse(&hs).is_ok());
+    hs.push(0);
+    assert_eq!(
+        ClientMessage::parse(&hs),
+        Err(WireError::TooLarge {
+            len: MAX_HANDSHAKE + 1,
+            max: MAX_HANDSHAKE
+        })
+    );
+    let mut welcome = vec![0x25, 1, 9];
+    welcome.resize(MAX_MESSAGE + 1, 0);
+    assert_eq!(
+        ClientMessage::parse(&welcome),
+        Err(WireError::TooLarge {
+            len: MAX_MESSAGE + 1,
+            max: MAX_MESSAGE
+        })
+    );
+    // Encoding refuses what parsing would.
+    let frame = vec![0u8; MAX_MEDIA_FRAME + 1];
+    let msg = ClientMessage::Media {
+        handle: ChannelHandle(1),
+        frame: &frame,
+    };
+    let mut buf = vec![0u8; 2000];
+    assert!(matches!(
+        msg.encode(&mut buf),
+        Err(WireError::TooLarge { .. })
+    ));
+    let mut out = BytesMut::from(&b"keep"[..]);
+    assert!(msg.encode_into(&mut out).is_err());
+    assert_eq!(&out[..], b"keep");
+    // Unknown error codes and request kinds.
+    assert_eq!(
+        RelayMessage::parse(&[0x37, 200, 0]),
+        Ok(RelayMessage::Error {
+            code: ErrorCode::Other(200),
+            request: Request::Unparsed
+        })
+    );
+    assert_eq!(
+        RelayMessage::parse(&[0x37, 1, 0x09]),
+        Err(WireError::UnknownType { code: 9 })
+    );
+    assert_eq!(
+        RelayMessage::parse(&[0x37, 1, 0, 0]),
+        Err(WireError::TrailingBytes)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Router
+// ---------------------------------------------------------------------------------------
+
+const A: ConnId = ConnId(1);
+const B: ConnId = ConnId(2);
+const C: ConnId = ConnId(3);
+/// Members of the control channel, whose traffic must never be disturbed.
+const X: ConnId = ConnId(100);
+const Y: ConnId = ConnId(101);
+
+fn token(n: u8) -> ChannelToken {
+    ChannelToken([n; 16])
+}
+
+/// What a request returned, and what the router sent because of it.
+type Outcome = (Result<(), ErrorCode>, Vec<(ConnId, Vec<u8>)>);
+
+/// A router and everything it sent, with virtual time.
+struct Relay {
+    router: Router,
+    now: Instant,
+    sent: Vec<(ConnId, Vec<u8>)>,
+    /// Datagrams and bytes seen by the sink.
+    sink_datagrams: u64,
+    sink_bytes: u64,
+}
+
+impl Relay {
+    fn new(limits: RouterLimits) -> Relay {
+        Relay {
+            router: Router::new(limits),
+            now: Instant::now(),
+            sent: Vec::new(),
+            sink_datagrams: 0,
+            sink_bytes: 0,
+        }
+    }
+
+    /// Feeds raw bytes; returns what was sent because of them.
+    fn raw(&mut self, from: ConnId, bytes: &[u8]) -> Outcome {
+        let mut out = Vec::new();
+        let result = self
+            .router
+            .receive(from, bytes, self.now, &mut |to, b: &[u8]| {
+                out.push((to, b.to_vec()))
+            });
+        self.sink_datagrams += out.len() as u64;
+        self.sink_bytes += out.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        self.sent.extend(out.iter().cloned());
+        check_stats(self.router.stats());
+        assert_eq!(self.router.stats().datagrams_out, self.sink_datagrams);
+        assert_eq!(self.router.stats().bytes_out, self.sink_bytes);
+        for (_, b) in &out {
+            RelayMessage::parse(b).expect("the router only sends valid messages");
+        }
+        (result, out)
+    }
+
+    fn send(&mut self, from: ConnId, msg: ClientMessage<'_>) -> Outcome {
+        let mut buf = vec![0u8; msg.encoded_len()];
+        msg.encode(&mut buf).unwrap();
+        self.raw(from, &buf)
+    }
+
+    fn subscribe(&mut self, from: ConnId, t: ChannelToken) -> ChannelHandle {
+        let (result, out) = self.send(from, ClientMessage::Subscribe { token: t });
+        assert_eq!(result, Ok(()));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, from);
+        match RelayMessage::parse(&out[0].1).unwrap() {
+            RelayMessage::Subscribed { token: got, handle } => {
+                assert_eq!(got, t);
+                assert_eq!(self.router.handle(from, &t), Some(handle));
+                handle
+            }
+            other => panic!("expected Subscribed, got {other:?}"),
+        }
+    }
+
+    fn media(&mut self, from: ConnId, handle: ChannelHandle, frame: &[u8]) -> Outcome {
+        self.send(from, ClientMessage::Media { handle, frame })
+    }
+
+    /// Expects `out` to be exactly one error to `to`.
+    fn expect_error(out: &[(ConnId, Vec<u8>)], to: ConnId, code: ErrorCode, request: Request<'_>) {
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, to);
+        assert_eq!(
+            RelayMessage::parse(&out[0].1).unwrap(),
+            RelayMessage::Error { code, request }
+        );
+    }
+
+    /// Sets up the control channel (X and Y on token 0xcc) and returns X's handle.
+    fn control(&mut self) -> ChannelHandle {
+        let hx = self.subscribe(X, token(0xcc));
+        self.subscribe(Y, token(0xcc));
+        hx
+    }
+
+    /// The control channel still delivers exactly as before: X's frame reaches Y, once,
+    /// with Y's handle, and nobody else.
+    fn control_still_works(&mut self) {
+        let hx = self
+            .router
+            .handle(X, &token(0xcc))
+            .expect("X still subscribed");
+        let hy = self
+            .router
+            .handle(Y, &token(0xcc))
+            .expect("Y still subscribed");
+        let frame = [0x5a; 60];
+        let (result, out) = self.media(X, hx, &frame);
+        assert_eq!(result, Ok(()));
+        let mut expected = RelayMessage::media_header(hy).to_vec();
+        expected.extend_from_slice(&frame);
+        assert_eq!(out, vec![(Y, expected)]);
+        assert_eq!(self.router.subscriber_count(&token(0xcc)), 2);
+    }
+}
+
+/// The accounting identities of [`RouterStats`].
+fn check_stats(s: &RouterStats) {
+    let accepted =
+        s.subscribes + s.unsubscribes + s.media_in + s.handshakes_in + s.welcomes_in + s.fetches;
+    assert_eq!(s.datagrams_in, accepted + s.drops.total(), "{s:?}");
+    assert_eq!(s.errors_out, s.drops.total(), "{s:?}");
+    assert_eq!(
+        s.datagrams_out,
+        s.subscribes
+            + s.unsubscribes
+            + s.media_out
+            + s.handshakes_out
+            + s.welcomes_in
+            + s.welcomes_out
+            + s.errors_out,
+        "{s:?}"
+    );
+}
+
+#[test]
+fn subscribe_gives_a_handle_and_is_idempotent() {
+    let mut relay = Relay::new(RouterLimits::default());
+    let h1 = relay.subscribe(A, token(1));
+    let h2 = relay.subscribe(A, token(2));
+    assert_ne!(h1, h2);
+    // Subscribing again (a retransmission) gives the same handle.
+    assert_eq!(relay.subscribe(A, token(1)), h1);
+    assert_eq!(relay.router.subscriber_count(&token(1)), 1);
+    assert_eq!(relay.router.channel_count(), 2);
+    assert_eq!(relay.router.connection_count(), 1);
+    assert_eq!(relay.router.stats().subscribes, 3);
+    assert_eq!(relay.router.stats().channels_opened, 2);
+}
+
+#[test]
+fn media_reaches_every_other_subscriber_with_its_own_handle() {
+    let mut relay = Relay::new(RouterLimits::default());
+    // Give B and C other channels first, so their handles for token 7 differ from A's.
+    relay.subscribe(B, token(1));
+    relay.subscribe(C, token(1));
+    relay.subscribe(C, token(2));
+    let ha = relay.subscribe(A, token(7));
+    let hb = relay.subscribe(B, token(7));
+    let hc = relay.subscribe(C, token(7));
+    assert!(ha != hb && hb != hc && ha != hc);
+
+    let frame = b"sframe ciphertext";
+    let (result, out) = relay.media(A, ha, frame);
+    assert_eq!(result, Ok(()));
+    assert_eq!(out.len(), 2);
+    let mut receivers: Vec<_> = out
+        .iter()
+        .map(|(to, bytes)| match RelayMessage::parse(bytes).unwrap() {
+            RelayMessage::Media { handle, frame: f } => {
+                assert_eq!(f, frame);
+                assert_eq!(bytes.len(), frame.len() + MEDIA_OVERHEAD);
+                (*to, handle)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    receivers.sort();
+    assert_eq!(receivers, vec![(B, hb), (C, hc)]);
+    // Members of the other channels heard nothing.
+    assert!(out.iter().all(|(to, _)| *to != A));
+    // B's frame reaches A and C.
+    let (_, out) = relay.media(B, hb, b"from b");
+    let mut to: Vec<_> = out.iter().map(|(c, _)| *c).collect();
+    to.sort();
+    assert_eq!(to, vec![A, C]);
+    // A lone subscriber's media goes nowhere, and is not an error.
+    let (result, out) = relay.media(C, relay.router.handle(C, &token(2)).unwrap(), b"alone");
+    assert_eq!((result, out.len()), (Ok(()), 0));
+    let s = relay.router.stats();
+    assert_eq!((s.media_in, s.media_out), (3, 4));
+}
+
+#[test]
+fn handshake_is_sequenced_per_channel_and_reaches_the_sender() {
+    let mut relay = Relay::new(RouterLimits::default());
+    relay.subscribe(C, token(9));
+    let ha = relay.subscribe(A, token(1));
+    let hb = relay.subscribe(B, token(1));
+    let hc = relay.subscribe(C, token(1));
+    let hc9 = relay.router.handle(C, &token(9)).unwrap();
+
+    let mut seen: Vec<(ConnId, ChannelHandle, u64, Vec<u8>)> = Vec::new();
+    for (i, (from, handle)) in [(A, ha), (B, hb), (A, ha), (C, hc)].into_iter().enumerate() {
+        let commit = format!("commit {i}").into_bytes();
+        let (result, out) = relay.send(
+            from,
+            ClientMessage::Handshake {
+                handle,
+                message: &commit,
+            },
+        );
+        assert_eq!(result, Ok(()));
+        assert_eq!(out.len(), 3, "every subscriber, sender included");
+        for (to, bytes) in out {
+            match RelayMessage::parse(&bytes).unwrap() {
+                RelayMessage::Handshake {
+                    handle,
+                    seq,
+                    message,
+                } => {
+                    assert_eq!(seq, i as u64);
+                    assert_eq!(message, commit.as_slice());
+                    seen.push((to, handle, seq, message.to_vec()));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // Every member saw sequence 0, 1, 2, 3 in order, under its own handle.
+    for (conn, handle) in [(A, ha), (B, hb), (C, hc)] {
+        let mine: Vec<_> = seen.iter().filter(|s| s.0 == conn).collect();
+        assert_eq!(mine.iter().map(|s| s.2).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert!(mine.iter().all(|s| s.1 == handle));
+    }
+    // Another channel has its own sequence.
+    let (_, out) = relay.send(
+        C,
+        ClientMessage::Handshake {
+            handle: hc9,
+            message: b"other",
+        },
+    );
+    assert_eq!(out.len(), 1);
+    assert!(matches!(
+        RelayMessage::parse(&out[0].1).unwrap(),
+        RelayMessage::Handshake { seq: 0, .. }
+    ));
+    assert_eq!(relay.router.stats().handshakes_in, 5);
+    assert_eq!(relay.router.stats().handshakes_out, 13);
+}
+
+#[test]
+fn handshake_of_the_largest_size_fans_out() {
+    let mut relay = Relay::new(RouterLimits::default());
+    let ha = relay.subscribe(A, token(1));
+    relay.subscribe(B, token(1));
+    let big = vec![0x77; MAX_HANDSHAKE];
+    let (result, out) = relay.send(
+        A,
+        ClientMessage::Handshake {
+            handle: ha,
+            message: &big,
+        },
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|(_, b)| b.len() == MAX_MESSAGE));
+}
+
+#[test]
+fn mailbox_deliver_and_fetch() {
+    let mut relay = Relay::new(RouterLimits {
+        welcome_ttl: Duration::from_secs(60),
+        ..RouterLimits::default()
+    });
+    let kp_ref = [0x42u8; 32];
+    let mailbox = MailboxId::new(&kp_ref).unwrap();
+    // Empty mailbox.
+    let (result, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    assert_eq!(result, Err(ErrorCode::MailboxEmpty));
+    Relay::expect_error(
+        &out,
+        B,
+        ErrorCode::MailboxEmpty,
+        Request::FetchWelcomes(mailbox),
+    );
+    // Deliver: acknowledged with Stored.
+    let (result, out) = relay.send(
+        A,
+        ClientMessage::DeliverWelcome {
+            mailbox,
+            welcome: b"welcome 1",
+        },
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        RelayMessage::parse(&out[0].1).unwrap(),
+        RelayMessage::Stored { mailbox }
+    );
+    // A retransmission is not stored twice.
+    assert_eq!(
+        relay
+            .send(
+                A,
+                ClientMessage::DeliverWelcome {
+                    mailbox,
+                    welcome: b"welcome 1",
+                },
+            )
+            .0,
+        Ok(())
+    );
+    relay.now += Duration::from_secs(30);
+    assert_eq!(
+        relay
+            .send(
+                C,
+                ClientMessage::DeliverWelcome {
+                    mailbox,
+                    welcome: b"welcome 2",
+                },
+            )
+            .0,
+        Ok(())
+    );
+    assert_eq!(relay.router.welcome_bytes(), 18);
+    // Fetch: both Welcomes, to the fetcher only.
+    let (result, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    assert_eq!(result, Ok(()));
+    let got: Vec<_> = out
+        .iter()
+        .map(|(to, b)| {
+            assert_eq!(*to, B);
+            match RelayMessage::parse(b).unwrap() {
+                RelayMessage::Welcome {
+                    mailbox: m,
+                    welcome,
+                } => {
+                    assert_eq!(m, mailbox);
+                    welcome.to_vec()
+                }
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(got, vec![b"welcome 1".to_vec(), b"welcome 2".to_vec()]);
+    // Still there for a second fetch (a lost reply can be fetched again).
+    let (_, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    assert_eq!(out.len(), 2);
+    // Another mailbox id (a prefix of this one) is another mailbox.
+    let (result, _) = relay.send(
+        B,
+        ClientMessage::FetchWelcomes {
+            mailbox: MailboxId::new(&kp_ref[..31]).unwrap(),
+        },
+    );
+    assert_eq!(result, Err(ErrorCode::MailboxEmpty));
+    // The first Welcome expires 60 s after delivery, the second 30 s later.
+    relay.now += Duration::from_secs(31);
+    let (_, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    assert_eq!(out.len(), 1);
+    assert_eq!(relay.router.welcome_bytes(), 9);
+    relay.now += Duration::from_secs(30);
+    relay.router.expire(relay.now);
+    assert_eq!(relay.router.mailbox_count(), 0);
+    assert_eq!(relay.router.welcome_bytes(), 0);
+    let (result, _) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    assert_eq!(result, Err(ErrorCode::MailboxEmpty));
+    let s = relay.router.stats();
+    assert_eq!((s.welcomes_in, s.fetches, s.welcomes_out), (3, 3, 5));
+}
+
+#[test]
+fn mailbox_limits() {
+    let mut relay = Relay::new(RouterLimits {
+        max_mailboxes: 2,
+        max_welcomes_per_mailbox: 2,
+        max_welcome_bytes: 1000,
+        welcome_ttl: Duration::from_secs(10),
+        ..RouterLimits::default()
+    });
+    relay.control();
+    let deliver = |relay: &mut Relay, id: u8, welcome: &[u8]| {
+        let kp = [id; 32];
+        let mailbox = MailboxId::new(&kp).unwrap();
+        let (result, out) = relay.send(A, ClientMessage::DeliverWelcome { mailbox, welcome });
+        if let Err(code) = result {
+            Relay::expect_error(&out, A, code, Request::DeliverWelcome(mailbox));
+        }
+        result
+    };
+    assert_eq!(deliver(&mut relay, 1, b"a"), Ok(()));
+    assert_eq!(deliver(&mut relay, 1, b"b"), Ok(()));
+    assert_eq!(deliver(&mut relay, 1, b"c"), Err(ErrorCode::MailboxFull));
+    assert_eq!(deliver(&mut relay, 2, b"d"), Ok(()));
+    assert_eq!(deliver(&mut relay, 3, b"e"), Err(ErrorCode::StorageFull));
+    assert_eq!(
+        deliver(&mut relay, 2, &[0; 998]),
+        Err(ErrorCode::StorageFull),
+        "byte budget"
+    );
+    relay.control_still_works();
+    // Once the first Welcomes expire, there is room again.
+    relay.now += Duration::from_secs(11);
+    assert_eq!(deliver(&mut relay, 3, &[0; 998]), Ok(()));
+    assert_eq!(relay.router.mailbox_count(), 1);
+    assert_eq!(relay.router.welcome_bytes(), 998);
+    let d = relay.router.stats().drops;
+    assert_eq!((d.mailbox_full, d.storage_full), (1, 2));
+    relay.control_still_works();
+}
+
+#[test]
+fn unsubscribe_and_epoch_move() {
+    let mut relay = Relay::new(RouterLimits::default());
+    let old_a = relay.subscribe(A, token(1));
+    let old_b = relay.subscribe(B, token(1));
+    // Epoch change: both subscribe to the new token and keep the old one.
+    let new_a = relay.subscribe(A, token(2));
+    let new_b = relay.subscribe(B, token(2));
+    let (_, out) = relay.media(A, old_a, b"old epoch");
+    assert_eq!(out.len(), 1);
+    let (_, out) = relay.media(A, new_a, b"new epoch");
+    assert_eq!(out.len(), 1);
+    // After the grace period, A leaves the old channel: acknowledged.
+    let (result, out) = relay.send(A, ClientMessage::Unsubscribe { handle: old_a });
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        RelayMessage::parse(&out[0].1).unwrap(),
+        RelayMessage::Unsubscribed { handle: old_a }
+    );
+    assert_eq!(relay.router.handle(A, &token(1)), None);
+    // B's old-epoch media no longer reaches A; the new channel is untouched.
+    let (_, out) = relay.media(B, old_b, b"late");
+    assert!(out.is_empty());
+    let (_, out) = relay.media(B, new_b, b"new");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, A);
+    // A's released handle is unknown now, and unsubscribing it again says so.
+    let (result, out) = relay.media(A, old_a, b"stale");
+    assert_eq!(result, Err(ErrorCode::UnknownHandle));
+    Relay::expect_error(&out, A, ErrorCode::UnknownHandle, Request::Media(old_a));
+    let (result, _) = relay.send(A, ClientMessage::Unsubscribe { handle: old_a });
+    assert_eq!(result, Err(ErrorCode::UnknownHandle));
+    // B leaves too: the channel is removed.
+    assert_eq!(
+        relay
+            .send(B, ClientMessage::Unsubscribe { handle: old_b })
+            .0,
+        Ok(())
+    );
+    assert_eq!(relay.router.channel_count(), 1);
+    assert_eq!(relay.router.subscriber_count(&token(1)), 0);
+    assert_eq!(relay.router.stats().channels_closed, 1);
+    // Handles are not reused soon: subscribing again gives a fresh one.
+    let again = relay.subscribe(A, token(1));
+    assert!(again != old_a && again != new_a);
+}
+
+#[test]
+fn subscription_floods_are_refused_without_disturbing_others() {
+    let mut relay = Relay::new(RouterLimits {
+        max_channels: 10,
+        max_channels_per_connection: 4,
+        max_subscribers_per_channel: 3,
+        max_connections: 6,
+        ..RouterLimits::default()
+    });
+    relay.control();
+    relay.control_still_works();
+    // Per connection.
+    for i in 0..4 {
+        relay.subscribe(A, token(i));
+    }
+    for i in 4..50 {
+        let (result, out) = relay.send(A, ClientMessage::Subscribe { token: token(i) });
+        assert_eq!(result, Err(ErrorCode::TooManySubscriptions));
+        Relay::expect_error(
+            &out,
+            A,
+            ErrorCode::TooManySubscriptions,
+            Request::Subscribe(token(i)),
+        );
+    }
+    relay.control_still_works();
+    // Per channel: token 0 has A; B and C fill it, D is refused.
+    relay.subscribe(B, token(0));
+    relay.subscribe(C, token(0));
+    let (result, out) = relay.send(ConnId(4), ClientMessage::Subscribe { token: token(0) });
+    assert_eq!(result, Err(ErrorCode::ChannelFull));
+    Relay::expect_error(
+        &out,
+        ConnId(4),
+        ErrorCode::ChannelFull,
+        Request::Subscribe(token(0)),
+    );
+    // The control channel is full too, to outsiders.
+    relay.subscribe(ConnId(4), token(0xcc));
+    let (result, _) = relay.send(B, ClientMessage::Subscribe { token: token(0xcc) });
+    assert_eq!(result, Err(ErrorCode::ChannelFull));
+    // Unsubscribe 4 from the control channel again, so its traffic is as before.
+    let h4 = relay.router.handle(ConnId(4), &token(0xcc)).unwrap();
+    assert_eq!(
+        relay
+            .send(ConnId(4), ClientMessage::Unsubscribe { handle: h4 })
+            .0,
+        Ok(())
+    );
+    relay.control_still_works();
+    // Total channels: 5 exist (control + 4 of A); B and C add 5 more, then the relay is full.
+    for i in 10..13 {
+        relay.subscribe(B, token(i));
+    }
+    for i in 20..22 {
+        relay.subscribe(C, token(i));
+    }
+    assert_eq!(relay.router.channel_count(), 10);
+    let (result, out) = relay.send(C, ClientMessage::Subscribe { token: token(99) });
+    assert_eq!(result, Err(ErrorCode::RelayFull));
+    Relay::expect_error(&out, C, ErrorCode::RelayFull, Request::Subscribe(token(99)));
+    // Joining an existing channel is still fine.
+    relay.subscribe(C, token(10));
+    // Total connections: X, Y, A, B, C, 4 = 6; a seventh is refused.
+    let (result, _) = relay.send(ConnId(5), ClientMessage::Subscribe { token: token(10) });
+    assert_eq!(result, Err(ErrorCode::RelayFull));
+    assert_eq!(relay.router.connection_count(), 6);
+    relay.control_still_works();
+    let d = relay.router.stats().drops;
+    assert_eq!(
+        (d.too_many_subscriptions, d.channel_full, d.relay_full),
+        (46, 2, 2)
+    );
+}
+
+#[test]
+fn oversized_unknown_and_malformed_datagrams_are_refused_without_disturbing_others() {
+    let mut relay = Relay::new(RouterLimits {
+        max_message: 2000,
+        ..RouterLimits::default()
+    });
+    relay.control();
+    let ha = relay.subscribe(A, token(1));
+    relay.subscribe(B, token(1));
+    relay.control_still_works();
+
+    // Larger than the router's limit.
+    let big = vec![0x25; 2001];
+    let (result, out) = relay.raw(A, &big);
+    assert_eq!(result, Err(ErrorCode::TooLarge));
+    Relay::expect_error(&out, A, ErrorCode::TooLarge, Request::Unparsed);
+    // Media larger than a datagram.
+    let mut media = ClientMessage::media_header(ha).to_vec();
+    media.resize(MAX_MEDIA_MESSAGE + 1, 0);
+    let (result, out) = relay.raw(A, &media);
+    assert_eq!(result, Err(ErrorCode::TooLarge));
+    Relay::expect_error(&out, A, ErrorCode::TooLarge, Request::Unparsed);
+    relay.control_still_works();
+
+    // Unknown handles, from a subscribed connection and from an unknown one.
+    for (from, handle) in [(A, ChannelHandle(999)), (ConnId(77), ChannelHandle(0))] {
+        let (result, out) = relay.media(from, handle, b"x");
+        assert_eq!(result, Err(ErrorCode::UnknownHandle));
+        Relay::expect_error(&out, from, ErrorCode::UnknownHandle, Request::Media(handle));
+        let (result, out) = relay.send(
+            from,
+            ClientMessage::Handshake {
+                handle,
+                message: b"commit",
+            },
+        );
+        assert_eq!(result, Err(ErrorCode::UnknownHandle));
+        Relay::expect_error(
+            &out,
+            from,
+            ErrorCode::UnknownHandle,
+            Request::Handshake(handle),
+        );
+    }
+    // Handles are per connection: A's first handle has the same value as X's, yet names
+    // A's own channel.
+    let hx = relay.router.handle(X, &token(0xcc)).unwrap();
+    assert_eq!(hx, ha);
+    let (_, out) = relay.media(A, hx, b"x");
+    assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![B]);
+    relay.control_still_works();
+
+    // Malformed: empty, garbage, wrong direction, truncated, trailing, unknown version.
+    let bad: [(&[u8], ErrorCode); 7] = [
+        (&[], ErrorCode::Malformed),
+        (b"\x2fgarbage", ErrorCode::Malformed),
+        (&[0x33, 0, 0, 1], ErrorCode::Malformed),
+        (&[0x21, 1, 2, 3], ErrorCode::Malformed),
+        (&[0x22, 0, 1, 0], ErrorCode::Malformed),
+        (&[0x43, 0, 0, 1], ErrorCode::UnsupportedVersion),
+        (&[0xff; 40], ErrorCode::UnsupportedVersion),
+    ];
+    for (bytes, code) in bad {
+        let (result, out) = relay.raw(A, bytes);
+        assert_eq!(result, Err(code), "{bytes:x?}");
+        Relay::expect_error(&out, A, code, Request::Unparsed);
+    }
+    relay.control_still_works();
+    // A's own channel still works too.
+    let (_, out) = relay.media(A, ha, b"fine");
+    assert_eq!(out.len(), 1);
+    let d = relay.router.stats().drops;
+    assert_eq!(
+        (
+            d.too_large,
+            d.unknown_handle,
+            d.malformed,
+            d.unsupported_version
+        ),
+        (2, 4, 5, 2)
+    );
+}
+
+#[test]
+fn disconnect_cleans_up() {
+    let mut relay = Relay::new(RouterLimits::default());
+    relay.control();
+    let ha = relay.subscribe(A, token(1));
+    relay.subscribe(A, token(2));
+    relay.subscribe(A, token(3));
+    relay.subscribe(B, token(1));
+    relay.subscribe(C, token(1));
+    relay.subscribe(B, token(2));
+    assert_eq!(relay.router.channel_count(), 4);
+
+    let mut departures = relay.router.disconnect(A);
+    departures.sort_by_key(|d| d.token.0);
+    assert_eq!(
+        departures,
+        vec![
+            Departure {
+                token: token(1),
+                remaining: 2
+            },
+            Departure {
+                token: token(2),
+                remaining: 1
+            },
+            Departure {
+                token: token(3),
+                remaining: 0
+            },
+        ]
+    );
+    assert_eq!(relay.router.channel_count(), 3);
+    assert_eq!(relay.router.subscriber_count(&token(1)), 2);
+    assert_eq!(relay.router.connection_count(), 4);
+    assert_eq!(relay.router.handle(A, &token(1)), None);
+    // A's old handle is unknown; B's media reaches C only.
+    let (result, _) = relay.media(A, ha, b"x");
+    assert_eq!(result, Err(ErrorCode::UnknownHandle));
+    let hb = relay.router.handle(B, &token(1)).unwrap();
+    let (_, out) = relay.media(B, hb, b"x");
+    assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![C]);
+    // Disconnecting twice, or an unknown connection, does nothing.
+    assert!(relay.router.disconnect(A).is_empty());
+    assert!(relay.router.disconnect(ConnId(12345)).is_empty());
+    // Everyone leaves: nothing remains but the control channel.
+    relay.router.disconnect(B);
+    relay.router.disconnect(C);
+    assert_eq!(relay.router.channel_count(), 1);
+    assert_eq!(relay.router.connection_count(), 2);
+    assert_eq!(relay.router.stats().channels_closed, 3);
+    relay.control_still_works();
+    // Channel slots are reused cleanly: a new channel works.
+    let h = relay.subscribe(A, token(50));
+    relay.subscribe(B, token(50));
+    let (_, out) = relay.media(A, h, b"again");
+    assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![B]);
+    relay.control_still_works();
+}
+
+#[test]
+fn counters_add_up() {
+    let mut relay = Relay::new(RouterLimits::default());
+    let ha = relay.subscribe(A, token(1));
+    relay.subscribe(B, token(1));
+    assert_eq!(relay.media(A, ha, &[1; 60]).0, Ok(()));
+    assert_eq!(relay.raw(A, b"\x20junk").0, Err(ErrorCode::Malformed));
+    let s = *relay.router.stats();
+    assert_eq!(s.datagrams_in, 4);
+    assert_eq!(s.bytes_in, 17 + 17 + 63 + 5);
+    assert_eq!(s.datagrams_out, 4);
+    assert_eq!(s.bytes_out, 19 + 19 + 63 + 3);
+    assert_eq!(s.drops.malformed, 1);
+    assert_eq!(s.drops.get(ErrorCode::Malformed), 1);
+    assert_eq!(s.drops.total(), 1);
+}
