@@ -25,10 +25,11 @@ impl<T: Clone> Probe<T> {
 
 #[test]
 fn sealers_and_sessions_cannot_be_cloned() {
-    assert!(Probe::<String>::IS_CLONE, "the probe detects Clone");
-    assert!(!Probe::<FrameSealer>::IS_CLONE);
-    assert!(!Probe::<MediaSession>::IS_CLONE);
-    assert!(!Probe::<EpochKeys>::IS_CLONE);
+    // Checked at compile time: the test does not build if any of these changes.
+    const { assert!(Probe::<String>::IS_CLONE, "the probe detects Clone") };
+    const { assert!(!Probe::<FrameSealer>::IS_CLONE) };
+    const { assert!(!Probe::<MediaSession>::IS_CLONE) };
+    const { assert!(!Probe::<EpochKeys>::IS_CLONE) };
 }
 
 const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
