@@ -199,9 +199,10 @@ impl MediaSession {
             &keys.members,
             Some(keys.own_leaf),
         )?;
-        if !self.tokens.iter().any(|(e, _)| *e == keys.epoch) {
-            self.tokens.push((keys.epoch, keys.token));
-            self.tokens.sort_by_key(|(e, _)| *e);
+        // Tokens follow the epochs the ring holds (an epoch may just have been evicted).
+        self.tokens.retain(|(e, _)| ring.holds(*e));
+        if let Err(at) = self.tokens.binary_search_by_key(&keys.epoch, |(e, _)| *e) {
+            self.tokens.insert(at, (keys.epoch, keys.token));
         }
         match keys.status {
             EpochStatus::Staged => {}
@@ -340,5 +341,42 @@ impl std::fmt::Debug for MediaSession {
             .field("sending_epoch", &self.sending_epoch())
             .field("ring", &self.ring)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(epoch: u64) -> EpochKeys {
+        let suite = CipherSuite::AesGcm128Sha256;
+        EpochKeys::new(
+            epoch,
+            EpochStatus::Current,
+            suite,
+            KidLayout::default(),
+            0,
+            vec![0, 1],
+            0,
+            ChannelToken([u8::try_from(epoch % 256).unwrap(); 16]),
+            vec![1; suite.key_len()],
+        )
+    }
+
+    #[test]
+    fn tokens_and_pending_switches_stay_bounded() {
+        let t0 = Instant::now();
+        let mut m = MediaSession::new(MediaConfig::default());
+        // An epoch every 100 ms: slots are taken over long before grace ends.
+        for e in 0..1000u64 {
+            m.apply(keys(e), t0 + Duration::from_millis(100 * e))
+                .unwrap();
+        }
+        let held = m.ring().unwrap().epochs();
+        assert_eq!(held.len(), 16);
+        let tokens: Vec<u64> = m.tokens().map(|(e, _)| e).collect();
+        assert_eq!(tokens, held);
+        // Only the switches of the last second are pending.
+        assert!(m.next.len() <= 11, "{} pending switches", m.next.len());
     }
 }
