@@ -90,9 +90,12 @@
 //! # Ok::<(), sotto::relay::WireError>(())
 //! ```
 
+mod client;
 mod codec;
 mod router;
 mod wire;
+
+pub use client::{ClientError, ClientEvent, RelayClient};
 
 pub use router::{ConnId, Departure, DropStats, Router, RouterLimits, RouterStats};
 pub use wire::{
