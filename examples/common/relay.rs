@@ -1,11 +1,13 @@
-//! An in-process relay for the examples and tests: routes by channel token, keeps Welcome
-//! mailboxes keyed by KeyPackage reference, and records every byte it is given.
+//! An in-process relay for the examples and tests: sotto's `Router`, reached through each
+//! member's `RelayClient`, with every datagram the relay is given recorded.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sotto::media::ChannelToken;
+use sotto::relay::{ClientEvent, ClientMessage, ConnId, RelayClient, Router, RouterLimits};
 
 /// A connection to the relay.
 pub type MemberId = u64;
@@ -19,64 +21,117 @@ pub enum Delivery {
     Handshake(Bytes),
 }
 
-/// The relay.
-#[derive(Default)]
+/// The relay and its clients' ends.
 pub struct InProcessRelay {
+    router: Router,
+    clients: BTreeMap<MemberId, RelayClient>,
     next_id: MemberId,
-    channels: HashMap<ChannelToken, Vec<MemberId>>,
-    mailboxes: HashMap<Vec<u8>, Vec<Bytes>>,
     outbox: Vec<(MemberId, Delivery)>,
+    welcomes: BTreeMap<MemberId, Vec<Bytes>>,
     recording: Vec<u8>,
     datagrams: usize,
     tokens: HashSet<ChannelToken>,
     media_sizes: BTreeMap<usize, usize>,
+    buf: BytesMut,
+    now: Instant,
+}
+
+impl Default for InProcessRelay {
+    fn default() -> Self {
+        InProcessRelay::new()
+    }
 }
 
 impl InProcessRelay {
     /// An empty relay.
     pub fn new() -> InProcessRelay {
-        InProcessRelay::default()
-    }
-
-    fn record(&mut self, parts: &[&[u8]]) {
-        for p in parts {
-            self.recording.extend_from_slice(p);
+        InProcessRelay {
+            router: Router::new(RouterLimits::default()),
+            clients: BTreeMap::new(),
+            next_id: 0,
+            outbox: Vec::new(),
+            welcomes: BTreeMap::new(),
+            recording: Vec::new(),
+            datagrams: 0,
+            tokens: HashSet::new(),
+            media_sizes: BTreeMap::new(),
+            buf: BytesMut::new(),
+            now: Instant::now(),
         }
-        self.datagrams += 1;
     }
 
     /// A new connection.
     pub fn connect(&mut self) -> MemberId {
         self.next_id += 1;
+        self.clients.insert(self.next_id, RelayClient::new());
         self.next_id
+    }
+
+    /// Hands the datagram in `self.buf` from `id` to the router and routes its answers to
+    /// the clients.
+    fn send(&mut self, id: MemberId) {
+        let datagram = self.buf.split().freeze();
+        self.recording.extend_from_slice(&datagram);
+        self.datagrams += 1;
+        match ClientMessage::parse(&datagram) {
+            Ok(ClientMessage::Subscribe { token }) => {
+                self.tokens.insert(token);
+            }
+            Ok(ClientMessage::Media { frame, .. }) => {
+                *self.media_sizes.entry(frame.len()).or_default() += 1;
+            }
+            _ => {}
+        }
+        let mut replies: Vec<(u64, Vec<u8>)> = Vec::new();
+        let _ = self
+            .router
+            .receive(ConnId(id), &datagram, self.now, &mut |to, bytes: &[u8]| {
+                replies.push((to.0, bytes.to_vec()))
+            });
+        for (to, bytes) in replies {
+            let Some(client) = self.clients.get_mut(&to) else {
+                continue;
+            };
+            match client.receive(&bytes) {
+                Ok(ClientEvent::Media { frame, .. }) => self
+                    .outbox
+                    .push((to, Delivery::Media(Bytes::copy_from_slice(frame)))),
+                Ok(ClientEvent::Handshake { message, .. }) => self
+                    .outbox
+                    .push((to, Delivery::Handshake(Bytes::copy_from_slice(message)))),
+                Ok(ClientEvent::Welcome { welcome }) => self
+                    .welcomes
+                    .entry(to)
+                    .or_default()
+                    .push(Bytes::copy_from_slice(welcome)),
+                _ => {}
+            }
+        }
     }
 
     /// Subscribes `id` to a channel.
     pub fn subscribe(&mut self, id: MemberId, token: ChannelToken) {
-        self.record(&[b"S", &token.0]);
-        self.tokens.insert(token);
-        let subs = self.channels.entry(token).or_default();
-        if !subs.contains(&id) {
-            subs.push(id);
+        if let Some(c) = self.clients.get(&id) {
+            if c.subscribe(token, &mut self.buf).is_ok() {
+                self.send(id);
+            }
         }
     }
 
     /// Unsubscribes `id` from a channel.
     pub fn unsubscribe(&mut self, id: MemberId, token: ChannelToken) {
-        self.record(&[b"U", &token.0]);
-        if let Some(subs) = self.channels.get_mut(&token) {
-            subs.retain(|s| *s != id);
+        if let Some(c) = self.clients.get(&id) {
+            if c.unsubscribe(&token, &mut self.buf).is_ok() {
+                self.send(id);
+            }
         }
     }
 
     /// Media from `id` to every other subscriber of the channel.
     pub fn publish_media(&mut self, id: MemberId, token: ChannelToken, packet: &[u8]) {
-        self.record(&[b"M", &token.0, packet]);
-        *self.media_sizes.entry(packet.len()).or_default() += 1;
-        let packet = Bytes::copy_from_slice(packet);
-        for sub in self.channels.get(&token).into_iter().flatten() {
-            if *sub != id {
-                self.outbox.push((*sub, Delivery::Media(packet.clone())));
+        if let Some(c) = self.clients.get(&id) {
+            if c.media(&token, packet, &mut self.buf).is_ok() {
+                self.send(id);
             }
         }
     }
@@ -84,32 +139,37 @@ impl InProcessRelay {
     /// A handshake message to every subscriber of the channel, the sender included (so it
     /// learns its commit was ordered).
     pub fn publish_handshake(&mut self, id: MemberId, token: ChannelToken, message: &[u8]) {
-        self.record(&[b"H", &token.0, message]);
-        let _ = id;
-        let message = Bytes::copy_from_slice(message);
-        for sub in self.channels.get(&token).into_iter().flatten() {
-            self.outbox
-                .push((*sub, Delivery::Handshake(message.clone())));
+        if let Some(c) = self.clients.get(&id) {
+            if c.handshake(&token, message, &mut self.buf).is_ok() {
+                self.send(id);
+            }
         }
     }
 
-    /// Leaves a Welcome in the mailbox of a KeyPackage reference.
+    /// Leaves a Welcome in the mailbox of a KeyPackage reference (sent from connection 0,
+    /// the relay's own bookkeeping connection, since any client may deliver).
     pub fn post_welcome(&mut self, reference: &[u8], welcome: &[u8]) {
-        self.record(&[b"W", reference, welcome]);
-        self.mailboxes
-            .entry(reference.to_vec())
-            .or_default()
-            .push(Bytes::copy_from_slice(welcome));
+        let id = self.clients.keys().next().copied().unwrap_or(0);
+        if let Some(c) = self.clients.get(&id) {
+            if c.deliver_welcome(reference, welcome, &mut self.buf).is_ok() {
+                self.send(id);
+            }
+        }
     }
 
-    /// Takes the oldest Welcome of a mailbox.
+    /// Takes a Welcome from a mailbox, asking over a fresh connection (the invitee's).
     pub fn fetch_welcome(&mut self, reference: &[u8]) -> Option<Vec<u8>> {
-        self.record(&[b"F", reference]);
-        let box_ = self.mailboxes.get_mut(reference)?;
-        if box_.is_empty() {
-            return None;
-        }
-        Some(box_.remove(0).to_vec())
+        let id = self.connect();
+        let c = self.clients.get(&id)?;
+        c.fetch_welcomes(reference, &mut self.buf).ok()?;
+        self.send(id);
+        self.router.disconnect(ConnId(id));
+        self.clients.remove(&id);
+        self.welcomes
+            .remove(&id)?
+            .into_iter()
+            .next()
+            .map(|b| b.to_vec())
     }
 
     /// Everything to deliver since the last call.
@@ -117,7 +177,7 @@ impl InProcessRelay {
         std::mem::take(&mut self.outbox)
     }
 
-    /// Every byte given to the relay, concatenated.
+    /// Every datagram given to the relay, concatenated.
     pub fn recording(&self) -> &[u8] {
         &self.recording
     }
@@ -127,17 +187,17 @@ impl InProcessRelay {
         self.recording.len()
     }
 
-    /// Messages recorded.
+    /// Datagrams recorded.
     pub fn recorded_datagrams(&self) -> usize {
         self.datagrams
     }
 
-    /// Distinct channel tokens seen.
+    /// Distinct channel tokens subscribed to.
     pub fn distinct_tokens(&self) -> usize {
         self.tokens.len()
     }
 
-    /// Media packet sizes seen, with counts.
+    /// Sizes of the SFrame packets relayed, with counts.
     pub fn media_size_histogram(&self) -> BTreeMap<usize, usize> {
         self.media_sizes.clone()
     }

@@ -53,7 +53,9 @@ impl Default for RouterLimits {
         RouterLimits {
             max_connections: 10_000,
             max_channels: 10_000,
-            max_channels_per_connection: 8,
+            // A member holds one token per epoch in its grace period: up to 2^E (16 with
+            // the default KID layout, 64 with E = 6).
+            max_channels_per_connection: 64,
             max_subscribers_per_channel: 64,
             max_message: MAX_MESSAGE,
             max_mailboxes: 10_000,
