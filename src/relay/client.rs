@@ -64,7 +64,7 @@ pub enum ClientError {
     NotSubscribed,
 }
 
-/// The client side of one relay connection (see the [module docs](self)).
+/// The client side of one relay connection (see [`crate::relay`]).
 #[derive(Debug, Default)]
 pub struct RelayClient {
     handles: Vec<(ChannelToken, ChannelHandle)>,
