@@ -39,3 +39,8 @@ pub mod keys;
 pub mod media;
 pub mod relay;
 pub mod room;
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

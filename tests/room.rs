@@ -454,3 +454,56 @@ fn bad_handshake_bytes_are_typed_errors_and_change_nothing() {
     m[0].process(&good.message, t0);
     assert_eq!(m[0].room.epoch(), epoch + 1);
 }
+
+#[test]
+fn rooms_and_sessions_are_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<sotto::media::MediaSession>();
+    assert_send::<sotto::room::Room<openmls_rust_crypto::OpenMlsRustCrypto>>();
+    assert_send::<sotto::media::EpochKeys>();
+}
+
+/// A relay configured as an MLS external sender proposes removing a member whose
+/// connection is gone; a member commits the proposal.
+#[test]
+fn external_sender_proposes_a_removal() {
+    use openmls::prelude::{GroupEpoch, GroupId, LeafNodeIndex, SenderExtensionIndex};
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+
+    let relay_key = SignatureKeyPair::new(openmls::prelude::SignatureScheme::ED25519).unwrap();
+    let config = RoomConfig {
+        external_senders: vec![(relay_key.public().to_vec(), b"relay".to_vec())],
+        ..RoomConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["alice", "bob", "carol"],
+        config,
+        MediaConfig::default(),
+        t0,
+    );
+    let gone = m[2].room.own_leaf();
+    // What the relay knows: the group id and epoch from MLS framing, the leaf from KIDs.
+    let proposal = openmls::prelude::ExternalProposal::new_remove::<OpenMlsRustCrypto>(
+        LeafNodeIndex::new(gone),
+        GroupId::from_slice(m[0].room.group_id()),
+        GroupEpoch::from(m[0].room.epoch()),
+        &relay_key,
+        SenderExtensionIndex::new(0),
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    for x in m.iter_mut() {
+        let events = x.process(&proposal, t0);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, RoomEvent::ProposalQueued)));
+    }
+    let commit = m[0].room.commit_pending_proposals().unwrap();
+    deliver_commit(&mut m, 0, commit, t0);
+    assert!(m[2].removed);
+    assert_eq!(m[0].room.members().len(), 2);
+    assert_eq!(m[1].room.safety_code(), m[0].room.safety_code());
+}
