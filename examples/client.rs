@@ -1,0 +1,457 @@
+//! `cargo run --release --example client -- (--create | --join) --name NAME --dir DIR
+//! [--relay ADDR (default 127.0.0.1:7878)] [--seconds N (default 10)]`
+//!
+//! One call member as a process: it speaks a synthesized voice in real time (one sealed Opus
+//! frame every 20 ms) over UDP to the relay (`cargo run --release --example relay`) and
+//! decodes everyone else.
+//!
+//! Invitations go through a shared directory, standing in for an out-of-band channel (an
+//! invite link): KeyPackages carry the member's pseudonym in the clear, so they never pass
+//! through the relay. Only the encrypted Welcome does, in a relay mailbox keyed by the
+//! KeyPackage reference.
+//!
+//! - `--create` makes the room, writes `DIR/room` (a random marker for this room's run), and
+//!   watches `DIR/*.kp`: each KeyPackage written after the marker is invited (one commit
+//!   each, once everyone has caught up with the previous one); the Welcome goes to the
+//!   relay mailbox.
+//! - `--join` waits for `DIR/room`, writes its KeyPackage to `DIR/NAME.kp` (again whenever
+//!   a new room marker appears), and polls its relay mailbox until the Welcome comes.
+//!
+//! Every member uses the default room configuration. After `--seconds`, it prints what it
+//! sent and decoded, per sender, and the room's safety code: compare it across terminals.
+
+#[path = "common/member.rs"]
+mod member;
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use member::{Member, MemberError, FRAME};
+use sotto::room::{RoomConfig, RoomError};
+
+/// A creator invites anyway when the room has not settled for this long (a member that
+/// went away silently must not block invitations forever).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the directory is looked at.
+const DIR_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Create,
+    Join,
+}
+
+struct Options {
+    role: Role,
+    name: String,
+    dir: PathBuf,
+    relay: SocketAddr,
+    seconds: u64,
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: client (--create | --join) --name NAME --dir DIR [--relay ADDR (default \
+         127.0.0.1:7878)] [--seconds N (default 10)]\n  NAME: 1-32 of A-Z a-z 0-9 - _"
+    );
+    ExitCode::from(2)
+}
+
+fn parse_args() -> Option<Options> {
+    let mut role = None;
+    let mut name = None;
+    let mut dir = None;
+    let mut relay: SocketAddr = "127.0.0.1:7878".parse().ok()?;
+    let mut seconds = 10;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--create" => role = Some(Role::Create),
+            "--join" => role = Some(Role::Join),
+            "--name" => name = args.next(),
+            "--dir" => dir = args.next().map(PathBuf::from),
+            "--relay" => relay = args.next()?.parse().ok()?,
+            "--seconds" => seconds = args.next()?.parse().ok().filter(|s| *s > 0)?,
+            _ => return None,
+        }
+    }
+    let name = name.filter(|n| {
+        (1..=32).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })?;
+    Some(Options {
+        role: role?,
+        name,
+        dir: dir?,
+        relay,
+        seconds,
+    })
+}
+
+/// Writes `bytes` to `path` atomically (a reader never sees half a file).
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn random_hex(len: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = vec![0u8; len];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The creator's side of the directory: the room marker and the KeyPackages to invite.
+struct Inviter {
+    dir: PathBuf,
+    marker_time: SystemTime,
+    /// (name, KeyPackage bytes) already handled.
+    seen: HashSet<(String, Vec<u8>)>,
+    last_commit: Instant,
+}
+
+impl Inviter {
+    fn open(dir: &Path, now: Instant) -> std::io::Result<Inviter> {
+        let marker = dir.join("room");
+        write_atomically(
+            &marker,
+            format!("sotto room {}\n", random_hex(16)).as_bytes(),
+        )?;
+        Ok(Inviter {
+            dir: dir.to_path_buf(),
+            marker_time: std::fs::metadata(&marker)?.modified()?,
+            seen: HashSet::new(),
+            last_commit: now,
+        })
+    }
+
+    /// KeyPackages written since the marker and not handled yet: (name, path, bytes).
+    fn waiting(&self) -> Vec<(String, PathBuf, Vec<u8>)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(".kp").filter(|n| !n.starts_with('.')) else {
+                continue;
+            };
+            let fresh = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= self.marker_time);
+            if !fresh {
+                continue;
+            }
+            if let Ok(bytes) = std::fs::read(&path) {
+                if !self.seen.contains(&(name.to_string(), bytes.clone())) {
+                    found.push((name.to_string(), path, bytes));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Invites one waiting KeyPackage when the room is ready for a commit.
+    fn step(&mut self, member: &mut Member, now: Instant, send: &mut impl FnMut(&[u8])) {
+        let Some((name, path, bytes)) = self.waiting().into_iter().next() else {
+            return;
+        };
+        let caught_up =
+            member.settled() || now.saturating_duration_since(self.last_commit) >= SETTLE_TIMEOUT;
+        if !caught_up || !member.ready_to_commit() {
+            return;
+        }
+        match member.invite(&[&bytes], now, send) {
+            Ok(()) => {
+                println!(
+                    "invited {name} (its Welcome is in the relay mailbox of its KeyPackage reference)"
+                );
+                self.seen.insert((name, bytes));
+                self.last_commit = now;
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(MemberError::NotReady) => {}
+            Err(MemberError::Room(RoomError::InvalidKeyPackage)) => {
+                eprintln!("{}: not a valid KeyPackage, ignored", path.display());
+                self.seen.insert((name, bytes));
+            }
+            Err(e) => eprintln!("could not invite {name}: {e}"),
+        }
+    }
+}
+
+/// The joiner's side: (re)publish the KeyPackage whenever a new room marker appears.
+struct Publisher {
+    dir: PathBuf,
+    name: String,
+    key_package: Vec<u8>,
+    marker: Option<Vec<u8>>,
+}
+
+impl Publisher {
+    fn step(&mut self) {
+        let Ok(marker) = std::fs::read(self.dir.join("room")) else {
+            return;
+        };
+        if self.marker.as_ref() == Some(&marker) {
+            return;
+        }
+        let path = self.dir.join(format!("{}.kp", self.name));
+        match write_atomically(&path, &self.key_package) {
+            Ok(()) => {
+                println!(
+                    "wrote {} ({} bytes); waiting for the Welcome",
+                    path.display(),
+                    self.key_package.len()
+                );
+                self.marker = Some(marker);
+            }
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+}
+
+fn voice_of(name: &str) -> usize {
+    name.bytes().map(usize::from).sum::<usize>() % 97
+}
+
+fn print_report(member: &Member, name: &str, ran: Duration) {
+    let s = member.stats();
+    println!();
+    println!("--- {name}: report after {:.1} s ---", ran.as_secs_f64());
+    println!(
+        "frames sent: {} ({} ticks without a sending key or channel)",
+        s.frames_sent, s.frames_unsent
+    );
+    match member.room() {
+        Some(room) => println!(
+            "epochs: {} changes seen, now epoch {} with {} members",
+            s.epoch_changes,
+            room.epoch(),
+            room.members().len()
+        ),
+        None => println!("never joined a room (no Welcome arrived)"),
+    }
+    for sender in member.senders() {
+        let r = sender.stats;
+        println!(
+            "  from {:<12} (leaf {}{}): decoded {:>5}  FEC {:>3}  concealed {:>4}  late {:>3}  \
+             auth failures {}  replays {}",
+            sender.pseudonym,
+            sender.leaf,
+            if sender.present { "" } else { ", left" },
+            r.decoded,
+            r.fec_recovered,
+            r.concealed,
+            r.late,
+            r.auth_failures,
+            r.replays,
+        );
+    }
+    println!(
+        "datagrams: {} out ({} B), {} in ({} B); handshakes applied {}, refused {}; \
+         relay refusals {}; stale {}",
+        s.datagrams_out,
+        s.bytes_out,
+        s.datagrams_in,
+        s.bytes_in,
+        s.handshakes_applied,
+        s.handshakes_refused,
+        s.relay_refusals,
+        s.stale
+    );
+    if let (Some(code), Some(epoch)) = (member.safety_code(), member.epoch()) {
+        println!("safety code (epoch {epoch}): {code}");
+    }
+}
+
+fn main() -> ExitCode {
+    let Some(options) = parse_args() else {
+        return usage();
+    };
+    if let Err(e) = std::fs::create_dir_all(&options.dir) {
+        eprintln!("cannot use {}: {e}", options.dir.display());
+        return ExitCode::FAILURE;
+    }
+    let bind: SocketAddr = if options.relay.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let socket = match UdpSocket::bind(bind)
+        .and_then(|s| s.connect(options.relay).map(|_| s))
+        .and_then(|s| s.set_nonblocking(true).map(|_| s))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot open a UDP socket to {}: {e}", options.relay);
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let start = Instant::now();
+    let voice = voice_of(&options.name);
+    let config = RoomConfig::default();
+    let made = match options.role {
+        Role::Create => Member::create(&options.name, voice, config, start),
+        Role::Join => Member::joiner(&options.name, voice, config),
+    };
+    let mut member = match made {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("cannot set up the member: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut inviter = None;
+    let mut publisher = None;
+    match options.role {
+        Role::Create => match Inviter::open(&options.dir, start) {
+            Ok(i) => {
+                println!(
+                    "{}: room created; invite with `--join --dir {}`",
+                    options.name,
+                    options.dir.display()
+                );
+                inviter = Some(i);
+            }
+            Err(e) => {
+                eprintln!("cannot write the room marker: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Role::Join => {
+            publisher = member.key_package().map(|kp| Publisher {
+                dir: options.dir.clone(),
+                name: options.name.clone(),
+                key_package: kp.bytes.clone(),
+                marker: None,
+            });
+            println!(
+                "{}: waiting for {}/room",
+                options.name,
+                options.dir.display()
+            );
+        }
+    }
+
+    let send_errors = Cell::new(0u64);
+    let unreachable = Cell::new(0u64);
+    let mut send = |d: &[u8]| {
+        if socket.send(d).is_err() {
+            send_errors.set(send_errors.get() + 1);
+        }
+    };
+    let end = start + Duration::from_secs(options.seconds);
+    let mut next_tick = start;
+    let mut next_dir = start;
+    let mut shown: Option<(u64, usize)> = None;
+    let mut warned = false;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(n) => {
+                    let datagram = buf.get(..n).unwrap_or(&[]);
+                    member.on_datagram(datagram, Instant::now(), &mut send);
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    unreachable.set(unreachable.get() + 1);
+                    if !warned {
+                        eprintln!(
+                            "the relay does not answer at {} (start it with `cargo run --release --example relay`)",
+                            options.relay
+                        );
+                        warned = true;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if now >= next_tick {
+            member.tick(now, &mut send);
+            next_tick += FRAME;
+            if now > next_tick + 5 * FRAME {
+                // Fell behind (the machine was busy): resume the cadence from now.
+                next_tick = now + FRAME;
+            }
+        }
+        if now >= next_dir {
+            next_dir = now + DIR_POLL;
+            if let Some(i) = &mut inviter {
+                i.step(&mut member, now, &mut send);
+            }
+            if let Some(p) = &mut publisher {
+                if member.is_joined() {
+                    publisher = None;
+                } else {
+                    p.step();
+                }
+            }
+        }
+        if member.join_failed() {
+            eprintln!("the Welcome could not be used; start again with a new KeyPackage");
+            break;
+        }
+        if let Some(room) = member.room() {
+            let state = (room.epoch(), room.members().len());
+            if shown != Some(state) {
+                let names: Vec<String> = room
+                    .members()
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.pseudonym).into_owned())
+                    .collect();
+                println!(
+                    "epoch {} · {} members ({}) · safety code {}",
+                    state.0,
+                    state.1,
+                    names.join(", "),
+                    room.safety_code()
+                );
+                shown = Some(state);
+            }
+        }
+        if member.is_removed() {
+            println!("removed from the room");
+            break;
+        }
+        let wait = next_tick
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(2));
+        std::thread::sleep(wait);
+    }
+    member.leave_relay(&mut send);
+    print_report(&member, &options.name, start.elapsed());
+    if send_errors.get() > 0 || unreachable.get() > 0 {
+        println!(
+            "network: {} send errors, {} unreachable-relay notices",
+            send_errors.get(),
+            unreachable.get()
+        );
+    }
+    if member.is_joined() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,198 @@
+//! `cargo run --release --example relay [-- --port N] [--bind ADDR] [--idle-secs N]
+//! [--seconds N] [--log-secs N]`
+//!
+//! The reference relay: sotto's sans-IO `Router` on a UDP socket. Each peer address is a
+//! connection; a peer silent for `--idle-secs` (default 30) is disconnected (its
+//! subscriptions end). It logs counts only — datagrams, bytes, channels, connections,
+//! refusals — never tokens, handles, payloads or peer addresses. Runs until killed, or for
+//! `--seconds N`.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use sotto::relay::{ConnId, Router, RouterLimits, MAX_MESSAGE};
+
+struct Options {
+    bind: IpAddr,
+    port: u16,
+    idle: Duration,
+    seconds: Option<u64>,
+    log_every: Duration,
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: relay [--port N (default 7878)] [--bind ADDR (default 127.0.0.1)] \
+         [--idle-secs N (default 30)] [--seconds N (default: until killed)] [--log-secs N (default 5)]"
+    );
+    ExitCode::from(2)
+}
+
+fn parse_args() -> Option<Options> {
+    let mut o = Options {
+        bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 7878,
+        idle: Duration::from_secs(30),
+        seconds: None,
+        log_every: Duration::from_secs(5),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next()?;
+        match arg.as_str() {
+            "--port" => o.port = value.parse().ok()?,
+            "--bind" => o.bind = value.parse().ok()?,
+            "--idle-secs" => o.idle = Duration::from_secs(value.parse().ok().filter(|n| *n > 0)?),
+            "--seconds" => o.seconds = Some(value.parse().ok()?),
+            "--log-secs" => {
+                o.log_every = Duration::from_secs(value.parse().ok().filter(|n| *n > 0)?)
+            }
+            _ => return None,
+        }
+    }
+    Some(o)
+}
+
+/// The peers: address ↔ connection id, and when each was last heard.
+#[derive(Default)]
+struct Peers {
+    by_addr: HashMap<SocketAddr, ConnId>,
+    by_conn: HashMap<ConnId, (SocketAddr, Instant)>,
+    next: u64,
+    idle_disconnects: u64,
+}
+
+impl Peers {
+    fn touch(&mut self, addr: SocketAddr, now: Instant) -> ConnId {
+        let conn = *self.by_addr.entry(addr).or_insert_with(|| {
+            self.next += 1;
+            ConnId(self.next)
+        });
+        self.by_conn.insert(conn, (addr, now));
+        conn
+    }
+
+    /// Disconnects peers silent for `idle`.
+    fn sweep(&mut self, router: &mut Router, idle: Duration, now: Instant) {
+        let silent: Vec<(ConnId, SocketAddr)> = self
+            .by_conn
+            .iter()
+            .filter(|(_, (_, seen))| now.saturating_duration_since(*seen) >= idle)
+            .map(|(conn, (addr, _))| (*conn, *addr))
+            .collect();
+        for (conn, addr) in silent {
+            router.disconnect(conn);
+            self.by_conn.remove(&conn);
+            self.by_addr.remove(&addr);
+            self.idle_disconnects += 1;
+        }
+    }
+}
+
+fn log(router: &Router, peers: &Peers, send_errors: u64, started: Instant, now: Instant) {
+    let s = router.stats();
+    println!(
+        "relay {:>5} s | in {} dgrams {} B | out {} dgrams {} B | media {} in {} out | \
+         handshakes {} in {} out | welcomes {} stored {} sent | channels {} | connections {} \
+         ({} with routing state) | mailboxes {} | refused {} (empty mailbox {}) | idle disconnects {} \
+         | send errors {}",
+        now.saturating_duration_since(started).as_secs(),
+        s.datagrams_in,
+        s.bytes_in,
+        s.datagrams_out,
+        s.bytes_out,
+        s.media_in,
+        s.media_out,
+        s.handshakes_in,
+        s.handshakes_out,
+        s.welcomes_in,
+        s.welcomes_out,
+        router.channel_count(),
+        peers.by_conn.len(),
+        router.connection_count(),
+        router.mailbox_count(),
+        s.drops.total(),
+        s.drops.mailbox_empty,
+        peers.idle_disconnects,
+        send_errors,
+    );
+}
+
+fn main() -> ExitCode {
+    let Some(options) = parse_args() else {
+        return usage();
+    };
+    let socket = match UdpSocket::bind(SocketAddr::new(options.bind, options.port)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("relay: cannot bind UDP port {}: {e}", options.port);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = socket.set_read_timeout(Some(Duration::from_millis(50))) {
+        eprintln!("relay: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "sotto relay listening on udp://{} (idle timeout {} s); logging counts every {} s",
+        SocketAddr::new(options.bind, options.port),
+        options.idle.as_secs(),
+        options.log_every.as_secs()
+    );
+
+    let started = Instant::now();
+    let stop = options
+        .seconds
+        .and_then(|s| started.checked_add(Duration::from_secs(s)));
+    let mut router = Router::new(RouterLimits::default());
+    let mut peers = Peers::default();
+    let mut send_errors = 0u64;
+    let mut recv_errors = 0u64;
+    let mut buf = vec![0u8; MAX_MESSAGE + 1024];
+    let mut next_log = started + options.log_every;
+    let mut next_sweep = started + Duration::from_secs(1);
+
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let now = Instant::now();
+                let conn = peers.touch(from, now);
+                let by_conn = &peers.by_conn;
+                let socket = &socket;
+                let datagram = buf.get(..n).unwrap_or(&[]);
+                // A refusal is answered by the router itself and counted in its stats.
+                let _ = router.receive(conn, datagram, now, &mut |to, bytes| {
+                    let sent = by_conn
+                        .get(&to)
+                        .map(|(addr, _)| socket.send_to(bytes, addr));
+                    if !matches!(sent, Some(Ok(_))) {
+                        send_errors += 1;
+                    }
+                });
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => recv_errors += 1,
+        }
+        let now = Instant::now();
+        if now >= next_sweep {
+            peers.sweep(&mut router, options.idle, now);
+            router.expire(now);
+            next_sweep = now + Duration::from_secs(1);
+        }
+        if now >= next_log {
+            log(&router, &peers, send_errors, started, now);
+            next_log = now + options.log_every;
+        }
+        if stop.is_some_and(|t| now >= t) {
+            break;
+        }
+    }
+    log(&router, &peers, send_errors, started, Instant::now());
+    if recv_errors > 0 {
+        println!("relay: {recv_errors} receive errors");
+    }
+    ExitCode::SUCCESS
+}
