@@ -191,6 +191,8 @@ struct EpochSlot {
     derived: Vec<u32>,
     /// Set once a newer epoch became current: the epoch is dropped at this instant.
     expires_at: Option<Instant>,
+    /// Senders who left in a later epoch, and when their frames stop being accepted here.
+    retired: Vec<(u32, Instant)>,
 }
 
 /// Receiving keys of a room's recent epochs (see the [module docs](self)).
@@ -311,6 +313,7 @@ impl KeyRing {
                 own_leaf,
                 derived: Vec::new(),
                 expires_at: None,
+                retired: Vec::new(),
             });
         }
         Ok(())
@@ -346,6 +349,24 @@ impl KeyRing {
             .get(self.slot_index(epoch))
             .and_then(Option::as_ref)
             .is_some_and(|s| s.epoch == epoch)
+    }
+
+    /// Stops accepting frames from `leaves` in every held epoch before `epoch` from `at` on:
+    /// those members left in `epoch` (removed, or their leaf given to someone else), so
+    /// frames under their old keys must not outlive the switch delay, nor be taken for a
+    /// newcomer's at a reused leaf.
+    pub fn retire_senders(&mut self, epoch: u64, leaves: &[u32], at: Instant) {
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.epoch < epoch {
+                for leaf in leaves {
+                    if slot.members.binary_search(leaf).is_ok()
+                        && !slot.retired.iter().any(|(l, _)| l == leaf)
+                    {
+                        slot.retired.push((*leaf, at));
+                    }
+                }
+            }
+        }
     }
 
     /// Drops every epoch whose grace period has ended by `now`.
@@ -457,7 +478,9 @@ impl KeyRing {
         if slot.own_leaf == Some(leaf) {
             return Err(KeyError::OwnFrame);
         }
-        if slot.members.binary_search(&leaf).is_err() {
+        if slot.members.binary_search(&leaf).is_err()
+            || slot.retired.iter().any(|(l, t)| *l == leaf && *t <= now)
+        {
             return Err(KeyError::UnknownSender { leaf: parts.leaf });
         }
         let epoch = slot.epoch;

@@ -65,6 +65,10 @@ pub struct EpochKeys {
     pub own_leaf: u32,
     /// The epoch's channel token.
     pub token: ChannelToken,
+    /// Leaves whose member left in this epoch (removed, or replaced by a newcomer at the
+    /// same leaf): their frames under older epochs stop being accepted one switch delay
+    /// after this epoch becomes current.
+    pub departed: Vec<u32>,
     pub(crate) base_key: Zeroizing<Vec<u8>>,
 }
 
@@ -93,8 +97,16 @@ impl EpochKeys {
             members,
             own_leaf,
             token,
+            departed: Vec::new(),
             base_key: Zeroizing::new(base_key),
         }
+    }
+
+    /// These keys with the leaves whose member left in this epoch (see
+    /// [`departed`](Self::departed)).
+    pub fn with_departed(mut self, leaves: Vec<u32>) -> EpochKeys {
+        self.departed = leaves;
+        self
     }
 
     /// The exported base key of the epoch (`Nk` bytes).
@@ -209,6 +221,8 @@ impl MediaSession {
             EpochStatus::Restored => ring.set_current(keys.epoch, now),
             EpochStatus::Current => {
                 ring.set_current(keys.epoch, now);
+                let cutoff = now.checked_add(self.config.switch_delay).unwrap_or(now);
+                ring.retire_senders(keys.epoch, &keys.departed, cutoff);
                 if self.sealed_up_to.is_none_or(|e| keys.epoch > e) {
                     ring.layout()
                         .compose(keys.context, u64::from(keys.own_leaf), keys.epoch)?;

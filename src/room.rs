@@ -826,7 +826,15 @@ impl<P: OpenMlsProvider> Room<P> {
         events.push(RoomEvent::EpochChanged {
             epoch: self.epoch(),
         });
-        events.push(RoomEvent::Keys(self.current_keys(EpochStatus::Current)?));
+        let departed = events
+            .iter()
+            .filter_map(|e| match e {
+                RoomEvent::MemberRemoved { leaf } => Some(*leaf),
+                _ => None,
+            })
+            .collect();
+        let keys = self.current_keys(EpochStatus::Current)?;
+        events.push(RoomEvent::Keys(keys.with_departed(departed)));
         Ok(events)
     }
 

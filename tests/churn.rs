@@ -6,8 +6,8 @@
 //!
 //! Counted, and required to be 0: frames of a current member lost (its receiver was a
 //! member of the frame's epoch and never opened it); frames a removed member sealed after
-//! its removal plus the grace period, opened by anyone (every fourth removed member goes
-//! rogue and keeps sealing); frames sealed more than one switch delay after a sender merged
+//! its removal plus the grace period — indeed plus one switch delay — opened by anyone
+//! (every fourth removed member goes rogue and keeps sealing); frames sealed more than one switch delay after a sender merged
 //! a member's removal, opened by that member; frames of epochs before a newcomer's join,
 //! opened by the newcomer. Every member that reached an epoch agrees on its token and
 //! safety code.
@@ -156,6 +156,8 @@ struct Counts {
     opened_after_hold: u64,
     lost: u64,
     rogue_opened_after_grace: u64,
+    /// Opened though sealed more than a switch delay after every member merged the removal.
+    rogue_opened_after_switch: u64,
     rogue_opened_within_grace: u64,
     removed_opened_late: u64,
     newcomer_opened_past: u64,
@@ -387,6 +389,8 @@ fn soak(p: &Soak) -> Counts {
             if let Some(t) = sender.removed_at {
                 if f.sealed_at > t + delay + GRACE {
                     c.rogue_opened_after_grace += 1;
+                } else if f.sealed_at > t + delay + SWITCH {
+                    c.rogue_opened_after_switch += 1;
                 } else if f.sealed_at >= t {
                     c.rogue_opened_within_grace += 1;
                 }
@@ -413,6 +417,9 @@ fn check(c: &Counts, events: usize, min_opens: u64) {
     assert!(c.expected_opens > min_opens, "{c:?}");
     assert_eq!(c.lost, 0, "frames of current members lost");
     assert_eq!(c.rogue_opened_after_grace, 0);
+    // Members stop accepting a removed member's frames one switch delay after merging its
+    // removal, well before the old epoch's grace period ends.
+    assert_eq!(c.rogue_opened_after_switch, 0);
     assert_eq!(c.removed_opened_late, 0);
     assert_eq!(c.newcomer_opened_past, 0);
     assert!(c.epochs_agreed as u64 > events as u64 / 2);

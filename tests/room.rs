@@ -112,10 +112,20 @@ fn removal_cuts_off_and_newcomer_cannot_read_the_past() {
     assert!(m[2].open(&a, t2).is_err());
     assert!(m[1].open(&a, t2).is_ok());
 
-    // Carol still seals in epoch 1: accepted within the grace period (the documented price)...
-    let c = m[2].seal(b"carol, removed", t2);
-    assert!(m[1].open(&c, t2).is_ok());
-    // ...and refused once it has passed.
+    // Carol still seals in epoch 1: accepted for one switch delay after the others merged
+    // her removal (frames she sent just before it may still be on their way)...
+    let c = m[2].seal(b"carol, removed", t1 + ms(500));
+    assert!(m[1].open(&c, t1 + ms(500)).is_ok());
+    // ...then refused, though epoch 1 itself is kept for its grace period.
+    let c = m[2].seal(b"carol, rogue", t2);
+    assert_eq!(
+        m[1].open(&c, t2).unwrap_err(),
+        KeyError::UnknownSender {
+            leaf: u64::from(carol_leaf)
+        }
+    );
+    assert!(m[1].media.ring().unwrap().holds(1));
+    // Once the grace period has passed, the whole epoch is gone.
     let t3 = t1 + Duration::from_secs(10) + ms(1);
     let c = m[2].seal(b"carol, later", t3);
     assert_eq!(m[1].open(&c, t3).unwrap_err(), KeyError::EpochExpired);
