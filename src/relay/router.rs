@@ -28,8 +28,8 @@ pub struct RouterLimits {
     pub max_connections: usize,
     /// Channels in total. Default 10,000.
     pub max_channels: usize,
-    /// Channels one connection is subscribed to. Default 8 (a client needs the current
-    /// epoch's token and the previous one during the grace period).
+    /// Channels one connection is subscribed to. Default 64 (a client keeps one token per
+    /// epoch still in its grace period: up to 2^E of them).
     pub max_channels_per_connection: usize,
     /// Subscribers of one channel. Default 64.
     pub max_subscribers_per_channel: usize,
