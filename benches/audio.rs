@@ -33,9 +33,11 @@ fn keys(own_leaf: u32, members: u32) -> EpochKeys {
     )
 }
 
+/// A session whose keys were applied one switch delay before `now`, so it seals at `now`.
 fn session(own_leaf: u32, members: u32, now: Instant) -> MediaSession {
-    let mut m = MediaSession::new(MediaConfig::default());
-    m.apply(keys(own_leaf, members), now).unwrap();
+    let config = MediaConfig::default();
+    let mut m = MediaSession::new(config);
+    m.apply(keys(own_leaf, members), now - config.switch_delay).unwrap();
     m
 }
 
@@ -51,7 +53,7 @@ fn speech(speaker: usize, frames: usize) -> Vec<Vec<i16>> {
 }
 
 fn per_frame(c: &mut Criterion) {
-    let now = Instant::now();
+    let now = Instant::now() + Duration::from_secs(2);
     let config = AudioConfig::default();
     let pcm = speech(0, 250);
     let mut group = c.benchmark_group("audio/frame");
@@ -145,7 +147,7 @@ fn per_frame(c: &mut Criterion) {
 /// queued and decoded by its own `AudioReceiver`, one pull per speaker per 20 ms.
 #[allow(clippy::needless_range_loop)]
 fn fifty_speakers(c: &mut Criterion) {
-    let t0 = Instant::now();
+    let t0 = Instant::now() + Duration::from_secs(2);
     let config = AudioConfig::default();
     // Pre-seal one second from each speaker (untimed).
     let mut packets: Vec<Vec<Bytes>> = Vec::new();
