@@ -131,6 +131,7 @@ impl AeadKey {
 
     /// Seal with the AAD in two parts. `scratch` is reused to join them for GCM when the
     /// metadata is not empty, so steady-state sealing does not allocate.
+    #[inline]
     pub(crate) fn seal_parts(
         &self,
         nonce: &[u8; NN],
@@ -178,6 +179,7 @@ impl AeadKey {
 
     /// Open with the AAD in two parts (see [`seal_parts`](Self::seal_parts)). On failure
     /// `in_out` holds no plaintext.
+    #[inline]
     pub(crate) fn open_parts(
         &self,
         nonce: &[u8; NN],
@@ -221,6 +223,7 @@ impl AeadKey {
 
 /// The AAD as one slice: the header itself when there is no metadata, else both copied
 /// into `scratch` (whose capacity is kept between frames).
+#[inline]
 fn joined<'a>(aad: Aad<'a>, scratch: &'a mut Vec<u8>) -> &'a [u8] {
     if aad.metadata.is_empty() {
         aad.header

@@ -115,8 +115,10 @@ fn field_bits(v: u64, len: usize) -> u8 {
 fn write_be(v: u64, out: &mut [u8]) {
     let bytes = v.to_be_bytes();
     let skip = bytes.len().saturating_sub(out.len());
-    for (o, b) in out.iter_mut().zip(bytes.iter().skip(skip)) {
-        *o = *b;
+    if let Some(src) = bytes.get(skip..) {
+        if let Some(dst) = out.get_mut(..src.len()) {
+            dst.copy_from_slice(src);
+        }
     }
 }
 

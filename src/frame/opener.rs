@@ -213,6 +213,7 @@ impl FrameOpener {
     /// Fails with [`FrameError::BufferTooSmall`] when `out` cannot hold the plaintext
     /// (frame length minus header and tag). On any error `out` holds no plaintext and the
     /// key's replay window is unchanged.
+    #[inline]
     pub fn open_into(
         &mut self,
         metadata: &[u8],

@@ -108,8 +108,9 @@ impl KeyMaterial {
 #[inline]
 pub(crate) fn nonce_for(salt: &[u8; NN], ctr: u64) -> [u8; NN] {
     let mut nonce = *salt;
-    for (n, c) in nonce.iter_mut().skip(NN - 8).zip(ctr.to_be_bytes()) {
-        *n ^= c;
+    // The counter goes into the last 8 bytes: one 64-bit XOR.
+    if let Some((_, tail)) = nonce.split_last_chunk_mut::<8>() {
+        *tail = (u64::from_be_bytes(*tail) ^ ctr).to_be_bytes();
     }
     nonce
 }

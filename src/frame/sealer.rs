@@ -109,6 +109,7 @@ impl FrameSealer {
     ///
     /// Fails with [`FrameError::BufferTooSmall`] (naming the size needed) when `out` is
     /// shorter than [`sealed_len`](Self::sealed_len); the counter is then not used.
+    #[inline]
     pub fn seal_into(
         &mut self,
         metadata: &[u8],
