@@ -37,7 +37,8 @@ fn keys(own_leaf: u32, members: u32) -> EpochKeys {
 fn session(own_leaf: u32, members: u32, now: Instant) -> MediaSession {
     let config = MediaConfig::default();
     let mut m = MediaSession::new(config);
-    m.apply(keys(own_leaf, members), now - config.switch_delay).unwrap();
+    m.apply(keys(own_leaf, members), now - config.switch_delay)
+        .unwrap();
     m
 }
 
