@@ -414,6 +414,15 @@ impl<P: OpenMlsProvider> Room<P> {
             credential,
         )
         .map_err(|_| RoomError::Internal)?;
+        Room::entered(identity, group, config)
+    }
+
+    /// A room this identity just entered (created or joined) and its first `Current` keys.
+    fn entered(
+        identity: Identity<P>,
+        group: MlsGroup,
+        config: RoomConfig,
+    ) -> Result<(Room<P>, EpochKeys), RoomError> {
         let room = Room {
             provider: identity.provider,
             signer: identity.signer,
@@ -442,15 +451,7 @@ impl<P: OpenMlsProvider> Room<P> {
                 .map_err(|_| RoomError::InvalidWelcome)?
                 .into_group(&identity.provider)
                 .map_err(|_| RoomError::InvalidWelcome)?;
-        let room = Room {
-            provider: identity.provider,
-            signer: identity.signer,
-            group,
-            config,
-            pending: None,
-        };
-        let keys = room.current_keys(EpochStatus::Current)?;
-        Ok((room, keys))
+        Room::entered(identity, group, config)
     }
 
     /// Reloads a room from the provider's storage (after a restart). The keys are
