@@ -218,7 +218,7 @@ pub fn run(options: &Options) -> Report {
     publish_commit(&mut relay, &mut members, 0, commit, t0);
     // The relay orders the commit; the creator sees it come back and confirms.
     deliver_all(&mut relay, &mut members, t0, &mut Lcg(0), 0);
-    process_inbox(&mut members[0], t0 + Duration::from_secs(1));
+    process_inbox(&mut members[0], t0);
     for (k, id) in invitees.into_iter().enumerate() {
         let i = k + 1;
         let welcome = relay
