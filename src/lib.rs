@@ -35,6 +35,7 @@
 #[cfg(feature = "opus")]
 pub mod audio;
 pub mod frame;
+mod hash;
 pub mod keys;
 pub mod media;
 pub mod relay;

@@ -1,7 +1,5 @@
 //! [`FrameOpener`]: receiving keys by KID, each with its replay window.
 
-use std::collections::HashMap;
-
 use bytes::BytesMut;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -10,6 +8,7 @@ use super::aead::{Aad, AeadKey};
 use super::replay::{effective_window, ReplayWindow, DEFAULT_REPLAY_WINDOW};
 use super::schedule::{nonce_for, KeyMaterial};
 use super::{CipherSuite, FrameError, Header};
+use crate::hash::IntMap;
 
 /// What [`FrameOpener::open`] found: who sealed the frame, its counter, and the plaintext
 /// length written.
@@ -23,31 +22,6 @@ pub struct Opened {
     pub len: usize,
 }
 
-/// Hasher for KIDs. KIDs in a frame are attacker-chosen, but only keys the application
-/// installed are ever in the table (lookups of other KIDs insert nothing), so collisions
-/// cannot be forced; a multiplicative hash (high bits well mixed, as the table needs) is
-/// enough and much cheaper than SipHash on the per-frame path.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct KidHasher(u64);
-
-impl std::hash::Hasher for KidHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b) ^ self.0.rotate_left(8));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        // Fibonacci hashing, then fold the high bits down so every bit of the result mixes.
-        let h = (v ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-pub(crate) type KidMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KidHasher>>;
-
 struct ReceiveKey {
     key: AeadKey,
     salt: Zeroizing<[u8; CipherSuite::NONCE_LEN]>,
@@ -59,7 +33,7 @@ struct ReceiveKey {
 /// A frame is looked up by the KID in its header (no trial decryption), screened against
 /// that key's replay window, authenticated, and only then recorded in the window.
 pub struct FrameOpener {
-    keys: KidMap<ReceiveKey>,
+    keys: IntMap<u64, ReceiveKey>,
     window: usize,
     scratch: Vec<u8>,
 }
@@ -116,7 +90,7 @@ impl FrameOpener {
     /// [`replay_window`](Self::replay_window) tells the size in force.
     pub fn with_replay_window(counters: usize) -> FrameOpener {
         FrameOpener {
-            keys: KidMap::default(),
+            keys: IntMap::default(),
             window: effective_window(counters),
             scratch: Vec::new(),
         }

@@ -1,8 +1,8 @@
 //! [`Router`]: the relay's sans-IO state. Datagrams and time go in; datagrams come out
 //! through a sink the I/O layer passes in. No sockets, no clock, no threads.
 
+use crate::hash::IntMap;
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use super::wire::{
@@ -189,27 +189,7 @@ pub struct Departure {
     pub remaining: usize,
 }
 
-/// Hasher for [`ConnId`]s (chosen by the I/O layer, not by peers): a multiplicative hash,
-/// much cheaper than SipHash on the per-packet path.
-#[derive(Default, Clone, Copy)]
-struct ConnHasher(u64);
-
-impl std::hash::Hasher for ConnHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b) ^ self.0.rotate_left(8));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        let h = (v ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-type ConnMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnHasher>>;
+type ConnMap<V> = IntMap<ConnId, V>;
 
 /// A connection's name for a channel: the key of the per-packet lookup.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -225,7 +205,7 @@ impl std::hash::Hash for Route {
     }
 }
 
-type RouteMap = HashMap<Route, usize, BuildHasherDefault<ConnHasher>>;
+type RouteMap = IntMap<Route, usize>;
 
 /// A subscriber of a channel, with its own handle for it.
 #[derive(Clone, Copy)]
