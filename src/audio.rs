@@ -32,6 +32,10 @@ const MAX_OPUS: usize = 1275;
 /// Packets kept in a receiver's reorder queue: one second at 20 ms frames.
 const QUEUE: usize = 64;
 
+/// A stream that has delivered nothing for this long has ended: the receiver goes back to
+/// silence ([`Pulled::Idle`]) instead of concealing, until packets come again.
+pub const STREAM_END: Duration = Duration::from_millis(500);
+
 /// Packets held at most while their epoch's keys are missing.
 const MAX_HELD: usize = 16;
 
@@ -336,6 +340,8 @@ pub struct AudioReceiver {
     next: Option<u64>,
     /// When the first packet arrived (playback starts a playout delay later).
     first_arrival: Option<Instant>,
+    /// When the newest packet arrived (a stream silent for [`STREAM_END`] has ended).
+    last_arrival: Option<Instant>,
     /// Epoch of the newest packet opened.
     last_epoch: u64,
     held: VecDeque<(Instant, Bytes)>,
@@ -359,6 +365,7 @@ impl AudioReceiver {
                 .collect(),
             next: None,
             first_arrival: None,
+            last_arrival: None,
             last_epoch: 0,
             held: VecDeque::with_capacity(MAX_HELD),
             scratch: BytesMut::with_capacity(MAX_OPUS + 64),
@@ -421,6 +428,7 @@ impl AudioReceiver {
             }
         }
         self.last_epoch = self.last_epoch.max(epoch);
+        self.last_arrival = Some(now);
         if self.first_arrival.is_none() {
             self.first_arrival = Some(now);
         }
@@ -434,6 +442,7 @@ impl AudioReceiver {
     fn reset(&mut self) {
         self.next = None;
         self.first_arrival = None;
+        self.last_arrival = None;
         for slot in &mut self.slots {
             slot.seq = None;
         }
@@ -462,6 +471,13 @@ impl AudioReceiver {
 
     /// The sequence to play now, starting playback once the playout delay has passed.
     fn start(&mut self, now: Instant) -> Option<u64> {
+        let ended = self
+            .last_arrival
+            .is_some_and(|t| now.saturating_duration_since(t) > STREAM_END);
+        if ended && self.slots.iter().all(|s| s.seq.is_none()) {
+            self.reset();
+            return None;
+        }
         if self.next.is_none() {
             let first = self.first_arrival?;
             let delay = self.config.frame_duration() * self.config.playout_delay_frames;

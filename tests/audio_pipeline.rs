@@ -323,3 +323,29 @@ fn epoch_change_mid_stream_conceals_nothing() {
         assert_eq!(m[r].media.sending_epoch(), Some(2));
     }
 }
+
+#[test]
+fn a_stream_that_stops_goes_quiet() {
+    let (mut m, t0) = two(Instant::now());
+    let config = AudioConfig::default();
+    let mut sender = AudioSender::new(&config).unwrap();
+    let mut receiver = AudioReceiver::new(&config).unwrap();
+    let pcm = frames(5, 50);
+    let mut out = vec![0i16; FRAME];
+    let mut pulled = Vec::new();
+    for step in 0..200u64 {
+        let now = t0 + ms(20 * step);
+        if let Some(f) = pcm.get(step as usize) {
+            let packet = sender.send_i16(f, &mut m[0].media, now).unwrap();
+            receiver.push(&packet, &mut m[1].media, now);
+        }
+        pulled.push(receiver.pull_i16(&mut m[1].media, &mut out, now).unwrap());
+    }
+    let s = receiver.stats();
+    assert_eq!(s.decoded, 50);
+    // After the sender stops: concealment for at most STREAM_END, then silence.
+    let limit = (sotto::audio::STREAM_END.as_millis() / 20) as u64 + 1;
+    assert!(s.concealed <= limit, "{s:?}");
+    assert!(pulled[150..].iter().all(|p| *p == Pulled::Idle));
+    assert!(out.iter().all(|x| *x == 0));
+}
