@@ -196,9 +196,18 @@ mod room_fixture {
 
     /// Arbitrary bytes into `Room::process` of a live 3-member room: never a panic, and an
     /// error leaves the room as it was. With `full_check`, the room must then still process
-    /// a genuine commit.
+    /// a genuine commit. The same bytes also go to `Room::invite` (as a KeyPackage) and to
+    /// `Room::join` (as a Welcome).
     pub fn room_ingest(data: &[u8], full_check: bool) {
         let fixture = room_fixture();
+        // The other untrusted inputs of a room: a KeyPackage to invite, a Welcome to join
+        // (anyone can drop one in a relay mailbox). Neither may panic.
+        if let Ok(invitation) = fixture.restore().invite(&[data]) {
+            assert!(invitation.welcome.is_some());
+        }
+        if let Ok(id) = Identity::new(SnapProvider::new(HashMap::new()), b"joiner") {
+            let _ = Room::join(id, RoomConfig::default(), data);
+        }
         let mut room = fixture.restore();
         if room.process(data).is_ok() {
             return;
