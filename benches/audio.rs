@@ -42,6 +42,15 @@ fn session(own_leaf: u32, members: u32, now: Instant) -> MediaSession {
     m
 }
 
+/// The next Opus packet of `opus`, sealed: open benchmarks need a fresh packet per
+/// iteration (the replay window refuses repeats).
+fn seal_next(sealer: &mut MediaSession, opus: &[Vec<u8>], i: &mut usize, now: Instant) -> BytesMut {
+    *i = (*i + 1) % opus.len();
+    let mut p = BytesMut::new();
+    sealer.seal(&opus[*i], &mut p, now).unwrap();
+    p
+}
+
 fn speech(speaker: usize, frames: usize) -> Vec<Vec<i16>> {
     let mut v = voice::Voice::new(speaker);
     (0..frames)
@@ -107,12 +116,7 @@ fn per_frame(c: &mut Criterion) {
     let mut plain = BytesMut::with_capacity(256);
     group.bench_function("open", |b| {
         b.iter_batched(
-            || {
-                i = (i + 1) % opus.len();
-                let mut p = BytesMut::new();
-                sealer.seal(&opus[i], &mut p, now).unwrap();
-                p
-            },
+            || seal_next(&mut sealer, &opus, &mut i, now),
             |packet| {
                 plain.clear();
                 black_box(receiver.open(&packet, &mut plain, now).unwrap())
@@ -126,13 +130,7 @@ fn per_frame(c: &mut Criterion) {
     let mut decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).unwrap();
     group.bench_function("open+decode", |b| {
         b.iter_batched(
-            || {
-                // A fresh sealed packet per iteration (the replay window refuses repeats).
-                i = (i + 1) % opus.len();
-                let mut p = BytesMut::new();
-                sealer.seal(&opus[i], &mut p, now).unwrap();
-                p
-            },
+            || seal_next(&mut sealer, &opus, &mut i, now),
             |packet| {
                 plain.clear();
                 receiver.open(&packet, &mut plain, now).unwrap();
