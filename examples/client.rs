@@ -409,10 +409,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        if member.join_failed() {
-            eprintln!("the Welcome could not be used; start again with a new KeyPackage");
-            break;
-        }
         if let Some(room) = member.room() {
             let state = (room.epoch(), room.members().len());
             if shown != Some(state) {

@@ -79,7 +79,7 @@ pub fn open(opener: &mut FrameOpener, data: &[u8]) -> bool {
     result.is_ok() || again.is_ok()
 }
 
-pub use room_fixture::{room_fixture, room_ingest};
+pub use room_fixture::{room_fixture, room_ingest, RoomIngest};
 
 mod room_fixture {
     use std::collections::HashMap;
@@ -194,33 +194,67 @@ mod room_fixture {
         FIXTURE.get_or_init(RoomFixture::build)
     }
 
-    /// Arbitrary bytes into `Room::process` of a live 3-member room: never a panic, and an
-    /// error leaves the room as it was. With `full_check`, the room must then still process
-    /// a genuine commit. The same bytes also go to `Room::invite` (as a KeyPackage) and to
-    /// `Room::join` (as a Welcome).
-    pub fn room_ingest(data: &[u8], full_check: bool) {
+    /// What the `room_ingest` target keeps between inputs: alice's room, restored from the
+    /// snapshot only after an input changed it (so refused inputs pile up on one room, and
+    /// the checks below see their sum), and a joiner that never published a KeyPackage.
+    #[derive(Default)]
+    pub struct RoomIngest {
+        room: Option<Room<SnapProvider>>,
+        joiner: Option<Identity<SnapProvider>>,
+    }
+
+    impl RoomIngest {
+        /// Alice's room: the one the last inputs left, or the fixture's.
+        fn room(&mut self) -> &mut Room<SnapProvider> {
+            self.room.get_or_insert_with(|| room_fixture().restore())
+        }
+    }
+
+    /// Arbitrary bytes into a live 3-member room: never a panic. The bytes go to
+    /// `Room::invite` (as a KeyPackage), to `Room::join` of a joiner without KeyPackages (as
+    /// a Welcome; it must fail and give the identity back) and to `Room::process`. A refused
+    /// input leaves the room as it was; with `full_check`, the room must then still process
+    /// a genuine commit.
+    pub fn room_ingest(state: &mut RoomIngest, data: &[u8], full_check: bool) {
         let fixture = room_fixture();
-        // The other untrusted inputs of a room: a KeyPackage to invite, a Welcome to join
-        // (anyone can drop one in a relay mailbox). Neither may panic.
-        if let Ok(invitation) = fixture.restore().invite(&[data]) {
+        // A KeyPackage to invite. One that validates makes a pending commit; dropping it
+        // must leave the room as it was.
+        let room = state.room();
+        if let Ok(invitation) = room.invite(&[data]) {
             assert!(invitation.welcome.is_some());
+            room.discard_pending().expect("a pending commit to drop");
+            assert_unchanged(room, fixture);
+            state.room = None;
         }
-        if let Ok(id) = Identity::new(SnapProvider::new(HashMap::new()), b"joiner") {
-            let _ = Room::join(id, RoomConfig::default(), data);
+        // A Welcome (anyone can drop one in a relay mailbox).
+        let joiner = match state.joiner.take() {
+            Some(joiner) => joiner,
+            None => Identity::new(SnapProvider::new(HashMap::new()), b"joiner").expect("id"),
+        };
+        match Room::join(joiner, RoomConfig::default(), data) {
+            Ok(_) => panic!("a joiner without KeyPackages joined"),
+            Err(failed) => state.joiner = Some(failed.identity),
         }
-        let mut room = fixture.restore();
+        // Handshake bytes.
+        let room = state.room();
         if room.process(data).is_ok() {
+            state.room = None;
             return;
         }
-        assert_eq!(room.epoch(), fixture.epoch);
-        assert!(room.is_active());
-        assert_eq!(room.channel_token(), Ok(fixture.token));
-        assert!(!room.has_pending_commit());
+        assert_unchanged(room, fixture);
         if full_check {
             room.process(&fixture.good_commit)
                 .expect("the room still processes a genuine commit");
             assert_eq!(room.epoch(), fixture.epoch + 1);
+            state.room = None;
         }
+    }
+
+    fn assert_unchanged(room: &Room<SnapProvider>, fixture: &RoomFixture) {
+        assert_eq!(room.epoch(), fixture.epoch);
+        assert!(room.is_active());
+        assert_eq!(room.channel_token(), Ok(fixture.token));
+        assert!(!room.has_pending_commit());
     }
 }
 

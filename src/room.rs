@@ -22,12 +22,13 @@ use std::collections::BTreeMap;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
     BasicCredential, Ciphersuite, CredentialWithKey, Extension, Extensions, ExternalSender,
-    GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessMessageError, ProcessedMessageContent, ProtocolVersion, StagedCommit, StagedWelcome,
-    ValidationError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    GroupId, KeyPackage, KeyPackageBundle, KeyPackageIn, KeyPackageRef, LeafNodeIndex,
+    LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
+    MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProtocolVersion,
+    StagedCommit, StagedWelcome, ValidationError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::storage::StorageProvider as _;
 use openmls_traits::OpenMlsProvider;
 use ring::digest;
 
@@ -395,6 +396,81 @@ fn parse_message(bytes: &[u8]) -> Result<MlsMessageBodyIn, RoomError> {
         .map_err(|_| RoomError::Rejected(Rejection::Malformed))
 }
 
+/// The group a Welcome admits this provider's identity to. openmls deletes the KeyPackage a
+/// Welcome names before it decrypts anything, so the KeyPackages named are read first and
+/// written back if the Welcome fails.
+fn join_group<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, RoomError> {
+    let MlsMessageBodyIn::Welcome(welcome) =
+        parse_message(welcome).map_err(|_| RoomError::InvalidWelcome)?
+    else {
+        return Err(RoomError::InvalidWelcome);
+    };
+    let storage = provider.storage();
+    let mut named: Vec<(KeyPackageRef, KeyPackageBundle)> = Vec::new();
+    for secrets in welcome.secrets() {
+        let reference = secrets.new_member();
+        if named.iter().any(|(r, _)| *r == reference) {
+            continue;
+        }
+        if let Some(bundle) = storage
+            .key_package::<KeyPackageRef, KeyPackageBundle>(&reference)
+            .map_err(|_| RoomError::Storage)?
+        {
+            named.push((reference, bundle));
+        }
+    }
+    let joined = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+        .map_err(|_| RoomError::InvalidWelcome)
+        .and_then(|staged| {
+            staged
+                .into_group(provider)
+                .map_err(|_| RoomError::InvalidWelcome)
+        });
+    if joined.is_err() {
+        for (reference, bundle) in &named {
+            storage
+                .write_key_package(reference, bundle)
+                .map_err(|_| RoomError::Storage)?;
+        }
+    }
+    joined
+}
+
+/// A failed [`Room::join`]: why, and the identity back to try another Welcome with.
+pub struct JoinError<P: OpenMlsProvider> {
+    /// Why the join failed ([`RoomError::InvalidWelcome`] for any Welcome that does not
+    /// admit this identity).
+    pub error: RoomError,
+    /// The identity, with the KeyPackages it had before.
+    pub identity: Identity<P>,
+}
+
+impl<P: OpenMlsProvider> std::fmt::Debug for JoinError<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: OpenMlsProvider> std::fmt::Display for JoinError<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "join failed: {}", self.error)
+    }
+}
+
+impl<P: OpenMlsProvider> std::error::Error for JoinError<P> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<P: OpenMlsProvider> From<JoinError<P>> for RoomError {
+    fn from(e: JoinError<P>) -> RoomError {
+        e.error
+    }
+}
+
 fn leaf_u32(index: LeafNodeIndex) -> u32 {
     index.u32()
 }
@@ -414,44 +490,50 @@ impl<P: OpenMlsProvider> Room<P> {
             credential,
         )
         .map_err(|_| RoomError::Internal)?;
-        Room::entered(identity, group, config)
+        let room = Room::entered(identity, group, config);
+        let keys = room.current_keys(EpochStatus::Current)?;
+        Ok((room, keys))
     }
 
-    /// A room this identity just entered (created or joined) and its first `Current` keys.
-    fn entered(
-        identity: Identity<P>,
-        group: MlsGroup,
-        config: RoomConfig,
-    ) -> Result<(Room<P>, EpochKeys), RoomError> {
-        let room = Room {
+    /// A room this identity just entered (created or joined).
+    fn entered(identity: Identity<P>, group: MlsGroup, config: RoomConfig) -> Room<P> {
+        Room {
             provider: identity.provider,
             signer: identity.signer,
             group,
             config,
             pending: None,
-        };
-        let keys = room.current_keys(EpochStatus::Current)?;
-        Ok((room, keys))
+        }
     }
 
     /// Joins a room from a Welcome made for one of this identity's KeyPackages.
     /// `config` must be the room's.
+    ///
+    /// On failure the identity comes back in the [`JoinError`], its KeyPackages intact: a
+    /// Welcome that fails (anyone who knows a KeyPackage reference can forge one naming it)
+    /// does not use up the KeyPackage, so the genuine Welcome still works after it.
     pub fn join(
         identity: Identity<P>,
         config: RoomConfig,
         welcome: &[u8],
-    ) -> Result<(Room<P>, EpochKeys), RoomError> {
-        let MlsMessageBodyIn::Welcome(welcome) =
-            parse_message(welcome).map_err(|_| RoomError::InvalidWelcome)?
-        else {
-            return Err(RoomError::InvalidWelcome);
+    ) -> Result<(Room<P>, EpochKeys), JoinError<P>> {
+        let group = match join_group(&identity.provider, welcome) {
+            Ok(group) => group,
+            Err(error) => return Err(JoinError { error, identity }),
         };
-        let group =
-            StagedWelcome::new_from_welcome(&identity.provider, &join_config(), welcome, None)
-                .map_err(|_| RoomError::InvalidWelcome)?
-                .into_group(&identity.provider)
-                .map_err(|_| RoomError::InvalidWelcome)?;
-        Room::entered(identity, group, config)
+        let pseudonym = identity.pseudonym.clone();
+        let room = Room::entered(identity, group, config);
+        match room.current_keys(EpochStatus::Current) {
+            Ok(keys) => Ok((room, keys)),
+            Err(error) => Err(JoinError {
+                error,
+                identity: Identity {
+                    provider: room.provider,
+                    signer: room.signer,
+                    pseudonym,
+                },
+            }),
+        }
     }
 
     /// Reloads a room from the provider's storage (after a restart). The keys are

@@ -237,7 +237,9 @@ fn handshake_bytes_empty_truncated_and_huge() {
     assert_eq!(m[0].room.epoch(), epoch);
     // Welcomes and KeyPackages of garbage.
     assert_eq!(
-        sotto::room::Room::join(common::identity("x"), RoomConfig::default(), &[]).unwrap_err(),
+        sotto::room::Room::join(common::identity("x"), RoomConfig::default(), &[])
+            .unwrap_err()
+            .error,
         RoomError::InvalidWelcome
     );
     assert_eq!(

@@ -8,7 +8,7 @@ use common::{deliver_commit, identity, ms, room_of, Member};
 use sotto::frame::KeyMaterial;
 use sotto::keys::{KeyError, KidLayout};
 use sotto::media::MediaConfig;
-use sotto::room::{RoomConfig, RoomError, RoomEvent};
+use sotto::room::{Room, RoomConfig, RoomError, RoomEvent};
 
 #[test]
 fn three_members_agree_and_open_each_other() {
@@ -516,4 +516,40 @@ fn external_sender_proposes_a_removal() {
     assert!(m[2].removed);
     assert_eq!(m[0].room.members().len(), 2);
     assert_eq!(m[1].room.safety_code(), m[0].room.safety_code());
+}
+
+/// A Welcome that fails gives the identity back, and does not use up the KeyPackage it
+/// names: a forged Welcome naming bob's KeyPackage (anyone who knows its reference can
+/// drop one in the relay mailbox) must not stop bob joining with the genuine one after it.
+#[test]
+fn failed_welcome_gives_the_identity_back_with_its_key_package() {
+    let config = RoomConfig::default();
+    let (mut alice, _) = Room::create(common::identity("alice"), config.clone()).unwrap();
+    let bob = common::identity("bob");
+    let kp = bob.key_package().unwrap();
+    let commit = alice.invite(&[&kp.bytes]).unwrap();
+    alice.confirm_pending().unwrap();
+    let welcome = commit.welcome.unwrap();
+
+    // The genuine Welcome with one byte of its encrypted GroupInfo flipped: it still names
+    // bob's KeyPackage, so openmls reaches (and would delete) it before failing.
+    let mut forged = welcome.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    let failed = Room::join(bob, config.clone(), &forged).unwrap_err();
+    assert_eq!(failed.error, RoomError::InvalidWelcome);
+    // Garbage, and a Welcome for someone else's KeyPackage, fail the same way.
+    let failed = Room::join(failed.identity, config.clone(), b"not a welcome").unwrap_err();
+    assert_eq!(failed.error, RoomError::InvalidWelcome);
+    let carol = common::identity("carol");
+    let other = alice
+        .invite(&[&carol.key_package().unwrap().bytes])
+        .unwrap();
+    alice.discard_pending().unwrap();
+    let failed = Room::join(failed.identity, config.clone(), &other.welcome.unwrap()).unwrap_err();
+    assert_eq!(failed.error, RoomError::InvalidWelcome);
+    assert_eq!(failed.identity.pseudonym(), b"bob");
+
+    let (bob, _) = Room::join(failed.identity, config, &welcome).unwrap();
+    assert_eq!(bob.epoch(), alice.epoch());
+    assert_eq!(bob.safety_code(), alice.safety_code());
 }

@@ -145,7 +145,8 @@ pub struct Stats {
     pub welcomes_delivered: u64,
     /// Welcome deliveries the relay confirmed.
     pub welcomes_stored: u64,
-    /// Welcomes received that were not for this member (or came after it joined).
+    /// Welcomes received that did not admit this member (not for it, forged, or after it
+    /// joined).
     pub welcomes_ignored: u64,
     /// Fetches that found an empty mailbox.
     pub mailbox_empty: u64,
@@ -192,7 +193,6 @@ pub struct Member {
     audio: AudioConfig,
     room: Option<MemberRoom>,
     joining: Option<Joining>,
-    join_failed: bool,
     removed: bool,
     removed_at: Option<Instant>,
     media: MediaSession,
@@ -225,18 +225,6 @@ pub struct Member {
     pub rogue: bool,
 }
 
-/// Whether `welcome` is an MLS Welcome with secrets for the KeyPackage `reference` (a
-/// cheap screen before `Room::join`, which consumes the identity even when it fails).
-fn welcome_is_for(welcome: &[u8], reference: &[u8]) -> bool {
-    match MlsMessageIn::tls_deserialize_exact(welcome).map(MlsMessageIn::extract) {
-        Ok(MlsMessageBodyIn::Welcome(w)) => w
-            .secrets()
-            .iter()
-            .any(|s| s.new_member().as_slice() == reference),
-        _ => false,
-    }
-}
-
 /// The epoch an MLS handshake message names (in the clear in both wire formats).
 fn handshake_epoch(message: &[u8]) -> Option<u64> {
     match MlsMessageIn::tls_deserialize_exact(message).map(MlsMessageIn::extract) {
@@ -257,7 +245,6 @@ impl Member {
             audio,
             room: None,
             joining: None,
-            join_failed: false,
             removed: false,
             removed_at: None,
             media: MediaSession::new(MediaConfig::default()),
@@ -354,11 +341,6 @@ impl Member {
     /// Whether this member is in a room.
     pub fn is_joined(&self) -> bool {
         self.room.is_some()
-    }
-
-    /// Whether a Welcome for this member failed to join (the identity is gone with it).
-    pub fn join_failed(&self) -> bool {
-        self.join_failed
     }
 
     /// Whether this member was removed from the room.
@@ -856,12 +838,12 @@ impl Member {
             self.stats.welcomes_ignored += 1;
             return;
         };
-        if !welcome_is_for(welcome, &joining.key_package.reference) {
-            self.stats.welcomes_ignored += 1;
-            self.joining = Some(joining);
-            return;
-        }
-        match Room::join(joining.identity, self.config.clone(), welcome) {
+        let Joining {
+            identity,
+            key_package,
+            last_fetch,
+        } = joining;
+        match Room::join(identity, self.config.clone(), welcome) {
             Ok((room, keys)) => {
                 if self.media.apply(keys, now).is_err() {
                     self.stats.errors += 1;
@@ -869,7 +851,16 @@ impl Member {
                 self.room = Some(room);
                 self.after_room_change();
             }
-            Err(_) => self.join_failed = true,
+            // Not for this member, or forged: keep waiting with the identity (and its
+            // KeyPackage) the failed join gave back.
+            Err(e) => {
+                self.stats.welcomes_ignored += 1;
+                self.joining = Some(Joining {
+                    identity: e.identity,
+                    key_package,
+                    last_fetch,
+                });
+            }
         }
     }
 
