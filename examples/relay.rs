@@ -1,8 +1,11 @@
 //! `cargo run --release --example relay [-- --port N] [--bind ADDR] [--idle-secs N]
 //! [--seconds N] [--log-secs N]`
 //!
-//! The reference relay: sotto's sans-IO `Router` on a UDP socket. Each peer address is a
-//! connection; a peer silent for `--idle-secs` (default 30) is disconnected (its
+//! The reference relay: sotto's sans-IO `Router` on a UDP socket. A peer address becomes a
+//! connection once it proved it receives there (sotto's `AddressCheck`: it echoed the
+//! cookie of a challenge in a Hello); until then its datagrams get nothing but a challenge
+//! no longer than themselves, so a forged source address cannot turn the relay against a
+//! third party. A peer silent for `--idle-secs` (default 30) is disconnected (its
 //! subscriptions end). It logs counts only — datagrams, bytes, channels, connections,
 //! refusals — never tokens, handles, payloads or peer addresses. Runs until killed, or for
 //! `--seconds N`.
@@ -13,7 +16,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use sotto::relay::{ConnId, Router, RouterLimits, MAX_MESSAGE};
+use ring::rand::{SecureRandom, SystemRandom};
+use sotto::relay::{
+    AddressCheck, Admission, ConnId, Router, RouterLimits, CHALLENGE_LEN, MAX_MESSAGE,
+};
 
 struct Options {
     bind: IpAddr,
@@ -63,6 +69,25 @@ struct Peers {
     by_conn: HashMap<ConnId, (SocketAddr, Instant)>,
     next: u64,
     idle_disconnects: u64,
+    /// Datagrams from unvalidated addresses answered with a challenge, and ignored.
+    challenges: u64,
+    ignored: u64,
+}
+
+/// The bytes an address is challenged under: IP address and port.
+fn address_bytes(addr: &SocketAddr, out: &mut [u8; 18]) -> usize {
+    let ip_len = match addr.ip() {
+        IpAddr::V4(ip) => {
+            out[..4].copy_from_slice(&ip.octets());
+            4
+        }
+        IpAddr::V6(ip) => {
+            out[..16].copy_from_slice(&ip.octets());
+            16
+        }
+    };
+    out[ip_len..ip_len + 2].copy_from_slice(&addr.port().to_be_bytes());
+    ip_len + 2
 }
 
 impl Peers {
@@ -98,7 +123,7 @@ fn log(router: &Router, peers: &Peers, send_errors: u64, started: Instant, now: 
         "relay {:>5} s | in {} dgrams {} B | out {} dgrams {} B | media {} in {} out | \
          handshakes {} in {} out | welcomes {} stored {} sent | channels {} | connections {} \
          ({} with routing state) | mailboxes {} | refused {} (empty mailbox {}) | idle disconnects {} \
-         | send errors {}",
+         | unvalidated: {} challenged {} ignored | send errors {}",
         now.saturating_duration_since(started).as_secs(),
         s.datagrams_in,
         s.bytes_in,
@@ -117,6 +142,8 @@ fn log(router: &Router, peers: &Peers, send_errors: u64, started: Instant, now: 
         s.drops.total(),
         s.drops.mailbox_empty,
         peers.idle_disconnects,
+        peers.challenges,
+        peers.ignored,
         send_errors,
     );
 }
@@ -147,6 +174,13 @@ fn main() -> ExitCode {
     let stop = options
         .seconds
         .and_then(|s| started.checked_add(Duration::from_secs(s)));
+    let mut key = [0u8; 32];
+    if SystemRandom::new().fill(&mut key).is_err() {
+        eprintln!("relay: no system randomness for the address check key");
+        return ExitCode::FAILURE;
+    }
+    let check = AddressCheck::new(&key, started);
+    let mut challenge = [0u8; CHALLENGE_LEN];
     let mut router = Router::new(RouterLimits::default());
     let mut peers = Peers::default();
     let mut send_errors = 0u64;
@@ -159,19 +193,41 @@ fn main() -> ExitCode {
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => {
                 let now = Instant::now();
-                let conn = peers.touch(from, now);
-                let by_conn = &peers.by_conn;
-                let socket = &socket;
                 let datagram = buf.get(..n).unwrap_or(&[]);
-                // A refusal is answered by the router itself and counted in its stats.
-                let _ = router.receive(conn, datagram, now, &mut |to, bytes| {
-                    let sent = by_conn
-                        .get(&to)
-                        .map(|(addr, _)| socket.send_to(bytes, addr));
-                    if !matches!(sent, Some(Ok(_))) {
-                        send_errors += 1;
+                let known = peers.by_addr.contains_key(&from);
+                let admitted = known || {
+                    let mut addr = [0u8; 18];
+                    let len = address_bytes(&from, &mut addr);
+                    match check.check(&addr[..len], datagram, now, &mut challenge) {
+                        // A Hello with its cookie: a connection from now on.
+                        Admission::Admit => true,
+                        Admission::Challenge(bytes) => {
+                            peers.challenges += 1;
+                            if socket.send_to(bytes, from).is_err() {
+                                send_errors += 1;
+                            }
+                            false
+                        }
+                        _ => {
+                            peers.ignored += 1;
+                            false
+                        }
                     }
-                });
+                };
+                if admitted {
+                    let conn = peers.touch(from, now);
+                    let by_conn = &peers.by_conn;
+                    let socket = &socket;
+                    // A refusal is answered by the router itself and counted in its stats.
+                    let _ = router.receive(conn, datagram, now, &mut |to, bytes| {
+                        let sent = by_conn
+                            .get(&to)
+                            .map(|(addr, _)| socket.send_to(bytes, addr));
+                        if !matches!(sent, Some(Ok(_))) {
+                            send_errors += 1;
+                        }
+                    });
+                }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => recv_errors += 1,

@@ -266,7 +266,8 @@ mod relay_body {
     use bytes::BytesMut;
     use sotto::media::ChannelToken;
     use sotto::relay::{
-        ClientMessage, ConnId, ErrorCode, RelayMessage, Router, RouterLimits, RouterStats,
+        AddressCheck, Admission, ClientMessage, ConnId, ErrorCode, RelayMessage, Router,
+        RouterLimits, RouterStats, CHALLENGE_LEN,
     };
 
     /// Tokens of the fixture's channels: two the script's connections share, and the
@@ -362,7 +363,8 @@ mod relay_body {
                 + s.media_in
                 + s.handshakes_in
                 + s.welcomes_in
-                + s.fetches;
+                + s.fetches
+                + s.hellos;
             assert_eq!(s.datagrams_in, accepted + s.drops.total());
             assert_eq!(s.errors_out, s.drops.total());
             assert_eq!(
@@ -373,6 +375,7 @@ mod relay_body {
                     + s.handshakes_out
                     + s.welcomes_in
                     + s.welcomes_out
+                    + s.hellos
                     + s.errors_out
             );
             assert_eq!(
@@ -424,6 +427,41 @@ mod relay_body {
         }
     }
 
+    /// The bytes as a datagram from an unvalidated address: never admitted without the
+    /// address's cookie, never answered with more bytes than came in, and a challenge's
+    /// cookie admits that address (only).
+    fn address_check(data: &[u8]) {
+        let now = Instant::now();
+        let check = AddressCheck::new(&[0x42; 32], now);
+        let mut reply = [0u8; CHALLENGE_LEN];
+        match check.check(b"peer", data, now, &mut reply) {
+            Admission::Admit => {
+                let cookie = check.cookie(b"peer", now);
+                assert_eq!(
+                    ClientMessage::parse(data),
+                    Ok(ClientMessage::Hello { cookie })
+                );
+            }
+            Admission::Ignore => assert!(data.len() < CHALLENGE_LEN),
+            Admission::Challenge(bytes) => {
+                assert!(bytes.len() <= data.len());
+                let Ok(RelayMessage::Challenge { cookie }) = RelayMessage::parse(bytes) else {
+                    panic!("a challenge");
+                };
+                let mut hello = [0u8; CHALLENGE_LEN];
+                let n = ClientMessage::Hello { cookie }
+                    .encode(&mut hello)
+                    .expect("fits");
+                let mut again = [0u8; CHALLENGE_LEN];
+                assert_eq!(
+                    check.check(b"peer", &hello[..n], now, &mut again),
+                    Admission::Admit
+                );
+                assert!(!check.is_valid(b"other peer", &cookie, now));
+            }
+        }
+    }
+
     /// Checks parse → encode is the identity for both directions.
     fn round_trip(data: &[u8]) {
         if let Ok(msg) = ClientMessage::parse(data) {
@@ -457,6 +495,7 @@ mod relay_body {
     /// control channel, which the input cannot speak for, delivers exactly as before.
     pub fn relay_wire(data: &[u8]) {
         round_trip(data);
+        address_check(data);
         let mut h = Harness::new();
         let _ = h.feed(ConnId(1), data);
         h.control_still_works();

@@ -7,8 +7,8 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use sotto::media::ChannelToken;
 use sotto::relay::{
-    ChannelHandle, ClientMessage, ConnId, Departure, ErrorCode, MailboxId, RelayMessage, Request,
-    Router, RouterLimits, RouterStats, WireError, HANDSHAKE_OVERHEAD, MAX_HANDSHAKE,
+    ChannelHandle, ClientMessage, ConnId, Cookie, Departure, ErrorCode, MailboxId, RelayMessage,
+    Request, Router, RouterLimits, RouterStats, WireError, HANDSHAKE_OVERHEAD, MAX_HANDSHAKE,
     MAX_MEDIA_FRAME, MAX_MEDIA_MESSAGE, MAX_MESSAGE, MEDIA_OVERHEAD,
 };
 
@@ -25,6 +25,7 @@ enum OwnedClient {
     Handshake(u16, Vec<u8>),
     DeliverWelcome(Vec<u8>, Vec<u8>),
     FetchWelcomes(Vec<u8>),
+    Hello([u8; 16]),
 }
 
 impl OwnedClient {
@@ -51,6 +52,7 @@ impl OwnedClient {
             OwnedClient::FetchWelcomes(id) => ClientMessage::FetchWelcomes {
                 mailbox: MailboxId::new(id).unwrap(),
             },
+            OwnedClient::Hello(c) => ClientMessage::Hello { cookie: Cookie(*c) },
         }
     }
 
@@ -72,6 +74,7 @@ enum OwnedRequest {
     Handshake(u16),
     DeliverWelcome(Vec<u8>),
     FetchWelcomes(Vec<u8>),
+    Hello,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +86,8 @@ enum OwnedRelay {
     Welcome(Vec<u8>, Vec<u8>),
     Stored(Vec<u8>),
     Error(u8, OwnedRequest),
+    Challenge([u8; 16]),
+    Ready,
 }
 
 impl OwnedRelay {
@@ -125,8 +130,11 @@ impl OwnedRelay {
                     OwnedRequest::FetchWelcomes(id) => {
                         Request::FetchWelcomes(MailboxId::new(id).unwrap())
                     }
+                    OwnedRequest::Hello => Request::Hello,
                 },
             },
+            OwnedRelay::Challenge(c) => RelayMessage::Challenge { cookie: Cookie(*c) },
+            OwnedRelay::Ready => RelayMessage::Ready,
         }
     }
 
@@ -158,6 +166,7 @@ fn client_message() -> impl Strategy<Value = OwnedClient> {
         (any::<u16>(), payload(4000)).prop_map(|(h, m)| OwnedClient::Handshake(h, m)),
         (mailbox_id(), payload(4000)).prop_map(|(id, w)| OwnedClient::DeliverWelcome(id, w)),
         mailbox_id().prop_map(OwnedClient::FetchWelcomes),
+        any::<[u8; 16]>().prop_map(OwnedClient::Hello),
     ]
 }
 
@@ -170,6 +179,7 @@ fn request() -> impl Strategy<Value = OwnedRequest> {
         any::<u16>().prop_map(OwnedRequest::Handshake),
         mailbox_id().prop_map(OwnedRequest::DeliverWelcome),
         mailbox_id().prop_map(OwnedRequest::FetchWelcomes),
+        Just(OwnedRequest::Hello),
     ]
 }
 
@@ -183,6 +193,8 @@ fn relay_message() -> impl Strategy<Value = OwnedRelay> {
         (mailbox_id(), payload(4000)).prop_map(|(id, w)| OwnedRelay::Welcome(id, w)),
         mailbox_id().prop_map(OwnedRelay::Stored),
         (any::<u8>(), request()).prop_map(|(c, r)| OwnedRelay::Error(c, r)),
+        any::<[u8; 16]>().prop_map(OwnedRelay::Challenge),
+        Just(OwnedRelay::Ready),
     ]
 }
 
@@ -339,6 +351,18 @@ fn wire_layout_matches_the_table() {
     assert_eq!(deliver.len(), 1 + 1 + 32 + 1);
     assert_eq!(&deliver[..2], &[0x25, 32]);
     assert_eq!(enc(ClientMessage::FetchWelcomes { mailbox: id }).len(), 34);
+    let hello = enc(ClientMessage::Hello {
+        cookie: Cookie([3; 16]),
+    });
+    assert_eq!((hello.len(), hello[0], hello[16]), (17, 0x27, 3));
+    let challenge = renc(RelayMessage::Challenge {
+        cookie: Cookie([4; 16]),
+    });
+    assert_eq!(
+        (challenge.len(), challenge[0], challenge[16]),
+        (17, 0x38, 4)
+    );
+    assert_eq!(renc(RelayMessage::Ready), [0x39]);
 
     let subscribed = renc(RelayMessage::Subscribed { token, handle: h });
     assert_eq!(subscribed.len(), 19);
@@ -615,8 +639,13 @@ impl Relay {
 
 /// The accounting identities of [`RouterStats`].
 fn check_stats(s: &RouterStats) {
-    let accepted =
-        s.subscribes + s.unsubscribes + s.media_in + s.handshakes_in + s.welcomes_in + s.fetches;
+    let accepted = s.subscribes
+        + s.unsubscribes
+        + s.media_in
+        + s.handshakes_in
+        + s.welcomes_in
+        + s.fetches
+        + s.hellos;
     assert_eq!(s.datagrams_in, accepted + s.drops.total(), "{s:?}");
     assert_eq!(s.errors_out, s.drops.total(), "{s:?}");
     assert_eq!(
@@ -627,6 +656,7 @@ fn check_stats(s: &RouterStats) {
             + s.handshakes_out
             + s.welcomes_in
             + s.welcomes_out
+            + s.hellos
             + s.errors_out,
         "{s:?}"
     );
@@ -1190,4 +1220,21 @@ fn counters_add_up() {
     assert_eq!(s.drops.malformed, 1);
     assert_eq!(s.drops.get(ErrorCode::Malformed), 1);
     assert_eq!(s.drops.total(), 1);
+}
+
+#[test]
+fn hello_is_answered_with_ready_and_changes_nothing_else() {
+    let mut relay = Relay::new(RouterLimits::default());
+    let (result, out) = relay.send(
+        A,
+        ClientMessage::Hello {
+            cookie: Cookie::default(),
+        },
+    );
+    assert_eq!(result, Ok(()));
+    assert_eq!(out, vec![(A, vec![0x39])]);
+    assert_eq!(relay.router.connection_count(), 0);
+    assert_eq!(relay.router.channel_count(), 0);
+    assert_eq!(relay.router.stats().hellos, 1);
+    check_stats(relay.router.stats());
 }

@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use member::{Member, FRAME};
 use sotto::media::ChannelToken;
-use sotto::relay::{ClientMessage, ConnId, RelayMessage, Router, RouterLimits};
+use sotto::relay::{
+    AddressCheck, Admission, ClientMessage, ConnId, MailboxId, RelayMessage, Router, RouterLimits,
+    CHALLENGE_LEN,
+};
 use sotto::room::RoomConfig;
 
 /// (credential pseudonym, display name): the display names exist in the app only.
@@ -69,6 +72,11 @@ struct Net {
     relay: UdpSocket,
     relay_addr: SocketAddr,
     router: Router,
+    /// The relay's return-routability check, and which node addresses passed it.
+    check: AddressCheck,
+    validated: Vec<bool>,
+    /// Challenges the relay sent.
+    challenges: u64,
     /// Node addresses; a node's index is its `ConnId`.
     addrs: Vec<SocketAddr>,
     /// Datagrams the relay sent to each node.
@@ -97,6 +105,9 @@ impl Net {
             relay_addr: relay.local_addr().unwrap(),
             relay,
             router: Router::new(RouterLimits::default()),
+            check: AddressCheck::new(&[0x5e; 32], Instant::now()),
+            validated: Vec::new(),
+            challenges: 0,
             addrs: Vec::new(),
             expected: Vec::new(),
             relay_expected: 0,
@@ -113,6 +124,7 @@ impl Net {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         self.addrs.push(sock.local_addr().unwrap());
+        self.validated.push(false);
         self.expected.push(0);
         self.nodes.push(Node {
             member,
@@ -155,6 +167,26 @@ impl Net {
                 let relay = &self.relay;
                 let addrs = &self.addrs;
                 let expected = &mut self.expected;
+                // As `examples/relay.rs`: an address gets a connection once it echoed its
+                // challenge's cookie.
+                if !self.validated[index] {
+                    let mut reply = [0u8; CHALLENGE_LEN];
+                    let address = from.to_string();
+                    match self
+                        .check
+                        .check(address.as_bytes(), datagram, now, &mut reply)
+                    {
+                        Admission::Admit => self.validated[index] = true,
+                        Admission::Challenge(bytes) => {
+                            assert!(bytes.len() <= datagram.len());
+                            relay.send_to(bytes, from).unwrap();
+                            expected[index] += 1;
+                            self.challenges += 1;
+                            continue;
+                        }
+                        _ => continue,
+                    }
+                }
                 let _ = self.router.receive(
                     ConnId(index as u64),
                     datagram,
@@ -632,5 +664,57 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
         carol_frames.len(),
     );
     println!("most channels one member was subscribed to at once: {max_subscriptions:?}");
+
+    // ---- Address validation ----
+    // Every member said Hello before anything else and was challenged exactly once.
+    assert_eq!(net.challenges, net.nodes.len() as u64);
+    assert!(net.validated.iter().all(|v| *v));
+    // An outsider who never answers a challenge (a forged source address behaves so) gets
+    // nothing but challenges no longer than what it sent, and changes nothing.
+    let outsider: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let address = outsider.to_string();
+    let subscribers = net.router.subscriber_count(&removal.new_token);
+    let stats_before = *net.router.stats();
+    let mut subscribe = BytesMut::new();
+    ClientMessage::Subscribe {
+        token: removal.new_token,
+    }
+    .encode_into(&mut subscribe)
+    .unwrap();
+    let mut fetch = BytesMut::new();
+    ClientMessage::FetchWelcomes {
+        mailbox: MailboxId::new(&[0xab; 32]).unwrap(),
+    }
+    .encode_into(&mut fetch)
+    .unwrap();
+    let forged_hello = [0x27u8; 17];
+    let requests: [&[u8]; 5] = [&subscribe, &fetch, &forged_hello, &[0x21], &[0x23; 70]];
+    let (mut challenged, mut ignored) = (0, 0);
+    for request in requests {
+        let mut reply = [0u8; CHALLENGE_LEN];
+        match net
+            .check
+            .check(address.as_bytes(), request, last_now, &mut reply)
+        {
+            Admission::Challenge(bytes) => {
+                assert!(bytes.len() <= request.len());
+                assert!(matches!(
+                    RelayMessage::parse(bytes),
+                    Ok(RelayMessage::Challenge { .. })
+                ));
+                challenged += 1;
+            }
+            Admission::Ignore => ignored += 1,
+            Admission::Admit => panic!("an address that never saw its cookie was admitted"),
+        }
+    }
+    assert_eq!((challenged, ignored), (4, 1));
+    assert_eq!(net.router.subscriber_count(&removal.new_token), subscribers);
+    assert_eq!(*net.router.stats(), stats_before);
+    println!(
+        "address check: {} members challenged once each; an outsider's 5 requests got {challenged} \
+         challenges (each no longer than its request) and {ignored} silence",
+        net.nodes.len()
+    );
     println!("wall time {} ms", started.elapsed().as_millis());
 }

@@ -36,7 +36,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, ReceiverStats};
 use sotto::frame::Header;
 use sotto::media::{ChannelToken, EpochKeys, MediaConfig, MediaSession};
-use sotto::relay::{ClientError, ClientEvent, ErrorCode, RelayClient, RelayMessage};
+use sotto::relay::{ClientError, ClientEvent, Cookie, ErrorCode, RelayClient, RelayMessage};
 use sotto::room::{
     Commit, Identity, PublishedKeyPackage, Rejection, Room, RoomConfig, RoomError, RoomEvent,
     SafetyCode,
@@ -150,6 +150,8 @@ pub struct Stats {
     pub welcomes_ignored: u64,
     /// Fetches that found an empty mailbox.
     pub mailbox_empty: u64,
+    /// Challenges of this member's address the relay sent (answered with a Hello).
+    pub challenges: u64,
     /// Other requests the relay refused.
     pub relay_refusals: u64,
     /// Relay messages for a channel this member already left.
@@ -206,6 +208,9 @@ pub struct Member {
     tokens: Vec<(u64, ChannelToken)>,
     /// When a subscription change for a token was last requested.
     requested: HashMap<ChannelToken, Instant>,
+    /// Whether the relay said `Ready`, and when this member last said Hello.
+    ready: bool,
+    hello_sent: Option<Instant>,
     /// Leaf → epoch bits of its newest frame that opened.
     heard: BTreeMap<u32, u64>,
     early: Vec<Vec<u8>>,
@@ -255,6 +260,8 @@ impl Member {
             voice: Voice::new(voice),
             tokens: Vec::new(),
             requested: HashMap::new(),
+            ready: false,
+            hello_sent: None,
             heard: BTreeMap::new(),
             early: Vec::new(),
             unstored: Vec::new(),
@@ -450,6 +457,11 @@ impl Member {
     /// One 20 ms step at `now`: fetch the Welcome (a joiner), keep subscriptions in sync,
     /// send one audio frame, mix one frame of every other member.
     pub fn tick(&mut self, now: Instant, send: &mut impl FnMut(&[u8])) {
+        self.greet(now, send);
+        if !self.ready {
+            // Nothing else goes out before the relay takes this member's requests.
+            return;
+        }
         if self.room.is_none() {
             self.poll_mailbox(now, send);
             return;
@@ -460,6 +472,26 @@ impl Member {
         self.retry_welcomes(now, send);
         self.speak(now, send);
         self.listen(now);
+    }
+
+    /// Says Hello until the relay is ready (its first answer may be a challenge).
+    fn greet(&mut self, now: Instant, send: &mut impl FnMut(&[u8])) {
+        if self.ready
+            || self
+                .hello_sent
+                .is_some_and(|t| now.saturating_duration_since(t) < RETRY)
+        {
+            return;
+        }
+        self.hello(Cookie::default(), now, send);
+    }
+
+    fn hello(&mut self, cookie: Cookie, now: Instant, send: &mut impl FnMut(&[u8])) {
+        self.out.clear();
+        if self.client.hello(cookie, &mut self.out).is_ok() {
+            self.hello_sent = Some(now);
+            self.emit(send);
+        }
     }
 
     fn poll_mailbox(&mut self, now: Instant, send: &mut impl FnMut(&[u8])) {
@@ -660,6 +692,26 @@ impl Member {
             } => self.stats.mailbox_empty += 1,
             ClientEvent::Refused { .. } => self.stats.relay_refusals += 1,
             ClientEvent::Stale => self.stats.stale += 1,
+            // The relay does not know this address (yet, or any more): it dropped what came
+            // before and holds none of this member's subscriptions.
+            ClientEvent::Challenge { cookie } => {
+                self.stats.challenges += 1;
+                self.ready = false;
+                self.hello(cookie, now, send);
+            }
+            // Requests sent before now may have been dropped: redo them at once.
+            ClientEvent::Ready => {
+                self.ready = true;
+                self.requested.clear();
+                if let Some(joining) = &mut self.joining {
+                    joining.last_fetch = None;
+                }
+                if self.room.is_some() {
+                    self.sync_subscriptions(now, send);
+                } else {
+                    self.poll_mailbox(now, send);
+                }
+            }
             _ => {}
         }
     }

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use super::{ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, WireError};
+use super::{ChannelHandle, ClientMessage, Cookie, ErrorCode, MailboxId, RelayMessage, WireError};
 use crate::media::ChannelToken;
 
 /// What a relay datagram meant for the client.
@@ -50,6 +50,16 @@ pub enum ClientEvent<'a> {
     },
     /// A message for a handle this client does not know (e.g. just unsubscribed).
     Stale,
+    /// The relay does not know this client's address (first contact, or it forgot the
+    /// connection): it dropped the request, and holds no subscription of this client, so
+    /// the client's handles are cleared. Answer with [`RelayClient::hello`] and this cookie,
+    /// then subscribe again.
+    Challenge {
+        /// The cookie to echo.
+        cookie: Cookie,
+    },
+    /// The relay takes this client's requests (the answer to a Hello).
+    Ready,
 }
 
 /// Errors of the client side.
@@ -150,6 +160,14 @@ impl RelayClient {
         Ok(())
     }
 
+    /// Appends a Hello: with the default (all-zero) cookie before anything else, so the
+    /// relay can challenge the address; with a [challenge's](ClientEvent::Challenge) cookie
+    /// to answer it.
+    pub fn hello(&self, cookie: Cookie, out: &mut BytesMut) -> Result<(), ClientError> {
+        ClientMessage::Hello { cookie }.encode_into(out)?;
+        Ok(())
+    }
+
     /// Appends a datagram asking for the Welcomes in the mailbox `reference`.
     pub fn fetch_welcomes(&self, reference: &[u8], out: &mut BytesMut) -> Result<(), ClientError> {
         let mailbox = MailboxId::new(reference)?;
@@ -191,6 +209,11 @@ impl RelayClient {
             RelayMessage::Welcome { welcome, .. } => ClientEvent::Welcome { welcome },
             RelayMessage::Stored { .. } => ClientEvent::Stored,
             RelayMessage::Error { code, .. } => ClientEvent::Refused { code },
+            RelayMessage::Challenge { cookie } => {
+                self.handles.clear();
+                ClientEvent::Challenge { cookie }
+            }
+            RelayMessage::Ready => ClientEvent::Ready,
         };
         Ok(event)
     }

@@ -25,6 +25,7 @@
 //! | `0x24` | `Handshake`        | handle (2), MLS message               | 3 + n         |
 //! | `0x25` | `DeliverWelcome`   | mailbox id (1 + m), Welcome           | 2 + m + n     |
 //! | `0x26` | `FetchWelcomes`    | mailbox id (1 + m)                    | 2 + m         |
+//! | `0x27` | `Hello`            | cookie (16)                           | 17            |
 //!
 //! Relay → client:
 //!
@@ -37,6 +38,8 @@
 //! | `0x35` | `Welcome`          | mailbox id (1 + m), Welcome           | 2 + m + n     |
 //! | `0x36` | `Stored`           | mailbox id (1 + m)                    | 2 + m         |
 //! | `0x37` | `Error`            | code (1), request kind (1), subject   | 3 to 68       |
+//! | `0x38` | `Challenge`        | cookie (16)                           | 17            |
+//! | `0x39` | `Ready`            |                                       | 1             |
 //!
 //! An error's request kind is the 5-bit type code of the refused request (0 for a datagram
 //! that did not parse); its subject is what that request named: nothing, the token (16), the
@@ -56,6 +59,14 @@
 //! included, so a committer learns where its commit was ordered. Welcomes wait in mailboxes
 //! keyed by the invitee's KeyPackage reference until they expire. Every limit
 //! ([`RouterLimits`]) is enforced by refusing the one request with an error to its sender.
+//!
+//! A [`ConnId`] must name a peer whose address is proven: the router sends to it whatever
+//! the connection asked for (a channel's media, a mailbox's Welcomes). Transports that
+//! validate addresses themselves (QUIC, TCP, WebRTC) pass every datagram on; a transport on
+//! raw UDP, where a source address can be forged, lets an address in only after it echoed
+//! an [`AddressCheck`] cookie in a [`ClientMessage::Hello`] (`examples/relay.rs` does).
+//! Either way the router answers a Hello with [`RelayMessage::Ready`], so a client says
+//! Hello first and waits for `Ready` before anything else.
 //!
 //! Clients move to each new epoch's token: subscribe to the new one, keep the old one
 //! through the grace period, then unsubscribe. Both are independent, cheap operations.
@@ -90,16 +101,18 @@
 //! # Ok::<(), sotto::relay::WireError>(())
 //! ```
 
+mod address;
 mod client;
 mod codec;
 mod router;
 mod wire;
 
+pub use address::{AddressCheck, Admission, CHALLENGE_LEN};
 pub use client::{ClientError, ClientEvent, RelayClient};
 
 pub use router::{ConnId, Departure, DropStats, Router, RouterLimits, RouterStats};
 pub use wire::{
-    ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, Request, WireError,
+    ChannelHandle, ClientMessage, Cookie, ErrorCode, MailboxId, RelayMessage, Request, WireError,
     HANDSHAKE_OVERHEAD, MAX_HANDSHAKE, MAX_MEDIA_FRAME, MAX_MEDIA_MESSAGE, MAX_MESSAGE,
     MEDIA_OVERHEAD, VERSION,
 };

@@ -170,6 +170,8 @@ pub struct RouterStats {
     pub fetches: u64,
     /// Welcome messages sent.
     pub welcomes_out: u64,
+    /// Hellos accepted (each answered with `Ready`).
+    pub hellos: u64,
     /// Error messages sent.
     pub errors_out: u64,
     /// Channels created (by a first subscriber).
@@ -459,6 +461,12 @@ impl Router {
                 self.deliver(conn, mailbox, welcome, now, sink)
             }
             ClientMessage::FetchWelcomes { mailbox } => self.fetch(conn, mailbox, now, sink),
+            // The transport admitted `conn` (validated its address, or needs no check).
+            ClientMessage::Hello { .. } => {
+                self.stats.hellos += 1;
+                self.reply(conn, RelayMessage::Ready, sink);
+                Ok(())
+            }
         }
     }
 

@@ -44,6 +44,7 @@ mod code {
     pub(super) const HANDSHAKE: u8 = 0x04;
     pub(super) const DELIVER_WELCOME: u8 = 0x05;
     pub(super) const FETCH_WELCOMES: u8 = 0x06;
+    pub(super) const HELLO: u8 = 0x07;
 
     pub(super) const SUBSCRIBED: u8 = 0x11;
     pub(super) const UNSUBSCRIBED: u8 = 0x12;
@@ -52,6 +53,8 @@ mod code {
     pub(super) const WELCOME: u8 = 0x15;
     pub(super) const STORED: u8 = 0x16;
     pub(super) const ERROR: u8 = 0x17;
+    pub(super) const CHALLENGE: u8 = 0x18;
+    pub(super) const READY: u8 = 0x19;
 
     /// The request kind of an error about a datagram that did not parse.
     pub(super) const UNPARSED: u8 = 0x00;
@@ -118,6 +121,17 @@ pub enum WireError {
 /// messages carry instead of the 16-byte token. Each receiver gets its own handles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelHandle(pub u16);
+
+/// A return-routability cookie (see [`AddressCheck`](super::AddressCheck)): 16 bytes the
+/// relay derives from the client's address and the time, and the client echoes in a
+/// [`ClientMessage::Hello`]. All zeros is the cookie of a first Hello.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Cookie(pub [u8; Cookie::LEN]);
+
+impl Cookie {
+    /// Length of a cookie.
+    pub const LEN: usize = 16;
+}
 
 /// A Welcome mailbox: the invitee's KeyPackage reference (an opaque hash), 1 to
 /// [`MailboxId::MAX_LEN`] bytes. Holding one proves the length fits the wire format.
@@ -295,12 +309,14 @@ pub enum Request<'a> {
     DeliverWelcome(MailboxId<'a>),
     /// [`ClientMessage::FetchWelcomes`] from this mailbox.
     FetchWelcomes(MailboxId<'a>),
+    /// [`ClientMessage::Hello`] (the cookie is not echoed).
+    Hello,
 }
 
 impl<'a> Request<'a> {
     fn encoded_len(&self) -> usize {
         1 + match self {
-            Request::Unparsed => 0,
+            Request::Unparsed | Request::Hello => 0,
             Request::Subscribe(_) => CHANNEL_TOKEN_LEN,
             Request::Unsubscribe(_) | Request::Media(_) | Request::Handshake(_) => 2,
             Request::DeliverWelcome(m) | Request::FetchWelcomes(m) => m.encoded_len(),
@@ -316,6 +332,7 @@ impl<'a> Request<'a> {
             code::HANDSHAKE => Request::Handshake(ChannelHandle(r.u16()?)),
             code::DELIVER_WELCOME => Request::DeliverWelcome(MailboxId::read(r)?),
             code::FETCH_WELCOMES => Request::FetchWelcomes(MailboxId::read(r)?),
+            code::HELLO => Request::Hello,
             code => return Err(WireError::UnknownType { code }),
         })
     }
@@ -323,6 +340,7 @@ impl<'a> Request<'a> {
     fn write(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         match self {
             Request::Unparsed => w.u8(code::UNPARSED),
+            Request::Hello => w.u8(code::HELLO),
             Request::Subscribe(token) => {
                 w.u8(code::SUBSCRIBE)?;
                 w.put(&token.0)
@@ -392,6 +410,15 @@ pub enum ClientMessage<'a> {
     FetchWelcomes {
         /// This client's KeyPackage reference.
         mailbox: MailboxId<'a>,
+    },
+    /// Prove this client receives at its address: the relay answers
+    /// [`RelayMessage::Ready`] once the cookie is the one it gave this address, and a
+    /// [`RelayMessage::Challenge`] with that cookie otherwise (see
+    /// [`AddressCheck`](super::AddressCheck)). A relay whose transport already validates
+    /// addresses answers every Hello with `Ready`.
+    Hello {
+        /// The cookie of the last challenge, or all zeros.
+        cookie: Cookie,
     },
 }
 
@@ -478,6 +505,9 @@ impl<'a> ClientMessage<'a> {
             code::FETCH_WELCOMES => ClientMessage::FetchWelcomes {
                 mailbox: MailboxId::read(&mut r)?,
             },
+            code::HELLO => ClientMessage::Hello {
+                cookie: Cookie(r.array()?),
+            },
             code if is_relay_code(code) => return Err(WireError::WrongDirection { code }),
             code => return Err(WireError::UnknownType { code }),
         };
@@ -496,6 +526,7 @@ impl<'a> ClientMessage<'a> {
                 1 + mailbox.encoded_len() + welcome.len()
             }
             ClientMessage::FetchWelcomes { mailbox } => 1 + mailbox.encoded_len(),
+            ClientMessage::Hello { .. } => 1 + Cookie::LEN,
         }
     }
 
@@ -545,6 +576,10 @@ impl<'a> ClientMessage<'a> {
                 w.u8(type_byte(code::FETCH_WELCOMES))?;
                 mailbox.write(&mut w)?;
             }
+            ClientMessage::Hello { cookie } => {
+                w.u8(type_byte(code::HELLO))?;
+                w.put(&cookie.0)?;
+            }
         }
         Ok(w.len())
     }
@@ -573,6 +608,7 @@ impl<'a> ClientMessage<'a> {
             ClientMessage::Handshake { handle, .. } => Request::Handshake(handle),
             ClientMessage::DeliverWelcome { mailbox, .. } => Request::DeliverWelcome(mailbox),
             ClientMessage::FetchWelcomes { mailbox } => Request::FetchWelcomes(mailbox),
+            ClientMessage::Hello { .. } => Request::Hello,
         }
     }
 }
@@ -588,6 +624,8 @@ const fn is_relay_code(code: u8) -> bool {
             | code::WELCOME
             | code::STORED
             | code::ERROR
+            | code::CHALLENGE
+            | code::READY
     )
 }
 
@@ -642,6 +680,14 @@ pub enum RelayMessage<'a> {
         /// Which request.
         request: Request<'a>,
     },
+    /// Echo this cookie in a [`ClientMessage::Hello`] to prove this address receives; until
+    /// then the relay ignores the address (see [`AddressCheck`](super::AddressCheck)).
+    Challenge {
+        /// The cookie.
+        cookie: Cookie,
+    },
+    /// The relay takes requests from this address (the answer to a valid Hello).
+    Ready,
 }
 
 impl<'a> RelayMessage<'a> {
@@ -686,12 +732,17 @@ impl<'a> RelayMessage<'a> {
                 code: ErrorCode::from(r.u8()?),
                 request: Request::read(&mut r)?,
             },
+            code::CHALLENGE => RelayMessage::Challenge {
+                cookie: Cookie(r.array()?),
+            },
+            code::READY => RelayMessage::Ready,
             code @ (code::SUBSCRIBE
             | code::UNSUBSCRIBE
             | code::MEDIA
             | code::HANDSHAKE
             | code::DELIVER_WELCOME
-            | code::FETCH_WELCOMES) => return Err(WireError::WrongDirection { code }),
+            | code::FETCH_WELCOMES
+            | code::HELLO) => return Err(WireError::WrongDirection { code }),
             code => return Err(WireError::UnknownType { code }),
         };
         r.finish()?;
@@ -708,6 +759,8 @@ impl<'a> RelayMessage<'a> {
             RelayMessage::Welcome { mailbox, welcome } => 1 + mailbox.encoded_len() + welcome.len(),
             RelayMessage::Stored { mailbox } => 1 + mailbox.encoded_len(),
             RelayMessage::Error { request, .. } => 2 + request.encoded_len(),
+            RelayMessage::Challenge { .. } => 1 + Cookie::LEN,
+            RelayMessage::Ready => 1,
         }
     }
 
@@ -766,6 +819,11 @@ impl<'a> RelayMessage<'a> {
                 w.u8(u8::from(*code))?;
                 request.write(&mut w)?;
             }
+            RelayMessage::Challenge { cookie } => {
+                w.u8(type_byte(code::CHALLENGE))?;
+                w.put(&cookie.0)?;
+            }
+            RelayMessage::Ready => w.u8(type_byte(code::READY))?,
         }
         Ok(w.len())
     }
