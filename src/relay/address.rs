@@ -1,18 +1,5 @@
 //! [`AddressCheck`]: a stateless return-routability check for transports whose source
 //! addresses can be forged (raw UDP).
-//!
-//! Without it, anyone could make a UDP relay send to an address of their choosing: subscribe
-//! a forged address to a busy channel, or fetch a mailbox of large Welcomes for it. With it,
-//! a transport passes datagrams to the [`Router`](super::Router) only from addresses that
-//! proved they receive: an unvalidated address gets nothing but a
-//! [`Challenge`](super::RelayMessage::Challenge) no longer than the datagram that caused it,
-//! and becomes valid by echoing the challenge's cookie in a
-//! [`Hello`](super::ClientMessage::Hello). The check keeps no state per address, so a flood
-//! from forged addresses costs the relay no memory.
-//!
-//! The cookie is HMAC-SHA256 over the time period and the address, under a key of the
-//! relay's own (never a room secret), truncated to 16 bytes. A cookie is accepted in the
-//! [period](AddressCheck::PERIOD) it was made in and the next one.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +28,20 @@ pub enum Admission<'b> {
 /// Bytes of a [`RelayMessage::Challenge`]: the buffer [`AddressCheck::check`] writes into.
 pub const CHALLENGE_LEN: usize = 1 + Cookie::LEN;
 
-/// The relay's return-routability check (see the [module docs](self)).
+/// The relay's stateless return-routability check for transports on raw UDP.
+///
+/// Without it, anyone could make a UDP relay send to an address of their choosing: subscribe
+/// a forged address to a busy channel, or fetch a mailbox of large Welcomes for it. With it,
+/// a transport passes datagrams to the [`Router`](super::Router) only from addresses that
+/// proved they receive: an unvalidated address gets nothing but a
+/// [`Challenge`](super::RelayMessage::Challenge) no longer than the datagram that caused it,
+/// and becomes valid by echoing the challenge's cookie in a
+/// [`Hello`](super::ClientMessage::Hello). The check keeps no state per address, so a flood
+/// from forged addresses costs the relay no memory.
+///
+/// The cookie is HMAC-SHA256 over the time period and the address, under a key of the
+/// relay's own (never a room secret), truncated to 16 bytes. A cookie is accepted in the
+/// [period](AddressCheck::PERIOD) it was made in and the next one.
 #[derive(Clone)]
 pub struct AddressCheck {
     mac: Hmac<Sha256>,
