@@ -36,7 +36,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, ReceiverStats};
 use sotto::frame::Header;
 use sotto::media::{ChannelToken, EpochKeys, MediaConfig, MediaSession};
-use sotto::relay::{ClientError, ClientEvent, Cookie, ErrorCode, RelayClient, RelayMessage};
+use sotto::relay::{ClientError, ClientEvent, Cookie, ErrorCode, RelayClient};
 use sotto::room::{
     Commit, Identity, PublishedKeyPackage, Rejection, Room, RoomConfig, RoomError, RoomEvent,
     SafetyCode,
@@ -673,19 +673,16 @@ impl Member {
                 self.on_handshake(message, now);
                 self.sync_subscriptions(now, send);
             }
-            ClientEvent::Welcome { welcome } => {
+            ClientEvent::Welcome { welcome, .. } => {
                 self.on_welcome(welcome, now);
                 if self.room.is_some() {
                     self.sync_subscriptions(now, send);
                 }
             }
-            ClientEvent::Stored => {
+            ClientEvent::Stored { mailbox } => {
                 self.stats.welcomes_stored += 1;
-                // The event does not say which mailbox; the message does.
-                if let Ok(RelayMessage::Stored { mailbox }) = RelayMessage::parse(datagram) {
-                    self.unstored
-                        .retain(|u| u.reference.as_slice() != mailbox.as_bytes());
-                }
+                self.unstored
+                    .retain(|u| u.reference.as_slice() != mailbox.as_bytes());
             }
             ClientEvent::Refused {
                 code: ErrorCode::MailboxEmpty,

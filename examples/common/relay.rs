@@ -99,7 +99,7 @@ impl InProcessRelay {
                 Ok(ClientEvent::Handshake { message, .. }) => self
                     .outbox
                     .push((to, Delivery::Handshake(Bytes::copy_from_slice(message)))),
-                Ok(ClientEvent::Welcome { welcome }) => self
+                Ok(ClientEvent::Welcome { welcome, .. }) => self
                     .welcomes
                     .entry(to)
                     .or_default()

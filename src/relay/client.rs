@@ -36,13 +36,18 @@ pub enum ClientEvent<'a> {
         /// The message.
         message: &'a [u8],
     },
-    /// A Welcome from this client's mailbox.
+    /// A Welcome from a mailbox this client fetched.
     Welcome {
+        /// The mailbox (the KeyPackage reference it was fetched under).
+        mailbox: MailboxId<'a>,
         /// The Welcome.
         welcome: &'a [u8],
     },
     /// A Welcome this client delivered was stored.
-    Stored,
+    Stored {
+        /// The mailbox it was stored in.
+        mailbox: MailboxId<'a>,
+    },
     /// The relay refused a request.
     Refused {
         /// Why.
@@ -206,8 +211,8 @@ impl RelayClient {
                 },
                 None => ClientEvent::Stale,
             },
-            RelayMessage::Welcome { welcome, .. } => ClientEvent::Welcome { welcome },
-            RelayMessage::Stored { .. } => ClientEvent::Stored,
+            RelayMessage::Welcome { mailbox, welcome } => ClientEvent::Welcome { mailbox, welcome },
+            RelayMessage::Stored { mailbox } => ClientEvent::Stored { mailbox },
             RelayMessage::Error { code, .. } => ClientEvent::Refused { code },
             RelayMessage::Challenge { cookie } => {
                 self.handles.clear();
