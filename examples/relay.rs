@@ -5,8 +5,10 @@
 //! connection once it proved it receives there (sotto's `AddressCheck`: it echoed the
 //! cookie of a challenge in a Hello); until then its datagrams get nothing but a challenge
 //! no longer than themselves, so a forged source address cannot turn the relay against a
-//! third party. A peer silent for `--idle-secs` (default 30) is disconnected (its
-//! subscriptions end). It logs counts only — datagrams, bytes, channels, connections,
+//! third party. A connection proves its address again every 30 s (the relay challenges it;
+//! unanswered, the connection ends a period later), so a validation does not outlive its
+//! peer. A peer silent for `--idle-secs` (default 30) is disconnected (its subscriptions
+//! end). It logs counts only — datagrams, bytes, channels, connections,
 //! refusals — never tokens, handles, payloads or peer addresses. Runs until killed, or for
 //! `--seconds N`.
 
@@ -18,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use sotto::relay::{
-    AddressCheck, Admission, ConnId, Router, RouterLimits, CHALLENGE_LEN, MAX_MESSAGE,
+    AddressCheck, Admission, ClientMessage, ConnId, RelayMessage, Router, RouterLimits,
+    CHALLENGE_LEN, MAX_MESSAGE,
 };
 
 struct Options {
@@ -62,16 +65,30 @@ fn parse_args() -> Option<Options> {
     Some(o)
 }
 
-/// The peers: address ↔ connection id, and when each was last heard.
+/// A validated peer.
+struct Peer {
+    addr: SocketAddr,
+    /// When it was last heard from.
+    seen: Instant,
+    /// When it last proved its address (a Hello with its cookie), and when it was last
+    /// asked to again.
+    proved: Instant,
+    asked: Option<Instant>,
+}
+
+/// The peers: address ↔ connection id.
 #[derive(Default)]
 struct Peers {
     by_addr: HashMap<SocketAddr, ConnId>,
-    by_conn: HashMap<ConnId, (SocketAddr, Instant)>,
+    by_conn: HashMap<ConnId, Peer>,
     next: u64,
     idle_disconnects: u64,
     /// Datagrams from unvalidated addresses answered with a challenge, and ignored.
     challenges: u64,
     ignored: u64,
+    /// Validated peers asked to prove their address again, and dropped for not doing so.
+    rechallenges: u64,
+    unproved: u64,
 }
 
 /// The bytes an address is challenged under: IP address and port.
@@ -91,28 +108,54 @@ fn address_bytes(addr: &SocketAddr, out: &mut [u8; 18]) -> usize {
 }
 
 impl Peers {
+    /// The connection of a validated address (a new one if it just proved its address).
     fn touch(&mut self, addr: SocketAddr, now: Instant) -> ConnId {
         let conn = *self.by_addr.entry(addr).or_insert_with(|| {
             self.next += 1;
             ConnId(self.next)
         });
-        self.by_conn.insert(conn, (addr, now));
+        self.by_conn
+            .entry(conn)
+            .and_modify(|p| p.seen = now)
+            .or_insert(Peer {
+                addr,
+                seen: now,
+                proved: now,
+                asked: None,
+            });
         conn
     }
 
-    /// Disconnects peers silent for `idle`.
-    fn sweep(&mut self, router: &mut Router, idle: Duration, now: Instant) {
-        let silent: Vec<(ConnId, SocketAddr)> = self
-            .by_conn
-            .iter()
-            .filter(|(_, (_, seen))| now.saturating_duration_since(*seen) >= idle)
-            .map(|(conn, (addr, _))| (*conn, *addr))
-            .collect();
-        for (conn, addr) in silent {
+    /// Disconnects peers silent for `idle`, or that did not prove their address again
+    /// within a period of being asked (anyone can send with a validated address, so a
+    /// validation must not outlive the peer); asks those whose proof is a period old.
+    fn sweep(
+        &mut self,
+        router: &mut Router,
+        idle: Duration,
+        now: Instant,
+        mut challenge: impl FnMut(SocketAddr),
+    ) {
+        let period = AddressCheck::PERIOD;
+        let mut gone = Vec::new();
+        for (conn, peer) in &mut self.by_conn {
+            let since_proof = now.saturating_duration_since(peer.proved);
+            if now.saturating_duration_since(peer.seen) >= idle {
+                self.idle_disconnects += 1;
+                gone.push((*conn, peer.addr));
+            } else if since_proof >= 2 * period {
+                self.unproved += 1;
+                gone.push((*conn, peer.addr));
+            } else if since_proof >= period && peer.asked.is_none_or(|t| t < peer.proved) {
+                peer.asked = Some(now);
+                self.rechallenges += 1;
+                challenge(peer.addr);
+            }
+        }
+        for (conn, addr) in gone {
             router.disconnect(conn);
             self.by_conn.remove(&conn);
             self.by_addr.remove(&addr);
-            self.idle_disconnects += 1;
         }
     }
 }
@@ -123,7 +166,8 @@ fn log(router: &Router, peers: &Peers, send_errors: u64, started: Instant, now: 
         "relay {:>5} s | in {} dgrams {} B | out {} dgrams {} B | media {} in {} out | \
          handshakes {} in {} out | welcomes {} stored {} sent | channels {} | connections {} \
          ({} with routing state) | mailboxes {} | refused {} (empty mailbox {}) | idle disconnects {} \
-         | unvalidated: {} challenged {} ignored | send errors {}",
+         | unvalidated: {} challenged {} ignored | re-challenged {} dropped unproved {} \
+         | send errors {}",
         now.saturating_duration_since(started).as_secs(),
         s.datagrams_in,
         s.bytes_in,
@@ -144,6 +188,8 @@ fn log(router: &Router, peers: &Peers, send_errors: u64, started: Instant, now: 
         peers.idle_disconnects,
         peers.challenges,
         peers.ignored,
+        peers.rechallenges,
+        peers.unproved,
         send_errors,
     );
 }
@@ -194,10 +240,19 @@ fn main() -> ExitCode {
             Ok((n, from)) => {
                 let now = Instant::now();
                 let datagram = buf.get(..n).unwrap_or(&[]);
-                let known = peers.by_addr.contains_key(&from);
-                let admitted = known || {
-                    let mut addr = [0u8; 18];
-                    let len = address_bytes(&from, &mut addr);
+                let mut addr = [0u8; 18];
+                let len = address_bytes(&from, &mut addr);
+                let known = peers.by_addr.get(&from).copied();
+                if let (Some(conn), Ok(ClientMessage::Hello { cookie })) =
+                    (known, ClientMessage::parse(datagram))
+                {
+                    if check.is_valid(&addr[..len], &cookie, now) {
+                        if let Some(peer) = peers.by_conn.get_mut(&conn) {
+                            peer.proved = now;
+                        }
+                    }
+                }
+                let admitted = known.is_some() || {
                     match check.check(&addr[..len], datagram, now, &mut challenge) {
                         // A Hello with its cookie: a connection from now on.
                         Admission::Admit => true,
@@ -220,9 +275,7 @@ fn main() -> ExitCode {
                     let socket = &socket;
                     // A refusal is answered by the router itself and counted in its stats.
                     let _ = router.receive(conn, datagram, now, &mut |to, bytes| {
-                        let sent = by_conn
-                            .get(&to)
-                            .map(|(addr, _)| socket.send_to(bytes, addr));
+                        let sent = by_conn.get(&to).map(|p| socket.send_to(bytes, p.addr));
                         if !matches!(sent, Some(Ok(_))) {
                             send_errors += 1;
                         }
@@ -234,7 +287,20 @@ fn main() -> ExitCode {
         }
         let now = Instant::now();
         if now >= next_sweep {
-            peers.sweep(&mut router, options.idle, now);
+            peers.sweep(&mut router, options.idle, now, |peer| {
+                let mut addr = [0u8; 18];
+                let len = address_bytes(&peer, &mut addr);
+                let ask = RelayMessage::Challenge {
+                    cookie: check.cookie(&addr[..len], now),
+                };
+                let mut bytes = [0u8; CHALLENGE_LEN];
+                let sent = ask
+                    .encode(&mut bytes)
+                    .map(|n| socket.send_to(&bytes[..n], peer));
+                if !matches!(sent, Ok(Ok(_))) {
+                    send_errors += 1;
+                }
+            });
             router.expire(now);
             next_sweep = now + Duration::from_secs(1);
         }

@@ -442,8 +442,12 @@ mod relay_body {
                     Ok(ClientMessage::Hello { cookie })
                 );
             }
-            Admission::Ignore => assert!(data.len() < CHALLENGE_LEN),
+            Admission::Ignore => {
+                assert!(data.len() < CHALLENGE_LEN || ClientMessage::parse(data).is_err())
+            }
             Admission::Challenge(bytes) => {
+                // Only client requests are answered (no loops), never with more bytes.
+                assert!(ClientMessage::parse(data).is_ok());
                 assert!(bytes.len() <= data.len());
                 let Ok(RelayMessage::Challenge { cookie }) = RelayMessage::parse(bytes) else {
                     panic!("a challenge");

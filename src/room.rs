@@ -24,8 +24,9 @@ use openmls::prelude::{
     BasicCredential, Ciphersuite, CredentialWithKey, Extension, Extensions, ExternalSender,
     GroupId, KeyPackage, KeyPackageBundle, KeyPackageIn, KeyPackageRef, LeafNodeIndex,
     LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
-    MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProtocolVersion,
-    StagedCommit, StagedWelcome, ValidationError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProcessedWelcome,
+    ProtocolVersion, StagedCommit, ValidationError, WelcomeError,
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::storage::StorageProvider as _;
@@ -396,9 +397,14 @@ fn parse_message(bytes: &[u8]) -> Result<MlsMessageBodyIn, RoomError> {
         .map_err(|_| RoomError::Rejected(Rejection::Malformed))
 }
 
-/// The group a Welcome admits this provider's identity to. openmls deletes the KeyPackage a
-/// Welcome names before it decrypts anything, so the KeyPackages named are read first and
-/// written back if the Welcome fails.
+/// The group a Welcome admits this provider's identity to.
+///
+/// openmls deletes the KeyPackage a Welcome names before it decrypts anything, so a forged
+/// Welcome (anyone who knows the reference can drop one in a relay mailbox) would use it up.
+/// The KeyPackage is read first and written back when the Welcome failed before its group
+/// secrets opened under the KeyPackage's init key. Once they opened, the init key stays
+/// deleted even if joining fails later: it has decrypted what may be a genuine joiner
+/// secret, and keeping it would let a later compromise read a recorded Welcome.
 fn join_group<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, RoomError> {
     let MlsMessageBodyIn::Welcome(welcome) =
         parse_message(welcome).map_err(|_| RoomError::InvalidWelcome)?
@@ -406,34 +412,41 @@ fn join_group<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGro
         return Err(RoomError::InvalidWelcome);
     };
     let storage = provider.storage();
-    let mut named: Vec<(KeyPackageRef, KeyPackageBundle)> = Vec::new();
+    // openmls takes the first named KeyPackage it holds.
+    let mut named = None;
     for secrets in welcome.secrets() {
         let reference = secrets.new_member();
-        if named.iter().any(|(r, _)| *r == reference) {
-            continue;
-        }
         if let Some(bundle) = storage
             .key_package::<KeyPackageRef, KeyPackageBundle>(&reference)
             .map_err(|_| RoomError::Storage)?
         {
-            named.push((reference, bundle));
+            named = Some((reference, bundle));
+            break;
         }
     }
-    let joined = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+    let processed = match ProcessedWelcome::new_from_welcome(provider, &join_config(), welcome) {
+        Ok(processed) => processed,
+        Err(e) => {
+            let opened_nothing = matches!(
+                e,
+                WelcomeError::GroupSecrets(_)
+                    | WelcomeError::JoinerSecretNotFound
+                    | WelcomeError::CiphersuiteMismatch
+                    | WelcomeError::UnsupportedCiphersuite(_)
+                    | WelcomeError::NoMatchingKeyPackage
+            );
+            if let (true, Some((reference, bundle))) = (opened_nothing, &named) {
+                storage
+                    .write_key_package(reference, bundle)
+                    .map_err(|_| RoomError::Storage)?;
+            }
+            return Err(RoomError::InvalidWelcome);
+        }
+    };
+    processed
+        .into_staged_welcome(provider, None)
+        .and_then(|staged| staged.into_group(provider))
         .map_err(|_| RoomError::InvalidWelcome)
-        .and_then(|staged| {
-            staged
-                .into_group(provider)
-                .map_err(|_| RoomError::InvalidWelcome)
-        });
-    if joined.is_err() {
-        for (reference, bundle) in &named {
-            storage
-                .write_key_package(reference, bundle)
-                .map_err(|_| RoomError::Storage)?;
-        }
-    }
-    joined
 }
 
 /// A failed [`Room::join`]: why, and the identity back to try another Welcome with.
@@ -441,7 +454,8 @@ pub struct JoinError<P: OpenMlsProvider> {
     /// Why the join failed ([`RoomError::InvalidWelcome`] for any Welcome that does not
     /// admit this identity).
     pub error: RoomError,
-    /// The identity, with the KeyPackages it had before.
+    /// The identity. It still holds the KeyPackage the Welcome named unless the Welcome's
+    /// group secrets opened under it: a KeyPackage's init key decrypts one Welcome only.
     pub identity: Identity<P>,
 }
 
@@ -509,9 +523,11 @@ impl<P: OpenMlsProvider> Room<P> {
     /// Joins a room from a Welcome made for one of this identity's KeyPackages.
     /// `config` must be the room's.
     ///
-    /// On failure the identity comes back in the [`JoinError`], its KeyPackages intact: a
-    /// Welcome that fails (anyone who knows a KeyPackage reference can forge one naming it)
-    /// does not use up the KeyPackage, so the genuine Welcome still works after it.
+    /// On failure the identity comes back in the [`JoinError`]. A Welcome whose group
+    /// secrets do not open under the KeyPackage (anyone who knows a KeyPackage reference can
+    /// forge one naming it) does not use the KeyPackage up, so the genuine Welcome still
+    /// works after it; a Welcome that opened but failed later has used it up (see
+    /// [`JoinError`]).
     pub fn join(
         identity: Identity<P>,
         config: RoomConfig,

@@ -75,8 +75,9 @@ struct Net {
     /// The relay's return-routability check, and which node addresses passed it.
     check: AddressCheck,
     validated: Vec<bool>,
-    /// Challenges the relay sent.
+    /// Challenges the relay sent to members, and to addresses that are not members.
     challenges: u64,
+    outsider_challenges: u64,
     /// Node addresses; a node's index is its `ConnId`.
     addrs: Vec<SocketAddr>,
     /// Datagrams the relay sent to each node.
@@ -108,6 +109,7 @@ impl Net {
             check: AddressCheck::new(&[0x5e; 32], Instant::now()),
             validated: Vec::new(),
             challenges: 0,
+            outsider_challenges: 0,
             addrs: Vec::new(),
             expected: Vec::new(),
             relay_expected: 0,
@@ -157,8 +159,25 @@ impl Net {
                 let (n, from) = self.relay.recv_from(&mut self.buf).unwrap();
                 self.relay_got += 1;
                 moved = true;
-                let index = self.addrs.iter().position(|a| *a == from).unwrap();
                 let datagram = &self.buf[..n];
+                let Some(index) = self.addrs.iter().position(|a| *a == from) else {
+                    // Not a member: it only ever gets challenged, never routed.
+                    let mut reply = [0u8; CHALLENGE_LEN];
+                    let address = from.to_string();
+                    match self
+                        .check
+                        .check(address.as_bytes(), datagram, now, &mut reply)
+                    {
+                        Admission::Admit => panic!("an outsider passed the address check"),
+                        Admission::Challenge(bytes) => {
+                            assert!(bytes.len() <= datagram.len());
+                            self.relay.send_to(bytes, from).unwrap();
+                            self.outsider_challenges += 1;
+                        }
+                        _ => {}
+                    }
+                    continue;
+                };
                 self.recording.push(Recorded {
                     step,
                     from: index,
@@ -671,8 +690,10 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
     assert!(net.validated.iter().all(|v| *v));
     // An outsider who never answers a challenge (a forged source address behaves so) gets
     // nothing but challenges no longer than what it sent, and changes nothing.
-    let outsider: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let address = outsider.to_string();
+    let outsider = UdpSocket::bind("127.0.0.1:0").unwrap();
+    outsider
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let subscribers = net.router.subscriber_count(&removal.new_token);
     let stats_before = *net.router.stats();
     let mut subscribe = BytesMut::new();
@@ -688,33 +709,43 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
     .encode_into(&mut fetch)
     .unwrap();
     let forged_hello = [0x27u8; 17];
-    let requests: [&[u8]; 5] = [&subscribe, &fetch, &forged_hello, &[0x21], &[0x23; 70]];
-    let (mut challenged, mut ignored) = (0, 0);
+    let forged_challenge = [0x38u8; 17];
+    let requests: [&[u8]; 6] = [
+        &subscribe,
+        &fetch,
+        &forged_hello,
+        &[0x21],
+        &[0x23; 70],
+        &forged_challenge,
+    ];
     for request in requests {
-        let mut reply = [0u8; CHALLENGE_LEN];
-        match net
-            .check
-            .check(address.as_bytes(), request, last_now, &mut reply)
-        {
-            Admission::Challenge(bytes) => {
-                assert!(bytes.len() <= request.len());
-                assert!(matches!(
-                    RelayMessage::parse(bytes),
-                    Ok(RelayMessage::Challenge { .. })
-                ));
-                challenged += 1;
-            }
-            Admission::Ignore => ignored += 1,
-            Admission::Admit => panic!("an address that never saw its cookie was admitted"),
-        }
+        outsider.send_to(request, net.relay_addr).unwrap();
+        net.relay_expected += 1;
+        net.drain(step, last_now);
     }
-    assert_eq!((challenged, ignored), (4, 1));
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = outsider.recv(&mut buf) {
+        replies.push(buf[..n].to_vec());
+    }
+    // Subscribe, fetch, Hello with a wrong cookie and media are challenged; the 1-byte
+    // datagram and the relay-direction message get nothing.
+    assert_eq!(replies.len(), 4);
+    assert_eq!(net.outsider_challenges, 4);
+    for reply in &replies {
+        assert_eq!(reply.len(), CHALLENGE_LEN);
+        assert!(matches!(
+            RelayMessage::parse(reply),
+            Ok(RelayMessage::Challenge { .. })
+        ));
+    }
     assert_eq!(net.router.subscriber_count(&removal.new_token), subscribers);
     assert_eq!(*net.router.stats(), stats_before);
     println!(
-        "address check: {} members challenged once each; an outsider's 5 requests got {challenged} \
-         challenges (each no longer than its request) and {ignored} silence",
-        net.nodes.len()
+        "address check: {} members challenged once each; an outsider's 6 requests got {} \
+         challenges (17 B each, no longer than the request) and nothing else",
+        net.nodes.len(),
+        replies.len()
     );
     println!("wall time {} ms", started.elapsed().as_millis());
 }

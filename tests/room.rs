@@ -537,6 +537,7 @@ fn failed_welcome_gives_the_identity_back_with_its_key_package() {
     *forged.last_mut().unwrap() ^= 1;
     let failed = Room::join(bob, config.clone(), &forged).unwrap_err();
     assert_eq!(failed.error, RoomError::InvalidWelcome);
+    assert!(holds_key_package(&failed.identity, &kp.bytes));
     // Garbage, and a Welcome for someone else's KeyPackage, fail the same way.
     let failed = Room::join(failed.identity, config.clone(), b"not a welcome").unwrap_err();
     assert_eq!(failed.error, RoomError::InvalidWelcome);
@@ -552,4 +553,92 @@ fn failed_welcome_gives_the_identity_back_with_its_key_package() {
     let (bob, _) = Room::join(failed.identity, config, &welcome).unwrap();
     assert_eq!(bob.epoch(), alice.epoch());
     assert_eq!(bob.safety_code(), alice.safety_code());
+}
+
+/// Whether the identity's storage still holds the KeyPackage published as `bytes`.
+fn holds_key_package(
+    identity: &sotto::room::Identity<openmls_rust_crypto::OpenMlsRustCrypto>,
+    bytes: &[u8],
+) -> bool {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{
+        KeyPackageBundle, KeyPackageRef, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion,
+    };
+    use openmls_traits::storage::StorageProvider as _;
+    use openmls_traits::OpenMlsProvider as _;
+    let MlsMessageBodyIn::KeyPackage(kp) = MlsMessageIn::tls_deserialize_exact(bytes)
+        .unwrap()
+        .extract()
+    else {
+        panic!("a KeyPackage");
+    };
+    let crypto = identity.provider().crypto();
+    let reference = kp
+        .validate(crypto, ProtocolVersion::Mls10)
+        .unwrap()
+        .hash_ref(crypto)
+        .unwrap();
+    identity
+        .provider()
+        .storage()
+        .key_package::<KeyPackageRef, KeyPackageBundle>(&reference)
+        .unwrap()
+        .is_some()
+}
+
+/// A Welcome whose group secrets open under the KeyPackage's init key uses the KeyPackage
+/// up even when joining fails after that (the init key decrypts one Welcome only): here one
+/// from a holder of bob's KeyPackage whose group leaves the ratchet tree out. A Welcome
+/// that does not open leaves it in place.
+#[test]
+fn a_welcome_that_opened_uses_the_key_package_up() {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{
+        BasicCredential, CredentialWithKey, MlsGroup, MlsGroupCreateConfig, MlsMessageBodyIn,
+        MlsMessageIn, ProtocolVersion,
+    };
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use openmls_traits::OpenMlsProvider as _;
+    use sotto::room::MLS_CIPHERSUITE;
+
+    let bob = common::identity("bob");
+    let kp = bob.key_package().unwrap();
+    assert!(holds_key_package(&bob, &kp.bytes));
+
+    let provider = OpenMlsRustCrypto::default();
+    let signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
+    let credential = CredentialWithKey {
+        credential: BasicCredential::new(b"mallory".to_vec()).into(),
+        signature_key: signer.public().into(),
+    };
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(MLS_CIPHERSUITE)
+        .use_ratchet_tree_extension(false)
+        .build();
+    let mut group = MlsGroup::new(&provider, &signer, &config, credential).unwrap();
+    let MlsMessageBodyIn::KeyPackage(kp_in) = MlsMessageIn::tls_deserialize_exact(&kp.bytes)
+        .unwrap()
+        .extract()
+    else {
+        panic!("a KeyPackage");
+    };
+    let key_package = kp_in
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .unwrap();
+    let (_, welcome, _) = group
+        .add_members(&provider, &signer, &[key_package])
+        .unwrap();
+    let welcome = welcome.to_bytes().unwrap();
+
+    // Not opened (one byte of the encrypted GroupInfo, the HPKE context, flipped): kept.
+    let mut forged = welcome.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    let failed = Room::join(bob, RoomConfig::default(), &forged).unwrap_err();
+    assert_eq!(failed.error, RoomError::InvalidWelcome);
+    assert!(holds_key_package(&failed.identity, &kp.bytes));
+    // Opened, then refused for the missing ratchet tree: used up.
+    let failed = Room::join(failed.identity, RoomConfig::default(), &welcome).unwrap_err();
+    assert_eq!(failed.error, RoomError::InvalidWelcome);
+    assert!(!holds_key_package(&failed.identity, &kp.bytes));
 }

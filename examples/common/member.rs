@@ -208,9 +208,13 @@ pub struct Member {
     tokens: Vec<(u64, ChannelToken)>,
     /// When a subscription change for a token was last requested.
     requested: HashMap<ChannelToken, Instant>,
-    /// Whether the relay said `Ready`, and when this member last said Hello.
+    /// Whether the relay said `Ready` (once), when this member last said Hello, and whether
+    /// every subscription is to be renewed (after a `Ready`: the relay may have forgotten
+    /// them).
     ready: bool,
     hello_sent: Option<Instant>,
+    challenge_answered: Option<Instant>,
+    resubscribe: bool,
     /// Leaf → epoch bits of its newest frame that opened.
     heard: BTreeMap<u32, u64>,
     early: Vec<Vec<u8>>,
@@ -262,6 +266,8 @@ impl Member {
             requested: HashMap::new(),
             ready: false,
             hello_sent: None,
+            challenge_answered: None,
+            resubscribe: false,
             heard: BTreeMap::new(),
             early: Vec::new(),
             unstored: Vec::new(),
@@ -537,7 +543,7 @@ impl Member {
 
     fn sync_subscriptions(&mut self, now: Instant, send: &mut impl FnMut(&[u8])) {
         let want = self.wanted();
-        let renew = self.removed && self.rogue;
+        let renew = std::mem::take(&mut self.resubscribe) || (self.removed && self.rogue);
         let wait = if renew { ROGUE_RESUBSCRIBE } else { RETRY };
         for token in &want {
             let due = self
@@ -689,16 +695,22 @@ impl Member {
             } => self.stats.mailbox_empty += 1,
             ClientEvent::Refused { .. } => self.stats.relay_refusals += 1,
             ClientEvent::Stale => self.stats.stale += 1,
-            // The relay does not know this address (yet, or any more): it dropped what came
-            // before and holds none of this member's subscriptions.
+            // Prove the address; at most once per RETRY (a Challenge can be forged).
             ClientEvent::Challenge { cookie } => {
                 self.stats.challenges += 1;
-                self.ready = false;
-                self.hello(cookie, now, send);
+                if self
+                    .challenge_answered
+                    .is_none_or(|t| now.saturating_duration_since(t) >= RETRY)
+                {
+                    self.challenge_answered = Some(now);
+                    self.hello(cookie, now, send);
+                }
             }
-            // Requests sent before now may have been dropped: redo them at once.
+            // The relay may have forgotten this member (requests dropped, subscriptions
+            // gone): redo them at once.
             ClientEvent::Ready => {
                 self.ready = true;
+                self.resubscribe = true;
                 self.requested.clear();
                 if let Some(joining) = &mut self.joining {
                     joining.last_fetch = None;

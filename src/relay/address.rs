@@ -21,7 +21,9 @@ pub enum Admission<'b> {
     /// Send these bytes (a Challenge, never longer than the datagram) back to the address,
     /// and drop the datagram.
     Challenge(&'b [u8]),
-    /// Drop the datagram without an answer (it is shorter than a Challenge).
+    /// Drop the datagram without an answer: it is not a client request (so two relays, or
+    /// a relay and an echo service, cannot be set answering each other forever), or it is
+    /// shorter than a Challenge.
     Ignore,
 }
 
@@ -34,8 +36,8 @@ pub const CHALLENGE_LEN: usize = 1 + Cookie::LEN;
 /// a forged address to a busy channel, or fetch a mailbox of large Welcomes for it. With it,
 /// a transport passes datagrams to the [`Router`](super::Router) only from addresses that
 /// proved they receive: an unvalidated address gets nothing but a
-/// [`Challenge`](super::RelayMessage::Challenge) no longer than the datagram that caused it,
-/// and becomes valid by echoing the challenge's cookie in a
+/// [`Challenge`](super::RelayMessage::Challenge) no longer than the client request that
+/// caused it (anything else gets no answer at all), and becomes valid by echoing the challenge's cookie in a
 /// [`Hello`](super::ClientMessage::Hello). The check keeps no state per address, so a flood
 /// from forged addresses costs the relay no memory.
 ///
@@ -108,13 +110,12 @@ impl AddressCheck {
         now: Instant,
         reply: &'b mut [u8; CHALLENGE_LEN],
     ) -> Admission<'b> {
-        if let Ok(ClientMessage::Hello { cookie }) = ClientMessage::parse(datagram) {
-            if self.is_valid(address, &cookie, now) {
+        match ClientMessage::parse(datagram) {
+            Ok(ClientMessage::Hello { cookie }) if self.is_valid(address, &cookie, now) => {
                 return Admission::Admit;
             }
-        }
-        if datagram.len() < CHALLENGE_LEN {
-            return Admission::Ignore;
+            Ok(_) if datagram.len() >= CHALLENGE_LEN => {}
+            _ => return Admission::Ignore,
         }
         let challenge = RelayMessage::Challenge {
             cookie: self.cookie(address, now),
@@ -182,13 +183,30 @@ mod tests {
         let t0 = Instant::now();
         let check = AddressCheck::new(&KEY, t0);
         let mut reply = [0u8; CHALLENGE_LEN];
+        // Media requests of every length: challenged from 17 bytes on.
         for len in 0..64 {
-            let datagram = vec![0x21; len];
-            match check.check(b"addr", &datagram, t0, &mut reply) {
-                Admission::Challenge(bytes) => assert!(bytes.len() <= len),
+            let datagram = [&[0x23u8][..], &vec![0; len.max(1) - 1]].concat();
+            match check.check(b"addr", &datagram[..len], t0, &mut reply) {
+                Admission::Challenge(bytes) => assert!(bytes.len() <= len && len >= 17),
                 Admission::Ignore => assert!(len < CHALLENGE_LEN),
                 Admission::Admit => panic!("no valid cookie in {len} bytes"),
             }
         }
+        // A relay's own messages (a Challenge among them) and junk get no answer: no loop
+        // between two relays.
+        let Admission::Challenge(challenge) = check.check(b"addr", &[0x23; 40], t0, &mut reply)
+        else {
+            panic!("a media request is challenged");
+        };
+        let challenge = challenge.to_vec();
+        let mut again = [0u8; CHALLENGE_LEN];
+        assert_eq!(
+            check.check(b"other relay", &challenge, t0, &mut again),
+            Admission::Ignore
+        );
+        assert_eq!(
+            check.check(b"addr", &[0xff; 100], t0, &mut again),
+            Admission::Ignore
+        );
     }
 }

@@ -55,10 +55,12 @@ pub enum ClientEvent<'a> {
     },
     /// A message for a handle this client does not know (e.g. just unsubscribed).
     Stale,
-    /// The relay does not know this client's address (first contact, or it forgot the
-    /// connection): it dropped the request, and holds no subscription of this client, so
-    /// the client's handles are cleared. Answer with [`RelayClient::hello`] and this cookie,
-    /// then subscribe again.
+    /// The relay asks this client to prove its address: on first contact, when it forgot
+    /// the connection (then it dropped the request that caused this, and holds none of the
+    /// client's subscriptions), or to renew a validation. Answer with
+    /// [`RelayClient::hello`] and this cookie — at most once per retry interval, since
+    /// anyone can forge a Challenge — and after [`Ready`](Self::Ready) subscribe again to
+    /// every channel (subscribing is idempotent).
     Challenge {
         /// The cookie to echo.
         cookie: Cookie,
@@ -214,10 +216,7 @@ impl RelayClient {
             RelayMessage::Welcome { mailbox, welcome } => ClientEvent::Welcome { mailbox, welcome },
             RelayMessage::Stored { mailbox } => ClientEvent::Stored { mailbox },
             RelayMessage::Error { code, .. } => ClientEvent::Refused { code },
-            RelayMessage::Challenge { cookie } => {
-                self.handles.clear();
-                ClientEvent::Challenge { cookie }
-            }
+            RelayMessage::Challenge { cookie } => ClientEvent::Challenge { cookie },
             RelayMessage::Ready => ClientEvent::Ready,
         };
         Ok(event)
