@@ -289,7 +289,12 @@ mod relay_body {
         bytes_in: u64,
         datagrams_out: u64,
         bytes_out: u64,
+        /// Welcome messages sent: (to, when, bytes).
+        welcomes: Vec<(ConnId, Instant, usize)>,
     }
+
+    /// The harness's fetch allowance per connection and minute.
+    const FETCH_BYTES: usize = 500;
 
     impl Harness {
         fn new() -> Harness {
@@ -304,12 +309,14 @@ mod relay_body {
                     max_welcomes_per_mailbox: 2,
                     max_welcome_bytes: 300,
                     welcome_ttl: Duration::from_secs(5),
+                    max_fetch_bytes_per_minute: FETCH_BYTES,
                 }),
                 now: Instant::now(),
                 datagrams_in: 0,
                 bytes_in: 0,
                 datagrams_out: 0,
                 bytes_out: 0,
+                welcomes: Vec::new(),
             };
             // Connections 1 and 2 on token 0, 2 and 3 on token 1, X and Y on the control
             // channel. Every first subscription gets handle 0, every second handle 1.
@@ -329,14 +336,32 @@ mod relay_body {
         fn feed(&mut self, from: ConnId, datagram: &[u8]) -> Result<(), ErrorCode> {
             let mut errors = Vec::new();
             let (mut datagrams, mut bytes) = (0u64, 0u64);
-            let result = self.router.receive(from, datagram, self.now, &mut |to, b| {
+            let now = self.now;
+            let welcomes = &mut self.welcomes;
+            let result = self.router.receive(from, datagram, now, &mut |to, b| {
                 datagrams += 1;
                 bytes += b.len() as u64;
                 let msg = RelayMessage::parse(b).expect("the router sends valid messages");
-                if let RelayMessage::Error { code, .. } = msg {
-                    errors.push((to, code));
+                match msg {
+                    RelayMessage::Error { code, .. } => errors.push((to, code)),
+                    RelayMessage::Welcome { .. } => welcomes.push((to, now, b.len())),
+                    _ => {}
                 }
             });
+            // The fetch allowance: its minutes are fixed windows, so any 60 s span holds
+            // at most two of them.
+            let recent: usize = self
+                .welcomes
+                .iter()
+                .filter(|(to, t, _)| {
+                    *to == from && now.saturating_duration_since(*t).as_secs() < 60
+                })
+                .map(|(_, _, n)| *n)
+                .sum();
+            assert!(
+                recent <= 2 * FETCH_BYTES,
+                "{recent} Welcome bytes to one connection"
+            );
             self.datagrams_in += 1;
             self.bytes_in += datagram.len() as u64;
             self.datagrams_out += datagrams;

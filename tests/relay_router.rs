@@ -1238,3 +1238,52 @@ fn hello_is_answered_with_ready_and_changes_nothing_else() {
     assert_eq!(relay.router.stats().hellos, 1);
     check_stats(relay.router.stats());
 }
+
+/// What one connection can be sent from mailboxes is bounded per minute, whoever asks with
+/// its address; other connections keep their own allowance.
+#[test]
+fn fetch_replies_are_bounded_per_connection_per_minute() {
+    let mut relay = Relay::new(RouterLimits {
+        max_fetch_bytes_per_minute: 10_000,
+        ..RouterLimits::default()
+    });
+    let kp_ref = [0x42u8; 32];
+    let mailbox = MailboxId::new(&kp_ref).unwrap();
+    let welcome = vec![0x77u8; 3000];
+    for i in 0..2u8 {
+        let mut w = welcome.clone();
+        w[0] = i;
+        let (result, _) = relay.send(
+            A,
+            ClientMessage::DeliverWelcome {
+                mailbox,
+                welcome: &w,
+            },
+        );
+        assert_eq!(result, Ok(()));
+    }
+    // One fetch answers 2 × (3000 + 34) = 6,068 bytes; a second within the minute would
+    // pass 10,000.
+    let fetch = ClientMessage::FetchWelcomes { mailbox };
+    let (result, out) = relay.send(B, fetch);
+    assert_eq!(result, Ok(()));
+    let sent: usize = out.iter().map(|(_, b)| b.len()).sum();
+    assert_eq!((out.len(), sent), (2, 6068));
+    let (result, out) = relay.send(B, fetch);
+    assert_eq!(result, Err(ErrorCode::RateLimited));
+    Relay::expect_error(
+        &out,
+        B,
+        ErrorCode::RateLimited,
+        Request::FetchWelcomes(mailbox),
+    );
+    // Another connection has its own allowance.
+    let (result, out) = relay.send(C, fetch);
+    assert_eq!((result, out.len()), (Ok(()), 2));
+    // A minute later B may fetch again.
+    relay.now += Duration::from_secs(60);
+    let (result, out) = relay.send(B, fetch);
+    assert_eq!((result, out.len()), (Ok(()), 2));
+    assert_eq!(relay.router.stats().drops.rate_limited, 1);
+    check_stats(relay.router.stats());
+}

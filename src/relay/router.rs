@@ -46,6 +46,11 @@ pub struct RouterLimits {
     /// How long a Welcome is held after it was delivered. Fetching does not remove it (a
     /// fetch reply lost on the way can be fetched again). Default 24 hours.
     pub welcome_ttl: Duration,
+    /// Bytes of Welcomes one connection may fetch per minute. A fetch is a few dozen bytes
+    /// and its answer up to `max_welcomes_per_mailbox` × 60 KiB; this bounds what anyone
+    /// sending fetches with a member's address can make the relay send that member.
+    /// Default 256 KiB (a full mailbox of the largest Welcomes).
+    pub max_fetch_bytes_per_minute: usize,
 }
 
 impl Default for RouterLimits {
@@ -62,6 +67,7 @@ impl Default for RouterLimits {
             max_welcomes_per_mailbox: 4,
             max_welcome_bytes: 64 << 20,
             welcome_ttl: Duration::from_secs(24 * 3600),
+            max_fetch_bytes_per_minute: 256 << 10,
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct DropStats {
     pub storage_full: u64,
     /// [`ErrorCode::MailboxEmpty`] (a fetch with nothing to deliver).
     pub mailbox_empty: u64,
+    /// [`ErrorCode::RateLimited`].
+    pub rate_limited: u64,
 }
 
 impl DropStats {
@@ -106,6 +114,7 @@ impl DropStats {
             ErrorCode::MailboxFull => self.mailbox_full,
             ErrorCode::StorageFull => self.storage_full,
             ErrorCode::MailboxEmpty => self.mailbox_empty,
+            ErrorCode::RateLimited => self.rate_limited,
             ErrorCode::Other(_) => 0,
         }
     }
@@ -127,6 +136,7 @@ impl DropStats {
             ErrorCode::MailboxFull => &mut self.mailbox_full,
             ErrorCode::StorageFull => &mut self.storage_full,
             ErrorCode::MailboxEmpty => &mut self.mailbox_empty,
+            ErrorCode::RateLimited => &mut self.rate_limited,
             ErrorCode::Other(_) => return,
         };
         *slot = slot.saturating_add(1);
@@ -139,8 +149,8 @@ impl DropStats {
 /// Every datagram in is either accepted (counted under its type) or refused (counted in
 /// [`drops`](Self::drops), and answered with exactly one error), so
 /// `datagrams_in = subscribes + unsubscribes + media_in + handshakes_in + welcomes_in +
-/// fetches + drops.total()` and `datagrams_out = subscribes + unsubscribes + media_out +
-/// handshakes_out + welcomes_in + welcomes_out + errors_out`.
+/// fetches + hellos + drops.total()` and `datagrams_out = subscribes + unsubscribes +
+/// media_out + handshakes_out + welcomes_in + welcomes_out + hellos + errors_out`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RouterStats {
@@ -320,12 +330,18 @@ pub struct Router {
     by_token: HashMap<ChannelToken, usize>,
     mailboxes: HashMap<MailboxKey, Vec<HeldWelcome>>,
     welcome_bytes: usize,
+    /// Per connection that fetched in the last minute: when its minute began, and the
+    /// Welcome bytes it was sent since. At most `max_connections` entries.
+    fetched: HashMap<ConnId, (Instant, usize)>,
     /// No Welcome expires before this (so sweeps on a full store stay rare).
     next_expiry: Option<Instant>,
     /// Where every outgoing datagram is built.
     buf: Vec<u8>,
     stats: RouterStats,
 }
+
+/// The window of [`RouterLimits::max_fetch_bytes_per_minute`].
+const FETCH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Converts a length to a counter increment.
 #[inline]
@@ -360,6 +376,7 @@ impl Router {
             by_token: HashMap::new(),
             mailboxes: HashMap::new(),
             welcome_bytes: 0,
+            fetched: HashMap::new(),
             next_expiry: None,
             buf: vec![0; MAX_MESSAGE],
             stats: RouterStats::default(),
@@ -707,6 +724,7 @@ impl Router {
     /// Forgets `conn`: ends its subscriptions (removing channels left empty) and returns
     /// the channels that lost a member. Unknown connections are ignored.
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Departure> {
+        self.fetched.remove(&conn);
         let Some(connection) = self.connections.remove(&conn) else {
             return Vec::new();
         };
@@ -779,7 +797,36 @@ impl Router {
         let key = MailboxKey::new(mailbox);
         self.expire_mailbox(&key, now);
         let held = self.mailboxes.get(&key).ok_or(ErrorCode::MailboxEmpty)?;
+        let reply: usize = held
+            .iter()
+            .map(|w| 1 + 1 + mailbox.as_bytes().len() + w.bytes.len())
+            .sum();
+        // The connection's allowance for this minute.
+        let used = match self.fetched.get(&conn) {
+            Some((start, used)) if now.saturating_duration_since(*start) < FETCH_WINDOW => *used,
+            _ => 0,
+        };
+        if used.saturating_add(reply) > self.limits.max_fetch_bytes_per_minute {
+            return Err(ErrorCode::RateLimited);
+        }
+        if !self.fetched.contains_key(&conn) && self.fetched.len() >= self.limits.max_connections {
+            self.fetched
+                .retain(|_, (start, _)| now.saturating_duration_since(*start) < FETCH_WINDOW);
+            if self.fetched.len() >= self.limits.max_connections {
+                return Err(ErrorCode::RelayFull);
+            }
+        }
+        match self.fetched.get_mut(&conn) {
+            Some(entry) if used > 0 => entry.1 = used + reply,
+            Some(entry) => *entry = (now, reply),
+            None => {
+                self.fetched.insert(conn, (now, reply));
+            }
+        }
         self.stats.fetches += 1;
+        let Some(held) = self.mailboxes.get(&key) else {
+            return Ok(());
+        };
         for w in held {
             let msg = RelayMessage::Welcome {
                 mailbox,
@@ -811,10 +858,13 @@ impl Router {
         }
     }
 
-    /// Drops every Welcome older than the TTL at `now`, and mailboxes left empty. Cheap when
-    /// nothing can have expired; otherwise a pass over all mailboxes. Requests also expire
-    /// the mailbox they touch, so calling this is only needed to free memory sooner.
+    /// Drops every Welcome older than the TTL at `now`, mailboxes left empty, and fetch
+    /// allowances whose minute is over. A pass over the connections that fetched in the
+    /// last minute, and over all mailboxes only when a Welcome can have expired. Requests
+    /// also expire what they touch, so calling this is only needed to free memory sooner.
     pub fn expire(&mut self, now: Instant) {
+        self.fetched
+            .retain(|_, (start, _)| now.saturating_duration_since(*start) < FETCH_WINDOW);
         if self.next_expiry.is_none_or(|t| t > now) {
             return;
         }

@@ -223,6 +223,9 @@ pub enum ErrorCode {
     /// A fetch found no Welcome in the mailbox.
     #[error("mailbox empty")]
     MailboxEmpty,
+    /// The connection fetched as many Welcome bytes as the relay allows per minute.
+    #[error("rate limited")]
+    RateLimited,
     /// A code this version does not know (never one of the codes above).
     #[error("error code {0}")]
     Other(u8),
@@ -230,7 +233,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this version defines.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::TooLarge,
@@ -241,6 +244,7 @@ impl ErrorCode {
         ErrorCode::MailboxFull,
         ErrorCode::StorageFull,
         ErrorCode::MailboxEmpty,
+        ErrorCode::RateLimited,
     ];
 }
 
@@ -257,6 +261,7 @@ impl From<u8> for ErrorCode {
             8 => ErrorCode::MailboxFull,
             9 => ErrorCode::StorageFull,
             10 => ErrorCode::MailboxEmpty,
+            11 => ErrorCode::RateLimited,
             other => ErrorCode::Other(other),
         }
     }
@@ -275,6 +280,7 @@ impl From<ErrorCode> for u8 {
             ErrorCode::MailboxFull => 8,
             ErrorCode::StorageFull => 9,
             ErrorCode::MailboxEmpty => 10,
+            ErrorCode::RateLimited => 11,
             ErrorCode::Other(b) => b,
         }
     }
@@ -406,7 +412,8 @@ pub enum ClientMessage<'a> {
         welcome: &'a [u8],
     },
     /// Ask for the Welcomes in a mailbox; the relay answers one [`RelayMessage::Welcome`]
-    /// per Welcome held, or [`ErrorCode::MailboxEmpty`].
+    /// per Welcome held, or [`ErrorCode::MailboxEmpty`], or [`ErrorCode::RateLimited`]
+    /// once the connection had its allowance of Welcome bytes for the minute.
     FetchWelcomes {
         /// This client's KeyPackage reference.
         mailbox: MailboxId<'a>,
