@@ -540,6 +540,8 @@ mod relay_body {
             }
             if op & 4 != 0 {
                 h.router.disconnect(conn);
+                // A later datagram under this id is a new connection, with a new allowance.
+                h.welcomes.retain(|(to, _, _)| *to != conn);
                 h.check();
                 rest = tail;
                 continue;
