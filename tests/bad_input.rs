@@ -250,3 +250,179 @@ fn handshake_bytes_empty_truncated_and_huge() {
     m[0].process(&commit.message, t0);
     assert_eq!(m[0].room.epoch(), epoch + 1);
 }
+
+/// Relay datagrams of every message type, both directions, cut at every byte, empty and
+/// 1 MiB: both parsers return typed errors (a cut open-ended message may parse as a shorter
+/// one, never as anything longer), the router refuses with exactly one error to the sender,
+/// the address check answers nothing but a challenge no longer than
+/// the datagram, and the client's parser refuses what the relay would never send.
+#[test]
+fn relay_datagrams_empty_truncated_and_huge() {
+    use sotto::media::ChannelToken;
+    use sotto::relay::{
+        AddressCheck, Admission, ChannelHandle, ClientError, ClientMessage, ConnId, Cookie,
+        ErrorCode, MailboxId, RelayClient, RelayMessage, Request, Router, RouterLimits, WireError,
+        CHALLENGE_LEN,
+    };
+
+    let now = Instant::now();
+    let token = ChannelToken([7; 16]);
+    let handle = ChannelHandle(3);
+    let id = [9u8; 32];
+    let mailbox = MailboxId::new(&id).unwrap();
+    let payload = vec![0x5au8; 200];
+    let client: Vec<(ClientMessage<'_>, bool)> = vec![
+        (ClientMessage::Subscribe { token }, false),
+        (ClientMessage::Unsubscribe { handle }, false),
+        (
+            ClientMessage::Media {
+                handle,
+                frame: &payload[..60],
+            },
+            true,
+        ),
+        (
+            ClientMessage::Handshake {
+                handle,
+                message: &payload,
+            },
+            true,
+        ),
+        (
+            ClientMessage::DeliverWelcome {
+                mailbox,
+                welcome: &payload,
+            },
+            true,
+        ),
+        (ClientMessage::FetchWelcomes { mailbox }, false),
+        (
+            ClientMessage::Hello {
+                cookie: Cookie([1; 16]),
+            },
+            false,
+        ),
+    ];
+    let relay: Vec<(RelayMessage<'_>, bool)> = vec![
+        (RelayMessage::Subscribed { token, handle }, false),
+        (RelayMessage::Unsubscribed { handle }, false),
+        (
+            RelayMessage::Media {
+                handle,
+                frame: &payload[..60],
+            },
+            true,
+        ),
+        (
+            RelayMessage::Handshake {
+                handle,
+                seq: 9,
+                message: &payload,
+            },
+            true,
+        ),
+        (
+            RelayMessage::Welcome {
+                mailbox,
+                welcome: &payload,
+            },
+            true,
+        ),
+        (RelayMessage::Stored { mailbox }, false),
+        (
+            RelayMessage::Error {
+                code: ErrorCode::ChannelFull,
+                request: Request::Subscribe(token),
+            },
+            false,
+        ),
+        (
+            RelayMessage::Challenge {
+                cookie: Cookie([2; 16]),
+            },
+            false,
+        ),
+        (RelayMessage::Ready, false),
+    ];
+
+    let mut router = Router::new(RouterLimits::default());
+    let check = AddressCheck::new(&[3; 32], now);
+    let conn = ConnId(1);
+    let mut refused = 0u64;
+    let mut feed = |router: &mut Router, bytes: &[u8]| {
+        let mut replies = Vec::new();
+        let result = router.receive(conn, bytes, now, &mut |to, b| {
+            replies.push((to, b.to_vec()))
+        });
+        if let Err(code) = result {
+            refused += 1;
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0].0, conn);
+            assert!(matches!(
+                RelayMessage::parse(&replies[0].1),
+                Ok(RelayMessage::Error { code: c, .. }) if c == code
+            ));
+        }
+        let mut reply = [0u8; CHALLENGE_LEN];
+        match check.check(b"peer", bytes, now, &mut reply) {
+            Admission::Challenge(r) => assert!(r.len() <= bytes.len()),
+            Admission::Ignore => {}
+            Admission::Admit => panic!("admitted without the cookie"),
+        }
+    };
+    for (msg, open_ended) in &client {
+        let mut full = vec![0u8; msg.encoded_len()];
+        msg.encode(&mut full).unwrap();
+        for cut in 0..full.len() {
+            let bytes = &full[..cut];
+            match ClientMessage::parse(bytes) {
+                Ok(short) => assert!(*open_ended && short.encoded_len() == cut),
+                Err(e) => assert_eq!(e, WireError::Truncated, "{msg:?} cut at {cut}"),
+            }
+            feed(&mut router, bytes);
+        }
+    }
+    let mut client_side = RelayClient::new();
+    for (msg, open_ended) in &relay {
+        let mut full = vec![0u8; msg.encoded_len()];
+        msg.encode(&mut full).unwrap();
+        for cut in 0..full.len() {
+            let bytes = &full[..cut];
+            match RelayMessage::parse(bytes) {
+                Ok(short) => assert!(*open_ended && short.encoded_len() == cut),
+                Err(e) => assert_eq!(e, WireError::Truncated, "{msg:?} cut at {cut}"),
+            }
+            if RelayMessage::parse(bytes).is_err() {
+                assert_eq!(
+                    client_side.receive(bytes),
+                    Err(ClientError::Wire(WireError::Truncated))
+                );
+            }
+        }
+    }
+    // Empty and 1 MiB.
+    let huge = vec![0x23u8; MIB];
+    assert_eq!(ClientMessage::parse(&[]), Err(WireError::Truncated));
+    assert_eq!(RelayMessage::parse(&[]), Err(WireError::Truncated));
+    assert!(matches!(
+        ClientMessage::parse(&huge),
+        Err(WireError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        RelayMessage::parse(&huge),
+        Err(WireError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        client_side.receive(&huge),
+        Err(ClientError::Wire(WireError::TooLarge { .. }))
+    ));
+    feed(&mut router, &[]);
+    feed(&mut router, &huge);
+    // What the cuts left valid was shorter Welcomes for one mailbox (its handles are
+    // unknown, so no media or handshake went anywhere); no channel was opened.
+    assert_eq!(router.stats().drops.get(ErrorCode::TooLarge), 1);
+    assert_eq!(router.channel_count(), 0);
+    assert!(router.mailbox_count() <= 1);
+    assert_eq!(refused, router.stats().drops.total());
+    assert!(refused > 100);
+}
