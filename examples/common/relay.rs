@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use sotto::media::ChannelToken;
-use sotto::relay::{ClientEvent, ClientMessage, ConnId, RelayClient, Router, RouterLimits};
+use sotto::relay::{ClientEvent, ClientMessage, ConnId, Cookie, RelayClient, Router, RouterLimits};
 
 /// A connection to the relay.
 pub type MemberId = u64;
@@ -31,6 +31,7 @@ pub struct InProcessRelay {
     recording: Vec<u8>,
     datagrams: usize,
     tokens: HashSet<ChannelToken>,
+    ready: HashSet<MemberId>,
     media_sizes: BTreeMap<usize, usize>,
     buf: BytesMut,
     now: Instant,
@@ -54,17 +55,29 @@ impl InProcessRelay {
             recording: Vec::new(),
             datagrams: 0,
             tokens: HashSet::new(),
+            ready: HashSet::new(),
             media_sizes: BTreeMap::new(),
             buf: BytesMut::new(),
             now: Instant::now(),
         }
     }
 
-    /// A new connection.
+    /// A new connection; it says Hello first, as every client does (an in-process relay
+    /// needs no address check, so the router answers `Ready` at once).
     pub fn connect(&mut self) -> MemberId {
         self.next_id += 1;
-        self.clients.insert(self.next_id, RelayClient::new());
-        self.next_id
+        let id = self.next_id;
+        let client = RelayClient::new();
+        if client.hello(Cookie::default(), &mut self.buf).is_ok() {
+            self.clients.insert(id, client);
+            self.send(id);
+        }
+        id
+    }
+
+    /// Whether the relay answered `id`'s Hello.
+    pub fn is_ready(&self, id: MemberId) -> bool {
+        self.ready.contains(&id)
     }
 
     /// Hands the datagram in `self.buf` from `id` to the router and routes its answers to
@@ -104,6 +117,9 @@ impl InProcessRelay {
                     .entry(to)
                     .or_default()
                     .push(Bytes::copy_from_slice(welcome)),
+                Ok(ClientEvent::Ready) => {
+                    self.ready.insert(to);
+                }
                 _ => {}
             }
         }

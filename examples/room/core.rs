@@ -171,7 +171,11 @@ pub fn run(options: &Options) -> Report {
                       room: Room<OpenMlsRustCrypto>,
                       media: MediaSession,
                       relay: &mut InProcessRelay| Member {
-        id: relay.connect(),
+        id: {
+            let id = relay.connect();
+            assert!(relay.is_ready(id), "the relay answers Hello with Ready");
+            id
+        },
         report: MemberReport {
             pseudonym: pseudonym(i),
             display_name: display_name(i),
