@@ -18,6 +18,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use zeroize::Zeroize;
+
 use ring::rand::{SecureRandom, SystemRandom};
 use sotto::relay::{
     AddressCheck, Admission, ClientMessage, ConnId, RelayMessage, Router, RouterLimits,
@@ -226,8 +228,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let check = AddressCheck::new(&key, started);
+    key.zeroize();
     let mut challenge = [0u8; CHALLENGE_LEN];
-    let mut router = Router::new(RouterLimits::default());
+    let limits = RouterLimits::default();
+    let max_peers = limits.max_connections;
+    let mut router = Router::new(limits);
     let mut peers = Peers::default();
     let mut send_errors = 0u64;
     let mut recv_errors = 0u64;
@@ -255,6 +260,11 @@ fn main() -> ExitCode {
                 let admitted = known.is_some() || {
                     match check.check(&addr[..len], datagram, now, &mut challenge) {
                         // A Hello with its cookie: a connection from now on.
+                        // At most as many peers as the router takes connections.
+                        Admission::Admit if peers.by_conn.len() >= max_peers => {
+                            peers.ignored += 1;
+                            false
+                        }
                         Admission::Admit => true,
                         Admission::Challenge(bytes) => {
                             peers.challenges += 1;
