@@ -248,9 +248,14 @@ fn main() -> ExitCode {
                 let mut addr = [0u8; 18];
                 let len = address_bytes(&from, &mut addr);
                 let known = peers.by_addr.get(&from).copied();
-                if let (Some(conn), Ok(ClientMessage::Hello { cookie })) =
-                    (known, ClientMessage::parse(datagram))
-                {
+                // A Hello renews a connection's proof (the length test keeps the parse off
+                // the media path).
+                let hello = if datagram.len() == CHALLENGE_LEN {
+                    ClientMessage::parse(datagram).ok()
+                } else {
+                    None
+                };
+                if let (Some(conn), Some(ClientMessage::Hello { cookie })) = (known, hello) {
                     if check.is_valid(&addr[..len], &cookie, now) {
                         if let Some(peer) = peers.by_conn.get_mut(&conn) {
                             peer.proved = now;

@@ -93,16 +93,21 @@ impl AddressCheck {
     /// Whether `cookie` is one this check gave `address` in this period or the last.
     pub fn is_valid(&self, address: &[u8], cookie: &Cookie, now: Instant) -> bool {
         let period = self.period(now);
-        let current = self.cookie_in(period, address).0.ct_eq(&cookie.0);
-        let previous = match period.checked_sub(1) {
-            Some(p) => self.cookie_in(p, address).0.ct_eq(&cookie.0),
-            None => 0.into(),
-        };
-        (current | previous).into()
+        self.is_valid_in(period, &self.cookie_in(period, address), address, cookie)
+    }
+
+    /// [`is_valid`](Self::is_valid), given this period's cookie.
+    fn is_valid_in(&self, period: u64, current: &Cookie, address: &[u8], cookie: &Cookie) -> bool {
+        // Which period a cookie is from is no secret; the comparisons are constant-time.
+        bool::from(current.0.ct_eq(&cookie.0))
+            || period
+                .checked_sub(1)
+                .is_some_and(|p| bool::from(self.cookie_in(p, address).0.ct_eq(&cookie.0)))
     }
 
     /// Decides on one datagram from `address`, which the transport has not validated, at
-    /// `now`; a challenge is written into `reply`. No allocation.
+    /// `now`; a challenge is written into `reply`. No allocation; at most two HMACs (one for
+    /// anything but a Hello, none for what gets no answer).
     pub fn check<'b>(
         &self,
         address: &[u8],
@@ -110,17 +115,20 @@ impl AddressCheck {
         now: Instant,
         reply: &'b mut [u8; CHALLENGE_LEN],
     ) -> Admission<'b> {
-        match ClientMessage::parse(datagram) {
-            Ok(ClientMessage::Hello { cookie }) if self.is_valid(address, &cookie, now) => {
+        let Ok(request) = ClientMessage::parse(datagram) else {
+            return Admission::Ignore;
+        };
+        if datagram.len() < CHALLENGE_LEN {
+            return Admission::Ignore;
+        }
+        let period = self.period(now);
+        let current = self.cookie_in(period, address);
+        if let ClientMessage::Hello { cookie } = request {
+            if self.is_valid_in(period, &current, address, &cookie) {
                 return Admission::Admit;
             }
-            Ok(_) if datagram.len() >= CHALLENGE_LEN => {}
-            _ => return Admission::Ignore,
         }
-        let challenge = RelayMessage::Challenge {
-            cookie: self.cookie(address, now),
-        };
-        match challenge.encode(reply) {
+        match (RelayMessage::Challenge { cookie: current }).encode(reply) {
             Ok(n) => Admission::Challenge(reply.get(..n).unwrap_or_default()),
             Err(_) => Admission::Ignore,
         }
