@@ -799,13 +799,21 @@ impl Router {
         let held = self.mailboxes.get(&key).ok_or(ErrorCode::MailboxEmpty)?;
         let reply: usize = held
             .iter()
-            .map(|w| 1 + 1 + mailbox.as_bytes().len() + w.bytes.len())
+            .map(|w| {
+                RelayMessage::Welcome {
+                    mailbox,
+                    welcome: &w.bytes,
+                }
+                .encoded_len()
+            })
             .sum();
-        // The connection's allowance for this minute.
-        let used = match self.fetched.get(&conn) {
-            Some((start, used)) if now.saturating_duration_since(*start) < FETCH_WINDOW => *used,
-            _ => 0,
-        };
+        // The connection's allowance: its minute began at its first fetch in it.
+        let (start, used) = self
+            .fetched
+            .get(&conn)
+            .copied()
+            .filter(|(start, _)| now.saturating_duration_since(*start) < FETCH_WINDOW)
+            .unwrap_or((now, 0));
         if used.saturating_add(reply) > self.limits.max_fetch_bytes_per_minute {
             return Err(ErrorCode::RateLimited);
         }
@@ -816,13 +824,7 @@ impl Router {
                 return Err(ErrorCode::RelayFull);
             }
         }
-        match self.fetched.get_mut(&conn) {
-            Some(entry) if used > 0 => entry.1 = used + reply,
-            Some(entry) => *entry = (now, reply),
-            None => {
-                self.fetched.insert(conn, (now, reply));
-            }
-        }
+        self.fetched.insert(conn, (start, used + reply));
         self.stats.fetches += 1;
         let Some(held) = self.mailboxes.get(&key) else {
             return Ok(());
