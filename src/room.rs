@@ -427,6 +427,8 @@ fn join_group<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGro
     let processed = match ProcessedWelcome::new_from_welcome(provider, &join_config(), welcome) {
         Ok(processed) => processed,
         Err(e) => {
+            // Before the HPKE decryption, or it failed, or what it gave was not group
+            // secrets (no genuine Welcome decrypts to that): nothing secret came through.
             let opened_nothing = matches!(
                 e,
                 WelcomeError::GroupSecrets(_)
