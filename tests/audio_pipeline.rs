@@ -10,7 +10,7 @@ mod voice;
 
 use std::time::{Duration, Instant};
 
-use common::{ms, room_of, Member};
+use common::{ms, room_of, Member, Rng};
 use sotto::audio::{AudioConfig, AudioReceiver, AudioSender, Pulled, SAMPLE_RATE};
 use sotto::frame::Header;
 use sotto::media::MediaConfig;
@@ -28,20 +28,6 @@ fn frames(speaker: usize, n: usize) -> Vec<Vec<i16>> {
             f
         })
         .collect()
-}
-
-/// Deterministic xorshift for loss patterns.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 /// A two-member room; returns it and an instant after the creator's switch into the epoch

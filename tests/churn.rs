@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{identity, MemRoom};
+use common::{identity, MemRoom, Rng};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::keys::{KeyError, KidLayout};
 use sotto::media::{ChannelToken, MediaConfig, MediaSession};
@@ -37,19 +37,6 @@ const GRACE: Duration = Duration::from_secs(10);
 const MAX_DELAY_MS: u64 = 800; // 80% of the switch delay
 /// How long a rogue removed member keeps sealing with its old keys.
 const ROGUE_FOR: Duration = Duration::from_secs(12);
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 enum Msg {
     Welcome(Vec<u8>),

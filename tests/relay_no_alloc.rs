@@ -14,15 +14,6 @@ mod counting_alloc;
 
 use counting_alloc::allocations_in;
 
-#[test]
-fn counter_works() {
-    let n = allocations_in(|| {
-        let v: Vec<u8> = Vec::with_capacity(10);
-        std::hint::black_box(v);
-    });
-    assert_eq!(n, 1);
-}
-
 const CHANNELS: u16 = 100;
 const MEMBERS: u64 = 8;
 

@@ -43,3 +43,13 @@ pub fn allocations_in(f: impl FnOnce()) -> usize {
     COUNTING.with(|c| c.set(false));
     ALLOCATIONS.with(Cell::get) - before
 }
+
+/// The counter itself works (runs in every binary that includes this file).
+#[test]
+fn counter_works() {
+    let n = allocations_in(|| {
+        let v: Vec<u8> = Vec::with_capacity(10);
+        std::hint::black_box(v);
+    });
+    assert_eq!(n, 1);
+}
