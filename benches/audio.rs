@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use sotto::audio::{AudioConfig, AudioReceiver, AudioSender, SAMPLE_RATE};
 use sotto::frame::CipherSuite;
-use sotto::keys::KidLayout;
+use sotto::keys::{KidLayout, MemberId};
 use sotto::media::{ChannelToken, EpochKeys, EpochStatus, MediaConfig, MediaSession};
 
 #[path = "../examples/common/voice.rs"]
@@ -20,13 +20,13 @@ const FRAME: usize = (SAMPLE_RATE / 50) as usize;
 
 fn keys(own_leaf: u32, members: u32) -> EpochKeys {
     let suite = CipherSuite::AesCtr128HmacSha256_80;
-    EpochKeys::new(
+    EpochKeys::assume_unique_for_key(
         1,
         EpochStatus::Current,
         suite,
         KidLayout::default(),
         0,
-        (0..members).collect(),
+        (0..members).map(|leaf| MemberId { leaf, tag: 0 }).collect(),
         own_leaf,
         ChannelToken([7; 16]),
         vec![0x42; suite.key_len()],

@@ -50,7 +50,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider;
 use ring::rand::{SecureRandom, SystemRandom};
 use sotto::frame::CipherSuite;
-use sotto::keys::KidLayout;
+use sotto::keys::{KidLayout, MemberId};
 use sotto::media::{ChannelToken, EpochKeys, EpochStatus, MediaConfig, MediaSession};
 use sotto::room::{Identity, Room, RoomConfig, RoomEvent};
 
@@ -468,13 +468,15 @@ fn epoch_keys(rng: &SystemRandom, epoch: u64, members: usize) -> EpochKeys {
     rng.fill(&mut base).unwrap();
     let mut token = [0u8; 16];
     rng.fill(&mut token).unwrap();
-    EpochKeys::new(
+    EpochKeys::assume_unique_for_key(
         epoch,
         EpochStatus::Current,
         SUITE,
         KidLayout::default(),
         0,
-        (0..u32::try_from(members).unwrap()).collect(),
+        (0..u32::try_from(members).unwrap())
+            .map(|leaf| MemberId { leaf, tag: 0 })
+            .collect(),
         0,
         ChannelToken(token),
         base,

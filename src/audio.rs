@@ -6,17 +6,20 @@
 //! on, so a lost packet is usually rebuilt from the next one; otherwise Opus' packet-loss
 //! concealment fills the gap.
 //!
-//! An [`AudioReceiver`] per remote sender orders packets by their SFrame counter (which a
-//! [`MediaSession`] keeps running across epochs), holds packets of an epoch whose keys have
-//! not arrived yet (at most [`HOLD_LIMIT`]), and treats packets that fail authentication or
-//! are replayed as lost: they are concealed, never decoded.
+//! An [`AudioReceiver`] per remote member ([`MemberId`]: route packets with
+//! [`MediaSession::member_of`]) orders packets by (epoch, SFrame counter) — a sender's
+//! counter starts at 0 in each epoch —, holds packets of an epoch whose keys have not
+//! arrived yet (at most [`HOLD_LIMIT`]), and treats packets that fail authentication, are
+//! replayed, or do not decode as lost: they are concealed, never played. A queued packet is
+//! never replaced by a later one claiming the same position.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::keys::KeyError;
+use crate::frame::FrameError;
+use crate::keys::{KeyError, MemberId};
 use crate::media::MediaSession;
 
 /// Sample rate of every stream, in Hz.
@@ -309,8 +312,14 @@ pub struct ReceiverStats {
     pub late: u64,
     /// Packets held because their epoch's keys had not arrived.
     pub held: u64,
-    /// Packets refused for another reason (malformed, unknown sender, expired epoch).
+    /// Packets refused for another reason (malformed, unknown sender, expired epoch,
+    /// superseded, another member's).
     pub rejected: u64,
+    /// Authenticated packets that did not decode as Opus for this receiver (e.g. a 60 ms
+    /// packet at a 20 ms receiver): concealed instead.
+    pub undecodable: u64,
+    /// Packets refused because their key had used up its authentication-failure budget.
+    pub key_retired: u64,
 }
 
 /// What [`AudioReceiver::pull_i16`] produced.
@@ -326,24 +335,27 @@ pub enum Pulled {
     Concealed,
 }
 
+/// A packet's place in its sender's stream: (epoch, counter).
+type Position = (u64, u64);
+
 struct Slot {
-    seq: Option<u64>,
+    pos: Option<Position>,
     data: Vec<u8>,
 }
 
-/// Sealed packets of one remote sender → PCM, one frame per [`pull`](Self::pull_i16).
+/// Sealed packets of one remote member → PCM, one frame per [`pull`](Self::pull_i16).
 pub struct AudioReceiver {
     decoder: opus::Decoder,
     config: AudioConfig,
+    /// The member whose packets this receiver plays: the first one that opened.
+    member: Option<MemberId>,
     slots: Vec<Slot>,
-    /// Next sequence (SFrame counter) to play, once playing.
-    next: Option<u64>,
+    /// Next position to play, once playing.
+    next: Option<Position>,
     /// When the first packet arrived (playback starts a playout delay later).
     first_arrival: Option<Instant>,
     /// When the newest packet arrived (a stream silent for [`STREAM_END`] has ended).
     last_arrival: Option<Instant>,
-    /// Epoch of the newest packet opened.
-    last_epoch: u64,
     held: VecDeque<(Instant, Bytes)>,
     scratch: BytesMut,
     stats: ReceiverStats,
@@ -357,16 +369,16 @@ impl AudioReceiver {
         Ok(AudioReceiver {
             decoder,
             config: config.clone(),
+            member: None,
             slots: (0..QUEUE)
                 .map(|_| Slot {
-                    seq: None,
+                    pos: None,
                     data: Vec::with_capacity(MAX_OPUS),
                 })
                 .collect(),
             next: None,
             first_arrival: None,
             last_arrival: None,
-            last_epoch: 0,
             held: VecDeque::with_capacity(MAX_HELD),
             scratch: BytesMut::with_capacity(MAX_OPUS + 64),
             stats: ReceiverStats::default(),
@@ -378,15 +390,16 @@ impl AudioReceiver {
         self.stats
     }
 
-    fn slot_of(seq: u64) -> usize {
-        usize::try_from(seq % QUEUE as u64).unwrap_or(0)
+    /// The member this receiver plays, once its first packet opened.
+    pub fn member(&self) -> Option<MemberId> {
+        self.member
     }
 
     /// Takes one sealed packet from the network.
     pub fn push(&mut self, packet: &[u8], media: &mut MediaSession, now: Instant) {
         self.scratch.clear();
         match media.open(packet, &mut self.scratch, now) {
-            Ok(received) => self.store(received.ctr, received.epoch, now),
+            Ok(received) => self.store(received.member, (received.epoch, received.ctr), now),
             Err(KeyError::EpochNotYetKnown { .. }) => {
                 self.stats.held += 1;
                 if self.held.len() == MAX_HELD {
@@ -401,41 +414,47 @@ impl AudioReceiver {
 
     fn count_refusal(&mut self, e: KeyError) {
         match e {
-            KeyError::Frame(crate::frame::FrameError::AuthenticationFailed) => {
-                self.stats.auth_failures += 1
-            }
-            KeyError::Frame(
-                crate::frame::FrameError::Replayed | crate::frame::FrameError::TooOld,
-            ) => self.stats.replays += 1,
+            KeyError::Frame(FrameError::AuthenticationFailed) => self.stats.auth_failures += 1,
+            KeyError::Frame(FrameError::Replayed | FrameError::TooOld) => self.stats.replays += 1,
+            KeyError::Frame(FrameError::KeyRetired) => self.stats.key_retired += 1,
             _ => self.stats.rejected += 1,
         }
     }
 
-    /// Puts the opened Opus packet (in `scratch`) into the reorder queue.
-    fn store(&mut self, seq: u64, epoch: u64, now: Instant) {
+    /// Puts the opened Opus packet (in `scratch`) into the reorder queue at `pos`.
+    fn store(&mut self, member: MemberId, pos: Position, now: Instant) {
+        if self.member.is_some_and(|m| m != member) {
+            // Another member's packet (a newcomer at a departed member's leaf): not ours.
+            self.stats.rejected += 1;
+            return;
+        }
+        self.member = Some(member);
         if let Some(next) = self.next {
-            if seq < next {
-                // A sender that restarted (new epoch, counter from 0) starts a new stream.
-                if epoch > self.last_epoch && next - seq > QUEUE as u64 {
-                    self.reset();
-                } else {
-                    self.stats.late += 1;
-                    return;
-                }
-            } else if seq - next >= QUEUE as u64 {
-                // Far ahead of playback (a long gap): restart the stream there.
+            if pos < next {
+                self.stats.late += 1;
+                return;
+            }
+            if pos.0 == next.0 && pos.1 - next.1 >= QUEUE as u64 {
+                // Far ahead of playback in the same epoch (a long gap): restart there.
                 self.reset();
             }
         }
-        self.last_epoch = self.last_epoch.max(epoch);
+        if self.slots.iter().any(|s| s.pos == Some(pos)) {
+            // Never replace a queued packet: the first to authenticate keeps its place.
+            self.stats.late += 1;
+            return;
+        }
+        let Some(slot) = self.slots.iter_mut().find(|s| s.pos.is_none()) else {
+            // The queue is full of packets ahead of playback: this one cannot wait.
+            self.stats.late += 1;
+            return;
+        };
+        slot.pos = Some(pos);
+        slot.data.clear();
+        slot.data.extend_from_slice(&self.scratch);
         self.last_arrival = Some(now);
         if self.first_arrival.is_none() {
             self.first_arrival = Some(now);
-        }
-        if let Some(slot) = self.slots.get_mut(Self::slot_of(seq)) {
-            slot.seq = Some(seq);
-            slot.data.clear();
-            slot.data.extend_from_slice(&self.scratch);
         }
     }
 
@@ -444,7 +463,7 @@ impl AudioReceiver {
         self.first_arrival = None;
         self.last_arrival = None;
         for slot in &mut self.slots {
-            slot.seq = None;
+            slot.pos = None;
         }
     }
 
@@ -456,7 +475,7 @@ impl AudioReceiver {
             };
             self.scratch.clear();
             match media.open(&packet, &mut self.scratch, now) {
-                Ok(received) => self.store(received.ctr, received.epoch, now),
+                Ok(received) => self.store(received.member, (received.epoch, received.ctr), now),
                 Err(KeyError::EpochNotYetKnown { .. }) => {
                     if now.saturating_duration_since(since) > HOLD_LIMIT {
                         self.stats.late += 1;
@@ -469,30 +488,54 @@ impl AudioReceiver {
         }
     }
 
-    /// The sequence to play now, starting playback once the playout delay has passed.
-    fn start(&mut self, now: Instant) -> Option<u64> {
+    /// The earliest queued position.
+    fn earliest(&self) -> Option<Position> {
+        self.slots.iter().filter_map(|s| s.pos).min()
+    }
+
+    /// The position to play now, starting playback once the playout delay has passed.
+    ///
+    /// Within an epoch a missing counter is a lost packet. When nothing of the playing
+    /// epoch is queued past it but a newer epoch's packets are, the sender has switched
+    /// keys: playback moves on to the newer epoch's first packet (the old epoch's last
+    /// packets, if lost, leave no gap to conceal).
+    fn start(&mut self, now: Instant) -> Option<Position> {
         let ended = self
             .last_arrival
             .is_some_and(|t| now.saturating_duration_since(t) > STREAM_END);
-        if ended && self.slots.iter().all(|s| s.seq.is_none()) {
+        if ended && self.slots.iter().all(|s| s.pos.is_none()) {
             self.reset();
             return None;
         }
-        if self.next.is_none() {
-            let first = self.first_arrival?;
-            let delay = self.config.frame_duration() * self.config.playout_delay_frames;
-            if now.saturating_duration_since(first) < delay {
-                return None;
+        match self.next {
+            None => {
+                let first = self.first_arrival?;
+                let delay = self.config.frame_duration() * self.config.playout_delay_frames;
+                if now.saturating_duration_since(first) < delay {
+                    return None;
+                }
+                self.next = self.earliest();
             }
-            self.next = self.slots.iter().filter_map(|s| s.seq).min();
+            Some(next) => {
+                let queued = |s: &Slot| s.pos.is_some_and(|p| p >= next);
+                let same_epoch_ahead = self
+                    .slots
+                    .iter()
+                    .any(|s| queued(s) && s.pos.is_some_and(|p| p.0 == next.0));
+                if !same_epoch_ahead {
+                    if let Some(newer) = self.earliest().filter(|p| p.0 > next.0) {
+                        self.next = Some(newer);
+                    }
+                }
+            }
         }
         self.next
     }
 
-    fn packet(slots: &[Slot], seq: u64) -> Option<&[u8]> {
+    fn packet(slots: &[Slot], pos: Position) -> Option<&[u8]> {
         slots
-            .get(Self::slot_of(seq))
-            .filter(|s| s.seq == Some(seq))
+            .iter()
+            .find(|s| s.pos == Some(pos))
             .map(|s| s.data.as_slice())
     }
 
@@ -511,36 +554,42 @@ impl AudioReceiver {
             });
         }
         self.retry_held(media, now);
-        let Some(seq) = self.start(now) else {
+        let Some(pos) = self.start(now) else {
             out.silence();
             return Ok(Pulled::Idle);
         };
-        self.next = seq.checked_add(1);
-        let pulled = if let Some(packet) = Self::packet(&self.slots, seq) {
-            out.decode(&mut self.decoder, packet, false)?;
-            self.stats.decoded += 1;
-            Pulled::Decoded
-        } else {
-            let next = seq
-                .checked_add(1)
-                .and_then(|n| Self::packet(&self.slots, n));
-            match next {
-                Some(packet) if self.config.fec => {
-                    out.decode(&mut self.decoder, packet, true)?;
-                    self.stats.fec_recovered += 1;
-                    Pulled::FecRecovered
+        let following = pos.1.checked_add(1).map(|c| (pos.0, c));
+        self.next = following;
+        let own = Self::packet(&self.slots, pos);
+        let next = following.and_then(|f| Self::packet(&self.slots, f));
+        let decoded = match (own, next) {
+            (Some(packet), _) => Some((out.decode(&mut self.decoder, packet, false), false)),
+            (None, Some(packet)) if self.config.fec => {
+                Some((out.decode(&mut self.decoder, packet, true), true))
+            }
+            _ => None,
+        };
+        let pulled = match decoded {
+            Some((Ok(()), false)) => {
+                self.stats.decoded += 1;
+                Pulled::Decoded
+            }
+            Some((Ok(()), true)) => {
+                self.stats.fec_recovered += 1;
+                Pulled::FecRecovered
+            }
+            outcome => {
+                // Lost, or authenticated but not decodable here: conceal either way.
+                if outcome.is_some() {
+                    self.stats.undecodable += 1;
                 }
-                _ => {
-                    out.decode(&mut self.decoder, &[], false)?;
-                    self.stats.concealed += 1;
-                    Pulled::Concealed
-                }
+                out.decode(&mut self.decoder, &[], false)?;
+                self.stats.concealed += 1;
+                Pulled::Concealed
             }
         };
-        if let Some(slot) = self.slots.get_mut(Self::slot_of(seq)) {
-            if slot.seq == Some(seq) {
-                slot.seq = None;
-            }
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.pos == Some(pos)) {
+            slot.pos = None;
         }
         Ok(pulled)
     }

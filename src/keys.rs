@@ -54,7 +54,8 @@ pub enum KeyError {
     /// The frame was sealed by this member (e.g. reflected back by a relay).
     #[error("frame sealed by this member")]
     OwnFrame,
-    /// Invalid KID layout: needs 1 ≤ E ≤ 8, 1 ≤ S ≤ 32.
+    /// Invalid KID layout: needs 2 ≤ E ≤ 8, 1 ≤ S ≤ 32. (With E = 1 a frame of the next
+    /// epoch could not be told from one of the previous epoch.)
     #[error("invalid KID layout")]
     InvalidLayout,
     /// A leaf or context does not fit its bits in the KID layout.
@@ -67,6 +68,16 @@ pub enum KeyError {
     /// The epoch is older than the one holding its slot (keys applied out of order).
     #[error("epoch older than the one holding its slot")]
     StaleEpoch,
+    /// The sender has already sealed in a newer epoch, and this frame of an older epoch
+    /// would play after what it sealed there: refused, since a removed member still holding
+    /// the older epoch's key could have forged it.
+    #[error("sender has moved on to a newer epoch")]
+    Superseded,
+    /// The epoch was already under way when this session got its keys (a restart): frames
+    /// seen before the restart could be replayed, so its frames are refused. Frames of
+    /// later epochs open normally.
+    #[error("replay state of the epoch unknown after a restart")]
+    ReplayStateUnknown,
     /// An epoch's base key has the wrong length for the suite.
     #[error("base key must be {expected} bytes")]
     BadBaseKey {
@@ -106,9 +117,13 @@ impl Default for KidLayout {
 }
 
 impl KidLayout {
-    /// A layout with `sender_bits` (S, 1..=32) and `epoch_bits` (E, 1..=8).
+    /// A layout with `sender_bits` (S, 1..=32) and `epoch_bits` (E, 2..=8).
+    ///
+    /// E = 1 is refused: receivers read the epoch bits relative to their current epoch,
+    /// half of the `2^E` slots ahead of it and half behind, and with two slots nothing is
+    /// ahead, so a frame of the next epoch would be taken for an expired one.
     pub fn new(sender_bits: u8, epoch_bits: u8) -> Result<KidLayout, KeyError> {
-        if !(1..=32).contains(&sender_bits) || !(1..=8).contains(&epoch_bits) {
+        if !(1..=32).contains(&sender_bits) || !(2..=8).contains(&epoch_bits) {
             return Err(KeyError::InvalidLayout);
         }
         Ok(KidLayout {
@@ -167,10 +182,27 @@ impl KidLayout {
     }
 }
 
+/// A member as the data plane knows it: its leaf and a tag of its signature key.
+///
+/// MLS gives a removed member's leaf to the next newcomer, so a leaf alone does not name a
+/// member: frames the departed member sealed under an older epoch must not be taken for the
+/// newcomer's. The tag (the first 8 bytes of `SHA-256("sotto 1 member id" ‖ signature
+/// key)`, computed by the control plane) tells them apart; every member computes the same
+/// value for the same member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberId {
+    /// The member's leaf index.
+    pub leaf: u32,
+    /// Tag of the member's signature key.
+    pub tag: u64,
+}
+
 /// What [`KeyRing::open`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Received {
-    /// The sender's leaf index.
+    /// The sender: leaf and member tag (a newcomer at a reused leaf is another member).
+    pub member: MemberId,
+    /// The sender's leaf index (`member.leaf`).
     pub leaf: u32,
     /// The full epoch the frame was sealed in.
     pub epoch: u64,
@@ -183,16 +215,44 @@ pub struct Received {
 struct EpochSlot {
     epoch: u64,
     base_key: Zeroizing<Vec<u8>>,
-    /// Sorted leaves that may send in this epoch.
-    members: Vec<u32>,
+    /// Members who may send in this epoch, sorted by leaf.
+    members: Vec<MemberId>,
     /// This member's leaf in this epoch (its own frames are refused).
     own_leaf: Option<u32>,
     /// Leaves whose opening key has been derived into the opener.
     derived: Vec<u32>,
+    /// Leaves with at least one frame authenticated in this epoch (sorted): their
+    /// frames in older epochs have been superseded.
+    opened: Vec<u32>,
     /// Set once a newer epoch became current: the epoch is dropped at this instant.
     expires_at: Option<Instant>,
     /// Senders who left in a later epoch, and when their frames stop being accepted here.
     retired: Vec<(u32, Instant)>,
+    /// Senders who already sealed in a newer epoch, with the highest counter of this
+    /// epoch that had opened by then (`None`: none had): nothing above it opens any more.
+    superseded: Vec<(u32, Option<u64>)>,
+    /// The epoch was under way before this ring got it: its frames are refused.
+    replay_unknown: bool,
+}
+
+impl EpochSlot {
+    fn member(&self, leaf: u32) -> Option<MemberId> {
+        self.members
+            .binary_search_by_key(&leaf, |m| m.leaf)
+            .ok()
+            .and_then(|i| self.members.get(i).copied())
+    }
+}
+
+/// How an epoch enters a [`KeyRing`] ([`KeyRing::insert_epoch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayState {
+    /// The ring holds the epoch from its start (keys from a commit or a Welcome): every
+    /// frame of it this ring ever opened is in its replay windows.
+    Complete,
+    /// The epoch was under way before this ring got it (a restart): frames opened before
+    /// could be replayed, so its frames are refused with [`KeyError::ReplayStateUnknown`].
+    Unknown,
 }
 
 /// Receiving keys of a room's recent epochs (see the [module docs](self)).
@@ -208,13 +268,16 @@ pub struct KeyRing {
 
 impl KeyRing {
     /// A ring for one room. `grace` is how long an epoch stays after a newer one became
-    /// current; `replay_window` is the per-sender replay window in counters.
+    /// current; `replay_window` is the per-sender replay window in counters;
+    /// `failure_budget` the authentication failures each sender key tolerates
+    /// ([`FrameOpener::with_failure_budget`]).
     pub fn new(
         layout: KidLayout,
         suite: CipherSuite,
         context: u64,
         grace: Duration,
         replay_window: usize,
+        failure_budget: u32,
     ) -> KeyRing {
         let slots = (0..layout.epoch_slots()).map(|_| None).collect();
         KeyRing {
@@ -224,7 +287,8 @@ impl KeyRing {
             grace,
             slots,
             current: None,
-            opener: FrameOpener::with_replay_window(replay_window),
+            opener: FrameOpener::with_replay_window(replay_window)
+                .with_failure_budget(failure_budget),
         }
     }
 
@@ -236,6 +300,11 @@ impl KeyRing {
     /// The SFrame suite.
     pub fn suite(&self) -> CipherSuite {
         self.suite
+    }
+
+    /// The KID context value.
+    pub fn context(&self) -> u64 {
+        self.context
     }
 
     /// The newest epoch made current with [`set_current`](Self::set_current).
@@ -259,15 +328,24 @@ impl KeyRing {
         usize::try_from(epoch & (self.layout.epoch_slots() - 1)).unwrap_or(0)
     }
 
+    fn slot(&self, epoch: u64) -> Option<&EpochSlot> {
+        self.slots
+            .get(self.slot_index(epoch))
+            .and_then(Option::as_ref)
+            .filter(|s| s.epoch == epoch)
+    }
+
     /// Holds `epoch` with its base key and its senders. An older epoch in the same slot is
-    /// evicted (a newer one makes this fail with [`KeyError::StaleEpoch`]); the same epoch with the same key only updates its members; the same epoch
-    /// with another key (a commit that lost the race at the relay) is replaced.
+    /// evicted (a newer one makes this fail with [`KeyError::StaleEpoch`]); the same epoch
+    /// with the same key only updates its members; the same epoch with another key (a
+    /// commit that lost the race at the relay) is replaced.
     pub fn insert_epoch(
         &mut self,
         epoch: u64,
         base_key: &[u8],
-        members: &[u32],
+        members: &[MemberId],
         own_leaf: Option<u32>,
+        replay: ReplayState,
     ) -> Result<(), KeyError> {
         if base_key.len() != self.suite.key_len() {
             return Err(KeyError::BadBaseKey {
@@ -276,9 +354,10 @@ impl KeyRing {
         }
         let mut members = members.to_vec();
         members.sort_unstable();
-        members.dedup();
-        for leaf in &members {
-            self.layout.compose(self.context, u64::from(*leaf), epoch)?;
+        members.dedup_by_key(|m| m.leaf);
+        for m in &members {
+            self.layout
+                .compose(self.context, u64::from(m.leaf), epoch)?;
         }
         let index = self.slot_index(epoch);
         if let Some(Some(slot)) = self.slots.get_mut(index) {
@@ -286,14 +365,12 @@ impl KeyRing {
                 return Err(KeyError::StaleEpoch);
             }
             if slot.epoch == epoch && slot.base_key.as_slice() == base_key {
-                // Keep derived keys (and their replay windows) of leaves still present.
-                let dropped: Vec<u32> = slot
-                    .derived
-                    .iter()
-                    .copied()
-                    .filter(|l| members.binary_search(l).is_err())
-                    .collect();
-                slot.derived.retain(|l| members.binary_search(l).is_ok());
+                // Keep derived keys (and their replay windows) of members still present.
+                let kept =
+                    |l: &u32| slot.member(*l) == members.iter().find(|m| m.leaf == *l).copied();
+                let dropped: Vec<u32> = slot.derived.iter().copied().filter(|l| !kept(l)).collect();
+                slot.derived.retain(|l| !dropped.contains(l));
+                slot.opened.retain(|l| !dropped.contains(l));
                 slot.members = members;
                 slot.own_leaf = own_leaf;
                 for leaf in dropped {
@@ -312,8 +389,11 @@ impl KeyRing {
                 members,
                 own_leaf,
                 derived: Vec::new(),
+                opened: Vec::new(),
                 expires_at: None,
                 retired: Vec::new(),
+                superseded: Vec::new(),
+                replay_unknown: replay == ReplayState::Unknown,
             });
         }
         Ok(())
@@ -345,10 +425,7 @@ impl KeyRing {
 
     /// Whether `epoch` is held.
     pub fn holds(&self, epoch: u64) -> bool {
-        self.slots
-            .get(self.slot_index(epoch))
-            .and_then(Option::as_ref)
-            .is_some_and(|s| s.epoch == epoch)
+        self.slot(epoch).is_some()
     }
 
     /// Stops accepting frames from `leaves` in every held epoch before `epoch` from `at` on:
@@ -359,12 +436,22 @@ impl KeyRing {
         for slot in self.slots.iter_mut().flatten() {
             if slot.epoch < epoch {
                 for leaf in leaves {
-                    if slot.members.binary_search(leaf).is_ok()
-                        && !slot.retired.iter().any(|(l, _)| l == leaf)
+                    if slot.member(*leaf).is_some() && !slot.retired.iter().any(|(l, _)| l == leaf)
                     {
                         slot.retired.push((*leaf, at));
                     }
                 }
+            }
+        }
+    }
+
+    /// Drops every epoch before `epoch` at `at` at the latest, for every sender: after a
+    /// commit that removed someone, the older epochs' base keys are known to someone who is
+    /// no longer a member and can seal under *any* sender's KID of those epochs.
+    pub fn cut_off_before(&mut self, epoch: u64, at: Instant) {
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.epoch < epoch {
+                slot.expires_at = Some(slot.expires_at.map_or(at, |t| t.min(at)));
             }
         }
     }
@@ -396,30 +483,15 @@ impl KeyRing {
         }
     }
 
-    /// A sealer for this member's own key in `epoch`, starting at counter `first_ctr`.
+    /// A sealer for this member's own key in `epoch`, starting at counter 0.
     ///
-    /// Crate-internal: the media session makes at most one per epoch (each epoch's key is
-    /// fresh), so no key's counter is ever restarted.
-    pub(crate) fn sealer(
-        &self,
-        epoch: u64,
-        leaf: u32,
-        first_ctr: u64,
-    ) -> Result<FrameSealer, KeyError> {
-        let index = self.slot_index(epoch);
-        let slot = self
-            .slots
-            .get(index)
-            .and_then(Option::as_ref)
-            .filter(|s| s.epoch == epoch)
-            .ok_or(KeyError::NoSendingKey)?;
+    /// Crate-internal: the media session makes at most one per epoch, from `Current` keys
+    /// the control plane gives at most once per epoch, so no (key, counter) is ever used
+    /// twice.
+    pub(crate) fn sealer(&self, epoch: u64, leaf: u32) -> Result<FrameSealer, KeyError> {
+        let slot = self.slot(epoch).ok_or(KeyError::NoSendingKey)?;
         let kid = self.layout.compose(self.context, u64::from(leaf), epoch)?;
-        Ok(FrameSealer::starting_at(
-            self.suite,
-            kid,
-            &slot.base_key,
-            first_ctr,
-        )?)
+        Ok(FrameSealer::new(self.suite, kid, &slot.base_key)?)
     }
 
     /// Classifies epoch bits that no held epoch matches.
@@ -434,6 +506,27 @@ impl KeyRing {
         } else {
             KeyError::EpochExpired
         }
+    }
+
+    /// The sender a frame claims, read from its KID without opening it: for routing the
+    /// frame to the right receiver before it is opened. Not authenticated until it opens.
+    pub fn member_of(&self, frame: &[u8]) -> Result<MemberId, KeyError> {
+        let (header, _) = Header::parse(frame)?;
+        let parts = self.layout.decompose(header.kid);
+        if parts.context != self.context {
+            return Err(KeyError::WrongContext);
+        }
+        let slot = match self
+            .slots
+            .get(usize::try_from(parts.epoch_bits).unwrap_or(usize::MAX))
+        {
+            Some(Some(slot)) => slot,
+            _ => return Err(self.missing_epoch(parts.epoch_bits)),
+        };
+        u32::try_from(parts.leaf)
+            .ok()
+            .and_then(|leaf| slot.member(leaf))
+            .ok_or(KeyError::UnknownSender { leaf: parts.leaf })
     }
 
     /// Opens `frame` and appends its plaintext to `out`.
@@ -478,10 +571,17 @@ impl KeyRing {
         if slot.own_leaf == Some(leaf) {
             return Err(KeyError::OwnFrame);
         }
-        if slot.members.binary_search(&leaf).is_err()
-            || slot.retired.iter().any(|(l, t)| *l == leaf && *t <= now)
-        {
-            return Err(KeyError::UnknownSender { leaf: parts.leaf });
+        let member = match slot.member(leaf) {
+            Some(m) if !slot.retired.iter().any(|(l, t)| *l == leaf && *t <= now) => m,
+            _ => return Err(KeyError::UnknownSender { leaf: parts.leaf }),
+        };
+        if slot.replay_unknown {
+            return Err(KeyError::ReplayStateUnknown);
+        }
+        if let Some((_, top)) = slot.superseded.iter().find(|(l, _)| *l == leaf) {
+            if top.is_none_or(|top| header.ctr > top) {
+                return Err(KeyError::Superseded);
+            }
         }
         let epoch = slot.epoch;
         if let Err(at) = slot.derived.binary_search(&leaf) {
@@ -489,13 +589,42 @@ impl KeyRing {
                 .insert_key(header.kid, self.suite, &slot.base_key)?;
             slot.derived.insert(at, leaf);
         }
+        let first_here = slot.opened.binary_search(&leaf).err();
         let opened = self.opener.open(&[], frame, out)?;
+        if let Some(at) = first_here {
+            // Recorded only once a frame authenticated, so forged frames cannot supersede
+            // anything.
+            if let Some(Some(slot)) = self.slots.get_mut(index) {
+                slot.opened.insert(at, leaf);
+            }
+            self.supersede_before(epoch, member);
+        }
         Ok(Received {
+            member,
             leaf,
             epoch,
             ctr: opened.ctr,
             len: opened.len,
         })
+    }
+
+    /// `member` sealed in `epoch`: its frames of older epochs above what opened so far
+    /// would play after that, so they are refused from now on.
+    fn supersede_before(&mut self, epoch: u64, member: MemberId) {
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.epoch >= epoch
+                || slot.member(member.leaf) != Some(member)
+                || slot.superseded.iter().any(|(l, _)| *l == member.leaf)
+            {
+                continue;
+            }
+            let top = self
+                .layout
+                .compose(self.context, u64::from(member.leaf), slot.epoch)
+                .ok()
+                .and_then(|kid| self.opener.highest_counter(kid));
+            slot.superseded.push((member.leaf, top));
+        }
     }
 }
 
@@ -540,6 +669,9 @@ mod tests {
         assert_eq!(full.decompose(u64::MAX).leaf, u64::from(u32::MAX));
         assert_eq!(KidLayout::new(0, 4), Err(KeyError::InvalidLayout));
         assert_eq!(KidLayout::new(8, 9), Err(KeyError::InvalidLayout));
+        // Finding 13 (issue 10): E = 1 leaves no slot "ahead" of the current epoch.
+        assert_eq!(KidLayout::new(8, 1), Err(KeyError::InvalidLayout));
+        assert!(KidLayout::new(8, 2).is_ok());
     }
 
     fn ring() -> KeyRing {
@@ -549,11 +681,22 @@ mod tests {
             0,
             Duration::from_secs(10),
             128,
+            crate::frame::DEFAULT_FAILURE_BUDGET,
         )
     }
 
+    fn members(leaves: &[u32]) -> Vec<MemberId> {
+        leaves
+            .iter()
+            .map(|&leaf| MemberId {
+                leaf,
+                tag: u64::from(leaf) + 100,
+            })
+            .collect()
+    }
+
     fn frame(ring: &KeyRing, epoch: u64, leaf: u32) -> BytesMut {
-        let mut s = ring.sealer(epoch, leaf, 0).unwrap();
+        let mut s = ring.sealer(epoch, leaf).unwrap();
         let mut out = BytesMut::new();
         s.seal(b"", b"audio", &mut out).unwrap();
         out
@@ -563,7 +706,14 @@ mod tests {
     fn lazily_derives_only_for_members() {
         let t0 = Instant::now();
         let mut r = ring();
-        r.insert_epoch(0, &[1; 16], &[0, 1, 2], Some(0)).unwrap();
+        r.insert_epoch(
+            0,
+            &[1; 16],
+            &members(&[0, 1, 2]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
         r.set_current(0, t0);
         let mut out = BytesMut::new();
         assert_eq!(r.derived_keys(), 0);
@@ -590,9 +740,16 @@ mod tests {
     fn grace_slots_and_future_epochs() {
         let t0 = Instant::now();
         let mut r = ring(); // 4 slots
-        r.insert_epoch(5, &[5; 16], &[0, 1], Some(0)).unwrap();
+        r.insert_epoch(
+            5,
+            &[5; 16],
+            &members(&[0, 1, 2]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
         r.set_current(5, t0);
-        let old = frame(&r, 5, 1);
+        let old = frame(&r, 5, 2);
         // Epoch 6 not known yet; epoch 4 (behind) is expired.
         let mut sealer6 =
             FrameSealer::new(SUITE, r.layout().compose(0, 1, 6).unwrap(), &[6; 16]).unwrap();
@@ -603,20 +760,153 @@ mod tests {
             r.open(&f6, &mut out, t0),
             Err(KeyError::EpochNotYetKnown { epoch_bits: 2 })
         );
-        r.insert_epoch(6, &[6; 16], &[0, 1], Some(0)).unwrap();
+        r.insert_epoch(
+            6,
+            &[6; 16],
+            &members(&[0, 1, 2]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
         assert!(r.open(&f6, &mut out, t0).is_ok());
         r.set_current(6, t0);
-        // Epoch 5 stays for the grace period, then goes.
+        // Epoch 5 stays for the grace period (for leaf 2, which has not sealed in epoch 6
+        // yet), then goes.
         assert!(r.open(&old, &mut out, t0 + Duration::from_secs(9)).is_ok());
-        let old2 = frame(&r, 5, 1);
+        let old2 = frame(&r, 5, 2);
         assert_eq!(
             r.open(&old2, &mut out, t0 + Duration::from_secs(10)),
             Err(KeyError::EpochExpired)
         );
         assert_eq!(r.epochs(), vec![6]);
         // Slot takeover: epoch 10 evicts epoch 6 (same slot mod 4).
-        r.insert_epoch(10, &[10; 16], &[0, 1], Some(0)).unwrap();
+        r.insert_epoch(
+            10,
+            &[10; 16],
+            &members(&[0, 1, 2]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
         assert_eq!(r.epochs(), vec![10]);
         assert_eq!(r.derived_keys(), 0);
+    }
+
+    /// Finding 2 (issue 10): once a sender's frame opened in a newer epoch, its frames of
+    /// older epochs above what had opened there are refused (a removed member holding the
+    /// old base key could have sealed them), and frames it left below still open.
+    #[test]
+    fn newer_epoch_supersedes_older_frames_of_the_same_member() {
+        let t0 = Instant::now();
+        let mut r = ring();
+        r.insert_epoch(
+            5,
+            &[5; 16],
+            &members(&[0, 1, 2]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
+        r.set_current(5, t0);
+        let mut s5 = r.sealer(5, 1).unwrap();
+        let mut seal = |s: &mut FrameSealer| {
+            let mut f = BytesMut::new();
+            s.seal(b"", b"a", &mut f).unwrap();
+            f
+        };
+        let f5: Vec<BytesMut> = (0..4).map(|_| seal(&mut s5)).collect();
+        let mut out = BytesMut::new();
+        // 0 and 2 open; 1 is late; 3 is forged-ahead territory.
+        r.open(&f5[0], &mut out, t0).unwrap();
+        r.open(&f5[2], &mut out, t0).unwrap();
+        r.insert_epoch(
+            6,
+            &[6; 16],
+            &members(&[0, 1, 2]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
+        r.set_current(6, t0);
+        // A forged frame in epoch 6 (wrong key) does not supersede anything.
+        let mut forged =
+            FrameSealer::new(SUITE, r.layout().compose(0, 1, 6).unwrap(), &[9; 16]).unwrap();
+        assert!(r.open(&seal(&mut forged), &mut out, t0).is_err());
+        let mut s6 = r.sealer(6, 1).unwrap();
+        r.open(&seal(&mut s6), &mut out, t0).unwrap();
+        // Below the highest counter that had opened: still accepted (a late genuine frame).
+        assert!(r.open(&f5[1], &mut out, t0).is_ok());
+        // Above it: superseded.
+        assert_eq!(r.open(&f5[3], &mut out, t0), Err(KeyError::Superseded));
+        // Another member of epoch 5 is not affected.
+        let mut s5_2 = r.sealer(5, 2).unwrap();
+        assert!(r.open(&seal(&mut s5_2), &mut out, t0).is_ok());
+    }
+
+    /// Finding 2 (issue 10): after a commit that removed anyone, older epochs close for
+    /// every sender at the cut-off, not after the whole grace period.
+    #[test]
+    fn removal_cuts_off_every_sender_of_older_epochs() {
+        let t0 = Instant::now();
+        let mut r = ring();
+        r.insert_epoch(
+            5,
+            &[5; 16],
+            &members(&[0, 1, 2]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
+        r.set_current(5, t0);
+        r.insert_epoch(
+            6,
+            &[6; 16],
+            &members(&[0, 1]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
+        r.set_current(6, t0);
+        let cut = t0 + Duration::from_millis(1250);
+        r.cut_off_before(6, cut);
+        let mut out = BytesMut::new();
+        assert!(r
+            .open(&frame(&r, 5, 1), &mut out, cut - Duration::from_millis(1))
+            .is_ok());
+        let mut s = r.sealer(5, 1).unwrap();
+        s.seal(b"", b"x", &mut BytesMut::new()).unwrap();
+        let mut late = BytesMut::new();
+        s.seal(b"", b"y", &mut late).unwrap();
+        assert_eq!(r.open(&late, &mut out, cut), Err(KeyError::EpochExpired));
+    }
+
+    /// Finding 7 (issue 10): an epoch the ring got already under way refuses its frames.
+    #[test]
+    fn restored_epoch_refuses_frames() {
+        let t0 = Instant::now();
+        let mut r = ring();
+        r.insert_epoch(
+            5,
+            &[5; 16],
+            &members(&[0, 1]),
+            Some(0),
+            ReplayState::Unknown,
+        )
+        .unwrap();
+        r.set_current(5, t0);
+        let mut out = BytesMut::new();
+        assert_eq!(
+            r.open(&frame(&r, 5, 1), &mut out, t0),
+            Err(KeyError::ReplayStateUnknown)
+        );
+        r.insert_epoch(
+            6,
+            &[6; 16],
+            &members(&[0, 1]),
+            Some(0),
+            ReplayState::Complete,
+        )
+        .unwrap();
+        assert!(r.open(&frame(&r, 6, 1), &mut out, t0).is_ok());
     }
 }

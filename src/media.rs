@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use zeroize::Zeroizing;
 
-use crate::frame::{CipherSuite, FrameSealer, DEFAULT_REPLAY_WINDOW};
-use crate::keys::{KeyError, KeyRing, KidLayout, Received};
+use crate::frame::{CipherSuite, FrameSealer, DEFAULT_FAILURE_BUDGET, DEFAULT_REPLAY_WINDOW};
+use crate::keys::{KeyError, KeyRing, KidLayout, MemberId, Received, ReplayState};
 
 /// Length of a channel token.
 pub const CHANNEL_TOKEN_LEN: usize = 16;
@@ -35,55 +35,57 @@ pub enum EpochStatus {
     /// A commit into this epoch is staged, not merged: open its frames, keep sealing with
     /// the current epoch.
     Staged,
-    /// The member has merged into this epoch: open its frames and, after the switch delay,
-    /// seal with it.
+    /// The member has merged into this epoch and is the only instance that ever will seal
+    /// in it: open its frames and, after the switch delay, seal with it.
     Current,
-    /// The epoch is current but was restored from storage. Frame counters of this member's
-    /// key in this epoch were lost with the old process, so it only receives until the next
-    /// epoch (a self-update gives one at once).
+    /// The member has merged into this epoch but may not seal in it: an earlier instance
+    /// of this member (before a crash, a storage rollback, or the same Welcome fetched
+    /// again) may have reached the same epoch and sealed in it. Open its frames; seal again
+    /// from the epoch of this member's next own commit (a self-update gives one at once).
+    ReceiveOnly,
+    /// The epoch is current but was already under way when this session got its keys (a
+    /// restart): frames seen before could be replayed, so its frames are refused
+    /// ([`KeyError::ReplayStateUnknown`]) and nothing is sealed in it. Its channel token
+    /// is given so the member can follow the room to its next epoch.
     Restored,
 }
 
 /// Everything the data plane needs for one epoch. The base key is zeroized on drop.
 ///
-/// Not `Clone`: a `Current` value is the single permission to seal in its epoch, so no two
-/// sealers can share a key and counter.
+/// Not `Clone`, and its fields are read-only: a `Current` value is the single permission
+/// to seal in its epoch, so no two sealers can share a key and counter.
 pub struct EpochKeys {
-    /// The MLS epoch.
-    pub epoch: u64,
-    /// What the receiving member may do with the epoch.
-    pub status: EpochStatus,
-    /// The SFrame suite of the room.
-    pub suite: CipherSuite,
-    /// The KID layout of the room.
-    pub layout: KidLayout,
-    /// The KID context value of the room.
-    pub context: u64,
-    /// Leaves of the members who may send in this epoch.
-    pub members: Vec<u32>,
-    /// This member's leaf in this epoch.
-    pub own_leaf: u32,
-    /// The epoch's channel token.
-    pub token: ChannelToken,
-    /// Leaves whose member left in this epoch (removed, or replaced by a newcomer at the
-    /// same leaf): their frames under older epochs stop being accepted one switch delay
-    /// after this epoch becomes current.
-    pub departed: Vec<u32>,
-    pub(crate) base_key: Zeroizing<Vec<u8>>,
+    epoch: u64,
+    status: EpochStatus,
+    suite: CipherSuite,
+    layout: KidLayout,
+    context: u64,
+    members: Vec<MemberId>,
+    own_leaf: u32,
+    token: ChannelToken,
+    departed: Vec<u32>,
+    base_key: Zeroizing<Vec<u8>>,
 }
 
 impl EpochKeys {
     /// Keys from an exported base key (`MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`).
     /// [`Room`](crate::room::Room) builds these; this constructor exists for other control
     /// planes and tests.
+    ///
+    /// **The caller's duty:** a `Current` value gives permission to seal from counter 0 in
+    /// `epoch`, so it may be made at most once per (room, epoch, `own_leaf`) across every
+    /// process, crash, reload and storage rollback; otherwise nonces repeat and
+    /// confidentiality and integrity are lost. `Room` keeps this rule by giving `Current`
+    /// only for epochs that descend from a contribution fresh to its own instance (see
+    /// [`Room`](crate::room::Room)).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub fn assume_unique_for_key(
         epoch: u64,
         status: EpochStatus,
         suite: CipherSuite,
         layout: KidLayout,
         context: u64,
-        members: Vec<u32>,
+        members: Vec<MemberId>,
         own_leaf: u32,
         token: ChannelToken,
         base_key: Vec<u8>,
@@ -109,8 +111,60 @@ impl EpochKeys {
         self
     }
 
-    /// The exported base key of the epoch (`Nk` bytes).
-    pub fn base_key(&self) -> &[u8] {
+    /// The MLS epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// What the receiving member may do with the epoch.
+    pub fn status(&self) -> EpochStatus {
+        self.status
+    }
+
+    /// The SFrame suite of the room.
+    pub fn suite(&self) -> CipherSuite {
+        self.suite
+    }
+
+    /// The KID layout of the room.
+    pub fn layout(&self) -> KidLayout {
+        self.layout
+    }
+
+    /// The KID context value of the room.
+    pub fn context(&self) -> u64 {
+        self.context
+    }
+
+    /// The members who may send in this epoch.
+    pub fn members(&self) -> &[MemberId] {
+        &self.members
+    }
+
+    /// This member's leaf in this epoch.
+    pub fn own_leaf(&self) -> u32 {
+        self.own_leaf
+    }
+
+    /// The epoch's channel token.
+    pub fn token(&self) -> ChannelToken {
+        self.token
+    }
+
+    /// Leaves whose member left in this epoch (removed, or replaced by a newcomer at the
+    /// same leaf): their frames under older epochs stop being accepted one switch delay
+    /// after this epoch becomes current, and every older epoch closes at most one switch
+    /// delay plus [`MediaConfig::removal_skew`] after it.
+    pub fn departed(&self) -> &[u32] {
+        &self.departed
+    }
+
+    /// The exported base key of the epoch (`Nk` bytes), for interoperability tests.
+    ///
+    /// Whoever holds it can derive every member's key of the epoch: never build a
+    /// [`FrameSealer`] from it (its counter would restart where this member's sealer has
+    /// already been), and never send or store it.
+    pub fn expose_base_key(&self) -> &[u8] {
         &self.base_key
     }
 }
@@ -127,17 +181,29 @@ impl std::fmt::Debug for EpochKeys {
     }
 }
 
-/// Timing of the data plane.
+/// Timing and limits of the data plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MediaConfig {
     /// How long a member that merged a new epoch keeps sealing with the old one, so
     /// receivers whose copy of the commit is late lose nothing. 0 cuts a removed member off
     /// at once, at the price of a possible blip for slow receivers. Default 1 s.
     pub switch_delay: Duration,
-    /// How long an epoch is still opened after a newer one became current. Default 10 s.
+    /// How long an epoch is still opened after a newer one became current, when no member
+    /// was removed. Default 10 s.
     pub grace: Duration,
+    /// After a commit that removed anyone, older epochs are opened for at most
+    /// `switch_delay + removal_skew` after this member merged it, for every sender: the
+    /// removed member holds their base keys. The skew is how much later than this member
+    /// another member may merge the same commit (and so start its switch delay); a sender
+    /// merging later than that loses the frames it seals in the old epoch after the cut.
+    /// Default 250 ms.
+    pub removal_skew: Duration,
     /// Replay window per sender, in counters. Default 128.
     pub replay_window: usize,
+    /// Authentication failures each sender key tolerates before it opens nothing more
+    /// ([`FrameOpener::with_failure_budget`](crate::frame::FrameOpener::with_failure_budget)).
+    /// Default [`DEFAULT_FAILURE_BUDGET`].
+    pub failure_budget: u32,
 }
 
 impl Default for MediaConfig {
@@ -145,7 +211,9 @@ impl Default for MediaConfig {
         MediaConfig {
             switch_delay: Duration::from_secs(1),
             grace: Duration::from_secs(10),
+            removal_skew: Duration::from_millis(250),
             replay_window: DEFAULT_REPLAY_WINDOW,
+            failure_budget: DEFAULT_FAILURE_BUDGET,
         }
     }
 }
@@ -189,51 +257,76 @@ impl MediaSession {
 
     /// Applies an epoch's keys at `now`.
     ///
-    /// `Staged` keys are installed for opening only. `Current` keys are installed, older
-    /// epochs start their grace period, and this member switches to sealing in the new
-    /// epoch after the switch delay (its first epoch too: members whose copy of the commit
-    /// that added it is late must be able to open its first frame). `Restored` keys are
-    /// installed for opening only and become current.
+    /// `Staged` keys are installed for opening only; they are refused with
+    /// [`KeyError::StaleEpoch`] for an epoch at or below the current one (a losing commit's
+    /// keys must not replace the winner's). `Current` keys are installed, older epochs start
+    /// their grace period, and this member switches to sealing in the new epoch after the
+    /// switch delay (its first epoch too: members whose copy of the commit that added it is
+    /// late must be able to open its first frame), with a counter starting at 0 (a fresh
+    /// key). `ReceiveOnly` keys are installed and become current, for opening only.
+    /// `Restored` keys become current and give the epoch's token, but its frames are
+    /// refused. When the keys name departed members, every older epoch closes one switch
+    /// delay plus [`MediaConfig::removal_skew`] from `now`.
     pub fn apply(&mut self, keys: EpochKeys, now: Instant) -> Result<(), KeyError> {
         let ring = match &mut self.ring {
-            Some(ring) if ring.suite() == keys.suite && ring.layout() == keys.layout => ring,
+            Some(ring)
+                if ring.suite() == keys.suite
+                    && ring.layout() == keys.layout
+                    && ring.context() == keys.context =>
+            {
+                ring
+            }
             _ => self.ring.insert(KeyRing::new(
                 keys.layout,
                 keys.suite,
                 keys.context,
                 self.config.grace,
                 self.config.replay_window,
+                self.config.failure_budget,
             )),
+        };
+        if keys.status == EpochStatus::Staged
+            && ring.current_epoch().is_some_and(|c| keys.epoch <= c)
+        {
+            return Err(KeyError::StaleEpoch);
+        }
+        let replay = if keys.status == EpochStatus::Restored {
+            ReplayState::Unknown
+        } else {
+            ReplayState::Complete
         };
         ring.insert_epoch(
             keys.epoch,
             &keys.base_key,
             &keys.members,
             Some(keys.own_leaf),
+            replay,
         )?;
         // Tokens follow the epochs the ring holds (an epoch may just have been evicted).
         self.tokens.retain(|(e, _)| ring.holds(*e));
         if let Err(at) = self.tokens.binary_search_by_key(&keys.epoch, |(e, _)| *e) {
             self.tokens.insert(at, (keys.epoch, keys.token));
         }
-        match keys.status {
-            EpochStatus::Staged => {}
-            EpochStatus::Restored => ring.set_current(keys.epoch, now),
-            EpochStatus::Current => {
-                ring.set_current(keys.epoch, now);
-                let cutoff = now.checked_add(self.config.switch_delay).unwrap_or(now);
-                ring.retire_senders(keys.epoch, &keys.departed, cutoff);
-                if self.sealed_up_to.is_none_or(|e| keys.epoch > e) {
-                    ring.layout()
-                        .compose(keys.context, u64::from(keys.own_leaf), keys.epoch)?;
-                    // Reserve the epoch: no second sealer is ever made for it.
-                    self.sealed_up_to = Some(keys.epoch);
-                    // Even a member's first epoch (a newcomer's) waits the switch delay:
-                    // the other members' copies of the commit that added it may be late.
-                    let at = now.checked_add(self.config.switch_delay).unwrap_or(now);
-                    self.next.push_back((keys.epoch, keys.own_leaf, at));
-                }
+        if keys.status != EpochStatus::Staged {
+            ring.set_current(keys.epoch, now);
+            let switch = now.checked_add(self.config.switch_delay).unwrap_or(now);
+            ring.retire_senders(keys.epoch, &keys.departed, switch);
+            if !keys.departed.is_empty() {
+                let cut = switch
+                    .checked_add(self.config.removal_skew)
+                    .unwrap_or(switch);
+                ring.cut_off_before(keys.epoch, cut);
             }
+        }
+        if keys.status == EpochStatus::Current && self.sealed_up_to.is_none_or(|e| keys.epoch > e) {
+            ring.layout()
+                .compose(keys.context, u64::from(keys.own_leaf), keys.epoch)?;
+            // Reserve the epoch: no second sealer is ever made for it.
+            self.sealed_up_to = Some(keys.epoch);
+            // Even a member's first epoch (a newcomer's) waits the switch delay: the other
+            // members' copies of the commit that added it may be late.
+            let at = now.checked_add(self.config.switch_delay).unwrap_or(now);
+            self.next.push_back((keys.epoch, keys.own_leaf, at));
         }
         self.expire(now);
         Ok(())
@@ -247,21 +340,14 @@ impl MediaSession {
         while self.next.front().is_some_and(|(_, _, at)| *at <= now) {
             due = self.next.pop_front();
         }
-        if let Some((epoch, leaf, _)) = due {
-            if let Some(ring) = &self.ring {
-                // The counter runs on across epochs, so receivers can order a sender's
-                // frames (and spot losses) across key changes. The epoch's key is fresh
-                // (reserved by `apply`), so any starting counter is safe for it.
-                let first_ctr = self
-                    .sending
-                    .as_ref()
-                    .and_then(|s| s.sealer.next_counter())
-                    .unwrap_or(0);
-                // An epoch already evicted (a newer one took its slot) is skipped: the
-                // member keeps sealing with what it has until a later epoch is due.
-                if let Ok(sealer) = ring.sealer(epoch, leaf, first_ctr) {
-                    self.sending = Some(Sending { epoch, sealer });
-                }
+        if let (Some((epoch, leaf, _)), Some(ring)) = (due, &self.ring) {
+            // Each epoch's key is fresh (reserved by `apply`), so its counter starts at 0:
+            // counters say nothing of how long a member has been in the call, and a
+            // sender's frames are ordered by (epoch, counter). An epoch already evicted (a
+            // newer one took its slot) is skipped: the member keeps sealing with what it
+            // has until a later epoch is due.
+            if let Ok(sealer) = ring.sealer(epoch, leaf) {
+                self.sending = Some(Sending { epoch, sealer });
             }
         }
         if let Some(ring) = &mut self.ring {
@@ -272,11 +358,22 @@ impl MediaSession {
         }
     }
 
-    /// Stops sealing (for a member that was removed or left). Receiving keys stay until
-    /// their grace period ends.
+    /// Stops sealing (for a member that left). Receiving keys stay until their grace
+    /// period ends.
     pub fn stop_sending(&mut self) {
         self.sending = None;
         self.next.clear();
+    }
+
+    /// Drops every key (sending and receiving) and token: for a member that was removed
+    /// from the room, so nothing it held outlives the removal in this session. The base and
+    /// per-sender keys sotto holds are zeroized; the expanded AES and GHASH/HMAC states
+    /// inside `ring` and RustCrypto are freed, not wiped (see the README).
+    pub fn close(&mut self) {
+        self.ring = None;
+        self.sending = None;
+        self.next.clear();
+        self.tokens.clear();
     }
 
     /// The epoch this member seals in at `now`, if any.
@@ -327,14 +424,12 @@ impl MediaSession {
         ring.open(frame, out, now)
     }
 
-    /// The sender (leaf) a frame claims in its KID, read without any key: for routing a
-    /// packet to its [`AudioReceiver`](crate::audio) before it is opened. Not authenticated
-    /// until the frame opens.
-    pub fn sender_of(&self, frame: &[u8]) -> Result<u32, KeyError> {
-        let (header, _) = crate::frame::Header::parse(frame)?;
+    /// The member a frame claims in its KID, read without opening it: for routing a packet
+    /// to its [`AudioReceiver`](crate::audio) before it is opened. Not authenticated until
+    /// the frame opens (and [`Received::member`] says who it really was).
+    pub fn member_of(&self, frame: &[u8]) -> Result<MemberId, KeyError> {
         let ring = self.ring.as_ref().ok_or(KeyError::NoSendingKey)?;
-        let parts = ring.layout().decompose(header.kid);
-        u32::try_from(parts.leaf).map_err(|_| KeyError::UnknownSender { leaf: parts.leaf })
+        ring.member_of(frame)
     }
 
     /// Channel tokens of the epochs held, oldest first: subscribe to all of them; drop a
@@ -364,13 +459,13 @@ mod tests {
 
     fn keys(epoch: u64) -> EpochKeys {
         let suite = CipherSuite::AesGcm128Sha256;
-        EpochKeys::new(
+        EpochKeys::assume_unique_for_key(
             epoch,
             EpochStatus::Current,
             suite,
             KidLayout::default(),
             0,
-            vec![0, 1],
+            vec![MemberId { leaf: 0, tag: 0 }, MemberId { leaf: 1, tag: 1 }],
             0,
             ChannelToken([u8::try_from(epoch % 256).unwrap(); 16]),
             vec![1; suite.key_len()],

@@ -34,7 +34,7 @@ use openmls_traits::OpenMlsProvider;
 use ring::digest;
 
 use crate::frame::CipherSuite;
-use crate::keys::KidLayout;
+use crate::keys::{KidLayout, MemberId};
 use crate::media::{ChannelToken, EpochKeys, EpochStatus, CHANNEL_TOKEN_LEN};
 
 /// The MLS ciphersuite of every room.
@@ -46,6 +46,23 @@ pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
 pub const TOKEN_EXPORTER_LABEL: &str = "sotto 1 channel token";
 
 const FINGERPRINT_LABEL: &[u8] = b"sotto 1 member fingerprint";
+const MEMBER_ID_LABEL: &[u8] = b"sotto 1 member id";
+
+/// The data plane's name for the member at `leaf` with `signature_key`.
+fn member_id(leaf: u32, signature_key: &[u8]) -> MemberId {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(MEMBER_ID_LABEL);
+    ctx.update(signature_key);
+    let digest = ctx.finish();
+    let mut tag = [0u8; 8];
+    for (t, d) in tag.iter_mut().zip(digest.as_ref()) {
+        *t = *d;
+    }
+    MemberId {
+        leaf,
+        tag: u64::from_be_bytes(tag),
+    }
+}
 
 /// Why the room refused handshake bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,6 +280,9 @@ pub enum RoomEvent {
 pub struct MemberInfo {
     /// Leaf index.
     pub leaf: u32,
+    /// The data plane's name for the member ([`Received::member`](crate::keys::Received)):
+    /// key audio receivers by it, not by leaf.
+    pub id: MemberId,
     /// The pseudonym in its credential.
     pub pseudonym: Vec<u8>,
     /// Fingerprint of its signature key and credential.
@@ -334,16 +354,51 @@ pub fn fingerprint(signature_key: &[u8], credential: &[u8]) -> Fingerprint {
 
 struct Pending {
     message: Vec<u8>,
+    /// Made by this instance (its fresh randomness is in the commit's path secrets), not
+    /// loaded from storage.
+    made_here: bool,
+}
+
+/// What this instance may do with the epochs it reaches (see [`Room`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Freshness {
+    /// The current epoch descends from a contribution made by this instance (the group's
+    /// creation, or a commit it made), through no commit from its own leaf that it did
+    /// not make: no other instance of this member can have reached it. Epochs are
+    /// `Current`.
+    Fresh,
+    /// Joined from a Welcome: an earlier instance may have joined from the same Welcome
+    /// (a storage rollback brings the KeyPackage back, the relay keeps the Welcome), so
+    /// epochs are `ReceiveOnly` until this instance's own commit.
+    Joined,
+    /// Loaded from storage, or another instance of this member committed: an earlier
+    /// instance may have reached these very epochs, sealed and opened in them. Epochs are
+    /// `Restored` until this instance's own commit.
+    Reloaded,
 }
 
 /// One room: an MLS group plus this member's signature key and provider (see the
 /// [module docs](self)).
+///
+/// # One sealer per key, across crashes and rollbacks
+///
+/// An epoch's keys are a deterministic function of the group state: an instance restored
+/// from an older storage snapshot that processes the same commit again, or joins from the
+/// same Welcome again, gets the very keys an earlier instance sealed with. No record in
+/// that storage can prevent it (a rollback takes the record back too). So a room gives
+/// `Current` (sealing) keys only for epochs that descend from randomness this instance
+/// drew itself: the group it created, or a commit it made. A created room seals at once;
+/// a joined room is `ReceiveOnly`, and a loaded room `Restored`, until this instance's
+/// first own commit ([`self_update`](Self::self_update) gives one); a commit from this
+/// member's own leaf that this instance did not make (another instance of it) makes the
+/// room `Restored` again.
 pub struct Room<P: OpenMlsProvider> {
     provider: P,
     signer: SignatureKeyPair,
     group: MlsGroup,
     config: RoomConfig,
     pending: Option<Pending>,
+    freshness: Freshness,
 }
 
 fn create_config(config: &RoomConfig) -> Result<MlsGroupCreateConfig, RoomError> {
@@ -506,24 +561,34 @@ impl<P: OpenMlsProvider> Room<P> {
             credential,
         )
         .map_err(|_| RoomError::Internal)?;
-        let room = Room::entered(identity, group, config);
+        let room = Room::entered(identity, group, config, Freshness::Fresh);
         let keys = room.current_keys(EpochStatus::Current)?;
         Ok((room, keys))
     }
 
     /// A room this identity just entered (created or joined).
-    fn entered(identity: Identity<P>, group: MlsGroup, config: RoomConfig) -> Room<P> {
+    fn entered(
+        identity: Identity<P>,
+        group: MlsGroup,
+        config: RoomConfig,
+        freshness: Freshness,
+    ) -> Room<P> {
         Room {
             provider: identity.provider,
             signer: identity.signer,
             group,
             config,
             pending: None,
+            freshness,
         }
     }
 
     /// Joins a room from a Welcome made for one of this identity's KeyPackages.
     /// `config` must be the room's.
+    ///
+    /// The keys are `ReceiveOnly`: the member hears the room at once and seals from the
+    /// epoch of its first own commit on (call [`self_update`](Self::self_update) to speak;
+    /// see [`Room`] for why).
     ///
     /// On failure the identity comes back in the [`JoinError`]. A Welcome whose group
     /// secrets do not open under the KeyPackage (anyone who knows a KeyPackage reference can
@@ -540,8 +605,8 @@ impl<P: OpenMlsProvider> Room<P> {
             Err(error) => return Err(JoinError { error, identity }),
         };
         let pseudonym = identity.pseudonym.clone();
-        let room = Room::entered(identity, group, config);
-        match room.current_keys(EpochStatus::Current) {
+        let room = Room::entered(identity, group, config, Freshness::Joined);
+        match room.current_keys(EpochStatus::ReceiveOnly) {
             Ok(keys) => Ok((room, keys)),
             Err(error) => Err(JoinError {
                 error,
@@ -555,8 +620,10 @@ impl<P: OpenMlsProvider> Room<P> {
     }
 
     /// Reloads a room from the provider's storage (after a restart). The keys are
-    /// `Restored`: receive-only until the next epoch, since this member's frame counters in
-    /// the current epoch were lost — call [`self_update`](Self::self_update) to send again.
+    /// `Restored`, and so are the keys of every epoch reached until this instance's first
+    /// own commit: an earlier instance (before a crash or a storage rollback) may have
+    /// sealed and opened frames in them. Call [`self_update`](Self::self_update) at once to
+    /// hear and speak again (see [`Room`]).
     pub fn load(
         provider: P,
         signature_key: &[u8],
@@ -574,6 +641,7 @@ impl<P: OpenMlsProvider> Room<P> {
             .ok_or(RoomError::NotFound)?;
         let pending = group.pending_commit().map(|_| Pending {
             message: Vec::new(),
+            made_here: false,
         });
         let room = Room {
             provider,
@@ -581,6 +649,7 @@ impl<P: OpenMlsProvider> Room<P> {
             group,
             config,
             pending,
+            freshness: Freshness::Reloaded,
         };
         let keys = room.current_keys(EpochStatus::Restored)?;
         Ok((room, keys))
@@ -629,6 +698,7 @@ impl<P: OpenMlsProvider> Room<P> {
                 let pseudonym = m.credential.serialized_content().to_vec();
                 MemberInfo {
                     leaf: leaf_u32(m.index),
+                    id: member_id(leaf_u32(m.index), &m.signature_key),
                     fingerprint: fingerprint(&m.signature_key, &pseudonym),
                     pseudonym,
                 }
@@ -679,25 +749,39 @@ impl<P: OpenMlsProvider> Room<P> {
             )
             .map_err(|_| RoomError::NotAMember)?;
         let token = self.channel_token()?;
-        let members = self.group.members().map(|m| leaf_u32(m.index)).collect();
+        let members = self
+            .group
+            .members()
+            .map(|m| member_id(leaf_u32(m.index), &m.signature_key))
+            .collect();
         Ok(self.epoch_keys(self.epoch(), status, members, token, base))
     }
 
-    /// Receive-only keys of the current epoch, for a media session started while the room
-    /// runs (the running session keeps the only permission to seal).
+    /// `Restored` keys of the current epoch, for a media session started while the room
+    /// runs (the running session keeps the only permission to seal; the new one has no
+    /// replay history for the epoch, so it opens from the next epoch on).
     pub fn receive_keys(&self) -> Result<EpochKeys, RoomError> {
         self.current_keys(EpochStatus::Restored)
+    }
+
+    /// The status of an epoch this instance merged into (see [`Room`]).
+    fn merged_status(&self) -> EpochStatus {
+        match self.freshness {
+            Freshness::Fresh => EpochStatus::Current,
+            Freshness::Joined => EpochStatus::ReceiveOnly,
+            Freshness::Reloaded => EpochStatus::Restored,
+        }
     }
 
     fn epoch_keys(
         &self,
         epoch: u64,
         status: EpochStatus,
-        members: Vec<u32>,
+        members: Vec<MemberId>,
         token: ChannelToken,
         base: Vec<u8>,
     ) -> EpochKeys {
-        EpochKeys::new(
+        EpochKeys::assume_unique_for_key(
             epoch,
             status,
             self.config.suite,
@@ -711,7 +795,8 @@ impl<P: OpenMlsProvider> Room<P> {
     }
 
     /// `Staged` keys of the pending commit's epoch. Members follow RFC 9420 §12.3: removed
-    /// leaves go, then each add takes the leftmost blank leaf.
+    /// leaves go, then each add takes the leftmost blank leaf. (A member whose signature key
+    /// the commit changes keeps its old tag until the merged keys replace these.)
     fn staged_keys(&self, staged: &StagedCommit) -> Result<EpochKeys, RoomError> {
         let crypto = self.provider.crypto();
         let base = staged
@@ -728,20 +813,26 @@ impl<P: OpenMlsProvider> Room<P> {
             .remove_proposals()
             .map(|r| leaf_u32(r.remove_proposal().removed()))
             .collect();
-        let mut members: Vec<u32> = self
+        let mut members: Vec<MemberId> = self
             .group
             .members()
-            .map(|m| leaf_u32(m.index))
-            .filter(|l| !removed.contains(l))
+            .map(|m| member_id(leaf_u32(m.index), &m.signature_key))
+            .filter(|m| !removed.contains(&m.leaf))
             .collect();
         members.sort_unstable();
         let mut candidate = 0u32;
-        for _ in staged.add_proposals() {
-            while members.binary_search(&candidate).is_ok() {
+        for add in staged.add_proposals() {
+            let key = add
+                .add_proposal()
+                .key_package()
+                .leaf_node()
+                .signature_key()
+                .as_slice();
+            while members.binary_search_by_key(&candidate, |m| m.leaf).is_ok() {
                 candidate = candidate.saturating_add(1);
             }
-            if let Err(at) = members.binary_search(&candidate) {
-                members.insert(at, candidate);
+            if let Err(at) = members.binary_search_by_key(&candidate, |m| m.leaf) {
+                members.insert(at, member_id(candidate, key));
             }
         }
         Ok(self.epoch_keys(
@@ -777,6 +868,7 @@ impl<P: OpenMlsProvider> Room<P> {
         let keys = self.staged_keys(staged)?;
         self.pending = Some(Pending {
             message: message.clone(),
+            made_here: true,
         });
         Ok(Commit {
             message,
@@ -871,14 +963,19 @@ impl<P: OpenMlsProvider> Room<P> {
     /// Merges this member's pending commit (the relay ordered it). Returns the events,
     /// including the new epoch's `Current` keys.
     pub fn confirm_pending(&mut self) -> Result<Vec<RoomEvent>, RoomError> {
-        if self.pending.is_none() {
+        let Some(made_here) = self.pending.as_ref().map(|p| p.made_here) else {
             return Err(RoomError::NoPendingCommit);
-        }
+        };
         let before = self.member_map();
         self.group
             .merge_pending_commit(&self.provider)
             .map_err(|_| RoomError::Storage)?;
         self.pending = None;
+        if made_here {
+            // The new epoch holds this instance's fresh path secret: no other instance of
+            // this member can have reached it.
+            self.freshness = Freshness::Fresh;
+        }
         self.after_merge(before)
     }
 
@@ -934,7 +1031,7 @@ impl<P: OpenMlsProvider> Room<P> {
                 _ => None,
             })
             .collect();
-        let keys = self.current_keys(EpochStatus::Current)?;
+        let keys = self.current_keys(self.merged_status())?;
         events.push(RoomEvent::Keys(keys.with_departed(departed)));
         Ok(events)
     }
@@ -961,8 +1058,12 @@ impl<P: OpenMlsProvider> Room<P> {
             .group
             .process_message(&self.provider, message)
             .map_err(|e| rejection(&e))?;
+        let own_leaf = openmls::prelude::Sender::Member(self.group.own_leaf_index());
+        let from_own_leaf = *processed.sender() == own_leaf;
         match processed.into_content() {
-            ProcessedMessageContent::StagedCommitMessage(staged) => self.merge_foreign(*staged),
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                self.merge_foreign(*staged, from_own_leaf)
+            }
             ProcessedMessageContent::ProposalMessage(proposal) => {
                 self.group
                     .store_pending_proposal(self.provider.storage(), *proposal)
@@ -975,7 +1076,17 @@ impl<P: OpenMlsProvider> Room<P> {
         }
     }
 
-    fn merge_foreign(&mut self, staged: StagedCommit) -> Result<Vec<RoomEvent>, RoomError> {
+    /// Merges a commit this instance did not make. `from_own_leaf`: it was signed for this
+    /// member's own leaf, so another instance of this member exists (loaded from the same
+    /// storage) and may seal in the epochs from here on.
+    fn merge_foreign(
+        &mut self,
+        staged: StagedCommit,
+        from_own_leaf: bool,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        if from_own_leaf {
+            self.freshness = Freshness::Reloaded;
+        }
         let mut events = Vec::new();
         if self.pending.take().is_some() {
             self.group
@@ -999,7 +1110,9 @@ impl<P: OpenMlsProvider> Room<P> {
         let mut merged = self.after_merge(before)?;
         // The merged epoch's exporter must equal what the staged commit gave.
         if let Some(RoomEvent::Keys(keys)) = merged.last() {
-            if keys.base_key() != staged_keys.base_key() || keys.token != staged_keys.token {
+            if keys.expose_base_key() != staged_keys.expose_base_key()
+                || keys.token() != staged_keys.token()
+            {
                 return Err(RoomError::Internal);
             }
         }

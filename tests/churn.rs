@@ -108,7 +108,7 @@ impl Node {
     ) {
         for e in events {
             if let RoomEvent::Keys(keys) = e {
-                self.merged(keys.epoch, agreed);
+                self.merged(keys.epoch(), agreed);
                 self.media.apply(keys, now).unwrap();
             }
         }
@@ -166,9 +166,9 @@ fn soak(p: &Soak) -> Counts {
 
     let mut founder = Node::new(identity("n0"), t0);
     let (room, keys) = Room::create(founder.id.take().unwrap(), config.clone()).unwrap();
-    founder.join_epoch = Some(keys.epoch);
+    founder.join_epoch = Some(keys.epoch());
     founder.room = Some(room);
-    founder.merged(keys.epoch, &mut agreed);
+    founder.merged(keys.epoch(), &mut agreed);
     founder.media.apply(keys, t0).unwrap();
     nodes.push(founder);
 
@@ -190,9 +190,9 @@ fn soak(p: &Soak) -> Counts {
                     Msg::Welcome(w) => {
                         let id = node.id.take().unwrap();
                         let (room, keys) = Room::join(id, config.clone(), &w).unwrap();
-                        node.join_epoch = Some(keys.epoch);
+                        node.join_epoch = Some(keys.epoch());
                         node.room = Some(room);
-                        node.merged(keys.epoch, &mut agreed);
+                        node.merged(keys.epoch(), &mut agreed);
                         node.media.apply(keys, now).unwrap();
                     }
                     Msg::Commit(bytes) => {

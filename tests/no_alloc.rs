@@ -45,19 +45,19 @@ fn seal_and_open_do_not_allocate() {
 
 #[test]
 fn media_session_seal_and_open_do_not_allocate() {
-    use sotto::keys::KidLayout;
+    use sotto::keys::{KidLayout, MemberId};
     use sotto::media::{ChannelToken, EpochKeys, EpochStatus, MediaConfig, MediaSession};
     use std::time::{Duration, Instant};
     let t0 = Instant::now();
     let suite = CipherSuite::AesCtr128HmacSha256_80;
     let keys = |own| {
-        EpochKeys::new(
+        EpochKeys::assume_unique_for_key(
             3,
             EpochStatus::Current,
             suite,
             KidLayout::default(),
             0,
-            vec![0, 1, 2],
+            (0..3).map(|leaf| MemberId { leaf, tag: 0 }).collect(),
             own,
             ChannelToken([1; 16]),
             vec![9; suite.key_len()],

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use sotto::frame::{CipherSuite, FrameError, FrameSealer, Header};
-use sotto::keys::{KeyError, KidLayout};
+use sotto::keys::{KeyError, KidLayout, MemberId};
 use sotto::media::{ChannelToken, EpochKeys, EpochStatus, MediaConfig, MediaSession};
 
 /// `Probe::<T>::IS_CLONE` is true exactly when `T: Clone` (inherent items win over trait
@@ -35,13 +35,13 @@ fn sealers_and_sessions_cannot_be_cloned() {
 const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
 
 fn keys(epoch: u64, status: EpochStatus, base: u8) -> EpochKeys {
-    EpochKeys::new(
+    EpochKeys::assume_unique_for_key(
         epoch,
         status,
         SUITE,
         KidLayout::new(8, 2).unwrap(), // 4 slots: eviction comes quickly
         0,
-        vec![0, 1],
+        vec![MemberId { leaf: 0, tag: 0 }, MemberId { leaf: 1, tag: 1 }],
         0,
         ChannelToken([epoch as u8; 16]),
         vec![base; SUITE.key_len()],

@@ -229,7 +229,7 @@ impl Net {
                             RelayMessage::parse(&datagram)
                         {
                             let media = self.nodes[i].member.media_mut();
-                            if media.sender_of(frame).ok() == Some(leaf) {
+                            if media.member_of(frame).ok().map(|m| m.leaf) == Some(leaf) {
                                 self.probed.0 += 1;
                                 if media.open(frame, &mut BytesMut::new(), now).is_ok() {
                                     self.probed.1 += 1;
@@ -576,7 +576,10 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
                 RelayMessage::Media { frame, .. } if *at >= cutoff => {
                     media_after += 1;
                     assert!(!carol_frames.contains(frame), "carol's frame reached {i}");
-                    assert_ne!(node.member.media().sender_of(frame).unwrap(), removal.leaf);
+                    assert_ne!(
+                        node.member.media().member_of(frame).unwrap().leaf,
+                        removal.leaf
+                    );
                 }
                 RelayMessage::Media { frame, .. } if carol_grace_frames.contains(frame) => {
                     grace_deliveries += 1;

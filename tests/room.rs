@@ -185,7 +185,7 @@ fn reused_leaf_gets_different_keys() {
     let kp = dave.key_package().unwrap();
     let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = commit.welcome.clone().unwrap();
-    let dave_base = commit.keys.base_key().to_vec();
+    let dave_base = commit.keys.expose_base_key().to_vec();
     deliver_commit(&mut m, 0, commit, t1);
     let mut dave = Member::join(dave, config.clone(), MediaConfig::default(), &welcome, t1);
     assert_eq!(

@@ -117,7 +117,7 @@ fn reload_from_sqlite_and_continue() {
         config.clone(),
     )
     .unwrap();
-    assert_eq!(keys.status, EpochStatus::Restored);
+    assert_eq!(keys.status(), EpochStatus::Restored);
     assert_eq!(
         (
             alice.epoch(),

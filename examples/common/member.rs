@@ -35,6 +35,7 @@ use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, ReceiverStats};
 use sotto::frame::Header;
+use sotto::keys::MemberId;
 use sotto::media::{ChannelToken, EpochKeys, MediaConfig, MediaSession};
 use sotto::relay::{ClientError, ClientEvent, Cookie, ErrorCode, RelayClient};
 use sotto::room::{
@@ -199,7 +200,7 @@ pub struct Member {
     removed_at: Option<Instant>,
     media: MediaSession,
     sender: AudioSender,
-    receivers: BTreeMap<u32, AudioReceiver>,
+    receivers: BTreeMap<MemberId, AudioReceiver>,
     names: BTreeMap<u32, String>,
     departed: Vec<SenderReport>,
     client: RelayClient,
@@ -404,9 +405,9 @@ impl Member {
     /// What each sender's stream gave, departed senders included.
     pub fn senders(&self) -> Vec<SenderReport> {
         let mut all = self.departed.clone();
-        all.extend(self.receivers.iter().map(|(leaf, r)| SenderReport {
-            leaf: *leaf,
-            pseudonym: self.names.get(leaf).cloned().unwrap_or_default(),
+        all.extend(self.receivers.iter().map(|(id, r)| SenderReport {
+            leaf: id.leaf,
+            pseudonym: self.names.get(&id.leaf).cloned().unwrap_or_default(),
             present: true,
             stats: r.stats(),
         }));
@@ -731,11 +732,12 @@ impl Member {
             self.stats.media_unrouted += 1;
             return;
         }
-        let Ok(leaf) = self.media.sender_of(frame) else {
+        let Ok(member) = self.media.member_of(frame) else {
             self.stats.media_unrouted += 1;
             return;
         };
-        let Some(r) = self.receivers.get_mut(&leaf) else {
+        let leaf = member.leaf;
+        let Some(r) = self.receivers.get_mut(&member) else {
             self.stats.media_unrouted += 1;
             return;
         };
@@ -818,7 +820,17 @@ impl Member {
         for event in events {
             match event {
                 RoomEvent::Keys(keys) => self.apply_keys(keys, now),
-                RoomEvent::MemberRemoved { leaf } => self.drop_receiver(leaf),
+                RoomEvent::MemberRemoved { leaf } => {
+                    let ids: Vec<MemberId> = self
+                        .receivers
+                        .keys()
+                        .copied()
+                        .filter(|id| id.leaf == leaf)
+                        .collect();
+                    for id in ids {
+                        self.drop_receiver(id);
+                    }
+                }
                 RoomEvent::EpochChanged { .. } => self.stats.epoch_changes += 1,
                 RoomEvent::RemovedFromRoom => {
                     self.removed = true;
@@ -840,9 +852,10 @@ impl Member {
         }
     }
 
-    fn drop_receiver(&mut self, leaf: u32) {
+    fn drop_receiver(&mut self, id: MemberId) {
+        let leaf = id.leaf;
         self.heard.remove(&leaf);
-        if let Some(r) = self.receivers.remove(&leaf) {
+        if let Some(r) = self.receivers.remove(&id) {
             self.departed.push(SenderReport {
                 leaf,
                 pseudonym: self.names.get(&leaf).cloned().unwrap_or_default(),
@@ -859,31 +872,31 @@ impl Member {
             return;
         };
         if self.removed {
-            let leaves: Vec<u32> = self.receivers.keys().copied().collect();
-            for leaf in leaves {
-                self.drop_receiver(leaf);
+            let ids: Vec<MemberId> = self.receivers.keys().copied().collect();
+            for id in ids {
+                self.drop_receiver(id);
             }
             return;
         }
         let own = room.own_leaf();
-        let members: Vec<(u32, String)> = room
+        let members: Vec<(MemberId, String)> = room
             .members()
             .into_iter()
             .filter(|m| m.leaf != own)
-            .map(|m| (m.leaf, String::from_utf8_lossy(&m.pseudonym).into_owned()))
+            .map(|m| (m.id, String::from_utf8_lossy(&m.pseudonym).into_owned()))
             .collect();
-        let gone: Vec<u32> = self
+        let gone: Vec<MemberId> = self
             .receivers
             .keys()
             .copied()
-            .filter(|l| !members.iter().any(|(m, _)| m == l))
+            .filter(|id| !members.iter().any(|(m, _)| m == id))
             .collect();
-        for leaf in gone {
-            self.drop_receiver(leaf);
+        for id in gone {
+            self.drop_receiver(id);
         }
-        for (leaf, name) in members {
-            self.names.insert(leaf, name);
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.receivers.entry(leaf) {
+        for (id, name) in members {
+            self.names.insert(id.leaf, name);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.receivers.entry(id) {
                 match AudioReceiver::new(&self.audio) {
                     Ok(r) => {
                         slot.insert(r);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioReceiver, AudioSender, Pulled, SAMPLE_RATE};
+use sotto::keys::MemberId as SenderId;
 use sotto::media::{ChannelToken, MediaConfig, MediaSession};
 use sotto::room::{Commit, Identity, Room, RoomConfig, RoomEvent, SafetyCode};
 
@@ -128,7 +129,7 @@ struct Member {
     room: Room<OpenMlsRustCrypto>,
     media: MediaSession,
     sender: AudioSender,
-    receivers: BTreeMap<u32, AudioReceiver>,
+    receivers: BTreeMap<SenderId, AudioReceiver>,
     voice: Voice,
     tokens_seen: HashSet<ChannelToken>,
     subscribed: Vec<ChannelToken>,
@@ -317,7 +318,7 @@ pub fn run(options: &Options) -> Report {
         }
 
         // Everyone speaks: one packet per 20 ms, speech or silence.
-        let listener_leaves: Vec<u32> = members[0].receivers.keys().copied().collect();
+        let listener_leaves: Vec<u32> = members[0].receivers.keys().map(|id| id.leaf).collect();
         plain_mix.iter_mut().for_each(|s| *s = 0);
         for m in members.iter_mut().filter(|m| !m.gone) {
             m.voice.fill(&mut pcm);
@@ -587,11 +588,11 @@ fn process_inbox(m: &mut Member, now: Instant) {
         }
         match delivery {
             Delivery::Media(packet) => {
-                let Ok(leaf) = m.media.sender_of(&packet) else {
+                let Ok(member) = m.media.member_of(&packet) else {
                     continue;
                 };
                 let began = Instant::now();
-                if let Some(r) = m.receivers.get_mut(&leaf) {
+                if let Some(r) = m.receivers.get_mut(&member) {
                     r.push(&packet, &mut m.media, now);
                     m.report.open_ns += began.elapsed().as_nanos();
                     m.report.opens += 1;
@@ -611,7 +612,7 @@ fn handle_events(m: &mut Member, events: Vec<RoomEvent>, now: Instant) {
         match e {
             RoomEvent::Keys(keys) => m.media.apply(keys, now).expect("keys"),
             RoomEvent::MemberRemoved { leaf } => {
-                m.receivers.remove(&leaf);
+                m.receivers.retain(|id, _| id.leaf != leaf);
             }
             RoomEvent::RemovedFromRoom => {
                 m.gone = true;
@@ -627,16 +628,16 @@ fn handle_events(m: &mut Member, events: Vec<RoomEvent>, now: Instant) {
 fn settle(members: &mut [Member]) {
     for m in members.iter_mut().filter(|m| !m.gone) {
         let own = m.room.own_leaf();
-        let leaves: Vec<u32> = m
+        let ids: Vec<SenderId> = m
             .room
             .members()
             .iter()
-            .map(|i| i.leaf)
-            .filter(|l| *l != own)
+            .map(|i| i.id)
+            .filter(|id| id.leaf != own)
             .collect();
-        m.receivers.retain(|leaf, _| leaves.contains(leaf));
-        for leaf in leaves {
-            m.receivers.entry(leaf).or_insert_with(|| {
+        m.receivers.retain(|id, _| ids.contains(id));
+        for id in ids {
+            m.receivers.entry(id).or_insert_with(|| {
                 AudioReceiver::new(&AudioConfig::default()).expect("audio config")
             });
         }

@@ -42,7 +42,7 @@ mod vectors;
 
 pub use aead::{AeadKey, Nonce};
 pub use header::Header;
-pub use opener::{FrameOpener, Opened};
+pub use opener::{FrameOpener, Opened, DEFAULT_FAILURE_BUDGET};
 pub use replay::{DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW, MIN_REPLAY_WINDOW};
 pub use schedule::KeyMaterial;
 pub use sealer::FrameSealer;
@@ -78,6 +78,10 @@ pub enum FrameError {
     /// The frame did not authenticate (wrong key, tampered bytes, wrong metadata, ...).
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// The key has seen as many authentication failures as its budget allows
+    /// ([`FrameOpener::with_failure_budget`]) and opens nothing more.
+    #[error("key retired after too many authentication failures")]
+    KeyRetired,
     /// The sealer has used every counter value; a new key is needed.
     #[error("frame counter exhausted")]
     CounterExhausted,

@@ -26,7 +26,18 @@ struct ReceiveKey {
     key: AeadKey,
     salt: Zeroizing<[u8; CipherSuite::NONCE_LEN]>,
     window: ReplayWindow,
+    /// Frames under this key that failed authentication.
+    failures: u32,
 }
+
+/// Authentication failures a key tolerates before it opens nothing more
+/// ([`FrameOpener::with_failure_budget`]).
+///
+/// Genuine traffic does not fail authentication (datagrams with bit errors are dropped by
+/// the UDP checksum), so failures are an injector guessing tags. With the 32-bit tag of
+/// `AES_128_CTR_HMAC_SHA256_32`, 1,024 guesses succeed with probability at most
+/// 2^10 × 2^-32 = 2^-22 over the key's whole life; with 64 bits and more, 2^-54 or less.
+pub const DEFAULT_FAILURE_BUDGET: u32 = 1024;
 
 /// Receiving keys by KID, each with a replay window.
 ///
@@ -35,6 +46,7 @@ struct ReceiveKey {
 pub struct FrameOpener {
     keys: IntMap<u64, ReceiveKey>,
     window: usize,
+    failure_budget: u32,
     scratch: Vec<u8>,
 }
 
@@ -92,8 +104,22 @@ impl FrameOpener {
         FrameOpener {
             keys: IntMap::default(),
             window: effective_window(counters),
+            failure_budget: DEFAULT_FAILURE_BUDGET,
             scratch: Vec::new(),
         }
+    }
+
+    /// This opener with a budget of `failures` authentication failures per key: once a
+    /// key has seen that many, it opens nothing more ([`FrameError::KeyRetired`]) until it
+    /// is installed anew under another key. Default [`DEFAULT_FAILURE_BUDGET`].
+    pub fn with_failure_budget(mut self, failures: u32) -> FrameOpener {
+        self.failure_budget = failures;
+        self
+    }
+
+    /// Authentication failures seen so far under `kid`'s key.
+    pub fn failures(&self, kid: u64) -> Option<u32> {
+        self.keys.get(&kid).map(|k| k.failures)
     }
 
     /// Counters each key's replay window covers.
@@ -123,6 +149,7 @@ impl FrameOpener {
             key: AeadKey::new(suite, km.sframe_key())?,
             salt: Zeroizing::new(*km.sframe_salt()),
             window: ReplayWindow::new(self.window),
+            failures: 0,
         };
         self.keys.insert(kid, key);
         Ok(())
@@ -175,7 +202,8 @@ impl FrameOpener {
         let dst = out
             .get_mut(start..)
             .ok_or(FrameError::BufferTooSmall { needed })?;
-        let result = open_with(key, &mut self.scratch, metadata, &parsed, dst);
+        let budget = self.failure_budget;
+        let result = open_with(key, budget, &mut self.scratch, metadata, &parsed, dst);
         if result.is_err() {
             out.truncate(start);
         }
@@ -204,21 +232,32 @@ impl FrameOpener {
         let dst = out
             .get_mut(..needed)
             .ok_or(FrameError::BufferTooSmall { needed })?;
-        open_with(key, &mut self.scratch, metadata, &parsed, dst)
+        open_with(
+            key,
+            self.failure_budget,
+            &mut self.scratch,
+            metadata,
+            &parsed,
+            dst,
+        )
     }
 }
 
-/// Replay screen, authenticate and decrypt into `dst` (exactly the ciphertext length),
-/// then record the counter.
+/// Failure budget and replay screen, authenticate and decrypt into `dst` (exactly the
+/// ciphertext length), then record the counter.
 #[inline]
 fn open_with(
     key: &mut ReceiveKey,
+    failure_budget: u32,
     scratch: &mut Vec<u8>,
     metadata: &[u8],
     parsed: &Parsed<'_>,
     dst: &mut [u8],
 ) -> Result<Opened, FrameError> {
     let ctr = parsed.header.ctr;
+    if key.failures >= failure_budget {
+        return Err(FrameError::KeyRetired);
+    }
     key.window.check(ctr)?;
     let dst = dst
         .get_mut(..parsed.ct.len())
@@ -231,7 +270,10 @@ fn open_with(
         metadata,
     };
     let nonce = nonce_for(&key.salt, ctr);
-    key.key.open_parts(&nonce, aad, scratch, dst, parsed.tag)?;
+    if let Err(e) = key.key.open_parts(&nonce, aad, scratch, dst, parsed.tag) {
+        key.failures = key.failures.saturating_add(1);
+        return Err(e);
+    }
     key.window.record(ctr);
     Ok(Opened {
         kid: parsed.header.kid,
