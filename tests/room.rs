@@ -20,7 +20,9 @@ fn three_members_agree_and_open_each_other() {
         t0,
     );
     let epoch = m[0].room.epoch();
-    assert_eq!(epoch, 1);
+    // The invite, then bob's and carol's first own commits (joiners seal only in epochs
+    // that descend from their own commit).
+    assert_eq!(epoch, 3);
     let token = m[0].room.channel_token().unwrap();
     let code = m[0].room.safety_code();
     for x in &m {
@@ -48,7 +50,7 @@ fn three_members_agree_and_open_each_other() {
         .collect();
     assert!(fps[0] != fps[1] && fps[1] != fps[2]);
 
-    // After the switch delay, everyone seals in epoch 1.
+    // After the switch delay, everyone seals in the current epoch.
     let t = t0 + Duration::from_secs(1);
     let layout = KidLayout::default();
     for i in 0..3 {
@@ -87,6 +89,7 @@ fn removal_cuts_off_and_newcomer_cannot_read_the_past() {
         t0,
     );
     let t1 = t0 + Duration::from_secs(2);
+    let e0 = m[0].room.epoch();
     let carol_leaf = m[2].room.own_leaf();
     let carol_token = m[2].room.channel_token().unwrap();
     let commit = m[0].room.remove(&[carol_leaf]).unwrap();
@@ -108,7 +111,7 @@ fn removal_cuts_off_and_newcomer_cannot_read_the_past() {
     // After the switch delay, alice and bob seal in epoch 2: carol opens nothing of it.
     let t2 = t1 + ms(1001);
     let a = m[0].seal(b"alice in epoch 2", t2);
-    assert_eq!(m[0].media.sending_epoch(), Some(2));
+    assert_eq!(m[0].media.sending_epoch(), Some(e0 + 1));
     assert!(m[2].open(&a, t2).is_err());
     assert!(m[1].open(&a, t2).is_ok());
 
@@ -124,9 +127,10 @@ fn removal_cuts_off_and_newcomer_cannot_read_the_past() {
             leaf: u64::from(carol_leaf)
         }
     );
-    assert!(m[1].media.ring().unwrap().holds(1));
-    // Once the grace period has passed, the whole epoch is gone.
-    let t3 = t1 + Duration::from_secs(10) + ms(1);
+    assert!(m[1].media.ring().unwrap().holds(e0));
+    // The commit removed someone, so the old epoch closes for every sender one switch
+    // delay plus the removal skew (250 ms) after the merge, not after the grace period.
+    let t3 = t1 + ms(1250);
     let c = m[2].seal(b"carol, later", t3);
     assert_eq!(m[1].open(&c, t3).unwrap_err(), KeyError::EpochExpired);
     assert_eq!(m[0].open(&c, t3).unwrap_err(), KeyError::EpochExpired);
@@ -145,7 +149,7 @@ fn removal_cuts_off_and_newcomer_cannot_read_the_past() {
         &welcome,
         t3,
     );
-    assert_eq!(dave.room.epoch(), 3);
+    assert_eq!(dave.room.epoch(), e0 + 2);
     assert!(dave.open(&a, t3).is_err());
     let b_old = m[1].seal(b"bob, still epoch 2", t3);
     assert!(dave.open(&b_old, t3).is_err());
@@ -156,10 +160,10 @@ fn removal_cuts_off_and_newcomer_cannot_read_the_past() {
 
 #[test]
 fn reused_leaf_gets_different_keys() {
-    // E = 1: epochs 1 and 3 share KID bits, so carol (leaf 2, epoch 1) and dave (leaf 2,
-    // epoch 3) seal under the very same KID — but with different keys.
+    // E = 2: epochs 3 and 7 share KID bits, so carol (leaf 2, epoch 3) and dave (leaf 2,
+    // epoch 7) seal under the very same KID — but with different keys.
     let config = RoomConfig {
-        layout: KidLayout::new(8, 1).unwrap(),
+        layout: KidLayout::new(8, 2).unwrap(),
         ..RoomConfig::default()
     };
     let t0 = Instant::now();
@@ -185,14 +189,20 @@ fn reused_leaf_gets_different_keys() {
     let kp = dave.key_package().unwrap();
     let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = commit.welcome.clone().unwrap();
-    let dave_base = commit.keys.expose_base_key().to_vec();
     deliver_commit(&mut m, 0, commit, t1);
-    let mut dave = Member::join(dave, config.clone(), MediaConfig::default(), &welcome, t1);
+    let dave = Member::join(dave, config.clone(), MediaConfig::default(), &welcome, t1);
     assert_eq!(
         dave.room.own_leaf(),
         carol_leaf,
         "MLS reuses the blank leaf"
     );
+    m.push(dave);
+    common::speak(&mut m, 2, t1);
+    let commit = m[0].room.self_update().unwrap();
+    let dave_base = commit.keys.expose_base_key().to_vec();
+    deliver_commit(&mut m, 0, commit, t1);
+    assert_eq!(m[0].room.epoch(), 7);
+    let mut dave = m.pop().unwrap();
     // A newcomer, too, starts sealing after the switch delay.
     assert!(dave
         .media
@@ -211,16 +221,15 @@ fn reused_leaf_gets_different_keys() {
     );
     let suite = config.suite;
     let k_dave = KeyMaterial::derive(suite, dave_kid, &dave_base).unwrap();
-    let k_epoch1 = m[0]
-        .room
-        .export_secret("SFrame 1.0 Base Key", b"", suite.key_len())
-        .unwrap();
-    let k_other = KeyMaterial::derive(suite, dave_kid, &k_epoch1).unwrap();
-    assert_eq!(
-        k_dave.sframe_key(),
-        k_other.sframe_key(),
-        "epoch 3 key is dave's"
+    let mut opener = sotto::frame::FrameOpener::new();
+    opener.insert_key(dave_kid, suite, &dave_base).unwrap();
+    assert!(
+        opener
+            .open(b"", &dave_frame, &mut bytes::BytesMut::new())
+            .is_ok(),
+        "epoch 7 key is dave's"
     );
+    assert_ne!(k_dave.sframe_key(), &[0u8; 16][..]);
     assert_ne!(dave_base, vec![0u8; dave_base.len()]);
 }
 
@@ -265,6 +274,7 @@ fn no_gap_when_one_receiver_is_800ms_late() {
         failures: Vec::new(),
         opened: 0,
     };
+    let e0 = m[0].room.epoch();
     let start = t0 + Duration::from_secs(1);
     let commit_at = start + Duration::from_secs(1);
     let late_at = commit_at + ms(800);
@@ -291,9 +301,9 @@ fn no_gap_when_one_receiver_is_800ms_late() {
         &call.failures[..call.failures.len().min(5)]
     );
     assert_eq!(call.opened, 200 * 4 * 3);
-    // Everyone ended in epoch 2 and agrees.
+    // Everyone ended in the next epoch and agrees.
     for x in &m {
-        assert_eq!(x.media.sending_epoch(), Some(2));
+        assert_eq!(x.media.sending_epoch(), Some(e0 + 1));
         assert_eq!(x.room.safety_code(), m[0].room.safety_code());
     }
 }
@@ -381,6 +391,7 @@ fn concurrent_commits_loser_is_told_and_can_retry() {
         MediaConfig::default(),
         t0,
     );
+    let e0 = m[0].room.epoch();
     let a = m[0].room.self_update().unwrap();
     assert_eq!(
         m[0].room.self_update().unwrap_err(),
@@ -398,20 +409,20 @@ fn concurrent_commits_loser_is_told_and_can_retry() {
     let events = m[1].process(&b.message, t0); // bob's own commit comes back: confirmed
     assert!(events
         .iter()
-        .any(|e| matches!(e, RoomEvent::EpochChanged { epoch: 2 })));
+        .any(|e| matches!(e, RoomEvent::EpochChanged { epoch } if *epoch == e0 + 1)));
     // Alice's commit is now for a past epoch.
     assert_eq!(
         m[2].room.process(&a.message).unwrap_err(),
         RoomError::Rejected(sotto::room::Rejection::WrongEpoch)
     );
     for x in &m {
-        assert_eq!(x.room.epoch(), 2);
+        assert_eq!(x.room.epoch(), e0 + 1);
         assert_eq!(x.room.safety_code(), m[0].room.safety_code());
     }
     // Alice retries.
     let a = m[0].room.self_update().unwrap();
     deliver_commit(&mut m, 0, a, t0);
-    assert_eq!(m[2].room.epoch(), 3);
+    assert_eq!(m[2].room.epoch(), e0 + 2);
     assert_eq!(
         m[0].room.discard_pending().unwrap_err(),
         RoomError::NoPendingCommit

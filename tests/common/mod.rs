@@ -132,7 +132,17 @@ pub fn room_of(
     for id in ids {
         members.push(Member::join(id, config.clone(), media, &welcome, now));
     }
+    for i in 1..members.len() {
+        speak(&mut members, i, now);
+    }
     members
+}
+
+/// A joined member's first own commit (a self-update), delivered to everyone: joiners
+/// seal only in epochs that descend from their own commit.
+pub fn speak(members: &mut [Member], who: usize, now: Instant) {
+    let commit = members[who].room.self_update().unwrap();
+    deliver_commit(members, who, commit, now);
 }
 
 pub fn ms(n: u64) -> Duration {
