@@ -263,6 +263,11 @@ pub struct KeyRing {
     grace: Duration,
     slots: Vec<Option<EpochSlot>>,
     current: Option<u64>,
+    /// The newest epoch made by a commit that removed someone ([`cut_off_before`]): frames
+    /// of it and later epochs cannot come from a removed member.
+    ///
+    /// [`cut_off_before`]: Self::cut_off_before
+    removal_epoch: Option<u64>,
     opener: FrameOpener,
 }
 
@@ -287,6 +292,7 @@ impl KeyRing {
             grace,
             slots,
             current: None,
+            removal_epoch: None,
             opener: FrameOpener::with_replay_window(replay_window)
                 .with_failure_budget(failure_budget),
         }
@@ -449,6 +455,7 @@ impl KeyRing {
     /// commit that removed someone, the older epochs' base keys are known to someone who is
     /// no longer a member and can seal under *any* sender's KID of those epochs.
     pub fn cut_off_before(&mut self, epoch: u64, at: Instant) {
+        self.removal_epoch = Some(self.removal_epoch.map_or(epoch, |e| e.max(epoch)));
         for slot in self.slots.iter_mut().flatten() {
             if slot.epoch < epoch {
                 slot.expires_at = Some(slot.expires_at.map_or(at, |t| t.min(at)));
@@ -589,7 +596,10 @@ impl KeyRing {
                 .insert_key(header.kid, self.suite, &slot.base_key)?;
             slot.derived.insert(at, leaf);
         }
-        let first_here = slot.opened.binary_search(&leaf).err();
+        // A frame of an epoch a removed member may hold proves nothing about its sender:
+        // the removed member could have forged it to cut a slow sender's genuine frames off.
+        let trusted = self.removal_epoch.is_some_and(|r| epoch >= r);
+        let first_here = slot.opened.binary_search(&leaf).err().filter(|_| trusted);
         let opened = self.opener.open(&[], frame, out)?;
         if let Some(at) = first_here {
             // Recorded only once a frame authenticated, so forged frames cannot supersede
@@ -608,8 +618,9 @@ impl KeyRing {
         })
     }
 
-    /// `member` sealed in `epoch`: its frames of older epochs above what opened so far
-    /// would play after that, so they are refused from now on.
+    /// `member` sealed in `epoch`, an epoch no removed member holds: its frames of older
+    /// epochs above what opened so far would play after that, so they are refused from now
+    /// on (a removed member holding those epochs' keys could have sealed them).
     fn supersede_before(&mut self, epoch: u64, member: MemberId) {
         for slot in self.slots.iter_mut().flatten() {
             if slot.epoch >= epoch
@@ -828,6 +839,8 @@ mod tests {
         )
         .unwrap();
         r.set_current(6, t0);
+        // Epoch 6 came with a removal: its frames cannot come from the removed member.
+        r.cut_off_before(6, t0 + Duration::from_secs(1));
         // A forged frame in epoch 6 (wrong key) does not supersede anything.
         let mut forged =
             FrameSealer::new(SUITE, r.layout().compose(0, 1, 6).unwrap(), &[9; 16]).unwrap();

@@ -12,6 +12,14 @@
 //! opened by the newcomer. Every member that reached an epoch agrees on its token and
 //! safety code.
 //!
+//! Joiners seal only from their first own commit on (a self-update they make as soon as
+//! they are up to date). Every (epoch, KID, CTR) sealed is checked to be unique. Rogue
+//! removed members also forge frames under every remaining member's KID of their last
+//! epoch, each with the victim's next counter (pre-empting its genuine frame): counted, and
+//! required to be 0, are forged frames opened more than one switch delay plus the removal
+//! skew after the receiver merged the removal, and genuine frames lost for any other
+//! reason than such pre-emption inside that window (reported).
+//!
 //! KID epoch bits bound how many epochs can be in flight: a sender seals in an epoch up to
 //! switch delay + handshake delay (1.8 s) after a faster member merged a newer one, and the
 //! receiver must tell that epoch apart from the next ones (half the `2^E` slots). The fast
@@ -26,6 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::{identity, MemRoom, Rng};
 use openmls_rust_crypto::OpenMlsRustCrypto;
+use sotto::frame::{FrameError, FrameSealer};
 use sotto::keys::{KeyError, KidLayout};
 use sotto::media::{ChannelToken, MediaConfig, MediaSession};
 use sotto::room::{Identity, Room, RoomConfig, RoomEvent, SafetyCode};
@@ -37,6 +46,12 @@ const GRACE: Duration = Duration::from_secs(10);
 const MAX_DELAY_MS: u64 = 800; // 80% of the switch delay
 /// How long a rogue removed member keeps sealing with its old keys.
 const ROGUE_FOR: Duration = Duration::from_secs(12);
+/// How long a rogue forges under other members' KIDs: past every receiver's window
+/// (commit + 800 ms delay + switch delay + skew = 2.6 s) and a little beyond.
+const FORGE_FOR: Duration = Duration::from_secs(3);
+/// Members merge a commit up to `MAX_DELAY_MS` apart, so that is the skew receivers allow
+/// after a removal.
+const SKEW: Duration = Duration::from_millis(MAX_DELAY_MS);
 
 enum Msg {
     Welcome(Vec<u8>),
@@ -58,13 +73,26 @@ struct Node {
     rogue: bool,
     /// Frames of an epoch not known yet, retried each tick (as the audio layer holds them).
     retry: Vec<(usize, Bytes, Instant)>,
+    /// When this node merged each epoch.
+    merged_at: HashMap<u64, Instant>,
+    /// Joined, and no own commit yet: may not seal.
+    needs_voice: bool,
+    /// The newest epoch's base key and members, as a rogue would keep them.
+    last_keys: Option<(u64, Vec<u8>, Vec<u32>)>,
+    /// The rogue's forging sealers: (victim leaf, sealer) in `last_keys`' epoch.
+    forgers: Vec<(u32, FrameSealer)>,
 }
 
 struct Frame {
     sender: usize,
     epoch: u64,
     sealed_at: Instant,
-    opened_by: Vec<u16>,
+    opened_by: Vec<(u16, Instant)>,
+    /// Receivers that refused it as replayed or too old: a forgery took its counter first.
+    preempted_at: Vec<u16>,
+    /// Other refusals, by receiver (for the report of what was lost and why).
+    refused: Vec<(u16, KeyError)>,
+    forged: bool,
 }
 
 impl Node {
@@ -75,6 +103,7 @@ impl Node {
             media: MediaSession::new(MediaConfig {
                 switch_delay: SWITCH,
                 grace: GRACE,
+                removal_skew: SKEW,
                 ..MediaConfig::default()
             }),
             inbox: VecDeque::new(),
@@ -84,6 +113,10 @@ impl Node {
             removed_at: None,
             rogue: false,
             retry: Vec::new(),
+            merged_at: HashMap::new(),
+            needs_voice: false,
+            last_keys: None,
+            forgers: Vec::new(),
         }
     }
 
@@ -108,14 +141,23 @@ impl Node {
     ) {
         for e in events {
             if let RoomEvent::Keys(keys) = e {
-                self.merged(keys.epoch(), agreed);
+                self.merged(&keys, now, agreed);
                 self.media.apply(keys, now).unwrap();
             }
         }
     }
 
-    fn merged(&mut self, epoch: u64, agreed: &mut HashMap<u64, (ChannelToken, SafetyCode)>) {
+    fn merged(
+        &mut self,
+        keys: &sotto::media::EpochKeys,
+        now: Instant,
+        agreed: &mut HashMap<u64, (ChannelToken, SafetyCode)>,
+    ) {
+        let epoch = keys.epoch();
         self.epochs.insert(epoch);
+        self.merged_at.insert(epoch, now);
+        let leaves = keys.members().iter().map(|m| m.leaf).collect();
+        self.last_keys = Some((epoch, keys.expose_base_key().to_vec(), leaves));
         let room = self.room.as_ref().unwrap();
         assert_eq!(room.epoch(), epoch);
         let seen = (room.channel_token().unwrap(), room.safety_code());
@@ -149,6 +191,24 @@ struct Counts {
     removed_opened_late: u64,
     newcomer_opened_past: u64,
     epochs_agreed: usize,
+    /// (epoch, KID, CTR) sealed twice (by genuine members).
+    nonce_reuse: u64,
+    /// Joiners' first own commits (after which they seal).
+    voiced: u64,
+    forged: u64,
+    /// Forged frames opened within switch delay + skew of the receiver's merge of the
+    /// removal (the documented window).
+    forged_opened_in_window: u64,
+    /// Forged frames opened after that window: must be 0.
+    forged_opened_after_window: u64,
+    /// Genuine frames a forgery displaced (took their counter first, or made them look
+    /// superseded).
+    preempted: u64,
+    /// Of those, sealed outside every rogue's window at that receiver: must be 0.
+    preempted_outside_window: u64,
+    /// Genuine frames lost for any other reason: must be 0.
+    lost_otherwise: u64,
+    lost_why: std::collections::BTreeMap<String, u64>,
 }
 
 #[allow(clippy::needless_range_loop)]
@@ -168,13 +228,15 @@ fn soak(p: &Soak) -> Counts {
     let (room, keys) = Room::create(founder.id.take().unwrap(), config.clone()).unwrap();
     founder.join_epoch = Some(keys.epoch());
     founder.room = Some(room);
-    founder.merged(keys.epoch(), &mut agreed);
+    founder.merged(&keys, t0, &mut agreed);
     founder.media.apply(keys, t0).unwrap();
     nodes.push(founder);
 
     let mut events = 0;
     let mut last_commit_tick = 0;
     let mut out = BytesMut::with_capacity(128);
+    let mut sealed: std::collections::HashSet<(u64, u64, u64)> = Default::default();
+    let mut next_ctr: HashMap<(u64, u64), u64> = HashMap::new();
     let mut tick: u64 = 0;
     while events < p.events || nodes.iter().any(|n| !n.inbox.is_empty()) {
         let now = t0 + TICK * u32::try_from(tick).unwrap();
@@ -192,7 +254,8 @@ fn soak(p: &Soak) -> Counts {
                         let (room, keys) = Room::join(id, config.clone(), &w).unwrap();
                         node.join_epoch = Some(keys.epoch());
                         node.room = Some(room);
-                        node.merged(keys.epoch(), &mut agreed);
+                        node.needs_voice = true;
+                        node.merged(&keys, now, &mut agreed);
                         node.media.apply(keys, now).unwrap();
                     }
                     Msg::Commit(bytes) => {
@@ -220,9 +283,18 @@ fn soak(p: &Soak) -> Counts {
         let members = active.len() + nodes.iter().filter(|n| n.id.is_some()).count();
         if events < p.events && tick >= last_commit_tick + p.spacing && !in_sync.is_empty() {
             last_commit_tick = tick;
-            let committer = in_sync[rng.below(in_sync.len() as u64) as usize];
+            // A joiner up to date makes its first own commit before anything else.
+            let voiceless = in_sync.iter().copied().find(|&i| nodes[i].needs_voice);
+            let committer =
+                voiceless.unwrap_or_else(|| in_sync[rng.below(in_sync.len() as u64) as usize]);
+            if nodes[committer].needs_voice {
+                c.voiced += 1;
+            }
+            nodes[committer].needs_voice = false;
             let roll = rng.below(100);
-            let kind = if members < 4 {
+            let kind = if voiceless.is_some() {
+                2
+            } else if members < 4 {
                 0
             } else if members >= MAX_MEMBERS {
                 1 + roll % 2
@@ -297,7 +369,40 @@ fn soak(p: &Soak) -> Counts {
             }
         }
 
-        // 3. Media: every node with a sending key seals; every other node tries to open.
+        // 3. Media. Rogues first forge under every remaining member's KID of their last
+        //    epoch, with each victim's next counter; then every node with a sending key
+        //    seals; every other node tries to open, in that order.
+        let mut packets: Vec<(usize, Bytes, bool)> = Vec::new();
+        for s in 0..nodes.len() {
+            let n = &mut nodes[s];
+            if !(n.rogue && n.removed_at.is_some_and(|t| now < t + FORGE_FOR)) {
+                continue;
+            }
+            let Some((epoch, base, leaves)) = n.last_keys.clone() else {
+                continue;
+            };
+            let own = n.room.as_ref().unwrap().own_leaf();
+            for leaf in leaves.into_iter().filter(|l| *l != own) {
+                let kid = p.layout.compose(0, u64::from(leaf), epoch).unwrap();
+                let ctr = next_ctr.get(&(epoch, kid)).copied().unwrap_or(0);
+                let at = match n.forgers.iter().position(|(l, _)| *l == leaf) {
+                    Some(at) => at,
+                    None => {
+                        let sealer = FrameSealer::new(config.suite, kid, &base).unwrap();
+                        n.forgers.push((leaf, sealer));
+                        n.forgers.len() - 1
+                    }
+                };
+                let forger = &mut n.forgers[at].1;
+                if forger.next_counter().unwrap() < ctr {
+                    *forger = FrameSealer::starting_at(config.suite, kid, &base, ctr).unwrap();
+                }
+                let mut packet = BytesMut::new();
+                forger.seal(b"", b"forged audio", &mut packet).unwrap();
+                packets.push((s, packet.freeze(), true));
+                c.forged += 1;
+            }
+        }
         for s in 0..nodes.len() {
             let n = &mut nodes[s];
             let sealing = n.room.is_some()
@@ -312,14 +417,31 @@ fn soak(p: &Soak) -> Counts {
                 Err(KeyError::NoSendingKey) => continue, // a newcomer's first switch delay
                 Err(e) => panic!("seal: {e:?}"),
             }
-            let packet = packet.freeze();
             let epoch = n.media.sending_epoch().unwrap();
+            let (h, _) = sotto::frame::Header::parse(&packet).unwrap();
+            if !sealed.insert((epoch, h.kid, h.ctr)) {
+                c.nonce_reuse += 1;
+            }
+            next_ctr.insert((epoch, h.kid), h.ctr + 1);
+            packets.push((s, packet.freeze(), false));
+        }
+        for (s, packet, forged) in packets {
+            let (h, _) = sotto::frame::Header::parse(&packet).unwrap();
+            let epoch = if forged {
+                nodes[s].last_keys.as_ref().unwrap().0
+            } else {
+                nodes[s].media.sending_epoch().unwrap()
+            };
+            let _ = h;
             let f = frames.len();
             frames.push(Frame {
                 sender: s,
                 epoch,
                 sealed_at: now,
                 opened_by: Vec::new(),
+                preempted_at: Vec::new(),
+                refused: Vec::new(),
+                forged,
             });
             for r in 0..nodes.len() {
                 if r == s || nodes[r].room.is_none() {
@@ -327,11 +449,15 @@ fn soak(p: &Soak) -> Counts {
                 }
                 out.clear();
                 match nodes[r].media.open(&packet, &mut out, now) {
-                    Ok(_) => frames[f].opened_by.push(r as u16),
+                    Ok(_) => frames[f].opened_by.push((r as u16, now)),
                     Err(KeyError::EpochNotYetKnown { .. }) => {
                         nodes[r].retry.push((f, packet.clone(), now))
                     }
-                    Err(_) => {}
+                    Err(
+                        KeyError::Frame(FrameError::Replayed | FrameError::TooOld)
+                        | KeyError::Superseded,
+                    ) => frames[f].preempted_at.push(r as u16),
+                    Err(e) => frames[f].refused.push((r as u16, e)),
                 }
             }
         }
@@ -340,12 +466,16 @@ fn soak(p: &Soak) -> Counts {
                 out.clear();
                 match nodes[r].media.open(&packet, &mut out, now) {
                     Ok(_) => {
-                        frames[f].opened_by.push(r as u16);
+                        frames[f].opened_by.push((r as u16, now));
                         c.opened_after_hold += 1;
                     }
                     Err(KeyError::EpochNotYetKnown { .. }) if now - since < SWITCH => {
                         nodes[r].retry.push((f, packet, since))
                     }
+                    Err(
+                        KeyError::Frame(FrameError::Replayed | FrameError::TooOld)
+                        | KeyError::Superseded,
+                    ) => frames[f].preempted_at.push(r as u16),
                     Err(_) => {}
                 }
             }
@@ -356,18 +486,60 @@ fn soak(p: &Soak) -> Counts {
     c.epochs_agreed = agreed.len();
 
     let delay = Duration::from_millis(MAX_DELAY_MS);
+    // Each rogue's forging window at receiver `r`: from its removal commit until `r`
+    // merged that removal plus switch delay and skew.
+    let rogue_windows: Vec<(Instant, u64)> = nodes
+        .iter()
+        .filter(|n| n.rogue)
+        .map(|n| (n.removed_at.unwrap(), n.epochs.iter().max().unwrap() + 1))
+        .collect();
+    let in_window = |r: usize, at: Instant| {
+        rogue_windows.iter().any(|(from, epoch)| {
+            at >= *from
+                && nodes[r]
+                    .merged_at
+                    .get(epoch)
+                    .is_none_or(|m| at <= *m + SWITCH + SKEW)
+        })
+    };
     for f in &frames {
         let sender = &nodes[f.sender];
+        if f.forged {
+            let removal_epoch = sender.epochs.iter().max().unwrap() + 1;
+            for (r, at) in &f.opened_by {
+                let merged = nodes[*r as usize].merged_at.get(&removal_epoch);
+                if merged.is_some_and(|m| *at > *m + SWITCH + SKEW) {
+                    c.forged_opened_after_window += 1;
+                } else {
+                    c.forged_opened_in_window += 1;
+                }
+            }
+            continue;
+        }
         let sender_current = sender.removed_at.is_none_or(|t| f.sealed_at < t);
         for (r, node) in nodes.iter().enumerate() {
             if r == f.sender {
                 continue;
             }
-            let opened = f.opened_by.contains(&(r as u16));
+            let opened = f.opened_by.iter().any(|(o, _)| *o == r as u16);
             if sender_current && node.epochs.contains(&f.epoch) {
                 c.expected_opens += 1;
                 if !opened {
                     c.lost += 1;
+                    if f.preempted_at.contains(&(r as u16)) {
+                        c.preempted += 1;
+                        if !in_window(r, f.sealed_at) {
+                            c.preempted_outside_window += 1;
+                        }
+                    } else {
+                        c.lost_otherwise += 1;
+                        let why = f
+                            .refused
+                            .iter()
+                            .find(|(o, _)| *o == r as u16)
+                            .map(|(_, e)| *e);
+                        *c.lost_why.entry(format!("{why:?}")).or_default() += 1;
+                    }
                 }
             }
             if !opened {
@@ -402,7 +574,12 @@ fn check(c: &Counts, events: usize, min_opens: u64) {
     println!("{c:?}");
     assert!(c.joins + c.removes + c.updates == events as u64);
     assert!(c.expected_opens > min_opens, "{c:?}");
-    assert_eq!(c.lost, 0, "frames of current members lost");
+    assert_eq!(c.nonce_reuse, 0, "(epoch, KID, CTR) sealed twice");
+    assert_eq!(c.lost_otherwise, 0, "frames of current members lost");
+    assert!(c.forged > 0 && c.forged_opened_in_window > 0, "{c:?}");
+    assert_eq!(c.forged_opened_after_window, 0);
+    assert_eq!(c.preempted_outside_window, 0);
+    assert_eq!(c.lost, c.preempted + c.lost_otherwise);
     assert_eq!(c.rogue_opened_after_grace, 0);
     // Members stop accepting a removed member's frames one switch delay after merging its
     // removal, well before the old epoch's grace period ends.
@@ -421,7 +598,10 @@ fn churn_soak_500_events() {
         spacing: 3,
     };
     let c = soak(&p);
-    check(&c, p.events, 250_000);
+    // Joiners seal only after their first own commit, which they can make only when up to
+    // date; at 10 commits a second many never get there before they are removed.
+    check(&c, p.events, 35_000);
+    assert!(c.voiced >= 15, "{c:?}");
     assert!(c.joins > 100 && c.removes > 100 && c.updates > 100, "{c:?}");
     assert!(c.max_members >= 28 && c.max_members <= MAX_MEMBERS, "{c:?}");
 }
