@@ -675,6 +675,14 @@ impl<P: OpenMlsProvider> Room<P> {
         self.group.is_active()
     }
 
+    /// Whether the epochs this instance merges give it sealing (`Current`) keys: true for a
+    /// room it created, or once it has made a commit of its own since it joined or was
+    /// loaded (see [`Room`]). A member that should speak and cannot calls
+    /// [`self_update`](Self::self_update).
+    pub fn can_seal(&self) -> bool {
+        self.freshness == Freshness::Fresh
+    }
+
     /// Whether a commit of this member awaits confirmation.
     pub fn has_pending_commit(&self) -> bool {
         self.pending.is_some()

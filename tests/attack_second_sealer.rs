@@ -114,6 +114,11 @@ impl Inst {
         n
     }
 
+    fn confirm(&mut self, now: Instant) {
+        let events = self.room.confirm_pending().unwrap();
+        self.handle(events, now);
+    }
+
     fn process(&mut self, bytes: &[u8], now: Instant) -> usize {
         let events = self.room.process(bytes).unwrap();
         self.handle(events, now)
@@ -168,13 +173,13 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     let kp = bob_id.key_package().unwrap();
     let invite = alice.room.invite(&[&kp.bytes]).unwrap();
     alice.apply(invite.keys, t0);
-    alice.handle(alice.room.confirm_pending().unwrap(), t0);
+    alice.confirm(t0);
     let (room, keys) = Room::join(bob_id, RoomConfig::default(), &invite.welcome.unwrap()).unwrap();
     let mut bob = Inst::new("bob", room, keys, t0);
     let update = bob.room.self_update().unwrap();
     bob.apply(update.keys, t0);
     alice.process(&update.message, t0);
-    bob.handle(bob.room.confirm_pending().unwrap(), t0);
+    bob.confirm(t0);
     let e = alice.room.epoch();
     let group_id = alice.room.group_id().to_vec();
 
@@ -209,7 +214,7 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     bob.apply(commit.keys, t3);
     one.process(&commit.message, t3);
     two.process(&commit.message, t3);
-    bob.handle(bob.room.confirm_pending().unwrap(), t3);
+    bob.confirm(t3);
     assert_eq!(one.bases[&(e + 1)], two.bases[&(e + 1)]);
     assert_eq!(one.status[&(e + 1)], EpochStatus::Restored);
     assert_eq!(two.status[&(e + 1)], EpochStatus::Restored);
@@ -258,8 +263,8 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     // Nothing the room can do afterwards brings the loser into the winner's epoch.
     let next = bob.room.self_update().unwrap();
     assert_eq!(
-        two.room.process(&next.message),
-        Err(RoomError::Rejected(Rejection::WrongEpoch))
+        two.room.process(&next.message).unwrap_err(),
+        RoomError::Rejected(Rejection::WrongEpoch)
     );
     bob.room.discard_pending().unwrap();
 

@@ -22,8 +22,9 @@ fn short_call_keeps_the_relay_blind_and_loses_nothing() {
         report.checked_windows
     );
     assert!(report.safety_codes_agree);
-    // create+invite, 4 self-updates plus the joiner's, one join, one removal.
-    assert_eq!(report.epochs, 1 + 5 + 1 + 1);
+    // create+invite, the 3 invitees' first own commits, 4 self-updates plus the joiner's,
+    // one join, one removal.
+    assert_eq!(report.epochs, 1 + 3 + 5 + 1 + 1);
     // A fresh token per epoch.
     assert_eq!(report.distinct_tokens as u64, report.epochs + 1);
     assert_eq!(report.members.len(), 5);

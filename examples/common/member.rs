@@ -476,6 +476,11 @@ impl Member {
         self.media.expire(now);
         self.record_tokens();
         self.sync_subscriptions(now, send);
+        // A joiner seals only in epochs that descend from its own commit: it self-updates
+        // as soon as it can (again if that commit lost a race).
+        if self.room.as_ref().is_some_and(|r| !r.can_seal()) && self.ready_to_commit() {
+            let _ = self.self_update(now, send);
+        }
         self.retry_welcomes(now, send);
         self.speak(now, send);
         self.listen(now);

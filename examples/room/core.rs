@@ -236,6 +236,21 @@ pub fn run(options: &Options) -> Report {
     }
     settle(&mut members);
     sync_subscriptions(&mut relay, &mut members);
+    // A joiner seals only in epochs that descend from its own commit: each makes one (a
+    // self-update) before the call starts, and the call starts once they are all due.
+    let mut now = t0;
+    for i in 1..members.len() {
+        let commit = members[i].room.self_update().expect("self-update");
+        publish_commit(&mut relay, &mut members, i, commit, now);
+        deliver_all(&mut relay, &mut members, now, &mut Lcg(0), 0);
+        now += Duration::from_secs(1);
+        for m in members.iter_mut() {
+            process_inbox(m, now);
+        }
+        settle(&mut members);
+        sync_subscriptions(&mut relay, &mut members);
+    }
+    let t0 = now + media_config.switch_delay;
 
     // The script: one join, one removal, and every member self-updates once. An operation
     // starts when no commit is in flight and every member has caught up (one member's
