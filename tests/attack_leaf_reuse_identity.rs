@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::f32::consts::TAU;
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,6 @@ fn departed_members_frames_never_play_as_the_newcomer_at_its_leaf() {
     deliver_commit(&mut m, 4, update, t1);
     let dave_id = id_at(&m[0]);
     assert_eq!(dave_id.leaf, carol_id.leaf);
-    assert_ne!(dave_id, carol_id);
 
     let config = AudioConfig::default();
     let mut carol_tx = AudioSender::new(&config).unwrap();
@@ -108,6 +107,8 @@ fn departed_members_frames_never_play_as_the_newcomer_at_its_leaf() {
     let mut carol_opened = 0;
     let mut carol_refused = Vec::new();
     let mut dave_opened = 0;
+    let mut said_carol = HashSet::new();
+    let mut said_dave = HashSet::new();
     let mut routed = (0, 0);
     let mut unroutable = 0;
     let steps = 100u64; // 2 s: the switch delay, and as long again
@@ -121,18 +122,20 @@ fn departed_members_frames_never_play_as_the_newcomer_at_its_leaf() {
             .unwrap();
         assert_eq!(m[4].media.sending_epoch(), Some(e0 + 3));
         assert_eq!(m[2].media.sending_epoch(), Some(e0));
-        // alice opens both directly and looks at who they are from.
+        // alice opens both directly (carol's first) and notes who each is from.
         let mut out = BytesMut::new();
-        let got = m[0].media.open(&d, &mut out, now).unwrap();
-        assert_eq!((got.member, got.leaf, got.epoch), (dave_id, leaf, e0 + 3));
-        dave_opened += 1;
         match m[0].media.open(&c, &mut out, now) {
             Ok(got) => {
-                assert_eq!((got.member, got.leaf, got.epoch), (carol_id, leaf, e0));
+                assert_eq!((got.leaf, got.epoch), (leaf, e0));
+                said_carol.insert(got.member);
                 carol_opened += 1;
             }
             Err(e) => carol_refused.push(e),
         }
+        let got = m[0].media.open(&d, &mut out, now).unwrap();
+        assert_eq!((got.leaf, got.epoch), (leaf, e0 + 3));
+        said_dave.insert(got.member);
+        dave_opened += 1;
         // bob routes by the member each frame claims (an expired epoch names no one).
         for packet in [&d, &c] {
             let Ok(who) = m[1].media.member_of(packet) else {
@@ -179,6 +182,26 @@ fn departed_members_frames_never_play_as_the_newcomer_at_its_leaf() {
         bob_dave,
         erin
     );
+    // Each packet opened as the member who sealed it.
+    assert!(
+        said_carol.is_disjoint(&said_dave),
+        "carol's frames opened as the newcomer: {said_carol:?} / {said_dave:?}"
+    );
+    assert_eq!(said_carol, HashSet::from([carol_id]));
+    assert_eq!(said_dave, HashSet::from([dave_id]));
+    // The leaf-keyed receiver played dave and refused every one of carol's packets: the
+    // 50 that authenticated (as carol) and the 50 refused after the switch delay.
+    assert_eq!(erin_rx.member(), Some(dave_id));
+    assert_eq!(
+        erin.rejected, 100,
+        "carol's packets went into the receiver that plays dave"
+    );
+    assert_eq!(erin.decoded, bob_dave.decoded);
+    assert_eq!(erin.decoded, 100 - 2, "all of dave's but the playout delay");
+    assert!(
+        erin_pcm == bob_pcm,
+        "the leaf-keyed receiver played something other than dave's stream"
+    );
     // Carol's frames opened for one switch delay, as carol, then stopped.
     assert_eq!((dave_opened, carol_opened), (100, 50));
     assert_eq!(carol_refused.len(), 50);
@@ -194,14 +217,7 @@ fn departed_members_frames_never_play_as_the_newcomer_at_its_leaf() {
     assert_eq!(bob_rx[&carol_id].member(), Some(carol_id));
     assert_eq!(bob_dave.rejected, 0);
     assert_eq!(bob_carol.rejected, routed.1 - 50);
-    // The leaf-keyed receiver played dave and refused every one of carol's packets: the
-    // 50 that authenticated (as carol) and the 50 refused after the switch delay.
-    assert_eq!(erin_rx.member(), Some(dave_id));
-    assert_eq!(erin.rejected, 100);
-    assert_eq!(erin.decoded, bob_dave.decoded);
-    assert_eq!(erin.decoded, 100 - 2, "all of dave's but the playout delay");
-    assert!(
-        erin_pcm == bob_pcm,
-        "the leaf-keyed receiver played something other than dave's stream"
-    );
+    // Checked last, so that a regression shows as the attack working: a newcomer at a
+    // reused leaf is another member.
+    assert_ne!(dave_id, carol_id);
 }

@@ -239,7 +239,6 @@ fn reprocessed_commit(ledger: &mut Ledger) -> usize {
     .unwrap();
     assert_eq!(room.epoch(), e);
     let mut again = Inst::new("alice after the rollback", room, keys, t3);
-    assert_eq!(again.status[&e], EpochStatus::Restored);
     let in_e = again.talk(100, t3, ledger);
 
     // The relay hands it bob's commit again: the same epoch, the same base key...
@@ -252,8 +251,10 @@ fn reprocessed_commit(ledger: &mut Ledger) -> usize {
         "re-processing gives the very key the first instance sealed with"
     );
     // ...but not the permission to seal with it.
-    assert_eq!(again.status[&(e + 1)], EpochStatus::Restored);
     let in_e1 = again.talk(150, t4, ledger);
+    ledger.assert_no_reuse();
+    assert_eq!(again.status[&e], EpochStatus::Restored);
+    assert_eq!(again.status[&(e + 1)], EpochStatus::Restored);
     assert_eq!((in_e.count(), in_e.refused), (0, 100));
     assert_eq!((in_e1.count(), in_e1.refused), (0, 150));
 
@@ -325,8 +326,9 @@ fn pending_own_commit(ledger: &mut Ledger) -> usize {
     // The app confirms the loaded pending commit: the epoch the first instance sealed in.
     again.confirm(t3);
     assert_eq!(again.bases[&(e + 1)], sealed_e1);
-    assert_eq!(again.status[&(e + 1)], EpochStatus::Restored);
     let replayed = again.talk(150, t3, ledger);
+    ledger.assert_no_reuse();
+    assert_eq!(again.status[&(e + 1)], EpochStatus::Restored);
     let t4 = t3 + Duration::from_secs(3);
     assert_eq!((replayed.count(), replayed.refused), (0, 150));
 
@@ -364,9 +366,8 @@ fn refetched_welcome(ledger: &mut Ledger) -> usize {
 
     let (room, keys) = Room::join(dave_id, RoomConfig::default(), &welcome).unwrap();
     let mut dave = Inst::new("dave", room, keys, t0);
-    assert_eq!(dave.status[&e], EpochStatus::ReceiveOnly);
+    let joined_status = dave.status[&e];
     let joined = dave.talk(100, t0, ledger);
-    assert_eq!(joined.count(), 0);
     let joined_key = dave.bases[&e].clone();
     let update = dave.room.self_update().unwrap();
     let t1 = t0 + Duration::from_secs(2);
@@ -389,12 +390,15 @@ fn refetched_welcome(ledger: &mut Ledger) -> usize {
         again.bases[&e], joined_key,
         "the same Welcome, the same key"
     );
-    assert_eq!(again.status[&e], EpochStatus::ReceiveOnly);
     // The relay hands it the first instance's own commit: openmls cannot open a
     // PrivateMessage from its own leaf, so it does not reach that epoch at all.
     assert_eq!(again.process(&update.message, t2), 0);
     assert_eq!(again.room.epoch(), e);
     let rejoined = again.talk(150, t2, ledger);
+    ledger.assert_no_reuse();
+    assert_eq!(joined_status, EpochStatus::ReceiveOnly);
+    assert_eq!(again.status[&e], EpochStatus::ReceiveOnly);
+    assert_eq!((joined.count(), joined.refused), (0, 100));
     assert_eq!((rejoined.count(), rejoined.refused), (0, 150));
 
     // Its own commit (confirmed by a relay that plays along) seals under a fresh key.

@@ -202,10 +202,17 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     };
     let mut one = load("first load");
     let mut two = load("second load");
-    assert_eq!(one.status[&e], EpochStatus::Restored);
-    assert_eq!(two.status[&e], EpochStatus::Restored);
     let (s1, r1) = one.talk(100, t2, &mut ledger);
     let (s2, r2) = two.talk(100, t2, &mut ledger);
+    let mut refusals = r1 + r2;
+    assert!(
+        ledger.reused.is_empty(),
+        "the loads sealed in the loaded epoch: {:?}",
+        &ledger.reused[..ledger.reused.len().min(3)]
+    );
+    assert_eq!(one.status[&e], EpochStatus::Restored);
+    assert_eq!(two.status[&e], EpochStatus::Restored);
+    assert!(!one.room.can_seal() && !two.room.can_seal());
     assert_eq!((s1.len(), r1, s2.len(), r2), (0, 100, 0, 100));
 
     // Bob commits: both loads reach epoch e+1 with the same key; neither may seal in it.
@@ -216,15 +223,16 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     two.process(&commit.message, t3);
     bob.confirm(t3);
     assert_eq!(one.bases[&(e + 1)], two.bases[&(e + 1)]);
-    assert_eq!(one.status[&(e + 1)], EpochStatus::Restored);
-    assert_eq!(two.status[&(e + 1)], EpochStatus::Restored);
     let (s1, r1) = one.talk(150, t3, &mut ledger);
     let (s2, r2) = two.talk(150, t3, &mut ledger);
+    refusals += r1 + r2;
     assert!(
         ledger.reused.is_empty(),
         "both loads sealed in bob's epoch: {:?}",
         &ledger.reused[..ledger.reused.len().min(3)]
     );
+    assert_eq!(one.status[&(e + 1)], EpochStatus::Restored);
+    assert_eq!(two.status[&(e + 1)], EpochStatus::Restored);
     assert_eq!((s1.len(), r1, s2.len(), r2), (0, 150, 0, 150));
 
     // Both self-update; the relay orders the first load's commit.
@@ -241,13 +249,15 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     bob.process(&c1.message, t4);
     one.process(&c1.message, t4); // its own commit back: confirmed
     assert_eq!(one.status[&(e + 2)], EpochStatus::Current);
+    assert!(one.room.can_seal());
     // The other load gets a commit from its own leaf that it did not make: nothing
     // happens (no event, same epoch, its own commit still pending).
     assert_eq!(two.process(&c1.message, t4), 0);
     assert_eq!(two.room.epoch(), e + 1);
     assert!(two.room.has_pending_commit());
-    let (winner, r1) = one.talk(2 * 50, t4, &mut ledger);
-    let (s2, r2) = two.talk(2 * 50, t4, &mut ledger);
+    let (winner, r1) = one.talk(2 * SWITCH_FRAMES as u32, t4, &mut ledger);
+    let (s2, r2) = two.talk(2 * SWITCH_FRAMES as u32, t4, &mut ledger);
+    refusals += r2;
     assert_eq!(
         (winner.len(), r1),
         (50, 50),
@@ -284,10 +294,11 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
         .filter_map(|f| bob.media.open(f, &mut BytesMut::new(), t6).err())
         .collect();
     assert_eq!(refused.len(), 50, "the fork's frames open nowhere");
-    assert_eq!(
-        refused[0],
-        KeyError::Frame(FrameError::AuthenticationFailed)
-    );
+    // (Its counters are ones bob already opened under the winner's key of this KID.)
+    assert!(refused.iter().all(|e| matches!(
+        e,
+        KeyError::Frame(FrameError::Replayed | FrameError::AuthenticationFailed)
+    )));
 
     assert!(
         ledger.reused.is_empty(),
@@ -299,10 +310,9 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
         ledger.owner.keys().map(|(k, _, _)| k).collect();
     println!(
         "{} frames sealed by 3 instances under {} keys, no (key, KID, CTR) twice; the two \
-         loads were refused {} times before their own commits",
+         loads were refused {refusals} times before their own commits (the switch delays aside)",
         ledger.owner.len(),
         distinct_keys.len(),
-        2 * (100 + 150) + 100 + 50
     );
     assert_eq!(ledger.owner.len(), 100 + 50 + 50);
     assert_eq!(distinct_keys.len(), 3);
