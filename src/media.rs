@@ -113,6 +113,12 @@ impl EpochKeys {
     pub fn base_key(&self) -> &[u8] {
         &self.base_key
     }
+
+    /// The exported base key of the epoch (`Nk` bytes). Whoever holds it can seal under any
+    /// member's KID: never build a sealer from it (nonces would repeat).
+    pub fn expose_base_key(&self) -> &[u8] {
+        &self.base_key
+    }
 }
 
 impl std::fmt::Debug for EpochKeys {
