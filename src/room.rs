@@ -11,7 +11,10 @@
 //!   required to be a user id. The group id is random, never a room name.
 //! - Every commit this member makes is *pending* until the relay has ordered it:
 //!   [`Room::confirm_pending`] (or receiving its own commit back through
-//!   [`Room::process`]) merges it; [`Room::discard_pending`] drops it.
+//!   [`Room::process`], also after [`Room::load`]) merges it; [`Room::discard_pending`]
+//!   drops it. Its echo is recognised by its exact bytes: the content of an own
+//!   PrivateMessage cannot be decrypted by its sender, and any member can write sender
+//!   data that names this member's leaf.
 //! - Proposals follow the room's policy, not openmls' defaults. An external sender (the
 //!   relay) may propose removals only; members may propose adds, removals, updates and group
 //!   context extensions (those changing the external senders or required capabilities only
@@ -36,7 +39,9 @@ use openmls::prelude::{
     ValidationError, WelcomeError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_traits::storage::StorageProvider as _;
+use openmls_traits::storage::{
+    traits as storage_traits, Entity, Key, StorageProvider as _, CURRENT_VERSION,
+};
 use openmls_traits::OpenMlsProvider;
 use ring::digest;
 
@@ -53,6 +58,10 @@ pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
 pub const TOKEN_EXPORTER_LABEL: &str = "sotto 1 channel token";
 
 const FINGERPRINT_LABEL: &[u8] = b"sotto 1 member fingerprint";
+/// Exporter label (of the pending commit's epoch) that binds a stored pending-commit record
+/// to openmls' pending commit.
+const PENDING_BINDING_LABEL: &str = "sotto 1 pending commit";
+const PENDING_BINDING_LEN: usize = 32;
 
 /// Why the room refused handshake bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,6 +434,86 @@ struct Pending {
     message: Vec<u8>,
 }
 
+/// Where this member's pending commit is recorded in the provider's storage, next to the
+/// group, so that after a restart its echo is still recognised ([`Room::load`]).
+///
+/// The record lives in the PSK table, which openmls leaves to the application: openmls
+/// writes nothing there and reads only the PSK ids that commits name, and no PSK id
+/// serializes to this key. The record is bound to openmls' pending commit by an exporter
+/// secret of that commit's epoch, so a stale record (left by a crash between openmls'
+/// write and sotto's, or after a merge) never matches another pending commit. Records are
+/// overwritten by the next commit and dropped by [`Room::discard_pending`] and
+/// [`Room::load`] when they do not match.
+#[derive(serde::Serialize)]
+struct PendingCommitKey<'a> {
+    sotto_pending_commit_of_group: &'a [u8],
+}
+
+impl Key<CURRENT_VERSION> for PendingCommitKey<'_> {}
+impl storage_traits::PskId<CURRENT_VERSION> for PendingCommitKey<'_> {}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingCommitRecord {
+    /// `MLS-Exporter(PENDING_BINDING_LABEL)` of the pending commit's epoch.
+    binding: Vec<u8>,
+    /// The commit as sent to the relay.
+    message: Vec<u8>,
+}
+
+impl Entity<CURRENT_VERSION> for PendingCommitRecord {}
+impl storage_traits::PskBundle<CURRENT_VERSION> for PendingCommitRecord {}
+
+fn pending_binding<P: OpenMlsProvider>(
+    provider: &P,
+    staged: &StagedCommit,
+) -> Result<Vec<u8>, RoomError> {
+    staged
+        .export_secret(
+            provider.crypto(),
+            PENDING_BINDING_LABEL,
+            &[],
+            PENDING_BINDING_LEN,
+        )
+        .map_err(|_| RoomError::Internal)
+}
+
+/// The pending commit a reloaded group holds, with the message that carried it. A pending
+/// commit without a matching record was never handed to the app (the record is written
+/// before the commit is returned), so it was never sent: it is dropped.
+fn restore_pending<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+) -> Result<Option<Pending>, RoomError> {
+    let storage = provider.storage();
+    let group_id = group.group_id().clone();
+    let key = PendingCommitKey {
+        sotto_pending_commit_of_group: group_id.as_slice(),
+    };
+    let record: Option<PendingCommitRecord> = storage.psk(&key).map_err(|_| RoomError::Storage)?;
+    let binding = group
+        .pending_commit()
+        .map(|staged| pending_binding(provider, staged))
+        .transpose()?;
+    let stale = match (record, binding) {
+        (Some(record), Some(binding)) if record.binding == binding => {
+            return Ok(Some(Pending {
+                message: record.message,
+            }))
+        }
+        (record, Some(_)) => {
+            group
+                .clear_pending_commit(storage)
+                .map_err(|_| RoomError::Storage)?;
+            record.is_some()
+        }
+        (record, None) => record.is_some(),
+    };
+    if stale {
+        storage.delete_psk(&key).map_err(|_| RoomError::Storage)?;
+    }
+    Ok(None)
+}
+
 /// One room: an MLS group plus this member's signature key and provider (see the
 /// [module docs](self)).
 pub struct Room<P: OpenMlsProvider> {
@@ -646,6 +735,12 @@ impl<P: OpenMlsProvider> Room<P> {
     /// Reloads a room from the provider's storage (after a restart). The keys are
     /// `Restored`: receive-only until the next epoch, since this member's frame counters in
     /// the current epoch were lost — call [`self_update`](Self::self_update) to send again.
+    ///
+    /// A commit this member made before the restart is still pending: its echo through
+    /// [`process`](Self::process) merges it (recognised by its exact bytes, stored with the
+    /// group), and [`pending_commit_message`](Self::pending_commit_message) gives it back
+    /// to send again. A pending commit that was never returned to the app (a crash inside
+    /// the commit call) was never sent, and is dropped.
     pub fn load(
         provider: P,
         signature_key: &[u8],
@@ -658,12 +753,10 @@ impl<P: OpenMlsProvider> Room<P> {
             MLS_CIPHERSUITE.signature_algorithm(),
         )
         .ok_or(RoomError::NotFound)?;
-        let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+        let mut group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(|_| RoomError::Storage)?
             .ok_or(RoomError::NotFound)?;
-        let pending = group.pending_commit().map(|_| Pending {
-            message: Vec::new(),
-        });
+        let pending = restore_pending(&provider, &mut group)?;
         let room = Room {
             provider,
             signer,
@@ -852,11 +945,29 @@ impl<P: OpenMlsProvider> Room<P> {
         Ok(())
     }
 
+    /// The staged commit becomes this member's pending commit: recorded in storage (see
+    /// [`PendingCommitKey`]) before it is returned, or dropped on any failure.
     fn finish_commit(
         &mut self,
         message: &MlsMessageOut,
         welcome: Option<&MlsMessageOut>,
-        invited: Vec<Vec<u8>>,
+    ) -> Result<Commit, RoomError> {
+        let commit = self.pending_commit_of(message, welcome);
+        if commit.is_err() {
+            // Best effort: the error reported is the first one.
+            let _ = self.group.clear_pending_commit(self.provider.storage());
+        }
+        let commit = commit?;
+        self.pending = Some(Pending {
+            message: commit.message.clone(),
+        });
+        Ok(commit)
+    }
+
+    fn pending_commit_of(
+        &self,
+        message: &MlsMessageOut,
+        welcome: Option<&MlsMessageOut>,
     ) -> Result<Commit, RoomError> {
         let message = message.to_bytes().map_err(|_| RoomError::Internal)?;
         let welcome = welcome
@@ -864,15 +975,44 @@ impl<P: OpenMlsProvider> Room<P> {
             .transpose()?;
         let staged = self.group.pending_commit().ok_or(RoomError::Internal)?;
         let keys = self.staged_keys(staged)?;
-        self.pending = Some(Pending {
-            message: message.clone(),
-        });
-        Ok(Commit {
+        // Every KeyPackage the commit adds, whichever path made it: the Welcome's mailboxes.
+        let crypto = self.provider.crypto();
+        let invited = staged
+            .add_proposals()
+            .map(|add| {
+                add.add_proposal()
+                    .key_package()
+                    .hash_ref(crypto)
+                    .map(|r| r.as_slice().to_vec())
+                    .map_err(|_| RoomError::Internal)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let record = PendingCommitRecord {
+            binding: pending_binding(&self.provider, staged)?,
             message,
+        };
+        self.provider
+            .storage()
+            .write_psk(&self.pending_key(), &record)
+            .map_err(|_| RoomError::Storage)?;
+        Ok(Commit {
+            message: record.message,
             welcome,
             invited,
             keys,
         })
+    }
+
+    fn pending_key(&self) -> PendingCommitKey<'_> {
+        PendingCommitKey {
+            sotto_pending_commit_of_group: self.group.group_id().as_slice(),
+        }
+    }
+
+    /// The commit message of this member's pending commit, e.g. to send it again after
+    /// [`load`](Self::load) (the relay orders it, or refuses it as late).
+    pub fn pending_commit_message(&self) -> Option<&[u8]> {
+        self.pending.as_ref().map(|p| p.message.as_slice())
     }
 
     /// Invites the members whose KeyPackages are given (as published by
@@ -882,26 +1022,18 @@ impl<P: OpenMlsProvider> Room<P> {
     pub fn invite(&mut self, key_packages: &[&[u8]]) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
         let mut packages = Vec::with_capacity(key_packages.len());
-        let mut invited = Vec::with_capacity(key_packages.len());
         for bytes in key_packages {
             let MlsMessageBodyIn::KeyPackage(kp) =
                 parse_message(bytes).map_err(|_| RoomError::InvalidKeyPackage)?
             else {
                 return Err(RoomError::InvalidKeyPackage);
             };
-            let kp = validate_key_package(kp, &self.provider)?;
-            invited.push(
-                kp.hash_ref(self.provider.crypto())
-                    .map_err(|_| RoomError::Internal)?
-                    .as_slice()
-                    .to_vec(),
-            );
-            packages.push(kp);
+            packages.push(validate_key_package(kp, &self.provider)?);
         }
         let (commit, welcome) = self
             .build_commit(packages, Vec::new(), false, &[])
             .map_err(|_| RoomError::InvalidKeyPackage)?;
-        self.finish_commit(&commit, welcome.as_ref(), invited)
+        self.finish_commit(&commit, welcome.as_ref())
     }
 
     /// Removes the members at `leaves`. The commit also covers the queued removals and
@@ -916,7 +1048,7 @@ impl<P: OpenMlsProvider> Room<P> {
         }
         let indices: Vec<LeafNodeIndex> = leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect();
         let (commit, welcome) = self.build_commit(Vec::new(), indices, false, &[])?;
-        self.finish_commit(&commit, welcome.as_ref(), Vec::new())
+        self.finish_commit(&commit, welcome.as_ref())
     }
 
     /// Refreshes this member's leaf keys (post-compromise security) in a new epoch. The
@@ -925,7 +1057,7 @@ impl<P: OpenMlsProvider> Room<P> {
     pub fn self_update(&mut self) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
         let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), true, &[])?;
-        self.finish_commit(&commit, welcome.as_ref(), Vec::new())
+        self.finish_commit(&commit, welcome.as_ref())
     }
 
     /// Commits the queued removals (members who asked to leave, removals proposed by a
@@ -962,7 +1094,7 @@ impl<P: OpenMlsProvider> Room<P> {
             }
         }
         let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), false, approved)?;
-        self.finish_commit(&commit, welcome.as_ref(), Vec::new())
+        self.finish_commit(&commit, welcome.as_ref())
     }
 
     /// Builds and stages a commit of this member: its own `adds` and `removes` (and a path
@@ -1103,6 +1235,10 @@ impl<P: OpenMlsProvider> Room<P> {
         }
         self.group
             .clear_pending_commit(self.provider.storage())
+            .map_err(|_| RoomError::Storage)?;
+        self.provider
+            .storage()
+            .delete_psk(&self.pending_key())
             .map_err(|_| RoomError::Storage)
     }
 

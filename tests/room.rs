@@ -1123,3 +1123,24 @@ fn member_cannot_change_the_external_senders_silently() {
         }
     }
 }
+
+/// Finding 10 (issue 10), part b: `Commit::invited` lists every KeyPackage the commit adds,
+/// whatever path made the commit (here an approved Add proposal of a member), so the
+/// Welcome reaches the invitee's mailbox.
+#[test]
+fn invited_lists_every_added_key_package() {
+    let t0 = Instant::now();
+    let (mut m, erin, mut erin_group) = room_with_erin(RoomConfig::default(), t0);
+    let frank = RawClient::fresh(b"frank");
+    let (proposal, _) = erin_group
+        .propose_add_member(&erin.provider, &erin.signer, &frank.key_package)
+        .unwrap();
+    let proposal = proposal.to_bytes().unwrap();
+    let info = queued(&m[0].process(&proposal, t0));
+    m[1].process(&proposal, t0);
+    let commit = m[0].room.commit_proposals(&[info.id]).unwrap();
+    assert_eq!(commit.invited, vec![frank.key_package_ref()]);
+    let welcome = commit.welcome.clone().unwrap();
+    deliver_commit(&mut m, 0, commit, t0);
+    assert!(frank.join(&welcome).is_some());
+}
