@@ -56,6 +56,9 @@ pub const MLS_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128
 pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
 /// Exporter label of the channel token.
 pub const TOKEN_EXPORTER_LABEL: &str = "sotto 1 channel token";
+/// sotto's namespace of exporter labels: [`Room::export_secret`] refuses every label that
+/// starts with it, and [`SFRAME_EXPORTER_LABEL`].
+pub const RESERVED_LABEL_PREFIX: &str = "sotto ";
 
 const FINGERPRINT_LABEL: &[u8] = b"sotto 1 member fingerprint";
 /// Exporter label (of the pending commit's epoch) that binds a stored pending-commit record
@@ -118,6 +121,11 @@ pub enum RoomError {
     /// This member is no longer in the room.
     #[error("no longer a member")]
     NotAMember,
+    /// The exporter label is one of sotto's own ([`SFRAME_EXPORTER_LABEL`], or any label
+    /// in the [`RESERVED_LABEL_PREFIX`] namespace): [`Room::export_secret`] does not hand
+    /// out the media keys or the channel tokens.
+    #[error("reserved exporter label")]
+    ReservedLabel,
     /// The room's storage failed.
     #[error("storage error")]
     Storage,
@@ -834,14 +842,18 @@ impl<P: OpenMlsProvider> Room<P> {
     }
 
     /// `MLS-Exporter(label, context, len)` of the current epoch, for application secrets
-    /// bound to the room (use a label of your own; sotto uses
-    /// [`SFRAME_EXPORTER_LABEL`] and [`TOKEN_EXPORTER_LABEL`]).
+    /// bound to the room. Use a label of your own: sotto's labels
+    /// ([`SFRAME_EXPORTER_LABEL`], and every label starting with [`RESERVED_LABEL_PREFIX`]
+    /// such as [`TOKEN_EXPORTER_LABEL`]) are refused with [`RoomError::ReservedLabel`].
     pub fn export_secret(
         &self,
         label: &str,
         context: &[u8],
         len: usize,
     ) -> Result<Vec<u8>, RoomError> {
+        if label == SFRAME_EXPORTER_LABEL || label.starts_with(RESERVED_LABEL_PREFIX) {
+            return Err(RoomError::ReservedLabel);
+        }
         self.group
             .export_secret(self.provider.crypto(), label, context, len)
             .map_err(|_| RoomError::NotAMember)

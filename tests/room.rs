@@ -187,7 +187,7 @@ fn reused_leaf_gets_different_keys() {
     let kp = dave.key_package().unwrap();
     let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = commit.welcome.clone().unwrap();
-    let dave_base = commit.keys.base_key().to_vec();
+    let dave_base = commit.keys.expose_base_key().to_vec();
     deliver_commit(&mut m, 0, commit, t1);
     let mut dave = Member::join(dave, config.clone(), MediaConfig::default(), &welcome, t1);
     assert_eq!(
@@ -213,11 +213,10 @@ fn reused_leaf_gets_different_keys() {
     );
     let suite = config.suite;
     let k_dave = KeyMaterial::derive(suite, dave_kid, &dave_base).unwrap();
-    let k_epoch1 = m[0]
-        .room
-        .export_secret("SFrame 1.0 Base Key", b"", suite.key_len())
-        .unwrap();
-    let k_other = KeyMaterial::derive(suite, dave_kid, &k_epoch1).unwrap();
+    let current = m[0].room.receive_keys().unwrap();
+    assert_eq!(current.expose_base_key().len(), suite.key_len());
+    let k_epoch1 = current.expose_base_key();
+    let k_other = KeyMaterial::derive(suite, dave_kid, k_epoch1).unwrap();
     assert_eq!(
         k_dave.sframe_key(),
         k_other.sframe_key(),
@@ -1143,4 +1142,39 @@ fn invited_lists_every_added_key_package() {
     let welcome = commit.welcome.clone().unwrap();
     deliver_commit(&mut m, 0, commit, t0);
     assert!(frank.join(&welcome).is_some());
+}
+
+/// Finding 4 (issue 10), reserved exporter labels: `Room::export_secret` refuses sotto's own
+/// labels (the SFrame base key, and the "sotto " namespace such as the channel token), so an
+/// app cannot be led to hand out the media keys; other labels still work.
+#[test]
+fn export_secret_refuses_reserved_labels() {
+    let t0 = Instant::now();
+    let m = room_of(
+        &["alice", "bob"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    for label in [
+        sotto::room::SFRAME_EXPORTER_LABEL,
+        sotto::room::TOKEN_EXPORTER_LABEL,
+        "sotto 1 member fingerprint",
+        "sotto ",
+        "sotto 2 anything",
+    ] {
+        let got = m[0].room.export_secret(label, b"", 16);
+        assert_eq!(got, Err(RoomError::ReservedLabel), "{label:?}");
+    }
+    let a = m[0]
+        .room
+        .export_secret("my app 1 chat key", b"", 32)
+        .unwrap();
+    assert_eq!(
+        a,
+        m[1].room
+            .export_secret("my app 1 chat key", b"", 32)
+            .unwrap()
+    );
+    assert_eq!(a.len(), 32);
 }
