@@ -61,10 +61,6 @@ pub const TOKEN_EXPORTER_LABEL: &str = "sotto 1 channel token";
 pub const RESERVED_LABEL_PREFIX: &str = "sotto ";
 
 const FINGERPRINT_LABEL: &[u8] = b"sotto 1 member fingerprint";
-/// Exporter label (of the pending commit's epoch) that binds a stored pending-commit record
-/// to openmls' pending commit.
-const PENDING_BINDING_LABEL: &str = "sotto 1 pending commit";
-const PENDING_BINDING_LEN: usize = 32;
 
 /// Why the room refused handshake bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +104,8 @@ pub enum RoomError {
     #[error("no pending commit")]
     NoPendingCommit,
     /// Proposals are queued and must be committed first
-    /// ([`Room::commit_pending_proposals`]).
+    /// ([`Room::commit_pending_proposals`]). No longer returned: every commit of this
+    /// member covers the queued removals and updates.
     #[error("proposals are pending")]
     ProposalsPending,
     /// The leaf is not a member (or is this member, where that is not allowed).
@@ -447,8 +444,9 @@ struct Pending {
 ///
 /// The record lives in the PSK table, which openmls leaves to the application: openmls
 /// writes nothing there and reads only the PSK ids that commits name, and no PSK id
-/// serializes to this key. The record is bound to openmls' pending commit by an exporter
-/// secret of that commit's epoch, so a stale record (left by a crash between openmls'
+/// serializes to this key. The record is bound to openmls' pending commit by the epoch
+/// authenticator of that commit's epoch (what safety codes show, not a secret), so a stale
+/// record (left by a crash between openmls'
 /// write and sotto's, or after a merge) never matches another pending commit. Records are
 /// overwritten by the next commit and dropped by [`Room::discard_pending`] and
 /// [`Room::load`] when they do not match.
@@ -462,7 +460,7 @@ impl storage_traits::PskId<CURRENT_VERSION> for PendingCommitKey<'_> {}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PendingCommitRecord {
-    /// `MLS-Exporter(PENDING_BINDING_LABEL)` of the pending commit's epoch.
+    /// The epoch authenticator of the pending commit's epoch.
     binding: Vec<u8>,
     /// The commit as sent to the relay.
     message: Vec<u8>,
@@ -471,18 +469,11 @@ struct PendingCommitRecord {
 impl Entity<CURRENT_VERSION> for PendingCommitRecord {}
 impl storage_traits::PskBundle<CURRENT_VERSION> for PendingCommitRecord {}
 
-fn pending_binding<P: OpenMlsProvider>(
-    provider: &P,
-    staged: &StagedCommit,
-) -> Result<Vec<u8>, RoomError> {
+fn pending_binding(staged: &StagedCommit) -> Result<Vec<u8>, RoomError> {
     staged
-        .export_secret(
-            provider.crypto(),
-            PENDING_BINDING_LABEL,
-            &[],
-            PENDING_BINDING_LEN,
-        )
-        .map_err(|_| RoomError::Internal)
+        .epoch_authenticator()
+        .map(|a| a.as_slice().to_vec())
+        .ok_or(RoomError::Internal)
 }
 
 /// The pending commit a reloaded group holds, with the message that carried it. A pending
@@ -498,10 +489,7 @@ fn restore_pending<P: OpenMlsProvider>(
         sotto_pending_commit_of_group: group_id.as_slice(),
     };
     let record: Option<PendingCommitRecord> = storage.psk(&key).map_err(|_| RoomError::Storage)?;
-    let binding = group
-        .pending_commit()
-        .map(|staged| pending_binding(provider, staged))
-        .transpose()?;
+    let binding = group.pending_commit().map(pending_binding).transpose()?;
     let stale = match (record, binding) {
         (Some(record), Some(binding)) if record.binding == binding => {
             return Ok(Some(Pending {
@@ -1000,7 +988,7 @@ impl<P: OpenMlsProvider> Room<P> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let record = PendingCommitRecord {
-            binding: pending_binding(&self.provider, staged)?,
+            binding: pending_binding(staged)?,
             message,
         };
         self.provider

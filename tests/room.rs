@@ -1178,3 +1178,38 @@ fn export_secret_refuses_reserved_labels() {
     );
     assert_eq!(a.len(), 32);
 }
+
+/// Finding 1 (issue 10), commit policy: a queued removal of the committer itself stays out of
+/// its own commits (a commit cannot remove its sender); another member commits it.
+#[test]
+fn removal_of_the_committer_is_left_to_another_member() {
+    use openmls::prelude::{
+        ExternalProposal, GroupEpoch, GroupId, LeafNodeIndex, SenderExtensionIndex,
+    };
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+
+    let t0 = Instant::now();
+    let relay = RawClient::fresh(b"relay");
+    let mut m = relay_room(&relay.signer, t0);
+    let alice = m[0].room.own_leaf();
+    let proposal = ExternalProposal::new_remove::<OpenMlsRustCrypto>(
+        LeafNodeIndex::new(alice),
+        GroupId::from_slice(m[0].room.group_id()),
+        GroupEpoch::from(m[0].room.epoch()),
+        &relay.signer,
+        SenderExtensionIndex::new(0),
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    for x in m.iter_mut() {
+        assert_eq!(queued(&x.process(&proposal, t0)).target, Some(alice));
+    }
+    let own = m[0].room.commit_pending_proposals().unwrap();
+    assert!(own.keys.members.contains(&alice));
+    m[0].room.discard_pending().unwrap();
+    let commit = m[1].room.commit_pending_proposals().unwrap();
+    deliver_commit(&mut m, 1, commit, t0);
+    assert!(m[0].removed);
+    assert_eq!(m[1].room.members().len(), 2);
+}
