@@ -11,7 +11,17 @@
 //!   required to be a user id. The group id is random, never a room name.
 //! - Every commit this member makes is *pending* until the relay has ordered it:
 //!   [`Room::confirm_pending`] (or receiving its own commit back through
-//!   [`Room::process`]) merges it; [`Room::discard_pending`] drops it.
+//!   [`Room::process`], also after [`Room::load`]) merges it; [`Room::discard_pending`]
+//!   drops it. Its echo is recognised by its exact bytes: the content of an own
+//!   PrivateMessage cannot be decrypted by its sender, and any member can write sender
+//!   data that names this member's leaf.
+//! - Proposals follow the room's policy, not openmls' defaults. An external sender (the
+//!   relay) may propose removals only; members may propose adds, removals, updates and group
+//!   context extensions (those changing the external senders or required capabilities only
+//!   with [`RoomConfig::allow_policy_changes`]); anything else is refused
+//!   ([`Rejection::ProposalNotAllowed`]) and not queued. Every commit of this member covers
+//!   its own changes plus the queued removals (except of itself) and updates; queued adds and
+//!   group context extensions only when the app approves them ([`Room::commit_proposals`]).
 //!
 //! Per epoch, the room exports `MLS-Exporter("SFrame 1.0 Base Key", "", Nk)` (RFC 9605 §5.2)
 //! and the channel token `MLS-Exporter("sotto 1 channel token", "", 16)`. Receivers of a
@@ -19,17 +29,19 @@
 
 use std::collections::BTreeMap;
 
-use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Ciphersuite, CredentialWithKey, Extension, Extensions, ExternalSender,
-    GroupId, KeyPackage, KeyPackageBundle, KeyPackageIn, KeyPackageRef, LeafNodeIndex,
-    LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
+    GroupContext, GroupId, KeyPackage, KeyPackageBundle, KeyPackageIn, KeyPackageRef,
+    LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
     MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProcessedWelcome,
-    ProtocolVersion, StagedCommit, ValidationError, WelcomeError,
-    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    Proposal, ProposalOrRefType, ProtocolVersion, QueuedProposal, Sender, StagedCommit,
+    ValidationError, WelcomeError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_traits::storage::StorageProvider as _;
+use openmls_traits::storage::{
+    traits as storage_traits, Entity, Key, StorageProvider as _, CURRENT_VERSION,
+};
 use openmls_traits::OpenMlsProvider;
 use ring::digest;
 
@@ -44,6 +56,9 @@ pub const MLS_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128
 pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
 /// Exporter label of the channel token.
 pub const TOKEN_EXPORTER_LABEL: &str = "sotto 1 channel token";
+/// sotto's namespace of exporter labels: [`Room::export_secret`] refuses every label that
+/// starts with it, and [`SFRAME_EXPORTER_LABEL`].
+pub const RESERVED_LABEL_PREFIX: &str = "sotto ";
 
 const FINGERPRINT_LABEL: &[u8] = b"sotto 1 member fingerprint";
 const MEMBER_ID_LABEL: &[u8] = b"sotto 1 member id";
@@ -78,6 +93,12 @@ pub enum Rejection {
     Undecryptable,
     /// A commit or proposal that fails validation.
     Invalid,
+    /// A valid proposal the room's policy refuses: an external sender may propose only
+    /// removals, members may propose adds, removals, updates and group context extensions
+    /// that keep the external senders and required capabilities (unless
+    /// [`RoomConfig::allow_policy_changes`]). It is not stored, so a commit that covers it
+    /// is refused too.
+    ProposalNotAllowed,
 }
 
 /// Errors of the control plane. Carries no strings; the room stays usable after any of them.
@@ -100,15 +121,25 @@ pub enum RoomError {
     #[error("no pending commit")]
     NoPendingCommit,
     /// Proposals are queued and must be committed first
-    /// ([`Room::commit_pending_proposals`]).
+    /// ([`Room::commit_pending_proposals`]). No longer returned: every commit of this
+    /// member covers the queued removals and updates.
     #[error("proposals are pending")]
     ProposalsPending,
     /// The leaf is not a member (or is this member, where that is not allowed).
     #[error("no such member")]
     NoSuchMember,
+    /// No pending proposal has that reference (it was never queued, was refused, or the
+    /// epoch has changed since).
+    #[error("no such pending proposal")]
+    NoSuchProposal,
     /// This member is no longer in the room.
     #[error("no longer a member")]
     NotAMember,
+    /// The exporter label is one of sotto's own ([`SFRAME_EXPORTER_LABEL`], or any label
+    /// in the [`RESERVED_LABEL_PREFIX`] namespace): [`Room::export_secret`] does not hand
+    /// out the media keys or the channel tokens.
+    #[error("reserved exporter label")]
+    ReservedLabel,
     /// The room's storage failed.
     #[error("storage error")]
     Storage,
@@ -132,7 +163,15 @@ pub struct RoomConfig {
     pub context: u64,
     /// External senders (e.g. a relay that may propose removing a member whose connection
     /// is gone): `(signature public key, credential identity)`. Set at creation only.
+    ///
+    /// An external sender may propose removals only; any other proposal of its is refused
+    /// ([`Rejection::ProposalNotAllowed`]).
     pub external_senders: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Whether members may propose group context extensions that change the external
+    /// senders or the required capabilities (such proposals are refused otherwise, and even
+    /// when allowed they are committed only once the app approves them,
+    /// [`Room::commit_proposals`]). Default `false`.
+    pub allow_policy_changes: bool,
 }
 
 impl Default for RoomConfig {
@@ -142,6 +181,7 @@ impl Default for RoomConfig {
             layout: KidLayout::default(),
             context: 0,
             external_senders: Vec::new(),
+            allow_policy_changes: false,
         }
     }
 }
@@ -265,9 +305,11 @@ pub enum RoomEvent {
     /// Keys for the data plane: pass them to the member's
     /// [`MediaSession::apply`](crate::media::MediaSession::apply).
     Keys(EpochKeys),
-    /// A proposal was queued (a member asked to leave, or an external sender proposed a
-    /// removal): some member should call [`Room::commit_pending_proposals`].
-    ProposalQueued,
+    /// A proposal was queued: what it asks and who asked. Removals and updates are
+    /// committed by [`Room::commit_pending_proposals`] (and by every other commit of this
+    /// member); adds and group context extensions wait for the app's approval
+    /// ([`ProposalInfo::needs_approval`], [`Room::commit_proposals`]).
+    ProposalQueued(ProposalInfo),
     /// This member's pending commit lost the race at the relay and was dropped; redo the
     /// operation if it is still wanted.
     PendingCommitDropped,
@@ -287,6 +329,67 @@ pub struct MemberInfo {
     pub pseudonym: Vec<u8>,
     /// Fingerprint of its signature key and credential.
     pub fingerprint: Fingerprint,
+}
+
+/// What a queued proposal asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProposalKind {
+    /// Add the member of a KeyPackage ([`ProposalInfo::key_package`]).
+    Add,
+    /// Remove the member at [`ProposalInfo::target`] (a member asking to leave proposes its
+    /// own removal).
+    Remove,
+    /// The sender refreshes its own leaf ([`ProposalInfo::target`]).
+    Update,
+    /// New group context extensions.
+    GroupContextExtensions,
+    /// Any other proposal type (never queued: refused as
+    /// [`Rejection::ProposalNotAllowed`]).
+    Other,
+}
+
+/// Who sent a proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProposalSender {
+    /// The member at this leaf.
+    Member(u32),
+    /// The external sender at this index of [`RoomConfig::external_senders`].
+    External(u32),
+}
+
+/// The reference of a queued proposal (an opaque hash, valid for the epoch it was made in).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProposalId(Vec<u8>);
+
+impl ProposalId {
+    /// The reference bytes (RFC 9420 `ProposalRef`).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A queued proposal, as [`RoomEvent::ProposalQueued`] and [`Room::pending_proposals`] show
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProposalInfo {
+    /// Its reference, to approve it with [`Room::commit_proposals`].
+    pub id: ProposalId,
+    /// What it asks for.
+    pub kind: ProposalKind,
+    /// Who asked.
+    pub sender: ProposalSender,
+    /// The leaf it concerns: the removed leaf of a removal, the sender's leaf of an update.
+    pub target: Option<u32>,
+    /// For an add: the reference of the KeyPackage (where its Welcome would go).
+    pub key_package: Option<Vec<u8>>,
+    /// For an add: the pseudonym in the KeyPackage's credential.
+    pub pseudonym: Option<Vec<u8>>,
+    /// Whether only the app's approval commits it (adds and group context extensions);
+    /// removals and updates are committed by this member's next commit of any kind.
+    pub needs_approval: bool,
 }
 
 /// 30 decimal digits, shown as six groups of five.
@@ -375,6 +478,78 @@ enum Freshness {
     /// instance may have reached these very epochs, sealed and opened in them. Epochs are
     /// `Restored` until this instance's own commit.
     Reloaded,
+}
+
+/// Where this member's pending commit is recorded in the provider's storage, next to the
+/// group, so that after a restart its echo is still recognised ([`Room::load`]).
+///
+/// The record lives in the PSK table, which openmls leaves to the application: openmls
+/// writes nothing there and reads only the PSK ids that commits name, and no PSK id
+/// serializes to this key. The record is bound to openmls' pending commit by the epoch
+/// authenticator of that commit's epoch (what safety codes show, not a secret), so a stale
+/// record (left by a crash between openmls'
+/// write and sotto's, or after a merge) never matches another pending commit. Records are
+/// overwritten by the next commit and dropped by [`Room::discard_pending`] and
+/// [`Room::load`] when they do not match.
+#[derive(serde::Serialize)]
+struct PendingCommitKey<'a> {
+    sotto_pending_commit_of_group: &'a [u8],
+}
+
+impl Key<CURRENT_VERSION> for PendingCommitKey<'_> {}
+impl storage_traits::PskId<CURRENT_VERSION> for PendingCommitKey<'_> {}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingCommitRecord {
+    /// The epoch authenticator of the pending commit's epoch.
+    binding: Vec<u8>,
+    /// The commit as sent to the relay.
+    message: Vec<u8>,
+}
+
+impl Entity<CURRENT_VERSION> for PendingCommitRecord {}
+impl storage_traits::PskBundle<CURRENT_VERSION> for PendingCommitRecord {}
+
+fn pending_binding(staged: &StagedCommit) -> Result<Vec<u8>, RoomError> {
+    staged
+        .epoch_authenticator()
+        .map(|a| a.as_slice().to_vec())
+        .ok_or(RoomError::Internal)
+}
+
+/// The pending commit a reloaded group holds, with the message that carried it. A pending
+/// commit without a matching record was never handed to the app (the record is written
+/// before the commit is returned), so it was never sent: it is dropped.
+fn restore_pending<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+) -> Result<Option<Pending>, RoomError> {
+    let storage = provider.storage();
+    let group_id = group.group_id().clone();
+    let key = PendingCommitKey {
+        sotto_pending_commit_of_group: group_id.as_slice(),
+    };
+    let record: Option<PendingCommitRecord> = storage.psk(&key).map_err(|_| RoomError::Storage)?;
+    let binding = group.pending_commit().map(pending_binding).transpose()?;
+    let stale = match (record, binding) {
+        (Some(record), Some(binding)) if record.binding == binding => {
+            return Ok(Some(Pending {
+                message: record.message,
+                made_here: false,
+            }))
+        }
+        (record, Some(_)) => {
+            group
+                .clear_pending_commit(storage)
+                .map_err(|_| RoomError::Storage)?;
+            record.is_some()
+        }
+        (record, None) => record.is_some(),
+    };
+    if stale {
+        storage.delete_psk(&key).map_err(|_| RoomError::Storage)?;
+    }
+    Ok(None)
 }
 
 /// One room: an MLS group plus this member's signature key and provider (see the
@@ -624,6 +799,13 @@ impl<P: OpenMlsProvider> Room<P> {
     /// own commit: an earlier instance (before a crash or a storage rollback) may have
     /// sealed and opened frames in them. Call [`self_update`](Self::self_update) at once to
     /// hear and speak again (see [`Room`]).
+    ///
+    /// A commit this member made before the restart is still pending: its echo through
+    /// [`process`](Self::process) merges it (recognised by its exact bytes, stored with the
+    /// group), and [`pending_commit_message`](Self::pending_commit_message) gives it back
+    /// to send again. A pending commit that was never returned to the app (a crash inside
+    /// the commit call) was never sent, and is dropped. Merging it does not make the room
+    /// seal again: an earlier instance made it.
     pub fn load(
         provider: P,
         signature_key: &[u8],
@@ -636,13 +818,10 @@ impl<P: OpenMlsProvider> Room<P> {
             MLS_CIPHERSUITE.signature_algorithm(),
         )
         .ok_or(RoomError::NotFound)?;
-        let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+        let mut group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(|_| RoomError::Storage)?
             .ok_or(RoomError::NotFound)?;
-        let pending = group.pending_commit().map(|_| Pending {
-            message: Vec::new(),
-            made_here: false,
-        });
+        let pending = restore_pending(&provider, &mut group)?;
         let room = Room {
             provider,
             signer,
@@ -730,14 +909,18 @@ impl<P: OpenMlsProvider> Room<P> {
     }
 
     /// `MLS-Exporter(label, context, len)` of the current epoch, for application secrets
-    /// bound to the room (use a label of your own; sotto uses
-    /// [`SFRAME_EXPORTER_LABEL`] and [`TOKEN_EXPORTER_LABEL`]).
+    /// bound to the room. Use a label of your own: sotto's labels
+    /// ([`SFRAME_EXPORTER_LABEL`], and every label starting with [`RESERVED_LABEL_PREFIX`]
+    /// such as [`TOKEN_EXPORTER_LABEL`]) are refused with [`RoomError::ReservedLabel`].
     pub fn export_secret(
         &self,
         label: &str,
         context: &[u8],
         len: usize,
     ) -> Result<Vec<u8>, RoomError> {
+        if label == SFRAME_EXPORTER_LABEL || label.starts_with(RESERVED_LABEL_PREFIX) {
+            return Err(RoomError::ReservedLabel);
+        }
         self.group
             .export_secret(self.provider.crypto(), label, context, len)
             .map_err(|_| RoomError::NotAMember)
@@ -862,11 +1045,30 @@ impl<P: OpenMlsProvider> Room<P> {
         Ok(())
     }
 
+    /// The staged commit becomes this member's pending commit: recorded in storage (see
+    /// [`PendingCommitKey`]) before it is returned, or dropped on any failure.
     fn finish_commit(
         &mut self,
         message: &MlsMessageOut,
         welcome: Option<&MlsMessageOut>,
-        invited: Vec<Vec<u8>>,
+    ) -> Result<Commit, RoomError> {
+        let commit = self.pending_commit_of(message, welcome);
+        if commit.is_err() {
+            // Best effort: the error reported is the first one.
+            let _ = self.group.clear_pending_commit(self.provider.storage());
+        }
+        let commit = commit?;
+        self.pending = Some(Pending {
+            message: commit.message.clone(),
+            made_here: true,
+        });
+        Ok(commit)
+    }
+
+    fn pending_commit_of(
+        &self,
+        message: &MlsMessageOut,
+        welcome: Option<&MlsMessageOut>,
     ) -> Result<Commit, RoomError> {
         let message = message.to_bytes().map_err(|_| RoomError::Internal)?;
         let welcome = welcome
@@ -874,47 +1076,70 @@ impl<P: OpenMlsProvider> Room<P> {
             .transpose()?;
         let staged = self.group.pending_commit().ok_or(RoomError::Internal)?;
         let keys = self.staged_keys(staged)?;
-        self.pending = Some(Pending {
-            message: message.clone(),
-            made_here: true,
-        });
-        Ok(Commit {
+        // Every KeyPackage the commit adds, whichever path made it: the Welcome's mailboxes.
+        let crypto = self.provider.crypto();
+        let invited = staged
+            .add_proposals()
+            .map(|add| {
+                add.add_proposal()
+                    .key_package()
+                    .hash_ref(crypto)
+                    .map(|r| r.as_slice().to_vec())
+                    .map_err(|_| RoomError::Internal)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let record = PendingCommitRecord {
+            binding: pending_binding(staged)?,
             message,
+        };
+        self.provider
+            .storage()
+            .write_psk(&self.pending_key(), &record)
+            .map_err(|_| RoomError::Storage)?;
+        Ok(Commit {
+            message: record.message,
             welcome,
             invited,
             keys,
         })
     }
 
+    fn pending_key(&self) -> PendingCommitKey<'_> {
+        PendingCommitKey {
+            sotto_pending_commit_of_group: self.group.group_id().as_slice(),
+        }
+    }
+
+    /// The commit message of this member's pending commit, e.g. to send it again after
+    /// [`load`](Self::load) (the relay orders it, or refuses it as late).
+    pub fn pending_commit_message(&self) -> Option<&[u8]> {
+        self.pending.as_ref().map(|p| p.message.as_slice())
+    }
+
     /// Invites the members whose KeyPackages are given (as published by
-    /// [`Identity::key_package`]). The commit is pending until confirmed.
+    /// [`Identity::key_package`]). The commit also covers the queued removals and updates
+    /// (see [`commit_pending_proposals`](Self::commit_pending_proposals)), never a queued
+    /// add or group context extension. The commit is pending until confirmed.
     pub fn invite(&mut self, key_packages: &[&[u8]]) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
         let mut packages = Vec::with_capacity(key_packages.len());
-        let mut invited = Vec::with_capacity(key_packages.len());
         for bytes in key_packages {
             let MlsMessageBodyIn::KeyPackage(kp) =
                 parse_message(bytes).map_err(|_| RoomError::InvalidKeyPackage)?
             else {
                 return Err(RoomError::InvalidKeyPackage);
             };
-            let kp = validate_key_package(kp, &self.provider)?;
-            invited.push(
-                kp.hash_ref(self.provider.crypto())
-                    .map_err(|_| RoomError::Internal)?
-                    .as_slice()
-                    .to_vec(),
-            );
-            packages.push(kp);
+            packages.push(validate_key_package(kp, &self.provider)?);
         }
-        let (commit, welcome, _) = self
-            .group
-            .add_members(&self.provider, &self.signer, &packages)
+        let (commit, welcome) = self
+            .build_commit(packages, Vec::new(), false, &[])
             .map_err(|_| RoomError::InvalidKeyPackage)?;
-        self.finish_commit(&commit, Some(&welcome), invited)
+        self.finish_commit(&commit, welcome.as_ref())
     }
 
-    /// Removes the members at `leaves`. The commit is pending until confirmed.
+    /// Removes the members at `leaves`. The commit also covers the queued removals and
+    /// updates, never a queued add or group context extension. The commit is pending until
+    /// confirmed.
     pub fn remove(&mut self, leaves: &[u32]) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
         let own = self.own_leaf();
@@ -923,39 +1148,161 @@ impl<P: OpenMlsProvider> Room<P> {
             return Err(RoomError::NoSuchMember);
         }
         let indices: Vec<LeafNodeIndex> = leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect();
-        let (commit, welcome, _) = self
-            .group
-            .remove_members(&self.provider, &self.signer, &indices)
-            .map_err(|_| RoomError::Internal)?;
-        self.finish_commit(&commit, welcome.as_ref(), Vec::new())
+        let (commit, welcome) = self.build_commit(Vec::new(), indices, false, &[])?;
+        self.finish_commit(&commit, welcome.as_ref())
     }
 
     /// Refreshes this member's leaf keys (post-compromise security) in a new epoch. The
-    /// commit is pending until confirmed.
+    /// commit also covers the queued removals and updates, never a queued add or group
+    /// context extension. The commit is pending until confirmed.
     pub fn self_update(&mut self) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
-        let bundle = self
-            .group
-            .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
-            .map_err(|e| match e {
-                openmls::prelude::SelfUpdateError::GroupStateError(_) => {
-                    RoomError::ProposalsPending
-                }
-                _ => RoomError::Internal,
-            })?;
-        let (commit, _, _) = bundle.into_contents();
-        self.finish_commit(&commit, None, Vec::new())
+        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), true, &[])?;
+        self.finish_commit(&commit, welcome.as_ref())
     }
 
-    /// Commits the queued proposals (removals proposed by an external sender, members who
-    /// asked to leave). The commit is pending until confirmed.
+    /// Commits the queued removals (members who asked to leave, removals proposed by a
+    /// member or by an external sender) and updates. A removal of this member is left for
+    /// another member to commit. Queued adds and group context extensions are not included:
+    /// they need [`commit_proposals`](Self::commit_proposals). The commit is pending until
+    /// confirmed.
     pub fn commit_pending_proposals(&mut self) -> Result<Commit, RoomError> {
+        self.commit_proposals(&[])
+    }
+
+    /// The queued proposals of the current epoch (those the room's policy let through).
+    pub fn pending_proposals(&self) -> Result<Vec<ProposalInfo>, RoomError> {
+        self.group
+            .pending_proposals()
+            .map(|p| self.proposal_info(p))
+            .collect()
+    }
+
+    /// Commits the queued proposals the app approved (`approved`, by
+    /// [`ProposalInfo::id`]: adds and group context extensions) together with everything
+    /// [`commit_pending_proposals`](Self::commit_pending_proposals) commits. Fails with
+    /// [`RoomError::NoSuchProposal`] if an id is not queued. The commit is pending until
+    /// confirmed.
+    pub fn commit_proposals(&mut self, approved: &[ProposalId]) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
-        let (commit, welcome, _) = self
+        for id in approved {
+            if !self
+                .group
+                .pending_proposals()
+                .any(|p| p.proposal_reference_ref().as_slice() == id.as_bytes())
+            {
+                return Err(RoomError::NoSuchProposal);
+            }
+        }
+        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), false, approved)?;
+        self.finish_commit(&commit, welcome.as_ref())
+    }
+
+    /// Builds and stages a commit of this member: its own `adds` and `removes` (and a path
+    /// when `update`), plus the queued proposals [`committable`] lets through. Never openmls'
+    /// default of every stored proposal.
+    fn build_commit(
+        &mut self,
+        adds: Vec<KeyPackage>,
+        removes: Vec<LeafNodeIndex>,
+        update: bool,
+        approved: &[ProposalId],
+    ) -> Result<(MlsMessageOut, Option<MlsMessageOut>), RoomError> {
+        let own = self.group.own_leaf_index();
+        let bundle = self
             .group
-            .commit_to_pending_proposals(&self.provider, &self.signer)
+            .commit_builder()
+            .consume_proposal_store(true)
+            .propose_adds(adds)
+            .propose_removals(removes)
+            .force_self_update(update)
+            .load_psks(self.provider.storage())
+            .map_err(|_| RoomError::Internal)?
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |p| committable(p, own, approved),
+            )
+            .map_err(|_| RoomError::Internal)?
+            .stage_commit(&self.provider)
             .map_err(|_| RoomError::Internal)?;
-        self.finish_commit(&commit, welcome.as_ref(), Vec::new())
+        let (commit, welcome, _) = bundle.into_messages();
+        Ok((commit, welcome))
+    }
+
+    /// Whether the room's policy lets a received proposal be queued (see
+    /// [`Rejection::ProposalNotAllowed`]).
+    fn proposal_allowed(&self, proposal: &QueuedProposal) -> bool {
+        match (proposal.sender(), proposal.proposal()) {
+            (Sender::External(_), Proposal::Remove(_)) => true,
+            (Sender::Member(_), Proposal::Add(_) | Proposal::Remove(_) | Proposal::Update(_)) => {
+                true
+            }
+            (Sender::Member(_), Proposal::GroupContextExtensions(gce)) => {
+                self.config.allow_policy_changes || !self.changes_policy(gce.extensions())
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether new group context extensions change the external senders or the required
+    /// capabilities.
+    fn changes_policy(&self, new: &Extensions<GroupContext>) -> bool {
+        let current = self.group.extensions();
+        current.external_senders() != new.external_senders()
+            || current.required_capabilities() != new.required_capabilities()
+    }
+
+    fn proposal_info(&self, proposal: &QueuedProposal) -> Result<ProposalInfo, RoomError> {
+        let sender = match proposal.sender() {
+            Sender::Member(leaf) => ProposalSender::Member(leaf_u32(*leaf)),
+            Sender::External(index) => {
+                let bytes = index
+                    .tls_serialize_detached()
+                    .map_err(|_| RoomError::Internal)?;
+                let bytes: [u8; 4] = bytes.try_into().map_err(|_| RoomError::Internal)?;
+                ProposalSender::External(u32::from_be_bytes(bytes))
+            }
+            _ => return Err(RoomError::Rejected(Rejection::ProposalNotAllowed)),
+        };
+        let mut info = ProposalInfo {
+            id: ProposalId(proposal.proposal_reference_ref().as_slice().to_vec()),
+            kind: ProposalKind::Other,
+            sender,
+            target: None,
+            key_package: None,
+            pseudonym: None,
+            needs_approval: true,
+        };
+        match proposal.proposal() {
+            Proposal::Add(add) => {
+                let kp = add.key_package();
+                info.kind = ProposalKind::Add;
+                info.key_package = Some(
+                    kp.hash_ref(self.provider.crypto())
+                        .map_err(|_| RoomError::Internal)?
+                        .as_slice()
+                        .to_vec(),
+                );
+                info.pseudonym = Some(kp.leaf_node().credential().serialized_content().to_vec());
+            }
+            Proposal::Remove(remove) => {
+                info.kind = ProposalKind::Remove;
+                info.target = Some(leaf_u32(remove.removed()));
+                info.needs_approval = false;
+            }
+            Proposal::Update(_) => {
+                info.kind = ProposalKind::Update;
+                if let ProposalSender::Member(leaf) = sender {
+                    info.target = Some(leaf);
+                }
+                info.needs_approval = false;
+            }
+            Proposal::GroupContextExtensions(_) => info.kind = ProposalKind::GroupContextExtensions,
+            _ => {}
+        }
+        Ok(info)
     }
 
     /// Asks to leave: returns a proposal for the relay; another member commits it.
@@ -994,6 +1341,10 @@ impl<P: OpenMlsProvider> Room<P> {
         }
         self.group
             .clear_pending_commit(self.provider.storage())
+            .map_err(|_| RoomError::Storage)?;
+        self.provider
+            .storage()
+            .delete_psk(&self.pending_key())
             .map_err(|_| RoomError::Storage)
     }
 
@@ -1073,10 +1424,14 @@ impl<P: OpenMlsProvider> Room<P> {
                 self.merge_foreign(*staged, from_own_leaf)
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
+                if !self.proposal_allowed(&proposal) {
+                    return Err(RoomError::Rejected(Rejection::ProposalNotAllowed));
+                }
+                let info = self.proposal_info(&proposal)?;
                 self.group
                     .store_pending_proposal(self.provider.storage(), *proposal)
                     .map_err(|_| RoomError::Storage)?;
-                Ok(vec![RoomEvent::ProposalQueued])
+                Ok(vec![RoomEvent::ProposalQueued(info)])
             }
             ProcessedMessageContent::OwnPrivateMessage
             | ProcessedMessageContent::OwnPendingCommit => Ok(Vec::new()),
@@ -1126,6 +1481,31 @@ impl<P: OpenMlsProvider> Room<P> {
         }
         events.append(&mut merged);
         Ok(events)
+    }
+}
+
+/// The commit policy over queued proposals: this member's own (inline) proposals; queued
+/// removals (except of this member, which another member commits) and updates; queued adds
+/// and group context extensions only when the app approved them. Everything else, including
+/// what the receive policy would refuse, stays out.
+fn committable(proposal: &QueuedProposal, own: LeafNodeIndex, approved: &[ProposalId]) -> bool {
+    if proposal.proposal_or_ref_type() == ProposalOrRefType::Proposal {
+        return matches!(proposal.sender(), Sender::Member(leaf) if *leaf == own);
+    }
+    let is_approved = || {
+        approved
+            .iter()
+            .any(|id| id.as_bytes() == proposal.proposal_reference_ref().as_slice())
+    };
+    match (proposal.sender(), proposal.proposal()) {
+        (Sender::External(_) | Sender::Member(_), Proposal::Remove(remove)) => {
+            remove.removed() != own
+        }
+        (Sender::Member(leaf), Proposal::Update(_)) => *leaf != own,
+        (Sender::Member(_), Proposal::Add(_) | Proposal::GroupContextExtensions(_)) => {
+            is_approved()
+        }
+        _ => false,
     }
 }
 

@@ -8,7 +8,9 @@ use common::{deliver_commit, identity, ms, room_of, Member};
 use sotto::frame::KeyMaterial;
 use sotto::keys::{KeyError, KidLayout};
 use sotto::media::MediaConfig;
-use sotto::room::{Room, RoomConfig, RoomError, RoomEvent};
+use sotto::room::{
+    ProposalInfo, ProposalKind, ProposalSender, Rejection, Room, RoomConfig, RoomError, RoomEvent,
+};
 
 #[test]
 fn three_members_agree_and_open_each_other() {
@@ -367,11 +369,18 @@ fn leave_proposal_is_committed_by_another_member() {
         t0,
     );
     let proposal = m[2].room.leave().unwrap();
+    let carol = m[2].room.own_leaf();
     for x in &mut m[..2] {
-        let events = x.process(&proposal, t0);
-        assert!(events
-            .iter()
-            .any(|e| matches!(e, RoomEvent::ProposalQueued)));
+        let info = queued(&x.process(&proposal, t0));
+        assert_eq!(
+            (info.kind, info.sender, info.target, info.needs_approval),
+            (
+                ProposalKind::Remove,
+                ProposalSender::Member(carol),
+                Some(carol),
+                false
+            )
+        );
     }
     // carol's own proposal echoed back is ignored.
     assert!(m[2].process(&proposal, t0).is_empty());
@@ -517,10 +526,16 @@ fn external_sender_proposes_a_removal() {
     .to_bytes()
     .unwrap();
     for x in m.iter_mut() {
-        let events = x.process(&proposal, t0);
-        assert!(events
-            .iter()
-            .any(|e| matches!(e, RoomEvent::ProposalQueued)));
+        let info = queued(&x.process(&proposal, t0));
+        assert_eq!(
+            (info.kind, info.sender, info.target, info.needs_approval),
+            (
+                ProposalKind::Remove,
+                ProposalSender::External(0),
+                Some(gone),
+                false
+            )
+        );
     }
     let commit = m[0].room.commit_pending_proposals().unwrap();
     deliver_commit(&mut m, 0, commit, t0);
@@ -652,4 +667,561 @@ fn a_welcome_that_opened_uses_the_key_package_up() {
     let failed = Room::join(failed.identity, RoomConfig::default(), &welcome).unwrap_err();
     assert_eq!(failed.error, RoomError::InvalidWelcome);
     assert!(!holds_key_package(&failed.identity, &kp.bytes));
+}
+
+/// A client speaking openmls directly, not through sotto: the relay once it holds a Welcome,
+/// or a member making proposals sotto has no API for (another client implementation).
+struct RawClient {
+    provider: openmls_rust_crypto::OpenMlsRustCrypto,
+    signer: openmls_basic_credential::SignatureKeyPair,
+    key_package: openmls::prelude::KeyPackage,
+}
+
+impl RawClient {
+    /// A client whose KeyPackage carries `name`, signed with `signer`.
+    fn new(name: &[u8], signer: openmls_basic_credential::SignatureKeyPair) -> RawClient {
+        use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage};
+        let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(name.to_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        let key_package = KeyPackage::builder()
+            .build(sotto::room::MLS_CIPHERSUITE, &provider, &signer, credential)
+            .unwrap()
+            .key_package()
+            .clone();
+        RawClient {
+            provider,
+            signer,
+            key_package,
+        }
+    }
+
+    fn fresh(name: &[u8]) -> RawClient {
+        let signer = openmls_basic_credential::SignatureKeyPair::new(
+            sotto::room::MLS_CIPHERSUITE.signature_algorithm(),
+        )
+        .unwrap();
+        RawClient::new(name, signer)
+    }
+
+    /// The KeyPackage as published (an MLS message).
+    fn key_package_bytes(&self) -> Vec<u8> {
+        openmls::prelude::MlsMessageOut::from(self.key_package.clone())
+            .to_bytes()
+            .unwrap()
+    }
+
+    fn key_package_ref(&self) -> Vec<u8> {
+        use openmls_traits::OpenMlsProvider as _;
+        self.key_package
+            .hash_ref(self.provider.crypto())
+            .unwrap()
+            .as_slice()
+            .to_vec()
+    }
+
+    /// Joins from a Welcome the way sotto does (ratchet tree in the Welcome).
+    fn join(&self, welcome: &[u8]) -> Option<openmls::prelude::MlsGroup> {
+        use openmls::prelude::tls_codec::Deserialize as _;
+        use openmls::prelude::{MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, StagedWelcome};
+        let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact(welcome)
+            .unwrap()
+            .extract()
+        else {
+            panic!("a Welcome");
+        };
+        let config = MlsGroupJoinConfig::builder()
+            .wire_format_policy(openmls::prelude::PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .build();
+        StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
+            .ok()?
+            .into_group(&self.provider)
+            .ok()
+    }
+}
+
+fn relay_room(relay_key: &openmls_basic_credential::SignatureKeyPair, t0: Instant) -> Vec<Member> {
+    let config = RoomConfig {
+        external_senders: vec![(relay_key.public().to_vec(), b"relay".to_vec())],
+        ..RoomConfig::default()
+    };
+    room_of(
+        &["alice", "bob", "carol"],
+        config,
+        MediaConfig::default(),
+        t0,
+    )
+}
+
+/// Finding 1 (issue 10): a relay set as external sender proposes adding its own KeyPackage.
+/// Whichever commit path the next committer takes (invite, remove, self-update, committing
+/// the pending proposals), the commit must not add the relay: otherwise the Welcome goes to
+/// the relay's mailbox and the relay derives the room's media keys. The proposal is refused
+/// with a typed rejection and not stored.
+#[test]
+fn external_sender_cannot_add_itself() {
+    use openmls::prelude::{ExternalProposal, GroupEpoch, GroupId, SenderExtensionIndex};
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use openmls_traits::OpenMlsProvider as _;
+
+    let mut breaches = Vec::new();
+    for path in [
+        "invite",
+        "remove",
+        "self_update",
+        "commit_pending_proposals",
+    ] {
+        let t0 = Instant::now();
+        // The relay's KeyPackage is signed with its external-sender key.
+        let relay = RawClient::fresh(b"relay");
+        let relay_key = &relay.signer;
+        let mut m = relay_room(relay_key, t0);
+        let proposal = ExternalProposal::new_add::<OpenMlsRustCrypto>(
+            relay.key_package.clone(),
+            GroupId::from_slice(m[0].room.group_id()),
+            GroupEpoch::from(m[0].room.epoch()),
+            relay_key,
+            SenderExtensionIndex::new(0),
+        )
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+        let verdicts: Vec<_> = m
+            .iter_mut()
+            .map(|x| x.room.process(&proposal).map(|_| ()))
+            .collect();
+
+        let dave = identity("dave");
+        let commit = match path {
+            "invite" => m[0]
+                .room
+                .invite(&[&dave.key_package().unwrap().bytes])
+                .unwrap(),
+            "remove" => {
+                let carol = m[2].room.own_leaf();
+                m[0].room.remove(&[carol]).unwrap()
+            }
+            "self_update" => m[0].room.self_update().unwrap(),
+            _ => m[0].room.commit_pending_proposals().unwrap(),
+        };
+        let base = commit.keys.expose_base_key().to_vec();
+        if let Some(welcome) = &commit.welcome {
+            if let Some(group) = relay.join(welcome) {
+                let stolen = group
+                    .export_secret(
+                        relay.provider.crypto(),
+                        "SFrame 1.0 Base Key",
+                        &[],
+                        base.len(),
+                    )
+                    .unwrap();
+                breaches.push(format!(
+                    "{path}: the relay joined from the Welcome, invited {:02x?}; \
+                     its base key is the room's next one: {}",
+                    commit.invited,
+                    stolen == base
+                ));
+            }
+        }
+        deliver_commit(&mut m, 0, commit, t0);
+        if m[0].room.members().iter().any(|x| x.pseudonym == b"relay") {
+            breaches.push(format!("{path}: the relay is a member"));
+        }
+        for verdict in verdicts {
+            if verdict != Err(RoomError::Rejected(Rejection::ProposalNotAllowed)) {
+                breaches.push(format!("{path}: proposal not refused: {verdict:?}"));
+            }
+        }
+    }
+    assert!(breaches.is_empty(), "{breaches:#?}");
+}
+
+/// A room of alice, bob (sotto) and erin (a client speaking openmls directly, so it can make
+/// proposals sotto has no API for).
+fn room_with_erin(
+    config: RoomConfig,
+    t0: Instant,
+) -> (Vec<Member>, RawClient, openmls::prelude::MlsGroup) {
+    let mut m = room_of(&["alice", "bob"], config, MediaConfig::default(), t0);
+    let erin = RawClient::fresh(b"erin");
+    let commit = m[0].room.invite(&[&erin.key_package_bytes()]).unwrap();
+    let welcome = commit.welcome.clone().unwrap();
+    deliver_commit(&mut m, 0, commit, t0);
+    let group = erin.join(&welcome).unwrap();
+    (m, erin, group)
+}
+
+/// The ProposalQueued event among `events`.
+fn queued(events: &[RoomEvent]) -> ProposalInfo {
+    events
+        .iter()
+        .find_map(|e| match e {
+            RoomEvent::ProposalQueued(info) => Some(info.clone()),
+            _ => None,
+        })
+        .expect("a ProposalQueued event")
+}
+
+/// Finding 1 (issue 10): an Add proposal by a member (here a client speaking openmls
+/// directly) is the app's call: the event says who proposed whom, no commit path includes
+/// it on its own, and only [`Room::commit_proposals`] with its id commits it.
+#[test]
+fn member_add_proposal_is_not_committed_silently() {
+    for path in [
+        "invite",
+        "remove",
+        "self_update",
+        "commit_pending_proposals",
+        "approve",
+    ] {
+        let t0 = Instant::now();
+        let (mut m, erin, mut erin_group) = room_with_erin(RoomConfig::default(), t0);
+        let frank = RawClient::fresh(b"frank");
+        let (proposal, _) = erin_group
+            .propose_add_member(&erin.provider, &erin.signer, &frank.key_package)
+            .unwrap();
+        let proposal = proposal.to_bytes().unwrap();
+        let erin_leaf = erin_group.own_leaf_index().u32();
+        let mut infos = Vec::new();
+        for x in m.iter_mut() {
+            let events = x.process(&proposal, t0);
+            infos.push(queued(&events));
+        }
+        let info = infos[0].clone();
+        assert_eq!(infos[1], info);
+        assert_eq!(info.kind, ProposalKind::Add);
+        assert_eq!(info.sender, ProposalSender::Member(erin_leaf));
+        assert_eq!(info.target, None);
+        assert_eq!(
+            info.key_package.as_deref(),
+            Some(&frank.key_package_ref()[..])
+        );
+        assert_eq!(info.pseudonym.as_deref(), Some(&b"frank"[..]));
+        assert!(info.needs_approval);
+        assert_eq!(m[0].room.pending_proposals().unwrap(), vec![info.clone()]);
+
+        let dave = identity("dave");
+        let commit = match path {
+            "invite" => m[0]
+                .room
+                .invite(&[&dave.key_package().unwrap().bytes])
+                .unwrap(),
+            "remove" => {
+                let bob = m[1].room.own_leaf();
+                m[0].room.remove(&[bob]).unwrap()
+            }
+            "self_update" => m[0].room.self_update().unwrap(),
+            "commit_pending_proposals" => m[0].room.commit_pending_proposals().unwrap(),
+            _ => {
+                let bogus = m[0].room.commit_proposals(&[]).unwrap();
+                m[0].room.discard_pending().unwrap();
+                assert!(bogus.welcome.is_none());
+                m[0].room
+                    .commit_proposals(std::slice::from_ref(&info.id))
+                    .unwrap()
+            }
+        };
+        let joined = commit.welcome.as_ref().and_then(|w| frank.join(w));
+        deliver_commit(&mut m, 0, commit, t0);
+        let frank_in = m[0].room.members().iter().any(|x| x.pseudonym == b"frank");
+        if path == "approve" {
+            assert!(frank_in && joined.is_some(), "approved, frank joins");
+        } else {
+            assert!(!frank_in && joined.is_none(), "{path} added frank");
+        }
+    }
+}
+
+#[test]
+fn commit_proposals_refuses_unknown_ids() {
+    let t0 = Instant::now();
+    let (mut m, erin, mut erin_group) = room_with_erin(RoomConfig::default(), t0);
+    let frank = RawClient::fresh(b"frank");
+    let (proposal, _) = erin_group
+        .propose_add_member(&erin.provider, &erin.signer, &frank.key_package)
+        .unwrap();
+    let info = queued(&m[0].process(&proposal.to_bytes().unwrap(), t0));
+    // Once the epoch moved on, the proposal is gone.
+    let commit = m[1].room.self_update().unwrap();
+    deliver_commit(&mut m, 1, commit, t0);
+    assert_eq!(m[0].room.pending_proposals().unwrap(), Vec::new());
+    assert_eq!(
+        m[0].room.commit_proposals(&[info.id]).unwrap_err(),
+        RoomError::NoSuchProposal
+    );
+    assert!(!m[0].room.has_pending_commit());
+}
+
+fn external_senders(
+    keys: &[(&[u8], &[u8])],
+) -> openmls::prelude::Extensions<openmls::prelude::GroupContext> {
+    use openmls::prelude::{BasicCredential, Extension, Extensions, ExternalSender};
+    let senders = keys
+        .iter()
+        .map(|(key, name)| {
+            ExternalSender::new((*key).into(), BasicCredential::new(name.to_vec()).into())
+        })
+        .collect();
+    Extensions::single(Extension::ExternalSenders(senders)).unwrap()
+}
+
+/// Finding 1 (issue 10): an external sender's GroupContextExtensions proposal (here the
+/// relay makes a second key of its own an external sender) is refused, so no commit
+/// changes the group context for it.
+#[test]
+fn external_sender_cannot_change_the_group_context() {
+    use openmls::prelude::{
+        ExternalProposal, GroupEpoch, GroupId, LeafNodeIndex, SenderExtensionIndex,
+    };
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+
+    let t0 = Instant::now();
+    let relay = RawClient::fresh(b"relay");
+    let relay2 = RawClient::fresh(b"relay2");
+    let mut m = relay_room(&relay.signer, t0);
+    let group = GroupId::from_slice(m[0].room.group_id());
+    let proposal = ExternalProposal::new_group_context_extensions::<OpenMlsRustCrypto>(
+        external_senders(&[
+            (relay.signer.public(), b"relay"),
+            (relay2.signer.public(), b"relay2"),
+        ]),
+        group.clone(),
+        GroupEpoch::from(m[0].room.epoch()),
+        &relay.signer,
+        SenderExtensionIndex::new(0),
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    let verdicts: Vec<_> = m
+        .iter_mut()
+        .map(|x| x.room.process(&proposal).map(|_| ()))
+        .collect();
+    let commit = m[0].room.commit_pending_proposals().unwrap();
+    deliver_commit(&mut m, 0, commit, t0);
+    // Were the second key an external sender now, its removal proposal would be queued.
+    let bob = m[1].room.own_leaf();
+    let removal = ExternalProposal::new_remove::<OpenMlsRustCrypto>(
+        LeafNodeIndex::new(bob),
+        group,
+        GroupEpoch::from(m[0].room.epoch()),
+        &relay2.signer,
+        SenderExtensionIndex::new(1),
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    assert!(
+        m[0].room.process(&removal).is_err(),
+        "the relay's second key became an external sender: {verdicts:?}"
+    );
+    for verdict in verdicts {
+        assert_eq!(
+            verdict,
+            Err(RoomError::Rejected(Rejection::ProposalNotAllowed))
+        );
+    }
+}
+
+/// Erin's openmls group processes and merges a commit of another member.
+fn raw_merge(client: &RawClient, group: &mut openmls::prelude::MlsGroup, commit: &[u8]) {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{MlsMessageIn, ProcessedMessageContent};
+    let message = MlsMessageIn::tls_deserialize_exact(commit)
+        .unwrap()
+        .try_into_protocol_message()
+        .unwrap();
+    match group
+        .process_message(&client.provider, message)
+        .unwrap()
+        .into_content()
+    {
+        ProcessedMessageContent::StagedCommitMessage(staged) => group
+            .merge_staged_commit(&client.provider, *staged)
+            .unwrap(),
+        _ => panic!("a commit"),
+    }
+}
+
+/// Whether the room still takes a removal proposal from `relay` as its external sender 0.
+fn relay_is_external_sender(member: &mut Member, relay: &RawClient) -> bool {
+    use openmls::prelude::{
+        ExternalProposal, GroupEpoch, GroupId, LeafNodeIndex, SenderExtensionIndex,
+    };
+    let own = member.room.own_leaf();
+    let other = member
+        .room
+        .members()
+        .iter()
+        .map(|x| x.leaf)
+        .find(|l| *l != own)
+        .unwrap();
+    let removal = ExternalProposal::new_remove::<openmls_rust_crypto::OpenMlsRustCrypto>(
+        LeafNodeIndex::new(other),
+        GroupId::from_slice(member.room.group_id()),
+        GroupEpoch::from(member.room.epoch()),
+        &relay.signer,
+        SenderExtensionIndex::new(0),
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    member.room.process(&removal).is_ok()
+}
+
+/// Finding 1 (issue 10): a member's GroupContextExtensions proposal that replaces the
+/// external senders (openmls lets members' GCE proposals through as PrivateMessages) is
+/// refused unless the room allows policy changes; even then only the app's approval
+/// commits it.
+#[test]
+fn member_cannot_change_the_external_senders_silently() {
+    for allow in [false, true] {
+        let t0 = Instant::now();
+        let relay = RawClient::fresh(b"relay");
+        let config = RoomConfig {
+            external_senders: vec![(relay.signer.public().to_vec(), b"relay".to_vec())],
+            allow_policy_changes: allow,
+            ..RoomConfig::default()
+        };
+        let (mut m, erin, mut erin_group) = room_with_erin(config, t0);
+        let propose = |group: &mut openmls::prelude::MlsGroup| {
+            let (proposal, _) = group
+                .propose_group_context_extensions(
+                    &erin.provider,
+                    external_senders(&[(erin.signer.public(), b"erin")]),
+                    &erin.signer,
+                )
+                .unwrap();
+            proposal.to_bytes().unwrap()
+        };
+        let proposal = propose(&mut erin_group);
+        let verdicts: Vec<_> = m.iter_mut().map(|x| x.room.process(&proposal)).collect();
+        if allow {
+            let info = queued(verdicts[0].as_ref().unwrap());
+            assert_eq!(info.kind, ProposalKind::GroupContextExtensions);
+            assert_eq!(
+                info.sender,
+                ProposalSender::Member(erin_group.own_leaf_index().u32())
+            );
+            assert!(info.needs_approval);
+        } else {
+            for verdict in &verdicts {
+                assert_eq!(
+                    verdict.as_ref().map(|_| ()),
+                    Err(&RoomError::Rejected(Rejection::ProposalNotAllowed))
+                );
+            }
+        }
+        let commit = m[0].room.commit_pending_proposals().unwrap();
+        let message = commit.message.clone();
+        deliver_commit(&mut m, 0, commit, t0);
+        raw_merge(&erin, &mut erin_group, &message);
+        assert!(
+            relay_is_external_sender(&mut m[0], &relay),
+            "the external senders were replaced without approval (allow = {allow})"
+        );
+        if allow {
+            // Approved, it goes through.
+            let proposal = propose(&mut erin_group);
+            let info = queued(&m[1].process(&proposal, t0));
+            m[0].process(&proposal, t0);
+            let commit = m[1].room.commit_proposals(&[info.id]).unwrap();
+            deliver_commit(&mut m, 1, commit, t0);
+            assert!(!relay_is_external_sender(&mut m[0], &relay));
+        }
+    }
+}
+
+/// Finding 10 (issue 10), part b: `Commit::invited` lists every KeyPackage the commit adds,
+/// whatever path made the commit (here an approved Add proposal of a member), so the
+/// Welcome reaches the invitee's mailbox.
+#[test]
+fn invited_lists_every_added_key_package() {
+    let t0 = Instant::now();
+    let (mut m, erin, mut erin_group) = room_with_erin(RoomConfig::default(), t0);
+    let frank = RawClient::fresh(b"frank");
+    let (proposal, _) = erin_group
+        .propose_add_member(&erin.provider, &erin.signer, &frank.key_package)
+        .unwrap();
+    let proposal = proposal.to_bytes().unwrap();
+    let info = queued(&m[0].process(&proposal, t0));
+    m[1].process(&proposal, t0);
+    let commit = m[0].room.commit_proposals(&[info.id]).unwrap();
+    assert_eq!(commit.invited, vec![frank.key_package_ref()]);
+    let welcome = commit.welcome.clone().unwrap();
+    deliver_commit(&mut m, 0, commit, t0);
+    assert!(frank.join(&welcome).is_some());
+}
+
+/// Finding 4 (issue 10), reserved exporter labels: `Room::export_secret` refuses sotto's own
+/// labels (the SFrame base key, and the "sotto " namespace such as the channel token), so an
+/// app cannot be led to hand out the media keys; other labels still work.
+#[test]
+fn export_secret_refuses_reserved_labels() {
+    let t0 = Instant::now();
+    let m = room_of(
+        &["alice", "bob"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    for label in [
+        sotto::room::SFRAME_EXPORTER_LABEL,
+        sotto::room::TOKEN_EXPORTER_LABEL,
+        "sotto 1 member fingerprint",
+        "sotto ",
+        "sotto 2 anything",
+    ] {
+        let got = m[0].room.export_secret(label, b"", 16);
+        assert_eq!(got, Err(RoomError::ReservedLabel), "{label:?}");
+    }
+    let a = m[0]
+        .room
+        .export_secret("my app 1 chat key", b"", 32)
+        .unwrap();
+    assert_eq!(
+        a,
+        m[1].room
+            .export_secret("my app 1 chat key", b"", 32)
+            .unwrap()
+    );
+    assert_eq!(a.len(), 32);
+}
+
+/// Finding 1 (issue 10), commit policy: a queued removal of the committer itself stays out of
+/// its own commits (a commit cannot remove its sender); another member commits it.
+#[test]
+fn removal_of_the_committer_is_left_to_another_member() {
+    use openmls::prelude::{
+        ExternalProposal, GroupEpoch, GroupId, LeafNodeIndex, SenderExtensionIndex,
+    };
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+
+    let t0 = Instant::now();
+    let relay = RawClient::fresh(b"relay");
+    let mut m = relay_room(&relay.signer, t0);
+    let alice = m[0].room.own_leaf();
+    let proposal = ExternalProposal::new_remove::<OpenMlsRustCrypto>(
+        LeafNodeIndex::new(alice),
+        GroupId::from_slice(m[0].room.group_id()),
+        GroupEpoch::from(m[0].room.epoch()),
+        &relay.signer,
+        SenderExtensionIndex::new(0),
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    for x in m.iter_mut() {
+        assert_eq!(queued(&x.process(&proposal, t0)).target, Some(alice));
+    }
+    let own = m[0].room.commit_pending_proposals().unwrap();
+    assert!(own.keys.members().iter().any(|m| m.leaf == alice));
+    m[0].room.discard_pending().unwrap();
+    let commit = m[1].room.commit_pending_proposals().unwrap();
+    deliver_commit(&mut m, 1, commit, t0);
+    assert!(m[0].removed);
+    assert_eq!(m[1].room.members().len(), 2);
 }

@@ -187,3 +187,66 @@ fn reload_from_sqlite_and_continue() {
     assert_eq!(alice.epoch(), epoch + 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Finding 10 (issue 10), part a: a member that crashed between making a commit and seeing
+/// it come back reloads with the commit pending; the relay's echo of that very commit then
+/// merges it (and a tampered copy does not).
+#[test]
+fn reloaded_pending_commit_is_merged_by_its_echo() {
+    let dir = std::env::temp_dir().join(format!("sotto-echo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("alice.sqlite");
+    let _ = std::fs::remove_file(&db);
+    let t0 = Instant::now();
+    let config = RoomConfig::default();
+
+    let alice_id = Identity::new(SqliteProvider::open(&db), b"alice").unwrap();
+    let alice_key = alice_id.signature_key().to_vec();
+    let (mut alice, _) = Room::create(alice_id, config.clone()).unwrap();
+    let bob_id = identity("bob");
+    let kp = bob_id.key_package().unwrap();
+    let commit = alice.invite(&[&kp.bytes]).unwrap();
+    alice.confirm_pending().unwrap();
+    let mut bob = Member::join(
+        bob_id,
+        config.clone(),
+        MediaConfig::default(),
+        &commit.welcome.unwrap(),
+        t0,
+    );
+    let group_id = alice.group_id().to_vec();
+    let epoch = alice.epoch();
+
+    // Alice commits, sends the commit to the relay, and crashes before its echo.
+    let commit = alice.self_update().unwrap();
+    drop(alice);
+    bob.process(&commit.message, t0);
+
+    let (mut alice, _) = Room::load(
+        SqliteProvider::open(&db),
+        &alice_key,
+        &group_id,
+        config.clone(),
+    )
+    .unwrap();
+    assert!(alice.has_pending_commit());
+    assert_eq!(alice.pending_commit_message(), Some(&commit.message[..]));
+    let mut tampered = commit.message.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    // Its sender data still names alice's leaf (openmls reports an own message it cannot
+    // decrypt), but the bytes are not the commit's.
+    assert!(alice.process(&tampered).is_ok_and(|e| e.is_empty()));
+    assert_eq!(alice.epoch(), epoch);
+    assert!(alice.has_pending_commit());
+    let events = alice.process(&commit.message).unwrap();
+    assert!(
+        events.iter().any(
+            |e| matches!(e, sotto::room::RoomEvent::EpochChanged { epoch: e } if *e == epoch + 1)
+        ),
+        "the echo of the reloaded pending commit was not merged: {events:?}"
+    );
+    assert_eq!(alice.epoch(), epoch + 1);
+    assert!(!alice.has_pending_commit());
+    assert_eq!(alice.safety_code(), bob.room.safety_code());
+    let _ = std::fs::remove_dir_all(&dir);
+}

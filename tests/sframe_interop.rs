@@ -13,17 +13,29 @@ use sframe::key::{DecryptionKey, EncryptionKey};
 use sframe::mls::{MlsExporter, MlsKeyId, MlsKeyIdBitRange};
 use sotto::frame::{CipherSuite, FrameSealer};
 use sotto::keys::KidLayout;
-use sotto::media::MediaConfig;
-use sotto::room::{RoomConfig, RoomError};
+use sotto::media::{EpochKeys, MediaConfig};
+use sotto::room::{RoomConfig, RoomError, SFRAME_EXPORTER_LABEL};
 
-/// sframe's exporter interface over a sotto room's MLS exporter.
-struct RoomExporter<'a>(&'a common::MemRoom);
+/// sframe's exporter interface over the base key a sotto room exported for the epoch
+/// (`Room::export_secret` refuses sotto's own labels, so the key comes from the room's
+/// `EpochKeys`). It answers only the RFC 9605 §5.2 export.
+struct RoomExporter(EpochKeys);
 
-impl MlsExporter for RoomExporter<'_> {
+impl RoomExporter {
+    fn of(room: &common::MemRoom) -> RoomExporter {
+        RoomExporter(room.receive_keys().unwrap())
+    }
+}
+
+impl MlsExporter for RoomExporter {
     type BaseKey = Vec<u8>;
     type Error = RoomError;
     fn export_secret(&self, label: &str, context: &[u8], len: usize) -> Result<Vec<u8>, RoomError> {
-        self.0.export_secret(label, context, len)
+        let base = self.0.expose_base_key();
+        if label != SFRAME_EXPORTER_LABEL || !context.is_empty() || len != base.len() {
+            return Err(RoomError::ReservedLabel);
+        }
+        Ok(base.to_vec())
     }
 }
 
@@ -54,7 +66,7 @@ fn sframe_crate_derives_the_same_keys_and_opens_our_frames() {
         assert_eq!(u64::from(mls_kid), kid, "same KID layout");
 
         // sframe opens sotto's frame with a key it derived itself through the exporter.
-        let exporter = RoomExporter(&m[(i + 1) % 3].room);
+        let exporter = RoomExporter::of(&m[(i + 1) % 3].room);
         let dec = DecryptionKey::derive_from_mls(
             sframe::CipherSuite::AesGcm128Sha256,
             &exporter,
@@ -79,11 +91,10 @@ fn sframe_crate_derives_the_same_keys_and_opens_our_frames() {
             .unwrap()
             .encrypt(&enc)
             .unwrap();
-        let base = m[i]
-            .room
-            .export_secret("SFrame 1.0 Base Key", b"", config.suite.key_len())
-            .unwrap();
-        let mut ours = FrameSealer::starting_at(config.suite, kid, &base, 77).unwrap();
+        let keys = m[i].room.receive_keys().unwrap();
+        let base = keys.expose_base_key();
+        assert_eq!(base.len(), config.suite.key_len());
+        let mut ours = FrameSealer::starting_at(config.suite, kid, base, 77).unwrap();
         let mut out = bytes::BytesMut::new();
         ours.seal(b"", b"same input", &mut out).unwrap();
         assert_eq!(&out[..], theirs.sframe_cipher_text());
