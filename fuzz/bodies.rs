@@ -310,6 +310,9 @@ mod relay_body {
                     max_welcome_bytes: 300,
                     welcome_ttl: Duration::from_secs(5),
                     max_fetch_bytes_per_minute: FETCH_BYTES,
+                    max_channels_opened_per_connection: 2,
+                    max_welcomes_per_connection: 3,
+                    max_welcome_bytes_per_connection: 200,
                 }),
                 now: Instant::now(),
                 datagrams_in: 0,
@@ -412,6 +415,17 @@ mod relay_body {
             assert!(self.router.connection_count() <= limits.max_connections);
             assert!(self.router.mailbox_count() <= limits.max_mailboxes);
             assert!(self.router.welcome_bytes() <= limits.max_welcome_bytes);
+            // Per-connection quotas hold, and every charge is exactly what the router
+            // holds on the connection's behalf (released on close, expiry, disconnect).
+            for conn in [1, 2, 3, 4, X.0, Y.0] {
+                if let Some(u) = self.router.usage(ConnId(conn)) {
+                    assert!(u.subscriptions <= limits.max_channels_per_connection);
+                    assert!(u.channels_opened <= limits.max_channels_opened_per_connection);
+                    assert!(u.welcomes <= limits.max_welcomes_per_connection);
+                    assert!(u.welcome_bytes <= limits.max_welcome_bytes_per_connection);
+                }
+            }
+            assert!(self.router.accounting_is_exact());
         }
 
         /// The control channel delivers exactly as it should: X's frame reaches Y once

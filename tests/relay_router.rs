@@ -566,6 +566,7 @@ impl Relay {
         self.sink_bytes += out.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         self.sent.extend(out.iter().cloned());
         check_stats(self.router.stats());
+        assert!(self.router.accounting_is_exact());
         assert_eq!(self.router.stats().datagrams_out, self.sink_datagrams);
         assert_eq!(self.router.stats().bytes_out, self.sink_bytes);
         for (_, b) in &out {
@@ -1286,4 +1287,244 @@ fn fetch_replies_are_bounded_per_connection_per_minute() {
     assert_eq!((result, out.len()), (Ok(()), 2));
     assert_eq!(relay.router.stats().drops.rate_limited, 1);
     check_stats(relay.router.stats());
+}
+
+/// Finding 5 (issue 10): one relay client could exhaust the relay's global limits. With
+/// the default limits, one connection filled the whole mailbox table with tiny Welcomes
+/// and the 64 MiB Welcome store with large ones (for the Welcome TTL, 24 h), so another
+/// client's invite was refused with `StorageFull`. Now each connection holds at most its
+/// own quota of Welcomes and Welcome bytes, is refused beyond it with a typed error, and
+/// other clients' invites still succeed.
+#[test]
+fn finding5_one_connection_cannot_exhaust_the_welcome_store() {
+    let limits = RouterLimits::default();
+    let mut relay = Relay::new(limits.clone());
+    relay.control();
+    let victim_kp = [0xeeu8; 32];
+    let victim = MailboxId::new(&victim_kp).unwrap();
+    let invite = |relay: &mut Relay, n: u8| {
+        let welcome = vec![n; 5000];
+        relay
+            .send(
+                B,
+                ClientMessage::DeliverWelcome {
+                    mailbox: victim,
+                    welcome: &welcome,
+                },
+            )
+            .0
+    };
+    // Phase 1: tiny Welcomes to ever new mailboxes (the mailbox table).
+    let mut stored = 0usize;
+    let mut refused = None;
+    for i in 0..(limits.max_mailboxes as u32 + 10) {
+        let kp = [&i.to_be_bytes()[..], &[0xa1; 28]].concat();
+        let mailbox = MailboxId::new(&kp).unwrap();
+        let (result, out) = relay.send(
+            A,
+            ClientMessage::DeliverWelcome {
+                mailbox,
+                welcome: b"w",
+            },
+        );
+        match result {
+            Ok(()) => stored += 1,
+            Err(code) => {
+                Relay::expect_error(&out, A, code, Request::DeliverWelcome(mailbox));
+                refused = Some(code);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        invite(&mut relay, 1),
+        Ok(()),
+        "the victim's invite after a mailbox flood"
+    );
+    assert_eq!(refused, Some(ErrorCode::WelcomeQuotaExceeded));
+    assert_eq!(stored, limits.max_welcomes_per_connection);
+    // Phase 2: large Welcomes (the byte store), from a second abusive connection.
+    let big = vec![0xb2u8; 60_000];
+    let mut held = 0usize;
+    let mut refused = None;
+    for i in 0..2000u32 {
+        let kp = [&i.to_be_bytes()[..], &[0xb2; 28]].concat();
+        let mailbox = MailboxId::new(&kp).unwrap();
+        let (result, _) = relay.send(
+            C,
+            ClientMessage::DeliverWelcome {
+                mailbox,
+                welcome: &big,
+            },
+        );
+        match result {
+            Ok(()) => held += big.len(),
+            Err(code) => {
+                refused = Some(code);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        invite(&mut relay, 2),
+        Ok(()),
+        "the victim's invite after a byte flood"
+    );
+    assert_eq!(refused, Some(ErrorCode::WelcomeQuotaExceeded));
+    assert!(held <= limits.max_welcome_bytes_per_connection);
+    assert!(held + big.len() > limits.max_welcome_bytes_per_connection);
+    assert_eq!(relay.router.usage(C).unwrap().welcome_bytes, held);
+    relay.control_still_works();
+    let d = relay.router.stats().drops;
+    assert_eq!(d.welcome_quota, 2);
+    assert_eq!(d.storage_full, 0);
+}
+
+/// Finding 5 (issue 10): channels a connection opens count against its own quota, so one
+/// connection cannot fill the channel table (a relay whose table is as small as one
+/// connection's subscriptions shows it: before, one connection took every channel and
+/// another's subscribe to a new token was refused with `RelayFull`).
+#[test]
+fn finding5_one_connection_cannot_exhaust_the_channel_table() {
+    let limits = RouterLimits {
+        max_channels: 64,
+        ..RouterLimits::default()
+    };
+    assert!(limits.max_channels_opened_per_connection < limits.max_channels);
+    let mut relay = Relay::new(limits.clone());
+    relay.control();
+    let mut opened = 0;
+    let mut refused = None;
+    for i in 0..200u8 {
+        let (result, out) = relay.send(A, ClientMessage::Subscribe { token: token(i) });
+        match result {
+            Ok(()) => opened += 1,
+            Err(code) => {
+                Relay::expect_error(&out, A, code, Request::Subscribe(token(i)));
+                refused = Some(code);
+                break;
+            }
+        }
+    }
+    let (result, _) = relay.send(B, ClientMessage::Subscribe { token: token(0xfe) });
+    assert_eq!(
+        result,
+        Ok(()),
+        "another client's subscribe to a new channel"
+    );
+    assert_eq!(refused, Some(ErrorCode::TooManyChannelsOpened));
+    assert_eq!(opened, limits.max_channels_opened_per_connection);
+    // Joining channels others opened is bounded by the subscription quota only.
+    relay.subscribe(B, token(0xfd));
+    relay.subscribe(A, token(0xfe));
+    relay.subscribe(A, token(0xfd));
+    relay.control_still_works();
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.subscriptions, u.channels_opened), (opened + 2, opened));
+    assert_eq!(relay.router.stats().drops.too_many_channels_opened, 1);
+}
+
+/// Finding 5 (issue 10): quota charges are released exactly when what they pay for is
+/// gone: a channel's when it closes (its last subscriber left) or its opener disconnects,
+/// a Welcome's when it expires (a fetch does not release it: the Welcome is still held,
+/// for a fetch again) or its depositor disconnects (the Welcome stays for the invitee).
+#[test]
+fn finding5_quota_charges_are_released_exactly() {
+    let limits = RouterLimits {
+        max_channels_opened_per_connection: 2,
+        max_welcomes_per_connection: 2,
+        max_welcome_bytes_per_connection: 1000,
+        welcome_ttl: Duration::from_secs(10),
+        ..RouterLimits::default()
+    };
+    let mut relay = Relay::new(limits);
+    let kp = |i: u8| [i; 32];
+    let deliver = |relay: &mut Relay, from: ConnId, i: u8, len: usize| {
+        let id = kp(i);
+        let welcome = vec![i; len];
+        relay
+            .send(
+                from,
+                ClientMessage::DeliverWelcome {
+                    mailbox: MailboxId::new(&id).unwrap(),
+                    welcome: &welcome,
+                },
+            )
+            .0
+    };
+    // Channels: two opened, the third refused; B joins the first.
+    let h1 = relay.subscribe(A, token(1));
+    relay.subscribe(A, token(2));
+    relay.subscribe(B, token(1));
+    let sub3 = ClientMessage::Subscribe { token: token(3) };
+    assert_eq!(relay.send(A, sub3).0, Err(ErrorCode::TooManyChannelsOpened));
+    // A leaves channel 1, which B keeps open: still charged to A while it exists.
+    assert_eq!(
+        relay.send(A, ClientMessage::Unsubscribe { handle: h1 }).0,
+        Ok(())
+    );
+    assert_eq!(relay.send(A, sub3).0, Err(ErrorCode::TooManyChannelsOpened));
+    // B leaves it: the channel closes, A's charge is released.
+    let hb = relay.router.handle(B, &token(1)).unwrap();
+    assert_eq!(
+        relay.send(B, ClientMessage::Unsubscribe { handle: hb }).0,
+        Ok(())
+    );
+    assert_eq!(relay.router.usage(A).unwrap().channels_opened, 1);
+    relay.subscribe(A, token(3));
+    assert!(relay.router.accounting_is_exact());
+    // Welcomes: count and bytes.
+    assert_eq!(deliver(&mut relay, A, 1, 600), Ok(()));
+    assert_eq!(
+        deliver(&mut relay, A, 2, 500),
+        Err(ErrorCode::WelcomeQuotaExceeded)
+    );
+    assert_eq!(deliver(&mut relay, A, 2, 400), Ok(()));
+    assert_eq!(
+        deliver(&mut relay, A, 3, 1),
+        Err(ErrorCode::WelcomeQuotaExceeded)
+    );
+    // A retransmission is no new charge.
+    assert_eq!(deliver(&mut relay, A, 2, 400), Ok(()));
+    // A fetch does not release the charge (the Welcome is still held).
+    let id = kp(2);
+    let fetch = ClientMessage::FetchWelcomes {
+        mailbox: MailboxId::new(&id).unwrap(),
+    };
+    assert_eq!(relay.send(A, fetch).0, Ok(()));
+    assert_eq!(
+        deliver(&mut relay, A, 3, 1),
+        Err(ErrorCode::WelcomeQuotaExceeded)
+    );
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.welcomes, u.welcome_bytes), (2, 1000));
+    assert!(relay.router.accounting_is_exact());
+    // Expiry releases it.
+    relay.now += Duration::from_secs(11);
+    assert_eq!(deliver(&mut relay, A, 3, 1000), Ok(()));
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.welcomes, u.welcome_bytes), (1, 1000));
+    assert!(relay.router.accounting_is_exact());
+    // Disconnecting releases everything; the Welcome stays for its invitee.
+    relay.router.disconnect(A);
+    assert!(relay.router.usage(A).is_none());
+    assert_eq!(relay.router.welcome_bytes(), 1000);
+    assert!(relay.router.accounting_is_exact());
+    // A new connection under the same id starts from nothing, and the old Welcome's
+    // expiry does not touch its charges.
+    relay.now += Duration::from_secs(5);
+    relay.subscribe(A, token(7));
+    assert_eq!(deliver(&mut relay, A, 4, 10), Ok(()));
+    relay.now += Duration::from_secs(6);
+    relay.router.expire(relay.now);
+    assert_eq!(relay.router.welcome_bytes(), 10);
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.welcomes, u.welcome_bytes, u.channels_opened), (1, 10, 1));
+    assert!(relay.router.accounting_is_exact());
+    relay.now += Duration::from_secs(5);
+    relay.router.expire(relay.now);
+    assert_eq!(relay.router.welcome_bytes(), 0);
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.welcomes, u.welcome_bytes), (0, 0));
+    assert!(relay.router.accounting_is_exact());
 }

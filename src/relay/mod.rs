@@ -59,6 +59,11 @@
 //! included, so a committer learns where its commit was ordered. Welcomes wait in mailboxes
 //! keyed by the invitee's KeyPackage reference until they expire. Every limit
 //! ([`RouterLimits`]) is enforced by refusing the one request with an error to its sender.
+//! Besides the relay-wide limits, each connection has quotas of its own — subscriptions,
+//! channels it opened, Welcomes and Welcome bytes held for it ([`Router::usage`]) — so one
+//! client cannot use up what the others share. A channel is charged to its opener until it
+//! closes, a Welcome to its depositor until it expires; a disconnect ends a connection's
+//! charges (its Welcomes stay for their invitees).
 //!
 //! A [`ConnId`] must name a peer whose address is proven: the router sends to it whatever
 //! the connection asked for (a channel's media, a mailbox's Welcomes). Transports that
@@ -110,7 +115,7 @@ mod wire;
 pub use address::{AddressCheck, Admission, CHALLENGE_LEN};
 pub use client::{ClientError, ClientEvent, RelayClient};
 
-pub use router::{ConnId, Departure, DropStats, Router, RouterLimits, RouterStats};
+pub use router::{ConnId, Departure, DropStats, Router, RouterLimits, RouterStats, Usage};
 pub use wire::{
     ChannelHandle, ClientMessage, Cookie, ErrorCode, MailboxId, RelayMessage, Request, WireError,
     HANDSHAKE_OVERHEAD, MAX_HANDSHAKE, MAX_MEDIA_FRAME, MAX_MEDIA_MESSAGE, MAX_MESSAGE,

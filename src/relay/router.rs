@@ -51,6 +51,22 @@ pub struct RouterLimits {
     /// sending fetches with a member's address can make the relay send that member.
     /// Default 256 KiB (a full mailbox of the largest Welcomes).
     pub max_fetch_bytes_per_minute: usize,
+    /// Channels one connection opened (was their first subscriber) that still exist. A
+    /// channel is charged to its opener until it closes (its last subscriber left) or the
+    /// opener [disconnects](Router::disconnect), even after the opener left it, so one
+    /// connection holds at most this share of `max_channels`. Default 32: a member opens
+    /// at most one channel per epoch, and holds at most 2^E of them in their grace period
+    /// (16 with the default KID layout), with room for channels others still hold open.
+    pub max_channels_opened_per_connection: usize,
+    /// Welcomes held on behalf of one connection (delivered by it, not yet expired). The
+    /// charge ends when the Welcome expires or the connection disconnects (the Welcome
+    /// stays for its invitee); a fetch does not end it, since the Welcome is still held.
+    /// Default 64 (one connection holds at most this share of `max_mailboxes`).
+    pub max_welcomes_per_connection: usize,
+    /// Welcome bytes held on behalf of one connection, charged and released as
+    /// `max_welcomes_per_connection`. Default 1 MiB (17 of the largest Welcomes; 1/64 of
+    /// the default `max_welcome_bytes`).
+    pub max_welcome_bytes_per_connection: usize,
 }
 
 impl Default for RouterLimits {
@@ -68,6 +84,9 @@ impl Default for RouterLimits {
             max_welcome_bytes: 64 << 20,
             welcome_ttl: Duration::from_secs(24 * 3600),
             max_fetch_bytes_per_minute: 256 << 10,
+            max_channels_opened_per_connection: 32,
+            max_welcomes_per_connection: 64,
+            max_welcome_bytes_per_connection: 1 << 20,
         }
     }
 }
@@ -98,6 +117,10 @@ pub struct DropStats {
     pub mailbox_empty: u64,
     /// [`ErrorCode::RateLimited`].
     pub rate_limited: u64,
+    /// [`ErrorCode::TooManyChannelsOpened`].
+    pub too_many_channels_opened: u64,
+    /// [`ErrorCode::WelcomeQuotaExceeded`].
+    pub welcome_quota: u64,
 }
 
 impl DropStats {
@@ -115,6 +138,8 @@ impl DropStats {
             ErrorCode::StorageFull => self.storage_full,
             ErrorCode::MailboxEmpty => self.mailbox_empty,
             ErrorCode::RateLimited => self.rate_limited,
+            ErrorCode::TooManyChannelsOpened => self.too_many_channels_opened,
+            ErrorCode::WelcomeQuotaExceeded => self.welcome_quota,
             ErrorCode::Other(_) => 0,
         }
     }
@@ -137,6 +162,8 @@ impl DropStats {
             ErrorCode::StorageFull => &mut self.storage_full,
             ErrorCode::MailboxEmpty => &mut self.mailbox_empty,
             ErrorCode::RateLimited => &mut self.rate_limited,
+            ErrorCode::TooManyChannelsOpened => &mut self.too_many_channels_opened,
+            ErrorCode::WelcomeQuotaExceeded => &mut self.welcome_quota,
             ErrorCode::Other(_) => return,
         };
         *slot = slot.saturating_add(1);
@@ -192,6 +219,22 @@ pub struct RouterStats {
     pub drops: DropStats,
 }
 
+/// What one connection holds of the router's shared resources, charged against its
+/// quotas ([`Router::usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Channels subscribed to ([`RouterLimits::max_channels_per_connection`]).
+    pub subscriptions: usize,
+    /// Channels opened that still exist
+    /// ([`RouterLimits::max_channels_opened_per_connection`]).
+    pub channels_opened: usize,
+    /// Welcomes held for it ([`RouterLimits::max_welcomes_per_connection`]).
+    pub welcomes: usize,
+    /// Bytes of those Welcomes ([`RouterLimits::max_welcome_bytes_per_connection`]).
+    pub welcome_bytes: usize,
+}
+
 /// A channel that lost a member when a connection [disconnected](Router::disconnect).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Departure {
@@ -226,27 +269,56 @@ struct Member {
     handle: ChannelHandle,
 }
 
+/// Who a quota charge belongs to: a connection, and which of the connections that had its
+/// id (a charge outliving its connection is charged to nobody, so a later connection under
+/// the same id never pays for it, nor is credited by it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Owner {
+    conn: ConnId,
+    serial: u64,
+}
+
 struct Channel {
     token: ChannelToken,
     members: Vec<Member>,
     next_seq: u64,
+    /// The connection charged for it (its first subscriber).
+    opener: Option<Owner>,
 }
 
-/// A connection's subscriptions.
+/// A connection's subscriptions and quota charges.
 struct Connection {
+    /// Distinguishes this connection from earlier ones under the same id.
+    serial: u64,
     /// Handle → channel slot, sorted by handle.
     handles: Vec<(ChannelHandle, usize)>,
     /// Where the search for a free handle starts: handles are not reused until the
     /// 16-bit space wraps, so a late packet for a released handle does not land in a newer
     /// channel.
     next_handle: u16,
+    /// Channels charged to it, still open.
+    opened: usize,
+    /// Welcomes charged to it, still held, and their bytes.
+    welcomes: usize,
+    welcome_bytes: usize,
 }
 
 impl Connection {
-    fn new() -> Connection {
+    fn new(serial: u64) -> Connection {
         Connection {
+            serial,
             handles: Vec::new(),
             next_handle: 0,
+            opened: 0,
+            welcomes: 0,
+            welcome_bytes: 0,
+        }
+    }
+
+    fn owner(&self, conn: ConnId) -> Owner {
+        Owner {
+            conn,
+            serial: self.serial,
         }
     }
 
@@ -304,6 +376,29 @@ struct HeldWelcome {
     /// `None`: the TTL overflowed `Instant`, never expires.
     expires: Option<Instant>,
     bytes: Box<[u8]>,
+    /// The connection charged for it (its depositor).
+    owner: Option<Owner>,
+}
+
+/// Ends the charge `owner` paid for a channel (`welcome` is `None`) or for a Welcome of
+/// `welcome` bytes, if that connection is still there.
+fn release(connections: &mut ConnMap<Connection>, owner: Option<Owner>, welcome: Option<usize>) {
+    let Some(owner) = owner else {
+        return;
+    };
+    let Some(c) = connections
+        .get_mut(&owner.conn)
+        .filter(|c| c.serial == owner.serial)
+    else {
+        return;
+    };
+    match welcome {
+        None => c.opened = c.opened.saturating_sub(1),
+        Some(len) => {
+            c.welcomes = c.welcomes.saturating_sub(1);
+            c.welcome_bytes = c.welcome_bytes.saturating_sub(len);
+        }
+    }
 }
 
 impl HeldWelcome {
@@ -335,6 +430,8 @@ pub struct Router {
     fetched: HashMap<ConnId, (Instant, usize)>,
     /// No Welcome expires before this (so sweeps on a full store stay rare).
     next_expiry: Option<Instant>,
+    /// The serial of the next connection.
+    next_serial: u64,
     /// Where every outgoing datagram is built.
     buf: Vec<u8>,
     stats: RouterStats,
@@ -378,6 +475,7 @@ impl Router {
             welcome_bytes: 0,
             fetched: HashMap::new(),
             next_expiry: None,
+            next_serial: 0,
             buf: vec![0; MAX_MESSAGE],
             stats: RouterStats::default(),
         }
@@ -412,6 +510,66 @@ impl Router {
     pub fn handle(&self, conn: ConnId, token: &ChannelToken) -> Option<ChannelHandle> {
         let slot = *self.by_token.get(token)?;
         self.connections.get(&conn)?.handle_of(slot)
+    }
+
+    /// What `conn` holds against its quotas; `None` for a connection the router holds no
+    /// state for.
+    pub fn usage(&self, conn: ConnId) -> Option<Usage> {
+        let c = self.connections.get(&conn)?;
+        Some(Usage {
+            subscriptions: c.handles.len(),
+            channels_opened: c.opened,
+            welcomes: c.welcomes,
+            welcome_bytes: c.welcome_bytes,
+        })
+    }
+
+    /// Recomputes every connection's charges from what the router holds and compares them
+    /// with its counters. A walk over all state: for tests and fuzzing, not for a relay's
+    /// hot path.
+    pub fn accounting_is_exact(&self) -> bool {
+        let mut expected: HashMap<Owner, Usage> = HashMap::new();
+        let live = |o: &Option<Owner>| {
+            o.filter(|o| {
+                self.connections
+                    .get(&o.conn)
+                    .is_some_and(|c| c.serial == o.serial)
+            })
+        };
+        let mut subscribers = 0;
+        for channel in self.channels.iter().flatten() {
+            subscribers += channel.members.len();
+            if let Some(o) = live(&channel.opener) {
+                expected.entry(o).or_default().channels_opened += 1;
+            }
+        }
+        let mut bytes = 0;
+        for w in self.mailboxes.values().flatten() {
+            bytes += w.bytes.len();
+            if let Some(o) = live(&w.owner) {
+                let u = expected.entry(o).or_default();
+                u.welcomes += 1;
+                u.welcome_bytes += w.bytes.len();
+            }
+        }
+        let mut handles = 0;
+        let charges_match = self.connections.iter().all(|(conn, c)| {
+            handles += c.handles.len();
+            let want = expected.remove(&c.owner(*conn)).unwrap_or_default();
+            (c.opened, c.welcomes, c.welcome_bytes)
+                == (want.channels_opened, want.welcomes, want.welcome_bytes)
+                && c.handles.iter().all(|(handle, slot)| {
+                    self.routes.get(&Route {
+                        conn: *conn,
+                        handle: *handle,
+                    }) == Some(slot)
+                })
+        });
+        charges_match
+            && expected.is_empty()
+            && bytes == self.welcome_bytes
+            && handles == self.routes.len()
+            && handles == subscribers
     }
 
     /// Mailboxes holding at least one Welcome (expired ones included until
@@ -631,6 +789,11 @@ impl Router {
             None if self.limits.max_subscribers_per_channel == 0 => {
                 return Err(ErrorCode::ChannelFull)
             }
+            None if connection.map_or(0, |c| c.opened)
+                >= self.limits.max_channels_opened_per_connection =>
+            {
+                return Err(ErrorCode::TooManyChannelsOpened)
+            }
             None if self.by_token.len() >= self.limits.max_channels => {
                 return Err(ErrorCode::RelayFull)
             }
@@ -640,17 +803,22 @@ impl Router {
             Some(slot) => slot,
             None => self.open_channel(token),
         };
-        let handle = self
-            .connections
-            .entry(conn)
-            .or_insert_with(Connection::new)
-            .insert(slot);
+        let serial = &mut self.next_serial;
+        let connection = self.connections.entry(conn).or_insert_with(|| {
+            *serial += 1;
+            Connection::new(*serial)
+        });
+        let handle = connection.insert(slot);
         let (Some(handle), Some(Some(channel))) = (handle, self.channels.get_mut(slot)) else {
             // Unreachable: fewer than 65,536 handles are in use and the slot is live.
             // Undo a channel opened for nothing.
             self.leave(slot, conn);
             return Err(ErrorCode::TooManySubscriptions);
         };
+        if existing.is_none() {
+            connection.opened += 1;
+            channel.opener = Some(connection.owner(conn));
+        }
         channel.members.push(Member { conn, handle });
         self.routes.insert(Route { conn, handle }, slot);
         self.stats.subscribes += 1;
@@ -663,6 +831,7 @@ impl Router {
             token,
             members: Vec::new(),
             next_seq: 0,
+            opener: None,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -695,6 +864,7 @@ impl Router {
             remaining: channel.members.len(),
         };
         if departure.remaining == 0 {
+            release(&mut self.connections, channel.opener, None);
             *entry = None;
             self.free.push(slot);
             self.by_token.remove(&departure.token);
@@ -763,16 +933,42 @@ impl Router {
             }
             _ => {}
         }
+        // The connection's quota, then the relay's store; expired Welcomes are swept (and
+        // their charges released) before either refuses.
+        let within_quota = |r: &Router| {
+            r.connections.get(&conn).is_none_or(|c| {
+                c.welcomes < r.limits.max_welcomes_per_connection
+                    && c.welcome_bytes.saturating_add(welcome.len())
+                        <= r.limits.max_welcome_bytes_per_connection
+            }) && r.limits.max_welcomes_per_connection > 0
+                && welcome.len() <= r.limits.max_welcome_bytes_per_connection
+        };
         let fits = |r: &Router| {
             (r.mailboxes.contains_key(&key) || r.mailboxes.len() < r.limits.max_mailboxes)
                 && r.welcome_bytes.saturating_add(welcome.len()) <= r.limits.max_welcome_bytes
         };
-        if !fits(self) {
+        if !within_quota(self) || !fits(self) {
             self.expire(now);
+            if !within_quota(self) {
+                return Err(ErrorCode::WelcomeQuotaExceeded);
+            }
             if !fits(self) {
                 return Err(ErrorCode::StorageFull);
             }
         }
+        if !self.connections.contains_key(&conn)
+            && self.connections.len() >= self.limits.max_connections
+        {
+            return Err(ErrorCode::RelayFull);
+        }
+        let serial = &mut self.next_serial;
+        let connection = self.connections.entry(conn).or_insert_with(|| {
+            *serial += 1;
+            Connection::new(*serial)
+        });
+        connection.welcomes += 1;
+        connection.welcome_bytes += welcome.len();
+        let owner = Some(connection.owner(conn));
         let expires = now.checked_add(self.limits.welcome_ttl);
         if let Some(t) = expires {
             self.next_expiry = Some(self.next_expiry.map_or(t, |e| e.min(t)));
@@ -780,6 +976,7 @@ impl Router {
         self.mailboxes.entry(key).or_default().push(HeldWelcome {
             expires,
             bytes: welcome.into(),
+            owner,
         });
         self.welcome_bytes += welcome.len();
         self.stats.welcomes_in += 1;
@@ -850,10 +1047,17 @@ impl Router {
             return;
         }
         if let Some(held) = self.mailboxes.get_mut(key) {
-            let before: usize = held.iter().map(|w| w.bytes.len()).sum();
-            held.retain(|w| w.live(now));
-            let after: usize = held.iter().map(|w| w.bytes.len()).sum();
-            self.welcome_bytes = self.welcome_bytes.saturating_sub(before - after);
+            let connections = &mut self.connections;
+            let mut freed = 0;
+            held.retain(|w| {
+                let live = w.live(now);
+                if !live {
+                    freed += w.bytes.len();
+                    release(connections, w.owner, Some(w.bytes.len()));
+                }
+                live
+            });
+            self.welcome_bytes = self.welcome_bytes.saturating_sub(freed);
             if held.is_empty() {
                 self.mailboxes.remove(key);
             }
@@ -872,6 +1076,7 @@ impl Router {
         }
         let mut freed = 0;
         let mut next: Option<Instant> = None;
+        let connections = &mut self.connections;
         self.mailboxes.retain(|_, held| {
             held.retain(|w| {
                 let live = w.live(now);
@@ -881,6 +1086,7 @@ impl Router {
                     }
                 } else {
                     freed += w.bytes.len();
+                    release(connections, w.owner, Some(w.bytes.len()));
                 }
                 live
             });

@@ -226,6 +226,16 @@ pub enum ErrorCode {
     /// The connection fetched as many Welcome bytes as the relay allows per minute.
     #[error("rate limited")]
     RateLimited,
+    /// The connection holds as many channels it opened as the relay allows
+    /// ([`RouterLimits::max_channels_opened_per_connection`](super::RouterLimits)): it may
+    /// still join channels others opened.
+    #[error("too many channels opened by this connection")]
+    TooManyChannelsOpened,
+    /// The connection has as many Welcomes, or Welcome bytes, held in mailboxes as the
+    /// relay allows ([`RouterLimits::max_welcomes_per_connection`](super::RouterLimits),
+    /// `max_welcome_bytes_per_connection`) until some expire.
+    #[error("welcome quota of this connection exceeded")]
+    WelcomeQuotaExceeded,
     /// A code this version does not know (never one of the codes above).
     #[error("error code {0}")]
     Other(u8),
@@ -233,7 +243,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this version defines.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::TooLarge,
@@ -245,6 +255,8 @@ impl ErrorCode {
         ErrorCode::StorageFull,
         ErrorCode::MailboxEmpty,
         ErrorCode::RateLimited,
+        ErrorCode::TooManyChannelsOpened,
+        ErrorCode::WelcomeQuotaExceeded,
     ];
 }
 
@@ -262,6 +274,8 @@ impl From<u8> for ErrorCode {
             9 => ErrorCode::StorageFull,
             10 => ErrorCode::MailboxEmpty,
             11 => ErrorCode::RateLimited,
+            12 => ErrorCode::TooManyChannelsOpened,
+            13 => ErrorCode::WelcomeQuotaExceeded,
             other => ErrorCode::Other(other),
         }
     }
@@ -281,6 +295,8 @@ impl From<ErrorCode> for u8 {
             ErrorCode::StorageFull => 9,
             ErrorCode::MailboxEmpty => 10,
             ErrorCode::RateLimited => 11,
+            ErrorCode::TooManyChannelsOpened => 12,
+            ErrorCode::WelcomeQuotaExceeded => 13,
             ErrorCode::Other(b) => b,
         }
     }
