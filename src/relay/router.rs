@@ -5,9 +5,15 @@ use crate::hash::IntMap;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
 use super::wire::{
-    ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, Request, HANDSHAKE_OVERHEAD,
-    MAX_MESSAGE, MEDIA_OVERHEAD,
+    ChannelHandle, ClientMessage, ErrorCode, MailboxId, Proof, RelayMessage, Request,
+    HANDSHAKE_OVERHEAD, MAX_MESSAGE, MEDIA_OVERHEAD,
 };
 use crate::media::ChannelToken;
 
@@ -23,8 +29,8 @@ pub struct ConnId(pub u64);
 /// [error](RelayMessage::Error) to its sender; nothing else changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouterLimits {
-    /// Connections with at least one subscription (or whose subscriptions all ended but
-    /// which were not [disconnected](Router::disconnect)). Default 10,000.
+    /// Connections: made by a connection's first Hello, ended by
+    /// [`disconnect`](Router::disconnect). Default 10,000.
     pub max_connections: usize,
     /// Channels in total. Default 10,000.
     pub max_channels: usize,
@@ -121,6 +127,8 @@ pub struct DropStats {
     pub too_many_channels_opened: u64,
     /// [`ErrorCode::WelcomeQuotaExceeded`].
     pub welcome_quota: u64,
+    /// [`ErrorCode::Unproven`]: dropped without an answer.
+    pub unproven: u64,
 }
 
 impl DropStats {
@@ -140,6 +148,7 @@ impl DropStats {
             ErrorCode::RateLimited => self.rate_limited,
             ErrorCode::TooManyChannelsOpened => self.too_many_channels_opened,
             ErrorCode::WelcomeQuotaExceeded => self.welcome_quota,
+            ErrorCode::Unproven => self.unproven,
             ErrorCode::Other(_) => 0,
         }
     }
@@ -164,6 +173,7 @@ impl DropStats {
             ErrorCode::RateLimited => &mut self.rate_limited,
             ErrorCode::TooManyChannelsOpened => &mut self.too_many_channels_opened,
             ErrorCode::WelcomeQuotaExceeded => &mut self.welcome_quota,
+            ErrorCode::Unproven => &mut self.unproven,
             ErrorCode::Other(_) => return,
         };
         *slot = slot.saturating_add(1);
@@ -174,9 +184,10 @@ impl DropStats {
 /// handles or payloads).
 ///
 /// Every datagram in is either accepted (counted under its type) or refused (counted in
-/// [`drops`](Self::drops), and answered with exactly one error), so
+/// [`drops`](Self::drops), and answered with exactly one error unless it was
+/// [unproven](DropStats::unproven), which gets no answer), so
 /// `datagrams_in = subscribes + unsubscribes + media_in + handshakes_in + welcomes_in +
-/// fetches + hellos + drops.total()` and `datagrams_out = subscribes + unsubscribes +
+/// fetches + hellos + drops.total()`, `errors_out = drops.total() - drops.unproven` and `datagrams_out = subscribes + unsubscribes +
 /// media_out + handshakes_out + welcomes_in + welcomes_out + hellos + errors_out`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -256,7 +267,7 @@ struct Route {
 impl std::hash::Hash for Route {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // One word for the hasher; equality still compares both fields.
-        state.write_u64(self.conn.0.rotate_left(16) ^ u64::from(self.handle.0));
+        state.write_u64(self.conn.0.rotate_left(32) ^ u64::from(self.handle.0));
     }
 }
 
@@ -290,12 +301,12 @@ struct Channel {
 struct Connection {
     /// Distinguishes this connection from earlier ones under the same id.
     serial: u64,
+    /// What its requests must carry.
+    proof: Proof,
     /// Handle → channel slot, sorted by handle.
     handles: Vec<(ChannelHandle, usize)>,
-    /// Where the search for a free handle starts: handles are not reused until the
-    /// 16-bit space wraps, so a late packet for a released handle does not land in a newer
-    /// channel.
-    next_handle: u16,
+    /// How many handles were drawn for it: the input of the next draw.
+    draws: u64,
     /// Channels charged to it, still open.
     opened: usize,
     /// Welcomes charged to it, still held, and their bytes.
@@ -304,11 +315,12 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(serial: u64) -> Connection {
+    fn new(serial: u64, proof: Proof) -> Connection {
         Connection {
             serial,
+            proof,
             handles: Vec::new(),
-            next_handle: 0,
+            draws: 0,
             opened: 0,
             welcomes: 0,
             welcome_bytes: 0,
@@ -329,11 +341,17 @@ impl Connection {
             .map(|(h, _)| *h)
     }
 
-    /// Takes the next free handle for `slot`; `None` only if all 65,536 are in use.
-    fn insert(&mut self, slot: usize) -> Option<ChannelHandle> {
-        for _ in 0..=u16::MAX {
-            let handle = ChannelHandle(self.next_handle);
-            self.next_handle = self.next_handle.wrapping_add(1);
+    /// Gives `slot` the first of the handles `draw` makes (from the connection's serial
+    /// and a draw count) that the connection does not use; `None` only if 64 draws in a
+    /// row collided, which a connection of at most 65,535 handles out of 2^32 never sees.
+    fn insert(
+        &mut self,
+        slot: usize,
+        draw: impl Fn(u64, u64) -> ChannelHandle,
+    ) -> Option<ChannelHandle> {
+        for _ in 0..64 {
+            let handle = draw(self.serial, self.draws);
+            self.draws = self.draws.wrapping_add(1);
             if let Err(pos) = self.handles.binary_search_by_key(&handle, |(h, _)| *h) {
                 self.handles.insert(pos, (handle, slot));
                 return Some(handle);
@@ -412,9 +430,11 @@ impl HeldWelcome {
 /// Channels are created by their first subscriber and removed with their last. Each
 /// connection names its channels by its own [`ChannelHandle`]s; a media message is copied
 /// once into an internal buffer and handed to the sink once per other subscriber, with
-/// only the 2 handle bytes rewritten in between: no heap allocation per packet.
+/// only the 4 handle bytes rewritten in between: no heap allocation per packet.
 pub struct Router {
     limits: RouterLimits,
+    /// HMAC under the relay's key: connection proofs and channel handles.
+    mac: Hmac<Sha256>,
     connections: ConnMap<Connection>,
     /// (connection, handle) → channel slot: the one lookup per media packet. Mirrors the
     /// connections' handle lists.
@@ -437,6 +457,17 @@ pub struct Router {
     stats: RouterStats,
 }
 
+/// 32 bytes of HMAC(relay key, `label` ‖ `serial` ‖ `n`): a connection's proof and its
+/// channel handles, unguessable without the key, distinct across connections (serials are
+/// never reused).
+fn derive(mac: &Hmac<Sha256>, label: &[u8], serial: u64, n: u64) -> [u8; 32] {
+    let mut mac = mac.clone();
+    mac.update(label);
+    mac.update(&serial.to_be_bytes());
+    mac.update(&n.to_be_bytes());
+    mac.finalize().into_bytes().into()
+}
+
 /// The window of [`RouterLimits::max_fetch_bytes_per_minute`].
 const FETCH_WINDOW: Duration = Duration::from_secs(60);
 
@@ -455,8 +486,18 @@ fn emit(stats: &mut RouterStats, sink: &mut impl FnMut(ConnId, &[u8]), conn: Con
 }
 
 impl Router {
-    /// A router with no connections, holding at most `limits`.
-    pub fn new(limits: RouterLimits) -> Router {
+    /// A router with no connections, holding at most `limits`, under the relay's own
+    /// random `key` (draw it at start-up; it never leaves the relay). Connection
+    /// [`Proof`]s and channel handles are derived from it, so nobody without it can guess
+    /// them.
+    pub fn new(limits: RouterLimits, key: &[u8; 32]) -> Router {
+        // HMAC pads a short key with zeros to the block size, so this is HMAC under `key`.
+        let mut block = [0u8; 64];
+        for (b, k) in block.iter_mut().zip(key) {
+            *b = *k;
+        }
+        let mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
+        block.zeroize();
         let limits = RouterLimits {
             max_message: limits.max_message.min(MAX_MESSAGE),
             max_channels_per_connection: limits
@@ -466,6 +507,7 @@ impl Router {
         };
         Router {
             limits,
+            mac,
             connections: ConnMap::default(),
             routes: RouteMap::default(),
             channels: Vec::new(),
@@ -479,6 +521,34 @@ impl Router {
             buf: vec![0; MAX_MESSAGE],
             stats: RouterStats::default(),
         }
+    }
+
+    /// The state of `conn`, made (with a fresh serial and proof) if it has none; fails
+    /// with [`ErrorCode::RelayFull`] when the router holds as many connections as it may.
+    fn connection(&mut self, conn: ConnId) -> Result<&mut Connection, ErrorCode> {
+        if !self.connections.contains_key(&conn) {
+            if self.connections.len() >= self.limits.max_connections {
+                return Err(ErrorCode::RelayFull);
+            }
+            self.next_serial += 1;
+            let serial = self.next_serial;
+            let mut proof = Proof::default();
+            for (p, d) in proof
+                .0
+                .iter_mut()
+                .zip(derive(&self.mac, b"proof", serial, 0))
+            {
+                *p = d;
+            }
+            self.connections
+                .insert(conn, Connection::new(serial, proof));
+        }
+        self.connections.get_mut(&conn).ok_or(ErrorCode::RelayFull)
+    }
+
+    /// The proof `conn`'s requests must carry, if the router holds state for it.
+    pub fn proof(&self, conn: ConnId) -> Option<Proof> {
+        self.connections.get(&conn).map(|c| c.proof)
     }
 
     /// The limits in force.
@@ -496,7 +566,7 @@ impl Router {
         self.by_token.len()
     }
 
-    /// Connections holding state (subscribed at least once, not disconnected).
+    /// Connections holding state (said Hello, not disconnected).
     pub fn connection_count(&self) -> usize {
         self.connections.len()
     }
@@ -625,21 +695,33 @@ impl Router {
         now: Instant,
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
+        // Proof of the connection: requests that change state or make the relay send
+        // carry the connection's proof; media stands on its unguessable handle.
+        if let Some(proof) = msg.proof() {
+            let proven = self
+                .connections
+                .get(&conn)
+                .is_some_and(|c| bool::from(c.proof.0.ct_eq(&proof.0)));
+            if !proven {
+                return Err(ErrorCode::Unproven);
+            }
+        }
         match msg {
             ClientMessage::Media { handle, frame } => self.media(conn, handle, frame, sink),
-            ClientMessage::Handshake { handle, message } => {
-                self.handshake(conn, handle, message, sink)
-            }
-            ClientMessage::Subscribe { token } => self.subscribe(conn, token, sink),
-            ClientMessage::Unsubscribe { handle } => self.unsubscribe(conn, handle, sink),
-            ClientMessage::DeliverWelcome { mailbox, welcome } => {
-                self.deliver(conn, mailbox, welcome, now, sink)
-            }
-            ClientMessage::FetchWelcomes { mailbox } => self.fetch(conn, mailbox, now, sink),
+            ClientMessage::Handshake {
+                handle, message, ..
+            } => self.handshake(conn, handle, message, sink),
+            ClientMessage::Subscribe { token, .. } => self.subscribe(conn, token, sink),
+            ClientMessage::Unsubscribe { handle, .. } => self.unsubscribe(conn, handle, sink),
+            ClientMessage::DeliverWelcome {
+                mailbox, welcome, ..
+            } => self.deliver(conn, mailbox, welcome, now, sink),
+            ClientMessage::FetchWelcomes { mailbox, .. } => self.fetch(conn, mailbox, now, sink),
             // The transport admitted `conn` (validated its address, or needs no check).
             ClientMessage::Hello { .. } => {
+                let proof = self.connection(conn)?.proof;
                 self.stats.hellos += 1;
-                self.reply(conn, RelayMessage::Ready, sink);
+                self.reply(conn, RelayMessage::Ready { proof }, sink);
                 Ok(())
             }
         }
@@ -654,6 +736,10 @@ impl Router {
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) {
         self.stats.drops.count(code);
+        if code == ErrorCode::Unproven {
+            // No answer: it would go to an address a forger may have named.
+            return;
+        }
         let reply = RelayMessage::Error { code, request };
         if let Ok(n) = reply.encode(&mut self.buf) {
             if let Some(bytes) = self.buf.get(..n) {
@@ -681,8 +767,10 @@ impl Router {
             .ok_or(ErrorCode::UnknownHandle)
     }
 
-    /// The hot path: one copy of the frame into the buffer, then per receiver a 2-byte
-    /// handle rewrite and a sink call.
+    /// The hot path: one copy of the frame into the buffer, then per receiver a 4-byte
+    /// handle rewrite and a sink call. Media on a handle the connection does not hold is
+    /// [`ErrorCode::Unproven`] (dropped without an answer): it carries no proof, so over
+    /// raw UDP it may be a forger's guess with someone else's address.
     #[inline]
     fn media(
         &mut self,
@@ -691,12 +779,12 @@ impl Router {
         frame: &[u8],
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
-        let slot = self.slot(conn, handle)?;
+        let slot = self.slot(conn, handle).map_err(|_| ErrorCode::Unproven)?;
         let channel = self
             .channels
             .get(slot)
             .and_then(Option::as_ref)
-            .ok_or(ErrorCode::UnknownHandle)?;
+            .ok_or(ErrorCode::Unproven)?;
         let len = MEDIA_OVERHEAD + frame.len();
         let out = self.buf.get_mut(..len).ok_or(ErrorCode::TooLarge)?;
         if let Some(body) = out.get_mut(MEDIA_OVERHEAD..) {
@@ -803,15 +891,23 @@ impl Router {
             Some(slot) => slot,
             None => self.open_channel(token),
         };
-        let serial = &mut self.next_serial;
-        let connection = self.connections.entry(conn).or_insert_with(|| {
-            *serial += 1;
-            Connection::new(*serial)
-        });
-        let handle = connection.insert(slot);
-        let (Some(handle), Some(Some(channel))) = (handle, self.channels.get_mut(slot)) else {
-            // Unreachable: fewer than 65,536 handles are in use and the slot is live.
-            // Undo a channel opened for nothing.
+        let mac = &self.mac;
+        let draw = |serial: u64, n: u64| {
+            let [a, b, c, d, ..] = derive(mac, b"handle", serial, n);
+            ChannelHandle(u32::from_be_bytes([a, b, c, d]))
+        };
+        // A request with a proof comes from a known connection.
+        let handle = self
+            .connections
+            .get_mut(&conn)
+            .and_then(|c| c.insert(slot, draw));
+        let (Some(handle), Some(connection), Some(Some(channel))) = (
+            handle,
+            self.connections.get_mut(&conn),
+            self.channels.get_mut(slot),
+        ) else {
+            // Unreachable: the connection is known, its handles do not collide 64 times
+            // in a row, and the slot is live. Undo a channel opened for nothing.
             self.leave(slot, conn);
             return Err(ErrorCode::TooManySubscriptions);
         };
@@ -956,16 +1052,7 @@ impl Router {
                 return Err(ErrorCode::StorageFull);
             }
         }
-        if !self.connections.contains_key(&conn)
-            && self.connections.len() >= self.limits.max_connections
-        {
-            return Err(ErrorCode::RelayFull);
-        }
-        let serial = &mut self.next_serial;
-        let connection = self.connections.entry(conn).or_insert_with(|| {
-            *serial += 1;
-            Connection::new(*serial)
-        });
+        let connection = self.connection(conn)?;
         connection.welcomes += 1;
         connection.welcome_bytes += welcome.len();
         let owner = Some(connection.owner(conn));
