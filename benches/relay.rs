@@ -13,7 +13,7 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sotto::media::ChannelToken;
 use sotto::relay::{
-    AddressCheck, Admission, ChannelHandle, ClientMessage, ConnId, RelayMessage, Router,
+    AddressCheck, Admission, ChannelHandle, ClientMessage, ConnId, Cookie, RelayMessage, Router,
     RouterLimits, CHALLENGE_LEN,
 };
 
@@ -42,15 +42,26 @@ fn consume(total: &mut usize, to: ConnId, bytes: &[u8]) {
 fn fan_out(c: &mut Criterion) {
     let now = Instant::now();
     // The router: every member of every channel subscribed; one sender per channel.
-    let mut router = Router::new(RouterLimits {
-        max_connections: (CHANNELS * MEMBERS) as usize,
-        max_channels: CHANNELS as usize + 10,
-        ..RouterLimits::default()
-    });
+    let mut router = Router::new(
+        RouterLimits {
+            max_connections: (CHANNELS * MEMBERS) as usize,
+            max_channels: CHANNELS as usize + 10,
+            ..RouterLimits::default()
+        },
+        &[0x42; 32],
+    );
     let mut buf = [0u8; 64];
     for ch in 0..CHANNELS {
         for m in 0..MEMBERS {
+            let hello = ClientMessage::Hello {
+                cookie: Cookie::default(),
+            };
+            let n = hello.encode(&mut buf).unwrap();
+            router
+                .receive(conn(ch, m), &buf[..n], now, &mut |_, _| {})
+                .unwrap();
             let n = ClientMessage::Subscribe {
+                proof: router.proof(conn(ch, m)).unwrap(),
                 token: token(ch, 0),
             }
             .encode(&mut buf)
@@ -87,14 +98,14 @@ fn fan_out(c: &mut Criterion) {
     });
 
     // Baseline: global handles (one per channel), handle → members, copy per receiver.
-    let mut table: HashMap<u16, Vec<ConnId>> = HashMap::new();
+    let mut table: HashMap<u32, Vec<ConnId>> = HashMap::new();
     for ch in 0..CHANNELS {
-        let handle = u16::try_from(ch).unwrap();
+        let handle = ch;
         table.insert(handle, (0..MEMBERS).map(|m| conn(ch, m)).collect());
     }
     let bare: Vec<(ConnId, Vec<u8>)> = (0..CHANNELS)
         .map(|ch| {
-            let handle = ChannelHandle(u16::try_from(ch).unwrap());
+            let handle = ChannelHandle(ch);
             let mut p = RelayMessage::media_header(handle).to_vec();
             p.extend_from_slice(&frame);
             (conn(ch, ch % MEMBERS), p)
@@ -106,7 +117,7 @@ fn fan_out(c: &mut Criterion) {
         b.iter(|| {
             for (from, p) in &bare {
                 let p = black_box(p);
-                let handle = u16::from_be_bytes([p[1], p[2]]);
+                let handle = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
                 if let Some(members) = table.get(&handle) {
                     for to in members {
                         if to == from {
@@ -128,12 +139,14 @@ fn fan_out(c: &mut Criterion) {
     let mut epoch = 0u32;
     let me = conn(0, 0);
     let mut handle = router.handle(me, &token(0, 0)).unwrap();
-    let mut sub = [0u8; 32];
-    let mut unsub = [0u8; 8];
+    let proof = router.proof(me).unwrap();
+    let mut sub = [0u8; 64];
+    let mut unsub = [0u8; 32];
     group.bench_function("subscribe new + unsubscribe old", |b| {
         b.iter(|| {
             epoch += 1;
             let n = ClientMessage::Subscribe {
+                proof,
                 token: token(0, epoch),
             }
             .encode(&mut sub)
@@ -146,7 +159,7 @@ fn fan_out(c: &mut Criterion) {
                     }
                 })
                 .unwrap();
-            let m = ClientMessage::Unsubscribe { handle }
+            let m = ClientMessage::Unsubscribe { proof, handle }
                 .encode(&mut unsub)
                 .unwrap();
             router

@@ -8,7 +8,9 @@
 //! third party. A connection proves its address again every 30 s (the relay challenges it;
 //! unanswered, the connection ends a period later), so a validation does not outlive its
 //! peer. A peer silent for `--idle-secs` (default 30) is disconnected (its subscriptions
-//! end). It logs counts only — datagrams, bytes, channels, connections,
+//! end). Every request that changes the relay's state carries the proof of its connection
+//! the relay gave in `Ready`, so a forger who knows a client's address and port cannot act
+//! for it (media stands on its random 32-bit handle). It logs counts only — datagrams, bytes, channels, connections,
 //! refusals — never tokens, handles, payloads or peer addresses. Runs until killed, or for
 //! `--seconds N`.
 
@@ -228,11 +230,18 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let check = AddressCheck::new(&key, started);
+    // A second key for the router: connection proofs and channel handles.
+    if SystemRandom::new().fill(&mut key).is_err() {
+        eprintln!("relay: no system randomness for the router key");
+        return ExitCode::FAILURE;
+    }
+    let mut router_key = key;
     key.zeroize();
     let mut challenge = [0u8; CHALLENGE_LEN];
     let limits = RouterLimits::default();
     let max_peers = limits.max_connections;
-    let mut router = Router::new(limits);
+    let mut router = Router::new(limits, &router_key);
+    router_key.zeroize();
     let mut peers = Peers::default();
     let mut send_errors = 0u64;
     let mut recv_errors = 0u64;

@@ -266,8 +266,8 @@ mod relay_body {
     use bytes::BytesMut;
     use sotto::media::ChannelToken;
     use sotto::relay::{
-        AddressCheck, Admission, ClientMessage, ConnId, ErrorCode, RelayMessage, Router,
-        RouterLimits, RouterStats, CHALLENGE_LEN,
+        AddressCheck, Admission, ChannelHandle, ClientMessage, ConnId, Cookie, ErrorCode,
+        RelayMessage, Router, RouterLimits, RouterStats, CHALLENGE_LEN,
     };
 
     /// Tokens of the fixture's channels: two the script's connections share, and the
@@ -299,18 +299,24 @@ mod relay_body {
     impl Harness {
         fn new() -> Harness {
             let mut h = Harness {
-                router: Router::new(RouterLimits {
-                    max_connections: 6,
-                    max_channels: 5,
-                    max_channels_per_connection: 3,
-                    max_subscribers_per_channel: 3,
-                    max_message: 4096,
-                    max_mailboxes: 2,
-                    max_welcomes_per_mailbox: 2,
-                    max_welcome_bytes: 300,
-                    welcome_ttl: Duration::from_secs(5),
-                    max_fetch_bytes_per_minute: FETCH_BYTES,
-                }),
+                router: Router::new(
+                    RouterLimits {
+                        max_connections: 6,
+                        max_channels: 5,
+                        max_channels_per_connection: 3,
+                        max_subscribers_per_channel: 3,
+                        max_message: 4096,
+                        max_mailboxes: 2,
+                        max_welcomes_per_mailbox: 2,
+                        max_welcome_bytes: 300,
+                        welcome_ttl: Duration::from_secs(5),
+                        max_fetch_bytes_per_minute: FETCH_BYTES,
+                        max_channels_opened_per_connection: 2,
+                        max_welcomes_per_connection: 3,
+                        max_welcome_bytes_per_connection: 200,
+                    },
+                    &[0x42; 32],
+                ),
                 now: Instant::now(),
                 datagrams_in: 0,
                 bytes_in: 0,
@@ -318,18 +324,78 @@ mod relay_body {
                 bytes_out: 0,
                 welcomes: Vec::new(),
             };
-            // Connections 1 and 2 on token 0, 2 and 3 on token 1, X and Y on the control
-            // channel. Every first subscription gets handle 0, every second handle 1.
+            // Every connection says Hello (1 to 4, X, Y); 1 and 2 subscribe to token 0, 2
+            // and 3 to token 1, X and Y to the control channel.
+            for conn in [1, 2, 3, 4, X.0, Y.0] {
+                let mut buf = [0u8; CHALLENGE_LEN];
+                let n = ClientMessage::Hello {
+                    cookie: Cookie::default(),
+                }
+                .encode(&mut buf)
+                .expect("fits");
+                h.feed(ConnId(conn), &buf[..n]).expect("fixture says Hello");
+            }
             let subs = [(1, 0), (2, 0), (2, 1), (3, 1), (X.0, 2), (Y.0, 2)];
             for (conn, t) in subs {
                 let token = RELAY_TOKENS[t];
-                let mut buf = [0u8; 17];
-                let n = ClientMessage::Subscribe { token }
+                let proof = h.router.proof(ConnId(conn)).expect("said Hello");
+                let mut buf = [0u8; 64];
+                let n = ClientMessage::Subscribe { proof, token }
                     .encode(&mut buf)
                     .expect("fits");
                 h.feed(ConnId(conn), &buf[..n]).expect("fixture subscribes");
             }
             h
+        }
+
+        /// `datagram` as `from` itself would send it: with its proof, and a handle field
+        /// (media, handshakes, unsubscribes) mapped to one of its own (handle mod 3 picks
+        /// one of the fixture's tokens). The input cannot guess either: this is how it
+        /// reaches what lies behind the checks.
+        fn authentic(&self, from: ConnId, datagram: &[u8]) -> Vec<u8> {
+            let Ok(msg) = ClientMessage::parse(datagram) else {
+                return datagram.to_vec();
+            };
+            let proof = self.router.proof(from).unwrap_or_default();
+            let own = |h: ChannelHandle| {
+                let token = RELAY_TOKENS[(h.0 % 3) as usize];
+                self.router.handle(from, &token).unwrap_or(h)
+            };
+            let msg = match msg {
+                ClientMessage::Subscribe { token, .. } => ClientMessage::Subscribe { proof, token },
+                ClientMessage::Unsubscribe { handle, .. } => ClientMessage::Unsubscribe {
+                    proof,
+                    handle: own(handle),
+                },
+                ClientMessage::Media { handle, frame } => ClientMessage::Media {
+                    handle: own(handle),
+                    frame,
+                },
+                ClientMessage::Handshake {
+                    handle, message, ..
+                } => ClientMessage::Handshake {
+                    proof,
+                    handle: own(handle),
+                    message,
+                },
+                ClientMessage::DeliverWelcome {
+                    mailbox, welcome, ..
+                } => ClientMessage::DeliverWelcome {
+                    proof,
+                    mailbox,
+                    welcome,
+                },
+                ClientMessage::FetchWelcomes { mailbox, .. } => {
+                    ClientMessage::FetchWelcomes { proof, mailbox }
+                }
+                hello @ ClientMessage::Hello { .. } => hello,
+            };
+            let mut out = vec![0u8; msg.encoded_len()];
+            match msg.encode(&mut out) {
+                Ok(n) => out.truncate(n),
+                Err(_) => return datagram.to_vec(),
+            }
+            out
         }
 
         /// One datagram in; checks every invariant of what comes out.
@@ -367,6 +433,9 @@ mod relay_body {
             self.datagrams_out += datagrams;
             self.bytes_out += bytes;
             match result {
+                Err(ErrorCode::Unproven) => {
+                    assert_eq!(datagrams, 0, "an unproven request gets no answer");
+                }
                 Err(code) => {
                     assert_eq!(datagrams, 1, "a refusal sends exactly the error");
                     assert_eq!(errors, [(from, code)]);
@@ -391,7 +460,7 @@ mod relay_body {
                 + s.fetches
                 + s.hellos;
             assert_eq!(s.datagrams_in, accepted + s.drops.total());
-            assert_eq!(s.errors_out, s.drops.total());
+            assert_eq!(s.errors_out, s.drops.total() - s.drops.unproven);
             assert_eq!(
                 s.datagrams_out,
                 s.subscribes
@@ -412,6 +481,17 @@ mod relay_body {
             assert!(self.router.connection_count() <= limits.max_connections);
             assert!(self.router.mailbox_count() <= limits.max_mailboxes);
             assert!(self.router.welcome_bytes() <= limits.max_welcome_bytes);
+            // Per-connection quotas hold, and every charge is exactly what the router
+            // holds on the connection's behalf (released on close, expiry, disconnect).
+            for conn in [1, 2, 3, 4, X.0, Y.0] {
+                if let Some(u) = self.router.usage(ConnId(conn)) {
+                    assert!(u.subscriptions <= limits.max_channels_per_connection);
+                    assert!(u.channels_opened <= limits.max_channels_opened_per_connection);
+                    assert!(u.welcomes <= limits.max_welcomes_per_connection);
+                    assert!(u.welcome_bytes <= limits.max_welcome_bytes_per_connection);
+                }
+            }
+            assert!(self.router.accounting_is_exact());
         }
 
         /// The control channel delivers exactly as it should: X's frame reaches Y once
@@ -519,8 +599,9 @@ mod relay_body {
     /// identity; then the bytes go to a router holding a few connections and channels,
     /// first as one datagram from connection 1, then as a script of steps
     /// `op ‖ len ‖ len bytes`, where `op & 3` picks connection 1..=4, `op & 4` disconnects
-    /// it instead (no len, no bytes), `op & 8` advances time by 3 s and `op & 16` calls
-    /// `expire`. The router never panics, its counters add up, its limits hold, and the
+    /// it instead (no len, no bytes), `op & 8` advances time by 3 s, `op & 16` calls
+    /// `expire` and `op & 32` sends the datagram as the connection itself would (its proof,
+    /// its handles) rather than as a forger with its address. The router never panics, its counters add up, its limits hold, and the
     /// control channel, which the input cannot speak for, delivers exactly as before.
     pub fn relay_wire(data: &[u8]) {
         round_trip(data);
@@ -552,7 +633,12 @@ mod relay_body {
             let len = usize::from(len).min(tail.len());
             let (datagram, tail) = tail.split_at(len);
             round_trip(datagram);
-            let _ = h.feed(conn, datagram);
+            let datagram = if op & 32 != 0 {
+                h.authentic(conn, datagram)
+            } else {
+                datagram.to_vec()
+            };
+            let _ = h.feed(conn, &datagram);
             rest = tail;
         }
         h.control_still_works();

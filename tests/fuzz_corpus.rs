@@ -178,7 +178,12 @@ fn relay_wire_corpus() {
 #[test]
 #[ignore]
 fn write_relay_seeds() {
-    use sotto::relay::{ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, Request};
+    use sotto::relay::{
+        ChannelHandle, ClientMessage, ErrorCode, MailboxId, Proof, RelayMessage, Request,
+    };
+    // The harness stamps the connection's proof and handles in (script op 32); these are
+    // placeholders.
+    let proof = Proof::default();
 
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/relay_wire");
     std::fs::create_dir_all(&dir).unwrap();
@@ -199,10 +204,13 @@ fn write_relay_seeds() {
     };
     let frame = [0xa5u8; 60];
     let client = [
-        ("subscribe", enc(ClientMessage::Subscribe { token: t1 })),
+        (
+            "subscribe",
+            enc(ClientMessage::Subscribe { proof, token: t1 }),
+        ),
         (
             "unsubscribe",
-            enc(ClientMessage::Unsubscribe { handle: h0 }),
+            enc(ClientMessage::Unsubscribe { proof, handle: h0 }),
         ),
         (
             "media",
@@ -214,6 +222,7 @@ fn write_relay_seeds() {
         (
             "handshake",
             enc(ClientMessage::Handshake {
+                proof,
                 handle: h0,
                 message: b"commit",
             }),
@@ -221,11 +230,15 @@ fn write_relay_seeds() {
         (
             "deliver",
             enc(ClientMessage::DeliverWelcome {
+                proof,
                 mailbox,
                 welcome: b"welcome",
             }),
         ),
-        ("fetch", enc(ClientMessage::FetchWelcomes { mailbox })),
+        (
+            "fetch",
+            enc(ClientMessage::FetchWelcomes { proof, mailbox }),
+        ),
     ];
     let relay = [
         (
@@ -284,15 +297,16 @@ fn write_relay_seeds() {
         .collect();
     for (name, bytes) in [
         ("empty", vec![]),
-        ("version-2", vec![0x43, 0, 0, 1]),
-        ("unknown-type", vec![0x2f]),
-        ("truncated-subscribe", vec![0x21, 1, 2, 3]),
-        ("mailbox-0", vec![0x26, 0]),
+        ("version-1", vec![0x23, 0, 0, 1]),
+        ("unknown-type", vec![0x4f]),
+        ("truncated-subscribe", vec![0x41, 1, 2, 3]),
+        ("mailbox-0", [&[0x46][..], &[0; 16], &[0]].concat()),
     ] {
         seeds.push((format!("bad-{name}"), bytes));
     }
     // Scripts: `op ‖ len ‖ datagram` steps (see `bodies::relay_wire`). Connection index
-    // `op & 3` is connection 1..=4.
+    // `op & 3` is connection 1..=4; op 32 sends as the connection itself (its proof and
+    // handles), without it as a forger with its address.
     let step = |op: u8, datagram: &[u8]| {
         let mut s = vec![op, u8::try_from(datagram.len()).unwrap()];
         s.extend_from_slice(datagram);
@@ -309,10 +323,11 @@ fn write_relay_seeds() {
         (
             "traffic",
             vec![
-                step(0, media),
-                step(0, hs),
-                step(1, sub1),
-                step(1, &enc(ClientMessage::Unsubscribe { handle: h0 })),
+                step(32, media),
+                step(32, hs),
+                step(33, sub1),
+                step(33, &enc(ClientMessage::Unsubscribe { proof, handle: h0 })),
+                step(33, hs),
                 step(1, hs),
             ],
         ),
@@ -320,10 +335,10 @@ fn write_relay_seeds() {
         (
             "mailbox",
             vec![
-                step(0, deliver),
-                step(1, fetch),
-                step(8 | 16, fetch),
-                step(8 | 16, fetch),
+                step(32, deliver),
+                step(33, fetch),
+                step(32 | 8 | 16, fetch),
+                step(32 | 8 | 16, fetch),
             ],
         ),
         // Subscription flood from conn 4, then disconnects (op 4).
@@ -332,21 +347,23 @@ fn write_relay_seeds() {
             (0u8..8)
                 .map(|i| {
                     step(
-                        3,
+                        32 | 3,
                         &enc(ClientMessage::Subscribe {
+                            proof,
                             token: sotto::media::ChannelToken([i; 16]),
                         }),
                     )
                 })
-                .chain([vec![4 | 3], vec![4], step(1, media)])
+                .chain([vec![4 | 3], vec![4], step(32 | 1, media)])
                 .collect(),
         ),
         // Malformed steps between valid ones.
         (
             "mixed",
             vec![
-                step(0, &[0x43, 0, 0]),
-                step(2, &[0x21]),
+                step(0, &[0x23, 0, 0]),
+                step(2, &[0x41]),
+                step(32, media),
                 step(0, media),
                 step(1, &[]),
             ],

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use sotto::media::ChannelToken;
 use sotto::relay::{
-    ChannelHandle, ClientMessage, ConnId, RelayMessage, Router, RouterLimits, MEDIA_OVERHEAD,
+    ChannelHandle, ClientMessage, ConnId, Cookie, RelayMessage, Router, RouterLimits,
+    MEDIA_OVERHEAD,
 };
 
 #[path = "common/counting_alloc.rs"]
@@ -20,17 +21,27 @@ const MEMBERS: u64 = 8;
 /// A router with `CHANNELS` channels of `MEMBERS` connections each; returns each sender's
 /// handle.
 fn populated() -> (Router, Vec<(ConnId, ChannelHandle)>) {
-    let mut router = Router::new(RouterLimits::default());
+    let mut router = Router::new(RouterLimits::default(), &[0x42; 32]);
     let now = Instant::now();
     let mut senders = Vec::new();
-    let mut buf = [0u8; 32];
+    let mut buf = [0u8; 64];
     for ch in 0..CHANNELS {
         let mut t = [0u8; 16];
         t[..2].copy_from_slice(&ch.to_be_bytes());
         let token = ChannelToken(t);
         for m in 0..MEMBERS {
             let conn = ConnId(u64::from(ch) * MEMBERS + m);
-            let n = ClientMessage::Subscribe { token }.encode(&mut buf).unwrap();
+            let hello = ClientMessage::Hello {
+                cookie: Cookie::default(),
+            };
+            let n = hello.encode(&mut buf).unwrap();
+            router
+                .receive(conn, &buf[..n], now, &mut |_, _| {})
+                .unwrap();
+            let proof = router.proof(conn).unwrap();
+            let n = ClientMessage::Subscribe { proof, token }
+                .encode(&mut buf)
+                .unwrap();
             router
                 .receive(conn, &buf[..n], now, &mut |_, _| {})
                 .unwrap();
@@ -84,14 +95,23 @@ fn handshake_fan_out_and_error_replies_do_not_allocate() {
     let (mut router, senders) = populated();
     let now = Instant::now();
     let (conn, handle) = senders[3];
-    let mut hs = [0u8; 300];
+    let mut hs = [0u8; 320];
     let n = ClientMessage::Handshake {
+        proof: router.proof(conn).unwrap(),
         handle,
         message: &[7; 280],
     }
     .encode(&mut hs)
     .unwrap();
     let unknown = ClientMessage::media_header(ChannelHandle(4321));
+    // A request with a wrong proof: dropped, counted, unanswered.
+    let mut forged = [0u8; 64];
+    let f = ClientMessage::Unsubscribe {
+        proof: sotto::relay::Proof([1; 16]),
+        handle,
+    }
+    .encode(&mut forged)
+    .unwrap();
     let mut last_seq = None;
     let mut sink = |_: ConnId, b: &[u8]| {
         if let Ok(RelayMessage::Handshake { seq, .. }) = RelayMessage::parse(b) {
@@ -104,6 +124,9 @@ fn handshake_fan_out_and_error_replies_do_not_allocate() {
             router.receive(conn, &hs[..n], now, &mut sink).unwrap();
             router.receive(conn, &unknown, now, &mut sink).unwrap_err();
             router.receive(conn, b"junk", now, &mut sink).unwrap_err();
+            router
+                .receive(conn, &forged[..f], now, &mut sink)
+                .unwrap_err();
         }
     });
     assert_eq!(allocations, 0);

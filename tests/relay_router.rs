@@ -7,9 +7,10 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use sotto::media::ChannelToken;
 use sotto::relay::{
-    ChannelHandle, ClientMessage, ConnId, Cookie, Departure, ErrorCode, MailboxId, RelayMessage,
-    Request, Router, RouterLimits, RouterStats, WireError, HANDSHAKE_OVERHEAD, MAX_HANDSHAKE,
-    MAX_MEDIA_FRAME, MAX_MEDIA_MESSAGE, MAX_MESSAGE, MEDIA_OVERHEAD,
+    ChannelHandle, ClientMessage, ConnId, Cookie, Departure, ErrorCode, MailboxId, Proof,
+    RelayMessage, Request, Router, RouterLimits, RouterStats, WireError, HANDSHAKE_OVERHEAD,
+    HANDSHAKE_REQUEST_OVERHEAD, MAX_HANDSHAKE, MAX_MEDIA_FRAME, MAX_MEDIA_MESSAGE, MAX_MESSAGE,
+    MEDIA_OVERHEAD,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -19,40 +20,55 @@ use sotto::relay::{
 /// Owned contents of a client message (messages borrow their payloads).
 #[derive(Clone, Debug)]
 enum OwnedClient {
-    Subscribe([u8; 16]),
-    Unsubscribe(u16),
-    Media(u16, Vec<u8>),
-    Handshake(u16, Vec<u8>),
-    DeliverWelcome(Vec<u8>, Vec<u8>),
-    FetchWelcomes(Vec<u8>),
+    Subscribe([u8; 16], [u8; 16]),
+    Unsubscribe([u8; 16], u32),
+    Media(u32, Vec<u8>),
+    Handshake([u8; 16], u32, Vec<u8>),
+    DeliverWelcome([u8; 16], Vec<u8>, Vec<u8>),
+    FetchWelcomes([u8; 16], Vec<u8>),
     Hello([u8; 16]),
 }
 
 impl OwnedClient {
     fn message(&self) -> ClientMessage<'_> {
         match self {
-            OwnedClient::Subscribe(t) => ClientMessage::Subscribe {
+            OwnedClient::Subscribe(p, t) => ClientMessage::Subscribe {
+                proof: Proof(*p),
                 token: ChannelToken(*t),
             },
-            OwnedClient::Unsubscribe(h) => ClientMessage::Unsubscribe {
+            OwnedClient::Unsubscribe(p, h) => ClientMessage::Unsubscribe {
+                proof: Proof(*p),
                 handle: ChannelHandle(*h),
             },
             OwnedClient::Media(h, f) => ClientMessage::Media {
                 handle: ChannelHandle(*h),
                 frame: f,
             },
-            OwnedClient::Handshake(h, m) => ClientMessage::Handshake {
+            OwnedClient::Handshake(p, h, m) => ClientMessage::Handshake {
+                proof: Proof(*p),
                 handle: ChannelHandle(*h),
                 message: m,
             },
-            OwnedClient::DeliverWelcome(id, w) => ClientMessage::DeliverWelcome {
+            OwnedClient::DeliverWelcome(p, id, w) => ClientMessage::DeliverWelcome {
+                proof: Proof(*p),
                 mailbox: MailboxId::new(id).unwrap(),
                 welcome: w,
             },
-            OwnedClient::FetchWelcomes(id) => ClientMessage::FetchWelcomes {
+            OwnedClient::FetchWelcomes(p, id) => ClientMessage::FetchWelcomes {
+                proof: Proof(*p),
                 mailbox: MailboxId::new(id).unwrap(),
             },
             OwnedClient::Hello(c) => ClientMessage::Hello { cookie: Cookie(*c) },
+        }
+    }
+
+    /// Bytes of its open-ended payload (0 for others).
+    fn payload_len(&self) -> usize {
+        match self {
+            OwnedClient::Media(_, p)
+            | OwnedClient::Handshake(_, _, p)
+            | OwnedClient::DeliverWelcome(_, _, p) => p.len(),
+            _ => 0,
         }
     }
 
@@ -69,9 +85,9 @@ impl OwnedClient {
 enum OwnedRequest {
     Unparsed,
     Subscribe([u8; 16]),
-    Unsubscribe(u16),
-    Media(u16),
-    Handshake(u16),
+    Unsubscribe(u32),
+    Media(u32),
+    Handshake(u32),
     DeliverWelcome(Vec<u8>),
     FetchWelcomes(Vec<u8>),
     Hello,
@@ -79,15 +95,15 @@ enum OwnedRequest {
 
 #[derive(Clone, Debug)]
 enum OwnedRelay {
-    Subscribed([u8; 16], u16),
-    Unsubscribed(u16),
-    Media(u16, Vec<u8>),
-    Handshake(u16, u64, Vec<u8>),
+    Subscribed([u8; 16], u32),
+    Unsubscribed(u32),
+    Media(u32, Vec<u8>),
+    Handshake(u32, u64, Vec<u8>),
     Welcome(Vec<u8>, Vec<u8>),
     Stored(Vec<u8>),
     Error(u8, OwnedRequest),
     Challenge([u8; 16]),
-    Ready,
+    Ready([u8; 16]),
 }
 
 impl OwnedRelay {
@@ -134,7 +150,7 @@ impl OwnedRelay {
                 },
             },
             OwnedRelay::Challenge(c) => RelayMessage::Challenge { cookie: Cookie(*c) },
-            OwnedRelay::Ready => RelayMessage::Ready,
+            OwnedRelay::Ready(p) => RelayMessage::Ready { proof: Proof(*p) },
         }
     }
 
@@ -160,12 +176,14 @@ fn payload(max: usize) -> impl Strategy<Value = Vec<u8>> {
 
 fn client_message() -> impl Strategy<Value = OwnedClient> {
     prop_oneof![
-        any::<[u8; 16]>().prop_map(OwnedClient::Subscribe),
-        any::<u16>().prop_map(OwnedClient::Unsubscribe),
-        (any::<u16>(), payload(MAX_MEDIA_FRAME)).prop_map(|(h, f)| OwnedClient::Media(h, f)),
-        (any::<u16>(), payload(4000)).prop_map(|(h, m)| OwnedClient::Handshake(h, m)),
-        (mailbox_id(), payload(4000)).prop_map(|(id, w)| OwnedClient::DeliverWelcome(id, w)),
-        mailbox_id().prop_map(OwnedClient::FetchWelcomes),
+        (any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(p, t)| OwnedClient::Subscribe(p, t)),
+        (any::<[u8; 16]>(), any::<u32>()).prop_map(|(p, h)| OwnedClient::Unsubscribe(p, h)),
+        (any::<u32>(), payload(MAX_MEDIA_FRAME)).prop_map(|(h, f)| OwnedClient::Media(h, f)),
+        (any::<[u8; 16]>(), any::<u32>(), payload(4000))
+            .prop_map(|(p, h, m)| OwnedClient::Handshake(p, h, m)),
+        (any::<[u8; 16]>(), mailbox_id(), payload(4000))
+            .prop_map(|(p, id, w)| OwnedClient::DeliverWelcome(p, id, w)),
+        (any::<[u8; 16]>(), mailbox_id()).prop_map(|(p, id)| OwnedClient::FetchWelcomes(p, id)),
         any::<[u8; 16]>().prop_map(OwnedClient::Hello),
     ]
 }
@@ -174,9 +192,9 @@ fn request() -> impl Strategy<Value = OwnedRequest> {
     prop_oneof![
         Just(OwnedRequest::Unparsed),
         any::<[u8; 16]>().prop_map(OwnedRequest::Subscribe),
-        any::<u16>().prop_map(OwnedRequest::Unsubscribe),
-        any::<u16>().prop_map(OwnedRequest::Media),
-        any::<u16>().prop_map(OwnedRequest::Handshake),
+        any::<u32>().prop_map(OwnedRequest::Unsubscribe),
+        any::<u32>().prop_map(OwnedRequest::Media),
+        any::<u32>().prop_map(OwnedRequest::Handshake),
         mailbox_id().prop_map(OwnedRequest::DeliverWelcome),
         mailbox_id().prop_map(OwnedRequest::FetchWelcomes),
         Just(OwnedRequest::Hello),
@@ -185,16 +203,16 @@ fn request() -> impl Strategy<Value = OwnedRequest> {
 
 fn relay_message() -> impl Strategy<Value = OwnedRelay> {
     prop_oneof![
-        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(t, h)| OwnedRelay::Subscribed(t, h)),
-        any::<u16>().prop_map(OwnedRelay::Unsubscribed),
-        (any::<u16>(), payload(MAX_MEDIA_FRAME)).prop_map(|(h, f)| OwnedRelay::Media(h, f)),
-        (any::<u16>(), any::<u64>(), payload(4000))
+        (any::<[u8; 16]>(), any::<u32>()).prop_map(|(t, h)| OwnedRelay::Subscribed(t, h)),
+        any::<u32>().prop_map(OwnedRelay::Unsubscribed),
+        (any::<u32>(), payload(MAX_MEDIA_FRAME)).prop_map(|(h, f)| OwnedRelay::Media(h, f)),
+        (any::<u32>(), any::<u64>(), payload(4000))
             .prop_map(|(h, s, m)| OwnedRelay::Handshake(h, s, m)),
         (mailbox_id(), payload(4000)).prop_map(|(id, w)| OwnedRelay::Welcome(id, w)),
         mailbox_id().prop_map(OwnedRelay::Stored),
         (any::<u8>(), request()).prop_map(|(c, r)| OwnedRelay::Error(c, r)),
         any::<[u8; 16]>().prop_map(OwnedRelay::Challenge),
-        Just(OwnedRelay::Ready),
+        any::<[u8; 16]>().prop_map(OwnedRelay::Ready),
     ]
 }
 
@@ -224,14 +242,14 @@ proptest! {
         prop_assert_eq!(msg.encode_into(&mut appended), Ok(bytes.len()));
         prop_assert_eq!(&appended[6..], &bytes[..]);
         prop_assert_eq!(ClientMessage::parse(&bytes), Ok(msg));
-        prop_assert_eq!(bytes[0] >> 5, 1, "version 1");
+        prop_assert_eq!(bytes[0] >> 5, 2, "version 2");
         // The other direction refuses it.
         let wrong = matches!(RelayMessage::parse(&bytes), Err(WireError::WrongDirection { .. }));
         prop_assert!(wrong, "relay parser accepted a client message");
         // Truncations: never the same message.
         for cut in 0..bytes.len() {
             let parsed = ClientMessage::parse(&bytes[..cut]);
-            if cut < 3 || !owned.open_ended() {
+            if cut < owned.message().encoded_len() - owned.payload_len() || !owned.open_ended() {
                 prop_assert!(parsed.is_err(), "prefix of {} parsed", cut);
             } else {
                 prop_assert_ne!(parsed, Ok(msg));
@@ -247,7 +265,7 @@ proptest! {
             prop_assert_eq!(parsed, Err(WireError::TrailingBytes));
         }
         // Every other version is refused.
-        for version in (0u8..8).filter(|v| *v != 1) {
+        for version in (0u8..8).filter(|v| *v != 2) {
             let mut other = bytes.clone();
             other[0] = (version << 5) | (other[0] & 0x1f);
             prop_assert_eq!(
@@ -269,7 +287,11 @@ proptest! {
         prop_assert!(wrong, "client parser accepted a relay message");
         for cut in 0..bytes.len() {
             let parsed = RelayMessage::parse(&bytes[..cut]);
-            let header = if matches!(owned, OwnedRelay::Handshake(..)) { HANDSHAKE_OVERHEAD } else { 3 };
+            let header = match &owned {
+                OwnedRelay::Handshake(..) => HANDSHAKE_OVERHEAD,
+                OwnedRelay::Welcome(id, _) => 2 + id.len(),
+                _ => MEDIA_OVERHEAD,
+            };
             if cut < header || !owned.open_ended() {
                 prop_assert!(parsed.is_err(), "prefix of {} parsed", cut);
             } else {
@@ -284,7 +306,7 @@ proptest! {
         } else {
             prop_assert_eq!(parsed, Err(WireError::TrailingBytes));
         }
-        for version in (0u8..8).filter(|v| *v != 1) {
+        for version in (0u8..8).filter(|v| *v != 2) {
             let mut other = bytes.clone();
             other[0] = (version << 5) | (other[0] & 0x1f);
             prop_assert_eq!(
@@ -314,7 +336,8 @@ proptest! {
 #[test]
 fn wire_layout_matches_the_table() {
     let token = ChannelToken([0xaa; 16]);
-    let h = ChannelHandle(0x0102);
+    let h = ChannelHandle(0x0102_0304);
+    let p = Proof([0xbb; 16]);
     let id = MailboxId::new(&[7; 32]).unwrap();
     let enc = |m: ClientMessage<'_>| {
         let mut buf = vec![0u8; m.encoded_len()];
@@ -326,80 +349,116 @@ fn wire_layout_matches_the_table() {
         m.encode(&mut buf).unwrap();
         buf
     };
-    let sub = enc(ClientMessage::Subscribe { token });
-    assert_eq!(sub.len(), 17);
-    assert_eq!(sub[0], 0x21);
-    assert_eq!(enc(ClientMessage::Unsubscribe { handle: h }), [0x22, 1, 2]);
+    let proof_then = |first: u8, rest: &[u8]| [&[first][..], &[0xbb; 16], rest].concat();
+    let sub = enc(ClientMessage::Subscribe { proof: p, token });
+    assert_eq!(sub, proof_then(0x41, &[0xaa; 16]));
+    assert_eq!(sub.len(), 33);
+    assert_eq!(
+        enc(ClientMessage::Unsubscribe {
+            proof: p,
+            handle: h
+        }),
+        proof_then(0x42, &[1, 2, 3, 4])
+    );
     let media = enc(ClientMessage::Media {
         handle: h,
         frame: &[9; 60],
     });
+    assert_eq!(MEDIA_OVERHEAD, 5);
     assert_eq!(media.len(), 60 + MEDIA_OVERHEAD);
-    assert_eq!(&media[..3], &[0x23, 1, 2]);
-    assert_eq!(&media[..3], &ClientMessage::media_header(h));
+    assert_eq!(&media[..5], &[0x43, 1, 2, 3, 4]);
+    assert_eq!(&media[..5], &ClientMessage::media_header(h));
     assert_eq!(
         enc(ClientMessage::Handshake {
+            proof: p,
             handle: h,
             message: b"mls"
         }),
-        [0x24, 1, 2, b'm', b'l', b's']
+        proof_then(0x44, &[1, 2, 3, 4, b'm', b'l', b's'])
     );
+    assert_eq!(HANDSHAKE_REQUEST_OVERHEAD, 21);
     let deliver = enc(ClientMessage::DeliverWelcome {
+        proof: p,
         mailbox: id,
         welcome: b"w",
     });
-    assert_eq!(deliver.len(), 1 + 1 + 32 + 1);
-    assert_eq!(&deliver[..2], &[0x25, 32]);
-    assert_eq!(enc(ClientMessage::FetchWelcomes { mailbox: id }).len(), 34);
+    assert_eq!(deliver.len(), 1 + 16 + 1 + 32 + 1);
+    assert_eq!(&deliver[..18], &proof_then(0x45, &[32])[..]);
+    let fetch = enc(ClientMessage::FetchWelcomes {
+        proof: p,
+        mailbox: id,
+    });
+    assert_eq!(
+        (fetch.len(), &fetch[..18]),
+        (50, &proof_then(0x46, &[32])[..])
+    );
     let hello = enc(ClientMessage::Hello {
         cookie: Cookie([3; 16]),
     });
-    assert_eq!((hello.len(), hello[0], hello[16]), (17, 0x27, 3));
+    assert_eq!((hello.len(), hello[0], hello[16]), (17, 0x47, 3));
     let challenge = renc(RelayMessage::Challenge {
         cookie: Cookie([4; 16]),
     });
     assert_eq!(
         (challenge.len(), challenge[0], challenge[16]),
-        (17, 0x38, 4)
+        (17, 0x58, 4)
     );
-    assert_eq!(renc(RelayMessage::Ready), [0x39]);
+    assert_eq!(
+        renc(RelayMessage::Ready { proof: p }),
+        proof_then(0x59, &[])
+    );
 
     let subscribed = renc(RelayMessage::Subscribed { token, handle: h });
-    assert_eq!(subscribed.len(), 19);
-    assert_eq!((subscribed[0], &subscribed[17..]), (0x31, &[1u8, 2][..]));
-    assert_eq!(renc(RelayMessage::Unsubscribed { handle: h }), [0x32, 1, 2]);
+    assert_eq!(subscribed.len(), 21);
+    assert_eq!(
+        (subscribed[0], &subscribed[17..]),
+        (0x51, &[1u8, 2, 3, 4][..])
+    );
+    assert_eq!(
+        renc(RelayMessage::Unsubscribed { handle: h }),
+        [0x52, 1, 2, 3, 4]
+    );
     let media = renc(RelayMessage::Media {
         handle: h,
         frame: &[9; 60],
     });
-    assert_eq!((media.len(), &media[..3]), (63, &[0x33u8, 1, 2][..]));
+    assert_eq!((media.len(), &media[..5]), (65, &[0x53u8, 1, 2, 3, 4][..]));
     let hs = renc(RelayMessage::Handshake {
         handle: h,
         seq: 5,
         message: b"x",
     });
-    assert_eq!(hs, [0x34, 1, 2, 0, 0, 0, 0, 0, 0, 0, 5, b'x']);
+    assert_eq!(hs, [0x54, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 5, b'x']);
+    assert_eq!(HANDSHAKE_OVERHEAD, 13);
     assert_eq!(
         renc(RelayMessage::Welcome {
             mailbox: id,
             welcome: b"w"
         })[0],
-        0x35
+        0x55
     );
-    assert_eq!(renc(RelayMessage::Stored { mailbox: id })[..2], [0x36, 32]);
+    assert_eq!(renc(RelayMessage::Stored { mailbox: id })[..2], [0x56, 32]);
     assert_eq!(
         renc(RelayMessage::Error {
             code: ErrorCode::UnknownHandle,
             request: Request::Media(h)
         }),
-        [0x37, 4, 0x03, 1, 2]
+        [0x57, 4, 0x03, 1, 2, 3, 4]
     );
     assert_eq!(
         renc(RelayMessage::Error {
             code: ErrorCode::Malformed,
             request: Request::Unparsed
         }),
-        [0x37, 1, 0]
+        [0x57, 1, 0]
+    );
+    // An error about a Subscribe names the token, never the proof.
+    assert_eq!(
+        renc(RelayMessage::Error {
+            code: ErrorCode::RelayFull,
+            request: Request::Subscribe(token)
+        }),
+        [&[0x57, 7, 0x01][..], &[0xaa; 16]].concat()
     );
 }
 
@@ -408,24 +467,29 @@ fn wire_rejections() {
     assert_eq!(ClientMessage::parse(&[]), Err(WireError::Truncated));
     assert_eq!(RelayMessage::parse(&[]), Err(WireError::Truncated));
     assert_eq!(
-        ClientMessage::parse(&[0x20]),
+        ClientMessage::parse(&[0x40]),
         Err(WireError::UnknownType { code: 0 })
     );
     assert_eq!(
-        ClientMessage::parse(&[0x2f, 1, 2]),
+        ClientMessage::parse(&[0x4f, 1, 2]),
         Err(WireError::UnknownType { code: 0x0f })
     );
     assert_eq!(
-        ClientMessage::parse(&[0x33, 1, 2]),
+        ClientMessage::parse(&[0x53, 1, 2]),
         Err(WireError::WrongDirection { code: 0x13 })
     );
     assert_eq!(
-        RelayMessage::parse(&[0x3f, 1, 2]),
+        RelayMessage::parse(&[0x5f, 1, 2]),
         Err(WireError::UnknownType { code: 0x1f })
     );
+    // Version 1 (0x2_ and 0x3_: the layout before proofs and 4-byte handles) is refused.
     assert_eq!(
-        ClientMessage::parse(&[0x43, 1, 2]),
-        Err(WireError::UnsupportedVersion { version: 2 })
+        ClientMessage::parse(&[0x23, 1, 2]),
+        Err(WireError::UnsupportedVersion { version: 1 })
+    );
+    assert_eq!(
+        RelayMessage::parse(&[0x39]),
+        Err(WireError::UnsupportedVersion { version: 1 })
     );
     assert_eq!(
         ClientMessage::parse(&[0x03, 1, 2]),
@@ -433,17 +497,17 @@ fn wire_rejections() {
     );
     // Mailbox ids of 0 and 65 bytes.
     assert_eq!(
-        ClientMessage::parse(&[0x26, 0]),
+        ClientMessage::parse(&[&[0x46][..], &[0; 16], &[0]].concat()),
         Err(WireError::InvalidMailboxId { len: 0 })
     );
-    let mut long = vec![0x26, 65];
+    let mut long = [&[0x46][..], &[0; 16], &[65]].concat();
     long.extend([1; 65]);
     assert_eq!(
         ClientMessage::parse(&long),
         Err(WireError::InvalidMailboxId { len: 65 })
     );
     assert_eq!(
-        ClientMessage::parse(&[0x26, 3, 1, 2]),
+        ClientMessage::parse(&[&[0x46][..], &[0; 16], &[3, 1, 2]].concat()),
         Err(WireError::Truncated)
     );
     assert_eq!(
@@ -452,7 +516,7 @@ fn wire_rejections() {
     );
     assert!(MailboxId::new(&[0; 64]).is_ok());
     // Size bounds.
-    let mut media = vec![0x23, 0, 1];
+    let mut media = vec![0x43, 0, 0, 0, 1];
     media.resize(MAX_MEDIA_MESSAGE, 0);
     assert!(ClientMessage::parse(&media).is_ok());
     media.push(0);
@@ -463,18 +527,19 @@ fn wire_rejections() {
             max: MAX_MEDIA_MESSAGE
         })
     );
-    let mut hs = vec![0x24, 0, 1];
-    hs.resize(3 + MAX_HANDSHAKE, 0);
+    let mut hs = [&[0x44][..], &[0; 16], &[0, 0, 0, 1]].concat();
+    hs.resize(HANDSHAKE_REQUEST_OVERHEAD + MAX_HANDSHAKE, 0);
+    assert_eq!(hs.len(), MAX_MESSAGE);
     assert!(ClientMessage::parse(&hs).is_ok());
     hs.push(0);
     assert_eq!(
         ClientMessage::parse(&hs),
         Err(WireError::TooLarge {
-            len: MAX_HANDSHAKE + 1,
-            max: MAX_HANDSHAKE
+            len: MAX_MESSAGE + 1,
+            max: MAX_MESSAGE
         })
     );
-    let mut welcome = vec![0x25, 1, 9];
+    let mut welcome = [&[0x45][..], &[0; 16], &[1, 9]].concat();
     welcome.resize(MAX_MESSAGE + 1, 0);
     assert_eq!(
         ClientMessage::parse(&welcome),
@@ -499,18 +564,18 @@ fn wire_rejections() {
     assert_eq!(&out[..], b"keep");
     // Unknown error codes and request kinds.
     assert_eq!(
-        RelayMessage::parse(&[0x37, 200, 0]),
+        RelayMessage::parse(&[0x57, 200, 0]),
         Ok(RelayMessage::Error {
             code: ErrorCode::Other(200),
             request: Request::Unparsed
         })
     );
     assert_eq!(
-        RelayMessage::parse(&[0x37, 1, 0x09]),
+        RelayMessage::parse(&[0x57, 1, 0x09]),
         Err(WireError::UnknownType { code: 9 })
     );
     assert_eq!(
-        RelayMessage::parse(&[0x37, 1, 0, 0]),
+        RelayMessage::parse(&[0x57, 1, 0, 0]),
         Err(WireError::TrailingBytes)
     );
 }
@@ -530,6 +595,39 @@ fn token(n: u8) -> ChannelToken {
     ChannelToken([n; 16])
 }
 
+/// The relay's key in these tests.
+const KEY: [u8; 32] = [0x6b; 32];
+
+/// A placeholder [`Relay::send`] replaces with the sender's own proof (saying Hello for it
+/// first if the router holds no state for it): every request but a forger's carries it.
+const AUTO: Proof = Proof([0; 16]);
+
+/// `msg` with `proof` in place of the one it carries.
+fn with_proof(msg: ClientMessage<'_>, proof: Proof) -> ClientMessage<'_> {
+    match msg {
+        ClientMessage::Subscribe { token, .. } => ClientMessage::Subscribe { proof, token },
+        ClientMessage::Unsubscribe { handle, .. } => ClientMessage::Unsubscribe { proof, handle },
+        ClientMessage::Handshake {
+            handle, message, ..
+        } => ClientMessage::Handshake {
+            proof,
+            handle,
+            message,
+        },
+        ClientMessage::DeliverWelcome {
+            mailbox, welcome, ..
+        } => ClientMessage::DeliverWelcome {
+            proof,
+            mailbox,
+            welcome,
+        },
+        ClientMessage::FetchWelcomes { mailbox, .. } => {
+            ClientMessage::FetchWelcomes { proof, mailbox }
+        }
+        other => other,
+    }
+}
+
 /// What a request returned, and what the router sent because of it.
 type Outcome = (Result<(), ErrorCode>, Vec<(ConnId, Vec<u8>)>);
 
@@ -546,7 +644,7 @@ struct Relay {
 impl Relay {
     fn new(limits: RouterLimits) -> Relay {
         Relay {
-            router: Router::new(limits),
+            router: Router::new(limits, &KEY),
             now: Instant::now(),
             sent: Vec::new(),
             sink_datagrams: 0,
@@ -566,6 +664,7 @@ impl Relay {
         self.sink_bytes += out.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         self.sent.extend(out.iter().cloned());
         check_stats(self.router.stats());
+        assert!(self.router.accounting_is_exact());
         assert_eq!(self.router.stats().datagrams_out, self.sink_datagrams);
         assert_eq!(self.router.stats().bytes_out, self.sink_bytes);
         for (_, b) in &out {
@@ -574,14 +673,46 @@ impl Relay {
         (result, out)
     }
 
+    /// Says Hello for `conn` (as every client does first); returns its proof.
+    fn hello(&mut self, conn: ConnId) -> Proof {
+        let (result, out) = self.send(
+            conn,
+            ClientMessage::Hello {
+                cookie: Cookie::default(),
+            },
+        );
+        assert_eq!(result, Ok(()));
+        match RelayMessage::parse(&out[0].1).unwrap() {
+            RelayMessage::Ready { proof } => proof,
+            other => panic!("expected Ready, got {other:?}"),
+        }
+    }
+
+    /// Sends `msg` from `from`, with `from`'s proof in place of [`AUTO`].
     fn send(&mut self, from: ConnId, msg: ClientMessage<'_>) -> Outcome {
+        let msg = match msg.proof() {
+            Some(AUTO) => {
+                let proof = match self.router.proof(from) {
+                    Some(p) => p,
+                    None => self.hello(from),
+                };
+                with_proof(msg, proof)
+            }
+            _ => msg,
+        };
         let mut buf = vec![0u8; msg.encoded_len()];
         msg.encode(&mut buf).unwrap();
         self.raw(from, &buf)
     }
 
     fn subscribe(&mut self, from: ConnId, t: ChannelToken) -> ChannelHandle {
-        let (result, out) = self.send(from, ClientMessage::Subscribe { token: t });
+        let (result, out) = self.send(
+            from,
+            ClientMessage::Subscribe {
+                proof: AUTO,
+                token: t,
+            },
+        );
         assert_eq!(result, Ok(()));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, from);
@@ -647,7 +778,7 @@ fn check_stats(s: &RouterStats) {
         + s.fetches
         + s.hellos;
     assert_eq!(s.datagrams_in, accepted + s.drops.total(), "{s:?}");
-    assert_eq!(s.errors_out, s.drops.total(), "{s:?}");
+    assert_eq!(s.errors_out, s.drops.total() - s.drops.unproven, "{s:?}");
     assert_eq!(
         s.datagrams_out,
         s.subscribes
@@ -735,6 +866,7 @@ fn handshake_is_sequenced_per_channel_and_reaches_the_sender() {
         let (result, out) = relay.send(
             from,
             ClientMessage::Handshake {
+                proof: AUTO,
                 handle,
                 message: &commit,
             },
@@ -766,6 +898,7 @@ fn handshake_is_sequenced_per_channel_and_reaches_the_sender() {
     let (_, out) = relay.send(
         C,
         ClientMessage::Handshake {
+            proof: AUTO,
             handle: hc9,
             message: b"other",
         },
@@ -788,13 +921,18 @@ fn handshake_of_the_largest_size_fans_out() {
     let (result, out) = relay.send(
         A,
         ClientMessage::Handshake {
+            proof: AUTO,
             handle: ha,
             message: &big,
         },
     );
     assert_eq!(result, Ok(()));
     assert_eq!(out.len(), 2);
-    assert!(out.iter().all(|(_, b)| b.len() == MAX_MESSAGE));
+    // The request was MAX_MESSAGE bytes; the stamped copies are shorter by the proof and
+    // longer by the sequence number.
+    assert!(out
+        .iter()
+        .all(|(_, b)| b.len() == HANDSHAKE_OVERHEAD + MAX_HANDSHAKE));
 }
 
 #[test]
@@ -806,7 +944,13 @@ fn mailbox_deliver_and_fetch() {
     let kp_ref = [0x42u8; 32];
     let mailbox = MailboxId::new(&kp_ref).unwrap();
     // Empty mailbox.
-    let (result, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    let (result, out) = relay.send(
+        B,
+        ClientMessage::FetchWelcomes {
+            proof: AUTO,
+            mailbox,
+        },
+    );
     assert_eq!(result, Err(ErrorCode::MailboxEmpty));
     Relay::expect_error(
         &out,
@@ -818,6 +962,7 @@ fn mailbox_deliver_and_fetch() {
     let (result, out) = relay.send(
         A,
         ClientMessage::DeliverWelcome {
+            proof: AUTO,
             mailbox,
             welcome: b"welcome 1",
         },
@@ -834,6 +979,7 @@ fn mailbox_deliver_and_fetch() {
             .send(
                 A,
                 ClientMessage::DeliverWelcome {
+                    proof: AUTO,
                     mailbox,
                     welcome: b"welcome 1",
                 },
@@ -847,6 +993,7 @@ fn mailbox_deliver_and_fetch() {
             .send(
                 C,
                 ClientMessage::DeliverWelcome {
+                    proof: AUTO,
                     mailbox,
                     welcome: b"welcome 2",
                 },
@@ -856,7 +1003,13 @@ fn mailbox_deliver_and_fetch() {
     );
     assert_eq!(relay.router.welcome_bytes(), 18);
     // Fetch: both Welcomes, to the fetcher only.
-    let (result, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    let (result, out) = relay.send(
+        B,
+        ClientMessage::FetchWelcomes {
+            proof: AUTO,
+            mailbox,
+        },
+    );
     assert_eq!(result, Ok(()));
     let got: Vec<_> = out
         .iter()
@@ -876,26 +1029,45 @@ fn mailbox_deliver_and_fetch() {
         .collect();
     assert_eq!(got, vec![b"welcome 1".to_vec(), b"welcome 2".to_vec()]);
     // Still there for a second fetch (a lost reply can be fetched again).
-    let (_, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    let (_, out) = relay.send(
+        B,
+        ClientMessage::FetchWelcomes {
+            proof: AUTO,
+            mailbox,
+        },
+    );
     assert_eq!(out.len(), 2);
     // Another mailbox id (a prefix of this one) is another mailbox.
     let (result, _) = relay.send(
         B,
         ClientMessage::FetchWelcomes {
+            proof: AUTO,
             mailbox: MailboxId::new(&kp_ref[..31]).unwrap(),
         },
     );
     assert_eq!(result, Err(ErrorCode::MailboxEmpty));
     // The first Welcome expires 60 s after delivery, the second 30 s later.
     relay.now += Duration::from_secs(31);
-    let (_, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    let (_, out) = relay.send(
+        B,
+        ClientMessage::FetchWelcomes {
+            proof: AUTO,
+            mailbox,
+        },
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(relay.router.welcome_bytes(), 9);
     relay.now += Duration::from_secs(30);
     relay.router.expire(relay.now);
     assert_eq!(relay.router.mailbox_count(), 0);
     assert_eq!(relay.router.welcome_bytes(), 0);
-    let (result, _) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
+    let (result, _) = relay.send(
+        B,
+        ClientMessage::FetchWelcomes {
+            proof: AUTO,
+            mailbox,
+        },
+    );
     assert_eq!(result, Err(ErrorCode::MailboxEmpty));
     let s = relay.router.stats();
     assert_eq!((s.welcomes_in, s.fetches, s.welcomes_out), (3, 3, 5));
@@ -914,7 +1086,14 @@ fn mailbox_limits() {
     let deliver = |relay: &mut Relay, id: u8, welcome: &[u8]| {
         let kp = [id; 32];
         let mailbox = MailboxId::new(&kp).unwrap();
-        let (result, out) = relay.send(A, ClientMessage::DeliverWelcome { mailbox, welcome });
+        let (result, out) = relay.send(
+            A,
+            ClientMessage::DeliverWelcome {
+                proof: AUTO,
+                mailbox,
+                welcome,
+            },
+        );
         if let Err(code) = result {
             Relay::expect_error(&out, A, code, Request::DeliverWelcome(mailbox));
         }
@@ -954,7 +1133,13 @@ fn unsubscribe_and_epoch_move() {
     let (_, out) = relay.media(A, new_a, b"new epoch");
     assert_eq!(out.len(), 1);
     // After the grace period, A leaves the old channel: acknowledged.
-    let (result, out) = relay.send(A, ClientMessage::Unsubscribe { handle: old_a });
+    let (result, out) = relay.send(
+        A,
+        ClientMessage::Unsubscribe {
+            proof: AUTO,
+            handle: old_a,
+        },
+    );
     assert_eq!(result, Ok(()));
     assert_eq!(
         RelayMessage::parse(&out[0].1).unwrap(),
@@ -968,15 +1153,27 @@ fn unsubscribe_and_epoch_move() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, A);
     // A's released handle is unknown now, and unsubscribing it again says so.
+    // Media on it is dropped without an answer (media carries no proof).
     let (result, out) = relay.media(A, old_a, b"stale");
-    assert_eq!(result, Err(ErrorCode::UnknownHandle));
-    Relay::expect_error(&out, A, ErrorCode::UnknownHandle, Request::Media(old_a));
-    let (result, _) = relay.send(A, ClientMessage::Unsubscribe { handle: old_a });
+    assert_eq!((result, out), (Err(ErrorCode::Unproven), vec![]));
+    let (result, _) = relay.send(
+        A,
+        ClientMessage::Unsubscribe {
+            proof: AUTO,
+            handle: old_a,
+        },
+    );
     assert_eq!(result, Err(ErrorCode::UnknownHandle));
     // B leaves too: the channel is removed.
     assert_eq!(
         relay
-            .send(B, ClientMessage::Unsubscribe { handle: old_b })
+            .send(
+                B,
+                ClientMessage::Unsubscribe {
+                    proof: AUTO,
+                    handle: old_b
+                }
+            )
             .0,
         Ok(())
     );
@@ -1004,7 +1201,13 @@ fn subscription_floods_are_refused_without_disturbing_others() {
         relay.subscribe(A, token(i));
     }
     for i in 4..50 {
-        let (result, out) = relay.send(A, ClientMessage::Subscribe { token: token(i) });
+        let (result, out) = relay.send(
+            A,
+            ClientMessage::Subscribe {
+                proof: AUTO,
+                token: token(i),
+            },
+        );
         assert_eq!(result, Err(ErrorCode::TooManySubscriptions));
         Relay::expect_error(
             &out,
@@ -1017,7 +1220,13 @@ fn subscription_floods_are_refused_without_disturbing_others() {
     // Per channel: token 0 has A; B and C fill it, D is refused.
     relay.subscribe(B, token(0));
     relay.subscribe(C, token(0));
-    let (result, out) = relay.send(ConnId(4), ClientMessage::Subscribe { token: token(0) });
+    let (result, out) = relay.send(
+        ConnId(4),
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(0),
+        },
+    );
     assert_eq!(result, Err(ErrorCode::ChannelFull));
     Relay::expect_error(
         &out,
@@ -1027,13 +1236,25 @@ fn subscription_floods_are_refused_without_disturbing_others() {
     );
     // The control channel is full too, to outsiders.
     relay.subscribe(ConnId(4), token(0xcc));
-    let (result, _) = relay.send(B, ClientMessage::Subscribe { token: token(0xcc) });
+    let (result, _) = relay.send(
+        B,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(0xcc),
+        },
+    );
     assert_eq!(result, Err(ErrorCode::ChannelFull));
     // Unsubscribe 4 from the control channel again, so its traffic is as before.
     let h4 = relay.router.handle(ConnId(4), &token(0xcc)).unwrap();
     assert_eq!(
         relay
-            .send(ConnId(4), ClientMessage::Unsubscribe { handle: h4 })
+            .send(
+                ConnId(4),
+                ClientMessage::Unsubscribe {
+                    proof: AUTO,
+                    handle: h4
+                }
+            )
             .0,
         Ok(())
     );
@@ -1046,13 +1267,22 @@ fn subscription_floods_are_refused_without_disturbing_others() {
         relay.subscribe(C, token(i));
     }
     assert_eq!(relay.router.channel_count(), 10);
-    let (result, out) = relay.send(C, ClientMessage::Subscribe { token: token(99) });
+    let (result, out) = relay.send(
+        C,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(99),
+        },
+    );
     assert_eq!(result, Err(ErrorCode::RelayFull));
     Relay::expect_error(&out, C, ErrorCode::RelayFull, Request::Subscribe(token(99)));
     // Joining an existing channel is still fine.
     relay.subscribe(C, token(10));
-    // Total connections: X, Y, A, B, C, 4 = 6; a seventh is refused.
-    let (result, _) = relay.send(ConnId(5), ClientMessage::Subscribe { token: token(10) });
+    // Total connections: X, Y, A, B, C, 4 = 6; a seventh's Hello is refused.
+    let hello = ClientMessage::Hello {
+        cookie: Cookie::default(),
+    };
+    let (result, _) = relay.send(ConnId(5), hello);
     assert_eq!(result, Err(ErrorCode::RelayFull));
     assert_eq!(relay.router.connection_count(), 6);
     relay.control_still_works();
@@ -1087,14 +1317,15 @@ fn oversized_unknown_and_malformed_datagrams_are_refused_without_disturbing_othe
     Relay::expect_error(&out, A, ErrorCode::TooLarge, Request::Unparsed);
     relay.control_still_works();
 
-    // Unknown handles, from a subscribed connection and from an unknown one.
+    // Unknown handles, from a subscribed connection and from a new one: media is dropped
+    // without an answer, a handshake (with the connection's proof) refused.
     for (from, handle) in [(A, ChannelHandle(999)), (ConnId(77), ChannelHandle(0))] {
         let (result, out) = relay.media(from, handle, b"x");
-        assert_eq!(result, Err(ErrorCode::UnknownHandle));
-        Relay::expect_error(&out, from, ErrorCode::UnknownHandle, Request::Media(handle));
+        assert_eq!((result, out), (Err(ErrorCode::Unproven), vec![]));
         let (result, out) = relay.send(
             from,
             ClientMessage::Handshake {
+                proof: AUTO,
                 handle,
                 message: b"commit",
             },
@@ -1107,22 +1338,21 @@ fn oversized_unknown_and_malformed_datagrams_are_refused_without_disturbing_othe
             Request::Handshake(handle),
         );
     }
-    // Handles are per connection: A's first handle has the same value as X's, yet names
-    // A's own channel.
+    // Handles are per connection: X's handle, sent by A, names nothing of A's.
     let hx = relay.router.handle(X, &token(0xcc)).unwrap();
-    assert_eq!(hx, ha);
-    let (_, out) = relay.media(A, hx, b"x");
-    assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![B]);
+    assert_ne!(hx, ha);
+    let (result, out) = relay.media(A, hx, b"x");
+    assert_eq!((result, out), (Err(ErrorCode::Unproven), vec![]));
     relay.control_still_works();
 
     // Malformed: empty, garbage, wrong direction, truncated, trailing, unknown version.
     let bad: [(&[u8], ErrorCode); 7] = [
         (&[], ErrorCode::Malformed),
-        (b"\x2fgarbage", ErrorCode::Malformed),
-        (&[0x33, 0, 0, 1], ErrorCode::Malformed),
-        (&[0x21, 1, 2, 3], ErrorCode::Malformed),
-        (&[0x22, 0, 1, 0], ErrorCode::Malformed),
-        (&[0x43, 0, 0, 1], ErrorCode::UnsupportedVersion),
+        (b"\x4fgarbage", ErrorCode::Malformed),
+        (&[0x53, 0, 0, 1], ErrorCode::Malformed),
+        (&[0x41, 1, 2, 3], ErrorCode::Malformed),
+        (&[0x42, 0, 1, 0], ErrorCode::Malformed),
+        (&[0x23, 0, 0, 1], ErrorCode::UnsupportedVersion),
         (&[0xff; 40], ErrorCode::UnsupportedVersion),
     ];
     for (bytes, code) in bad {
@@ -1139,10 +1369,11 @@ fn oversized_unknown_and_malformed_datagrams_are_refused_without_disturbing_othe
         (
             d.too_large,
             d.unknown_handle,
+            d.unproven,
             d.malformed,
             d.unsupported_version
         ),
-        (2, 4, 5, 2)
+        (2, 2, 3, 5, 2)
     );
 }
 
@@ -1183,7 +1414,7 @@ fn disconnect_cleans_up() {
     assert_eq!(relay.router.handle(A, &token(1)), None);
     // A's old handle is unknown; B's media reaches C only.
     let (result, _) = relay.media(A, ha, b"x");
-    assert_eq!(result, Err(ErrorCode::UnknownHandle));
+    assert_eq!(result, Err(ErrorCode::Unproven));
     let hb = relay.router.handle(B, &token(1)).unwrap();
     let (_, out) = relay.media(B, hb, b"x");
     assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![C]);
@@ -1211,15 +1442,24 @@ fn counters_add_up() {
     let ha = relay.subscribe(A, token(1));
     relay.subscribe(B, token(1));
     assert_eq!(relay.media(A, ha, &[1; 60]).0, Ok(()));
-    assert_eq!(relay.raw(A, b"\x20junk").0, Err(ErrorCode::Malformed));
+    assert_eq!(relay.raw(A, b"\x40junk").0, Err(ErrorCode::Malformed));
+    // A forged request (a wrong proof) is counted, and gets no answer.
+    let forged = ClientMessage::Subscribe {
+        proof: Proof([9; 16]),
+        token: token(2),
+    };
+    assert_eq!(relay.send(A, forged), (Err(ErrorCode::Unproven), vec![]));
     let s = *relay.router.stats();
-    assert_eq!(s.datagrams_in, 4);
-    assert_eq!(s.bytes_in, 17 + 17 + 63 + 5);
-    assert_eq!(s.datagrams_out, 4);
-    assert_eq!(s.bytes_out, 19 + 19 + 63 + 3);
+    // Hello and Subscribe from A and B, media, junk, the forgery.
+    assert_eq!(s.datagrams_in, 7);
+    assert_eq!(s.bytes_in, 2 * (17 + 33) + 65 + 5 + 33);
+    // Ready and Subscribed to each, media to B, the error.
+    assert_eq!(s.datagrams_out, 6);
+    assert_eq!(s.bytes_out, 2 * (17 + 21) + 65 + 3);
+    assert_eq!(s.drops.unproven, 1);
     assert_eq!(s.drops.malformed, 1);
     assert_eq!(s.drops.get(ErrorCode::Malformed), 1);
-    assert_eq!(s.drops.total(), 1);
+    assert_eq!(s.drops.total(), 2);
 }
 
 #[test]
@@ -1232,10 +1472,29 @@ fn hello_is_answered_with_ready_and_changes_nothing_else() {
         },
     );
     assert_eq!(result, Ok(()));
-    assert_eq!(out, vec![(A, vec![0x39])]);
-    assert_eq!(relay.router.connection_count(), 0);
+    let proof = relay.router.proof(A).unwrap();
+    let ready = [&[0x59][..], &proof.0].concat();
+    assert_eq!(out, vec![(A, ready.clone())]);
+    // The connection exists now, with its proof; nothing else changed.
+    assert_eq!(relay.router.connection_count(), 1);
     assert_eq!(relay.router.channel_count(), 0);
-    assert_eq!(relay.router.stats().hellos, 1);
+    // Every Hello of the connection gets the same proof (a forged Hello changes nothing);
+    // other connections get other proofs.
+    let hello = ClientMessage::Hello {
+        cookie: Cookie([5; 16]),
+    };
+    assert_eq!(relay.send(A, hello).1, vec![(A, ready)]);
+    assert_ne!(relay.hello(B), proof);
+    assert_eq!(relay.router.stats().hellos, 3);
+    // Beyond the connection limit, a Hello is refused.
+    let mut full = Relay::new(RouterLimits {
+        max_connections: 1,
+        ..RouterLimits::default()
+    });
+    full.hello(A);
+    let (result, out) = full.send(B, hello);
+    assert_eq!(result, Err(ErrorCode::RelayFull));
+    Relay::expect_error(&out, B, ErrorCode::RelayFull, Request::Hello);
     check_stats(relay.router.stats());
 }
 
@@ -1256,6 +1515,7 @@ fn fetch_replies_are_bounded_per_connection_per_minute() {
         let (result, _) = relay.send(
             A,
             ClientMessage::DeliverWelcome {
+                proof: AUTO,
                 mailbox,
                 welcome: &w,
             },
@@ -1264,7 +1524,10 @@ fn fetch_replies_are_bounded_per_connection_per_minute() {
     }
     // One fetch answers 2 × (3000 + 34) = 6,068 bytes; a second within the minute would
     // pass 10,000.
-    let fetch = ClientMessage::FetchWelcomes { mailbox };
+    let fetch = ClientMessage::FetchWelcomes {
+        proof: AUTO,
+        mailbox,
+    };
     let (result, out) = relay.send(B, fetch);
     assert_eq!(result, Ok(()));
     let sent: usize = out.iter().map(|(_, b)| b.len()).sum();
@@ -1286,4 +1549,721 @@ fn fetch_replies_are_bounded_per_connection_per_minute() {
     assert_eq!((result, out.len()), (Ok(()), 2));
     assert_eq!(relay.router.stats().drops.rate_limited, 1);
     check_stats(relay.router.stats());
+}
+
+/// Finding 5 (issue 10): one relay client could exhaust the relay's global limits. With
+/// the default limits, one connection filled the whole mailbox table with tiny Welcomes
+/// and the 64 MiB Welcome store with large ones (for the Welcome TTL, 24 h), so another
+/// client's invite was refused with `StorageFull`. Now each connection holds at most its
+/// own quota of Welcomes and Welcome bytes, is refused beyond it with a typed error, and
+/// other clients' invites still succeed.
+#[test]
+fn finding5_one_connection_cannot_exhaust_the_welcome_store() {
+    let limits = RouterLimits::default();
+    let mut relay = Relay::new(limits.clone());
+    relay.control();
+    let victim_kp = [0xeeu8; 32];
+    let victim = MailboxId::new(&victim_kp).unwrap();
+    let invite = |relay: &mut Relay, n: u8| {
+        let welcome = vec![n; 5000];
+        relay
+            .send(
+                B,
+                ClientMessage::DeliverWelcome {
+                    proof: AUTO,
+                    mailbox: victim,
+                    welcome: &welcome,
+                },
+            )
+            .0
+    };
+    // Phase 1: tiny Welcomes to ever new mailboxes (the mailbox table).
+    let mut stored = 0usize;
+    let mut refused = None;
+    for i in 0..(limits.max_mailboxes as u32 + 10) {
+        let kp = [&i.to_be_bytes()[..], &[0xa1; 28]].concat();
+        let mailbox = MailboxId::new(&kp).unwrap();
+        let (result, out) = relay.send(
+            A,
+            ClientMessage::DeliverWelcome {
+                proof: AUTO,
+                mailbox,
+                welcome: b"w",
+            },
+        );
+        match result {
+            Ok(()) => stored += 1,
+            Err(code) => {
+                Relay::expect_error(&out, A, code, Request::DeliverWelcome(mailbox));
+                refused = Some(code);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        invite(&mut relay, 1),
+        Ok(()),
+        "the victim's invite after a mailbox flood"
+    );
+    assert_eq!(refused, Some(ErrorCode::WelcomeQuotaExceeded));
+    assert_eq!(stored, limits.max_welcomes_per_connection);
+    // Phase 2: large Welcomes (the byte store), from a second abusive connection.
+    let big = vec![0xb2u8; 60_000];
+    let mut held = 0usize;
+    let mut refused = None;
+    for i in 0..2000u32 {
+        let kp = [&i.to_be_bytes()[..], &[0xb2; 28]].concat();
+        let mailbox = MailboxId::new(&kp).unwrap();
+        let (result, _) = relay.send(
+            C,
+            ClientMessage::DeliverWelcome {
+                proof: AUTO,
+                mailbox,
+                welcome: &big,
+            },
+        );
+        match result {
+            Ok(()) => held += big.len(),
+            Err(code) => {
+                refused = Some(code);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        invite(&mut relay, 2),
+        Ok(()),
+        "the victim's invite after a byte flood"
+    );
+    assert_eq!(refused, Some(ErrorCode::WelcomeQuotaExceeded));
+    assert!(held <= limits.max_welcome_bytes_per_connection);
+    assert!(held + big.len() > limits.max_welcome_bytes_per_connection);
+    assert_eq!(relay.router.usage(C).unwrap().welcome_bytes, held);
+    relay.control_still_works();
+    let d = relay.router.stats().drops;
+    assert_eq!(d.welcome_quota, 2);
+    assert_eq!(d.storage_full, 0);
+}
+
+/// Finding 5 (issue 10): channels a connection opens count against its own quota, so one
+/// connection cannot fill the channel table (a relay whose table is as small as one
+/// connection's subscriptions shows it: before, one connection took every channel and
+/// another's subscribe to a new token was refused with `RelayFull`).
+#[test]
+fn finding5_one_connection_cannot_exhaust_the_channel_table() {
+    let limits = RouterLimits {
+        max_channels: 64,
+        ..RouterLimits::default()
+    };
+    assert!(limits.max_channels_opened_per_connection < limits.max_channels);
+    let mut relay = Relay::new(limits.clone());
+    relay.control();
+    let mut opened = 0;
+    let mut refused = None;
+    for i in 0..200u8 {
+        let (result, out) = relay.send(
+            A,
+            ClientMessage::Subscribe {
+                proof: AUTO,
+                token: token(i),
+            },
+        );
+        match result {
+            Ok(()) => opened += 1,
+            Err(code) => {
+                Relay::expect_error(&out, A, code, Request::Subscribe(token(i)));
+                refused = Some(code);
+                break;
+            }
+        }
+    }
+    let (result, _) = relay.send(
+        B,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(0xfe),
+        },
+    );
+    assert_eq!(
+        result,
+        Ok(()),
+        "another client's subscribe to a new channel"
+    );
+    assert_eq!(refused, Some(ErrorCode::TooManyChannelsOpened));
+    assert_eq!(opened, limits.max_channels_opened_per_connection);
+    // Joining channels others opened is bounded by the subscription quota only.
+    relay.subscribe(B, token(0xfd));
+    relay.subscribe(A, token(0xfe));
+    relay.subscribe(A, token(0xfd));
+    relay.control_still_works();
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.subscriptions, u.channels_opened), (opened + 2, opened));
+    assert_eq!(relay.router.stats().drops.too_many_channels_opened, 1);
+}
+
+/// Finding 5 (issue 10): quota charges are released exactly when what they pay for is
+/// gone: a channel's when it closes (its last subscriber left) or its opener disconnects,
+/// a Welcome's when it expires (a fetch does not release it: the Welcome is still held,
+/// for a fetch again) or its depositor disconnects (the Welcome stays for the invitee).
+#[test]
+fn finding5_quota_charges_are_released_exactly() {
+    let limits = RouterLimits {
+        max_channels_opened_per_connection: 2,
+        max_welcomes_per_connection: 2,
+        max_welcome_bytes_per_connection: 1000,
+        welcome_ttl: Duration::from_secs(10),
+        ..RouterLimits::default()
+    };
+    let mut relay = Relay::new(limits);
+    let kp = |i: u8| [i; 32];
+    let deliver = |relay: &mut Relay, from: ConnId, i: u8, len: usize| {
+        let id = kp(i);
+        let welcome = vec![i; len];
+        relay
+            .send(
+                from,
+                ClientMessage::DeliverWelcome {
+                    proof: AUTO,
+                    mailbox: MailboxId::new(&id).unwrap(),
+                    welcome: &welcome,
+                },
+            )
+            .0
+    };
+    // Channels: two opened, the third refused; B joins the first.
+    let h1 = relay.subscribe(A, token(1));
+    relay.subscribe(A, token(2));
+    relay.subscribe(B, token(1));
+    let sub3 = ClientMessage::Subscribe {
+        proof: AUTO,
+        token: token(3),
+    };
+    assert_eq!(relay.send(A, sub3).0, Err(ErrorCode::TooManyChannelsOpened));
+    // A leaves channel 1, which B keeps open: still charged to A while it exists.
+    assert_eq!(
+        relay
+            .send(
+                A,
+                ClientMessage::Unsubscribe {
+                    proof: AUTO,
+                    handle: h1
+                }
+            )
+            .0,
+        Ok(())
+    );
+    assert_eq!(relay.send(A, sub3).0, Err(ErrorCode::TooManyChannelsOpened));
+    // B leaves it: the channel closes, A's charge is released.
+    let hb = relay.router.handle(B, &token(1)).unwrap();
+    assert_eq!(
+        relay
+            .send(
+                B,
+                ClientMessage::Unsubscribe {
+                    proof: AUTO,
+                    handle: hb
+                }
+            )
+            .0,
+        Ok(())
+    );
+    assert_eq!(relay.router.usage(A).unwrap().channels_opened, 1);
+    relay.subscribe(A, token(3));
+    assert!(relay.router.accounting_is_exact());
+    // Welcomes: count and bytes.
+    assert_eq!(deliver(&mut relay, A, 1, 600), Ok(()));
+    assert_eq!(
+        deliver(&mut relay, A, 2, 500),
+        Err(ErrorCode::WelcomeQuotaExceeded)
+    );
+    assert_eq!(deliver(&mut relay, A, 2, 400), Ok(()));
+    assert_eq!(
+        deliver(&mut relay, A, 3, 1),
+        Err(ErrorCode::WelcomeQuotaExceeded)
+    );
+    // A retransmission is no new charge.
+    assert_eq!(deliver(&mut relay, A, 2, 400), Ok(()));
+    // A fetch does not release the charge (the Welcome is still held).
+    let id = kp(2);
+    let fetch = ClientMessage::FetchWelcomes {
+        proof: AUTO,
+        mailbox: MailboxId::new(&id).unwrap(),
+    };
+    assert_eq!(relay.send(A, fetch).0, Ok(()));
+    assert_eq!(
+        deliver(&mut relay, A, 3, 1),
+        Err(ErrorCode::WelcomeQuotaExceeded)
+    );
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.welcomes, u.welcome_bytes), (2, 1000));
+    assert!(relay.router.accounting_is_exact());
+    // Expiry releases it.
+    relay.now += Duration::from_secs(11);
+    assert_eq!(deliver(&mut relay, A, 3, 1000), Ok(()));
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.welcomes, u.welcome_bytes), (1, 1000));
+    assert!(relay.router.accounting_is_exact());
+    // Disconnecting releases everything; the Welcome stays for its invitee.
+    relay.router.disconnect(A);
+    assert!(relay.router.usage(A).is_none());
+    assert_eq!(relay.router.welcome_bytes(), 1000);
+    assert!(relay.router.accounting_is_exact());
+    // A new connection under the same id starts from nothing, and the old Welcome's
+    // expiry does not touch its charges.
+    relay.now += Duration::from_secs(5);
+    relay.subscribe(A, token(7));
+    assert_eq!(deliver(&mut relay, A, 4, 10), Ok(()));
+    relay.now += Duration::from_secs(6);
+    relay.router.expire(relay.now);
+    assert_eq!(relay.router.welcome_bytes(), 10);
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.welcomes, u.welcome_bytes, u.channels_opened), (1, 10, 1));
+    assert!(relay.router.accounting_is_exact());
+    relay.now += Duration::from_secs(5);
+    relay.router.expire(relay.now);
+    assert_eq!(relay.router.welcome_bytes(), 0);
+    let u = relay.router.usage(A).unwrap();
+    assert_eq!((u.welcomes, u.welcome_bytes), (0, 0));
+    assert!(relay.router.accounting_is_exact());
+}
+
+/// Finding 6 (issue 10): after address validation, anyone could send requests with a
+/// validated client's address, and channel handles were sequential: an off-path forger
+/// who knows a victim's IP address and port (here: the victim's `ConnId`, which is all the
+/// router sees of an address) unsubscribed it from its channels, subscribed it to a busy
+/// channel, and injected media with a guessed handle. Now every state-changing request
+/// carries the connection's proof (which only the address's owner received, in `Ready`);
+/// a request without it is dropped without an answer, and media handles are 32 random
+/// bits.
+#[test]
+fn finding6_a_forger_with_the_victims_address_changes_nothing() {
+    const V: ConnId = ConnId(7);
+    const W: ConnId = ConnId(8);
+    let mut relay = Relay::new(RouterLimits::default());
+    relay.control();
+    let hv = relay.subscribe(V, token(1));
+    relay.subscribe(W, token(1));
+    let kp = [0x31u8; 32];
+    let mailbox = MailboxId::new(&kp).unwrap();
+    let before = relay.router.usage(V).unwrap();
+    // The forger does not know V's proof; it guesses, and tries every small handle.
+    let guess = Proof([0x77; 16]);
+    let unanswered = |relay: &mut Relay, msg: ClientMessage<'_>| relay.send(V, msg).1;
+    for h in 0..64u32 {
+        let handle = ChannelHandle(h);
+        let out = unanswered(
+            &mut relay,
+            ClientMessage::Unsubscribe {
+                proof: guess,
+                handle,
+            },
+        );
+        assert!(
+            out.is_empty(),
+            "forged Unsubscribe of {h} answered: {out:?}"
+        );
+        let out = unanswered(
+            &mut relay,
+            ClientMessage::Handshake {
+                proof: guess,
+                handle,
+                message: b"forged commit",
+            },
+        );
+        assert!(out.is_empty(), "forged Handshake on {h} answered: {out:?}");
+        let out = relay.media(V, handle, b"forged frame").1;
+        assert!(out.is_empty(), "blind media on handle {h} reached {out:?}");
+    }
+    assert_eq!(
+        relay.router.handle(V, &token(1)),
+        Some(hv),
+        "V unsubscribed"
+    );
+    for t in [token(0xcc), token(0x99)] {
+        let out = unanswered(
+            &mut relay,
+            ClientMessage::Subscribe {
+                proof: guess,
+                token: t,
+            },
+        );
+        assert!(out.is_empty(), "forged Subscribe answered: {out:?}");
+    }
+    assert_eq!(
+        relay.router.handle(V, &token(0xcc)),
+        None,
+        "V put on a busy channel"
+    );
+    let out = unanswered(
+        &mut relay,
+        ClientMessage::DeliverWelcome {
+            proof: guess,
+            mailbox,
+            welcome: &[0; 1000],
+        },
+    );
+    assert!(out.is_empty());
+    let out = unanswered(
+        &mut relay,
+        ClientMessage::FetchWelcomes {
+            proof: guess,
+            mailbox,
+        },
+    );
+    assert!(out.is_empty());
+    assert_eq!(relay.router.usage(V).unwrap(), before);
+    assert_eq!(relay.router.mailbox_count(), 0);
+    assert_eq!(relay.router.channel_count(), 2);
+    relay.control_still_works();
+    // A request before Hello (no proof exists yet) is dropped the same way.
+    let (result, out) = relay.send(
+        ConnId(9),
+        ClientMessage::Subscribe {
+            proof: guess,
+            token: token(1),
+        },
+    );
+    assert_eq!((result, out.len()), (Err(ErrorCode::Unproven), 0));
+    // 64 × (Unsubscribe, Handshake, media), 2 Subscribes, a delivery, a fetch, and this.
+    assert_eq!(relay.router.stats().drops.unproven, 64 * 3 + 5);
+    // V itself, with its proof, is served as before.
+    let (_, out) = relay.media(V, hv, b"genuine");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, W);
+    assert_eq!(
+        relay
+            .send(
+                V,
+                ClientMessage::Unsubscribe {
+                    proof: AUTO,
+                    handle: hv
+                }
+            )
+            .0,
+        Ok(())
+    );
+}
+
+/// Finding 6 (issue 10): handles are drawn at random (under the relay's key) per
+/// connection, distinct within a connection, and say nothing about the order of
+/// subscriptions or about other connections' handles.
+#[test]
+fn finding6_channel_handles_are_random_and_collision_free() {
+    let mut relay = Relay::new(RouterLimits {
+        max_channels_opened_per_connection: 64,
+        ..RouterLimits::default()
+    });
+    let mut seen = std::collections::HashSet::new();
+    let mut handles = Vec::new();
+    for i in 0..64u8 {
+        let h = relay.subscribe(A, token(i));
+        assert!(seen.insert(h), "handle {h:?} given twice to one connection");
+        handles.push(h.0);
+    }
+    // Not sequential, not small: a blind guess of one of 64 handles succeeds with
+    // probability 64 / 2^32.
+    assert!(
+        handles
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count()
+            < 2
+    );
+    assert!(handles.iter().filter(|h| **h < 1 << 16).count() < 2);
+    // Another connection on the same channels gets other handles.
+    for i in 0..8u8 {
+        let hb = relay.subscribe(B, token(i));
+        assert_ne!(Some(hb), relay.router.handle(A, &token(i)));
+    }
+    // Another relay key, other handles.
+    let mut other = Relay {
+        router: Router::new(RouterLimits::default(), &[0x6c; 32]),
+        ..Relay::new(RouterLimits::default())
+    };
+    assert_ne!(other.subscribe(A, token(0)).0, handles[0]);
+}
+
+/// Finding 6 (issue 10): `RelayClient::receive` took `Subscribed` and `Unsubscribed`
+/// replies it never asked for, so a forger could make a client believe it had joined or
+/// left a channel. Now the client ignores (and counts) every reply to a request it did not
+/// make.
+#[test]
+fn finding6_the_client_ignores_replies_it_did_not_ask_for() {
+    use sotto::relay::{ClientEvent, RelayClient};
+    let mut relay = Relay::new(RouterLimits::default());
+    let mut client = RelayClient::new();
+    let mut out = BytesMut::new();
+    let enc = |m: RelayMessage<'_>| {
+        let mut b = vec![0u8; m.encoded_len()];
+        m.encode(&mut b).unwrap();
+        b
+    };
+    let kp = [0x42u8; 32];
+    let mailbox = MailboxId::new(&kp).unwrap();
+    let forgeries = [
+        enc(RelayMessage::Ready {
+            proof: Proof([1; 16]),
+        }),
+        enc(RelayMessage::Subscribed {
+            token: token(5),
+            handle: ChannelHandle(1),
+        }),
+        enc(RelayMessage::Welcome {
+            mailbox,
+            welcome: b"forged",
+        }),
+        enc(RelayMessage::Stored { mailbox }),
+        enc(RelayMessage::Error {
+            code: ErrorCode::ChannelFull,
+            request: Request::Subscribe(token(5)),
+        }),
+    ];
+    for f in &forgeries {
+        assert_eq!(client.receive(f), Ok(ClientEvent::Unsolicited), "{f:x?}");
+    }
+    // The genuine Ready (after a Hello), then a genuine subscription.
+    let feed = |relay: &mut Relay, _: &mut RelayClient, out: &mut BytesMut| {
+        let (_, replies) = relay.raw(A, out);
+        out.clear();
+        replies
+    };
+    client.hello(Cookie::default(), &mut out).unwrap();
+    let replies = feed(&mut relay, &mut client, &mut out);
+    assert_eq!(client.receive(&replies[0].1), Ok(ClientEvent::Ready));
+    client.subscribe(token(1), &mut out).unwrap();
+    let replies = feed(&mut relay, &mut client, &mut out);
+    assert_eq!(
+        client.receive(&replies[0].1),
+        Ok(ClientEvent::Subscribed { token: token(1) })
+    );
+    let handle = relay.router.handle(A, &token(1)).unwrap();
+    // Forged: another subscription, the real channel's handle reassigned, leaving it.
+    for f in [
+        enc(RelayMessage::Subscribed {
+            token: token(6),
+            handle: ChannelHandle(9),
+        }),
+        enc(RelayMessage::Subscribed {
+            token: token(1),
+            handle: ChannelHandle(handle.0 ^ 1),
+        }),
+        enc(RelayMessage::Unsubscribed { handle }),
+        enc(RelayMessage::Ready {
+            proof: Proof([2; 16]),
+        }),
+        enc(RelayMessage::Error {
+            code: ErrorCode::UnknownHandle,
+            request: Request::Unsubscribe(handle),
+        }),
+    ] {
+        assert_eq!(client.receive(&f), Ok(ClientEvent::Unsolicited), "{f:x?}");
+    }
+    assert!(client.is_subscribed(&token(1)));
+    assert!(!client.is_subscribed(&token(6)));
+    assert_eq!(client.unsolicited(), 10);
+    // Its own requests still go through with its proof: leaving works.
+    client.unsubscribe(&token(1), &mut out).unwrap();
+    let replies = feed(&mut relay, &mut client, &mut out);
+    assert_eq!(
+        client.receive(&replies[0].1),
+        Ok(ClientEvent::Unsubscribed { token: token(1) })
+    );
+    assert!(!client.is_subscribed(&token(1)));
+}
+
+/// Finding 6 (issue 10), on real UDP sockets on 127.0.0.1: a relay as `examples/relay.rs`
+/// runs it (address check, then the router), a validated victim and a peer, and a forger
+/// who knows the victim's IP address and port. Its datagrams reach the relay's socket with
+/// the victim's address as their source (the relay loop here attributes the forger's
+/// socket to the victim: what spoofing the source address achieves, which an unprivileged
+/// test cannot do for real). Its Unsubscribes, Subscribes and blind media change nothing
+/// and get no answer; a `Subscribed` it sends the victim directly is ignored.
+#[test]
+fn finding6_a_forger_on_udp_cannot_act_for_a_validated_client() {
+    use sotto::relay::{AddressCheck, Admission, ClientEvent, RelayClient, CHALLENGE_LEN};
+    use std::collections::HashMap;
+    use std::net::{SocketAddr, UdpSocket};
+
+    struct UdpRelay {
+        sock: UdpSocket,
+        router: Router,
+        check: AddressCheck,
+        conns: HashMap<SocketAddr, ConnId>,
+        addrs: HashMap<ConnId, SocketAddr>,
+        /// The forger's socket, and the address its datagrams claim.
+        spoof: (SocketAddr, SocketAddr),
+    }
+    impl UdpRelay {
+        /// Takes `n` datagrams from the socket and handles each.
+        fn pump(&mut self, n: usize) {
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            for _ in 0..n {
+                let (len, mut from) = self.sock.recv_from(&mut buf).expect("a datagram");
+                if from == self.spoof.0 {
+                    from = self.spoof.1;
+                }
+                let datagram = &buf[..len];
+                let now = Instant::now();
+                let conn = match self.conns.get(&from) {
+                    Some(c) => *c,
+                    None => {
+                        let mut reply = [0u8; CHALLENGE_LEN];
+                        let address = from.to_string();
+                        match self
+                            .check
+                            .check(address.as_bytes(), datagram, now, &mut reply)
+                        {
+                            Admission::Admit => {
+                                let conn = ConnId(self.conns.len() as u64 + 1);
+                                self.conns.insert(from, conn);
+                                self.addrs.insert(conn, from);
+                                conn
+                            }
+                            Admission::Challenge(bytes) => {
+                                self.sock.send_to(bytes, from).unwrap();
+                                continue;
+                            }
+                            Admission::Ignore => continue,
+                        }
+                    }
+                };
+                let (sock, addrs) = (&self.sock, &self.addrs);
+                let _ = self.router.receive(conn, datagram, now, &mut |to, bytes| {
+                    sock.send_to(bytes, addrs[&to]).unwrap();
+                });
+            }
+        }
+    }
+    let udp = || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    };
+    let (victim_sock, peer_sock, forger) = (udp(), udp(), udp());
+    let mut relay = UdpRelay {
+        sock: udp(),
+        router: Router::new(RouterLimits::default(), &KEY),
+        check: AddressCheck::new(&[0x33; 32], Instant::now()),
+        conns: HashMap::new(),
+        addrs: HashMap::new(),
+        spoof: (
+            forger.local_addr().unwrap(),
+            victim_sock.local_addr().unwrap(),
+        ),
+    };
+    let relay_addr = relay.sock.local_addr().unwrap();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut out = BytesMut::new();
+    // One request from a client through the relay; the client reads `replies` answers.
+    let exchange = |relay: &mut UdpRelay,
+                    sock: &UdpSocket,
+                    client: &mut RelayClient,
+                    out: &mut BytesMut,
+                    replies: usize| {
+        sock.send_to(out, relay_addr).unwrap();
+        out.clear();
+        relay.pump(1);
+        let mut events = Vec::new();
+        let mut rbuf = vec![0u8; 2048];
+        for _ in 0..replies {
+            let n = sock.recv(&mut rbuf).expect("a reply");
+            events.push(format!("{:?}", client.receive(&rbuf[..n]).unwrap()));
+        }
+        events
+    };
+    let (mut victim, mut peer) = (RelayClient::new(), RelayClient::new());
+    for (sock, client) in [(&victim_sock, &mut victim), (&peer_sock, &mut peer)] {
+        client.hello(Cookie::default(), &mut out).unwrap();
+        let ev = exchange(&mut relay, sock, client, &mut out, 1);
+        assert!(ev[0].starts_with("Challenge"), "{ev:?}");
+        let n = ClientMessage::Hello {
+            cookie: relay.check.cookie(
+                sock.local_addr().unwrap().to_string().as_bytes(),
+                Instant::now(),
+            ),
+        }
+        .encode(&mut buf)
+        .unwrap();
+        out.extend_from_slice(&buf[..n]);
+        assert_eq!(exchange(&mut relay, sock, client, &mut out, 1), ["Ready"]);
+        client.subscribe(token(1), &mut out).unwrap();
+        assert_eq!(exchange(&mut relay, sock, client, &mut out, 1).len(), 1);
+    }
+    // The peer is also on a busy channel.
+    peer.subscribe(token(0xbb), &mut out).unwrap();
+    exchange(&mut relay, &peer_sock, &mut peer, &mut out, 1);
+    let victim_conn = relay.conns[&victim_sock.local_addr().unwrap()];
+    let handle = relay.router.handle(victim_conn, &token(1)).unwrap();
+
+    // The forger: guessed proofs, every small handle, the busy channel.
+    let guess = Proof([0; 16]);
+    let mut forged: Vec<Vec<u8>> = Vec::new();
+    let enc = |m: ClientMessage<'_>| {
+        let mut b = vec![0u8; m.encoded_len()];
+        m.encode(&mut b).unwrap();
+        b
+    };
+    for h in 0..32 {
+        let handle = ChannelHandle(h);
+        forged.push(enc(ClientMessage::Unsubscribe {
+            proof: guess,
+            handle,
+        }));
+        forged.push(enc(ClientMessage::Media {
+            handle,
+            frame: b"forged",
+        }));
+    }
+    forged.push(enc(ClientMessage::Subscribe {
+        proof: guess,
+        token: token(0xbb),
+    }));
+    for f in &forged {
+        forger.send_to(f, relay_addr).unwrap();
+        relay.pump(1);
+    }
+    // Nothing reached the victim or the peer because of them.
+    assert!(
+        victim_sock.recv(&mut buf).is_err(),
+        "the victim got an answer"
+    );
+    assert!(
+        peer_sock.recv(&mut buf).is_err(),
+        "the peer got forged media"
+    );
+    assert_eq!(relay.router.handle(victim_conn, &token(1)), Some(handle));
+    assert_eq!(relay.router.handle(victim_conn, &token(0xbb)), None);
+    assert_eq!(relay.router.stats().drops.unproven, forged.len() as u64);
+    // The peer's media still reaches the victim.
+    peer.media(&token(1), b"genuine", &mut out).unwrap();
+    peer_sock.send_to(&out, relay_addr).unwrap();
+    out.clear();
+    relay.pump(1);
+    let n = victim_sock.recv(&mut buf).unwrap();
+    assert_eq!(
+        victim.receive(&buf[..n]),
+        Ok(ClientEvent::Media {
+            token: token(1),
+            frame: b"genuine"
+        })
+    );
+    // A forged `Subscribed` sent to the victim directly is ignored.
+    let fake = enc_relay(RelayMessage::Subscribed {
+        token: token(0xbb),
+        handle: ChannelHandle(7),
+    });
+    forger
+        .send_to(&fake, victim_sock.local_addr().unwrap())
+        .unwrap();
+    let n = victim_sock.recv(&mut buf).unwrap();
+    assert_eq!(victim.receive(&buf[..n]), Ok(ClientEvent::Unsolicited));
+    assert!(!victim.is_subscribed(&token(0xbb)));
+    assert!(victim.is_subscribed(&token(1)));
+}
+
+fn enc_relay(m: RelayMessage<'_>) -> Vec<u8> {
+    let mut b = vec![0u8; m.encoded_len()];
+    m.encode(&mut b).unwrap();
+    b
 }

@@ -27,8 +27,8 @@ use bytes::BytesMut;
 use member::{Member, FRAME};
 use sotto::media::ChannelToken;
 use sotto::relay::{
-    AddressCheck, Admission, ClientMessage, ConnId, MailboxId, RelayMessage, Router, RouterLimits,
-    CHALLENGE_LEN,
+    AddressCheck, Admission, ClientMessage, ConnId, MailboxId, Proof, RelayMessage, Router,
+    RouterLimits, CHALLENGE_LEN,
 };
 use sotto::room::RoomConfig;
 
@@ -105,7 +105,7 @@ impl Net {
         Net {
             relay_addr: relay.local_addr().unwrap(),
             relay,
-            router: Router::new(RouterLimits::default()),
+            router: Router::new(RouterLimits::default(), &[0x6b; 32]),
             check: AddressCheck::new(&[0x5e; 32], Instant::now()),
             validated: Vec::new(),
             challenges: 0,
@@ -525,7 +525,7 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
         .recording
         .iter()
         .filter_map(|r| match ClientMessage::parse(&r.bytes) {
-            Ok(ClientMessage::Subscribe { token }) => Some(token.0),
+            Ok(ClientMessage::Subscribe { token, .. }) => Some(token.0),
             _ => None,
         })
         .collect();
@@ -565,7 +565,7 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
                 carol_handshakes_sent += 1;
                 carol_handshakes.insert(message.to_vec());
             }
-            ClientMessage::Subscribe { token } if r.step >= cutoff => {
+            ClientMessage::Subscribe { token, .. } if r.step >= cutoff => {
                 assert_eq!(token, removal.old_token);
                 carol_resubscribes += 1;
             }
@@ -708,24 +708,26 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
     let stats_before = *net.router.stats();
     let mut subscribe = BytesMut::new();
     ClientMessage::Subscribe {
+        proof: Proof::default(),
         token: removal.new_token,
     }
     .encode_into(&mut subscribe)
     .unwrap();
     let mut fetch = BytesMut::new();
     ClientMessage::FetchWelcomes {
+        proof: Proof::default(),
         mailbox: MailboxId::new(&[0xab; 32]).unwrap(),
     }
     .encode_into(&mut fetch)
     .unwrap();
-    let forged_hello = [0x27u8; 17];
-    let forged_challenge = [0x38u8; 17];
+    let forged_hello = [0x47u8; 17];
+    let forged_challenge = [0x58u8; 17];
     let requests: [&[u8]; 6] = [
         &subscribe,
         &fetch,
         &forged_hello,
-        &[0x21],
-        &[0x23; 70],
+        &[0x41],
+        &[0x43; 70],
         &forged_challenge,
     ];
     for request in requests {

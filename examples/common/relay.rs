@@ -47,7 +47,7 @@ impl InProcessRelay {
     /// An empty relay.
     pub fn new() -> InProcessRelay {
         InProcessRelay {
-            router: Router::new(RouterLimits::default()),
+            router: Router::new(RouterLimits::default(), &[0x5e; 32]),
             clients: BTreeMap::new(),
             next_id: 0,
             outbox: Vec::new(),
@@ -67,7 +67,7 @@ impl InProcessRelay {
     pub fn connect(&mut self) -> MemberId {
         self.next_id += 1;
         let id = self.next_id;
-        let client = RelayClient::new();
+        let mut client = RelayClient::new();
         if client.hello(Cookie::default(), &mut self.buf).is_ok() {
             self.clients.insert(id, client);
             self.send(id);
@@ -87,7 +87,7 @@ impl InProcessRelay {
         self.recording.extend_from_slice(&datagram);
         self.datagrams += 1;
         match ClientMessage::parse(&datagram) {
-            Ok(ClientMessage::Subscribe { token }) => {
+            Ok(ClientMessage::Subscribe { token, .. }) => {
                 self.tokens.insert(token);
             }
             Ok(ClientMessage::Media { frame, .. }) => {
@@ -127,7 +127,7 @@ impl InProcessRelay {
 
     /// Subscribes `id` to a channel.
     pub fn subscribe(&mut self, id: MemberId, token: ChannelToken) {
-        if let Some(c) = self.clients.get(&id) {
+        if let Some(c) = self.clients.get_mut(&id) {
             if c.subscribe(token, &mut self.buf).is_ok() {
                 self.send(id);
             }
@@ -136,7 +136,7 @@ impl InProcessRelay {
 
     /// Unsubscribes `id` from a channel.
     pub fn unsubscribe(&mut self, id: MemberId, token: ChannelToken) {
-        if let Some(c) = self.clients.get(&id) {
+        if let Some(c) = self.clients.get_mut(&id) {
             if c.unsubscribe(&token, &mut self.buf).is_ok() {
                 self.send(id);
             }
@@ -145,7 +145,7 @@ impl InProcessRelay {
 
     /// Media from `id` to every other subscriber of the channel.
     pub fn publish_media(&mut self, id: MemberId, token: ChannelToken, packet: &[u8]) {
-        if let Some(c) = self.clients.get(&id) {
+        if let Some(c) = self.clients.get_mut(&id) {
             if c.media(&token, packet, &mut self.buf).is_ok() {
                 self.send(id);
             }
@@ -155,7 +155,7 @@ impl InProcessRelay {
     /// A handshake message to every subscriber of the channel, the sender included (so it
     /// learns its commit was ordered).
     pub fn publish_handshake(&mut self, id: MemberId, token: ChannelToken, message: &[u8]) {
-        if let Some(c) = self.clients.get(&id) {
+        if let Some(c) = self.clients.get_mut(&id) {
             if c.handshake(&token, message, &mut self.buf).is_ok() {
                 self.send(id);
             }
@@ -166,7 +166,7 @@ impl InProcessRelay {
     /// the relay's own bookkeeping connection, since any client may deliver).
     pub fn post_welcome(&mut self, reference: &[u8], welcome: &[u8]) {
         let id = self.clients.keys().next().copied().unwrap_or(0);
-        if let Some(c) = self.clients.get(&id) {
+        if let Some(c) = self.clients.get_mut(&id) {
             if c.deliver_welcome(reference, welcome, &mut self.buf).is_ok() {
                 self.send(id);
             }
@@ -176,7 +176,7 @@ impl InProcessRelay {
     /// Takes a Welcome from a mailbox, asking over a fresh connection (the invitee's).
     pub fn fetch_welcome(&mut self, reference: &[u8]) -> Option<Vec<u8>> {
         let id = self.connect();
-        let c = self.clients.get(&id)?;
+        let c = self.clients.get_mut(&id)?;
         c.fetch_welcomes(reference, &mut self.buf).ok()?;
         self.send(id);
         self.router.disconnect(ConnId(id));

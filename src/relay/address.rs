@@ -193,7 +193,7 @@ mod tests {
         let mut reply = [0u8; CHALLENGE_LEN];
         // Media requests of every length: challenged from 17 bytes on.
         for len in 0..64 {
-            let datagram = [&[0x23u8][..], &vec![0; len.max(1) - 1]].concat();
+            let datagram = [&[0x43u8][..], &vec![0; len.max(1) - 1]].concat();
             match check.check(b"addr", &datagram[..len], t0, &mut reply) {
                 Admission::Challenge(bytes) => assert!(bytes.len() <= len && len >= 17),
                 Admission::Ignore => assert!(len < CHALLENGE_LEN),
@@ -202,7 +202,7 @@ mod tests {
         }
         // A relay's own messages (a Challenge among them) and junk get no answer: no loop
         // between two relays.
-        let Admission::Challenge(challenge) = check.check(b"addr", &[0x23; 40], t0, &mut reply)
+        let Admission::Challenge(challenge) = check.check(b"addr", &[0x43; 40], t0, &mut reply)
         else {
             panic!("a media request is challenged");
         };

@@ -3,7 +3,10 @@
 
 use bytes::BytesMut;
 
-use super::{ChannelHandle, ClientMessage, Cookie, ErrorCode, MailboxId, RelayMessage, WireError};
+use super::{
+    ChannelHandle, ClientMessage, Cookie, ErrorCode, MailboxId, Proof, RelayMessage, Request,
+    WireError,
+};
 use crate::media::ChannelToken;
 
 /// What a relay datagram meant for the client.
@@ -55,6 +58,13 @@ pub enum ClientEvent<'a> {
     },
     /// A message for a handle this client does not know (e.g. just unsubscribed).
     Stale,
+    /// A reply to a request this client did not make, or no longer waits for: a
+    /// `Subscribed` for a token it did not ask to subscribe to, an `Unsubscribed` for a
+    /// handle it did not ask to leave, a `Welcome` or `Stored` for a mailbox it did not
+    /// ask about, an error about a request it did not send, a `Ready` without a Hello.
+    /// Either the second answer to a retransmitted request or a forgery; it changed
+    /// nothing, and is counted ([`RelayClient::unsolicited`]).
+    Unsolicited,
     /// The relay asks this client to prove its address: on first contact, when it forgot
     /// the connection (then it dropped the request that caused this, and holds none of the
     /// client's subscriptions), or to renew a validation. Answer with
@@ -79,12 +89,43 @@ pub enum ClientError {
     /// No handle for that token yet (subscribe first and wait for the confirmation).
     #[error("not subscribed to that channel")]
     NotSubscribed,
+    /// The relay has not answered a Hello yet, so this client has no proof of its
+    /// connection to send (say Hello and wait for [`ClientEvent::Ready`]).
+    #[error("no Ready from the relay yet")]
+    NotReady,
 }
 
 /// The client side of one relay connection (see [`crate::relay`]).
 #[derive(Debug, Default)]
 pub struct RelayClient {
     handles: Vec<(ChannelToken, ChannelHandle)>,
+    proof: Option<Proof>,
+    /// What this client asked for and has no answer to yet: only those answers are taken.
+    hello_pending: bool,
+    subscribing: Vec<ChannelToken>,
+    unsubscribing: Vec<ChannelHandle>,
+    delivering: Vec<Vec<u8>>,
+    /// Mailboxes fetched from, most recent last (a fetch may get several Welcomes, and a
+    /// retry's answers may come late, so they stay; at most [`FETCHED`]).
+    fetched: Vec<Vec<u8>>,
+    unsolicited: u64,
+}
+
+/// How many mailboxes a client remembers fetching from.
+const FETCHED: usize = 8;
+
+/// Adds `item` to `list` unless it is there.
+fn note<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+/// Removes `item` from `list`; whether it was there.
+fn take<T: PartialEq>(list: &mut Vec<T>, item: &T) -> bool {
+    let before = list.len();
+    list.retain(|x| x != item);
+    list.len() != before
 }
 
 impl RelayClient {
@@ -107,6 +148,15 @@ impl RelayClient {
             .map(|(t, _)| *t)
     }
 
+    fn proof(&self) -> Result<Proof, ClientError> {
+        self.proof.ok_or(ClientError::NotReady)
+    }
+
+    /// Replies ignored as [`ClientEvent::Unsolicited`].
+    pub fn unsolicited(&self) -> u64 {
+        self.unsolicited
+    }
+
     /// Whether the relay confirmed a subscription to `token`.
     pub fn is_subscribed(&self, token: &ChannelToken) -> bool {
         self.handle(token).is_some()
@@ -118,15 +168,27 @@ impl RelayClient {
     }
 
     /// Appends a subscription request for `token` to `out` (one datagram).
-    pub fn subscribe(&self, token: ChannelToken, out: &mut BytesMut) -> Result<(), ClientError> {
-        ClientMessage::Subscribe { token }.encode_into(out)?;
+    pub fn subscribe(
+        &mut self,
+        token: ChannelToken,
+        out: &mut BytesMut,
+    ) -> Result<(), ClientError> {
+        let proof = self.proof()?;
+        ClientMessage::Subscribe { proof, token }.encode_into(out)?;
+        note(&mut self.subscribing, token);
         Ok(())
     }
 
     /// Appends a request to leave `token`'s channel to `out`.
-    pub fn unsubscribe(&self, token: &ChannelToken, out: &mut BytesMut) -> Result<(), ClientError> {
+    pub fn unsubscribe(
+        &mut self,
+        token: &ChannelToken,
+        out: &mut BytesMut,
+    ) -> Result<(), ClientError> {
+        let proof = self.proof()?;
         let handle = self.handle(token).ok_or(ClientError::NotSubscribed)?;
-        ClientMessage::Unsubscribe { handle }.encode_into(out)?;
+        ClientMessage::Unsubscribe { proof, handle }.encode_into(out)?;
+        note(&mut self.unsubscribing, handle);
         Ok(())
     }
 
@@ -149,54 +211,96 @@ impl RelayClient {
         message: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), ClientError> {
+        let proof = self.proof()?;
         let handle = self.handle(token).ok_or(ClientError::NotSubscribed)?;
-        ClientMessage::Handshake { handle, message }.encode_into(out)?;
+        ClientMessage::Handshake {
+            proof,
+            handle,
+            message,
+        }
+        .encode_into(out)?;
         Ok(())
     }
 
     /// Appends a datagram leaving `welcome` in the mailbox `reference` (the invitee's
     /// KeyPackage reference).
     pub fn deliver_welcome(
-        &self,
+        &mut self,
         reference: &[u8],
         welcome: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), ClientError> {
+        let proof = self.proof()?;
         let mailbox = MailboxId::new(reference)?;
-        ClientMessage::DeliverWelcome { mailbox, welcome }.encode_into(out)?;
+        ClientMessage::DeliverWelcome {
+            proof,
+            mailbox,
+            welcome,
+        }
+        .encode_into(out)?;
+        note(&mut self.delivering, reference.to_vec());
         Ok(())
     }
 
     /// Appends a Hello: with the default (all-zero) cookie before anything else, so the
     /// relay can challenge the address; with a [challenge's](ClientEvent::Challenge) cookie
     /// to answer it.
-    pub fn hello(&self, cookie: Cookie, out: &mut BytesMut) -> Result<(), ClientError> {
+    pub fn hello(&mut self, cookie: Cookie, out: &mut BytesMut) -> Result<(), ClientError> {
         ClientMessage::Hello { cookie }.encode_into(out)?;
+        self.hello_pending = true;
         Ok(())
     }
 
     /// Appends a datagram asking for the Welcomes in the mailbox `reference`.
-    pub fn fetch_welcomes(&self, reference: &[u8], out: &mut BytesMut) -> Result<(), ClientError> {
+    pub fn fetch_welcomes(
+        &mut self,
+        reference: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), ClientError> {
+        let proof = self.proof()?;
         let mailbox = MailboxId::new(reference)?;
-        ClientMessage::FetchWelcomes { mailbox }.encode_into(out)?;
+        ClientMessage::FetchWelcomes { proof, mailbox }.encode_into(out)?;
+        if !self.fetched.iter().any(|m| m.as_slice() == reference) {
+            if self.fetched.len() >= FETCHED {
+                self.fetched.remove(0);
+            }
+            self.fetched.push(reference.to_vec());
+        }
         Ok(())
     }
 
-    /// Reads one datagram from the relay.
+    /// Whether this client waits for an answer about `request`.
+    fn asked(&mut self, request: &Request<'_>) -> bool {
+        match request {
+            Request::Subscribe(token) => take(&mut self.subscribing, token),
+            Request::Unsubscribe(handle) => take(&mut self.unsubscribing, handle),
+            Request::Media(handle) | Request::Handshake(handle) => self.token(*handle).is_some(),
+            Request::DeliverWelcome(m) => take(&mut self.delivering, &m.as_bytes().to_vec()),
+            Request::FetchWelcomes(m) => self.fetched.iter().any(|f| f.as_slice() == m.as_bytes()),
+            Request::Hello => std::mem::take(&mut self.hello_pending),
+            // This client sends nothing that does not parse.
+            Request::Unparsed => false,
+        }
+    }
+
+    /// Reads one datagram from the relay. A reply to nothing this client asked for (see
+    /// [`ClientEvent::Unsolicited`]) changes nothing.
     pub fn receive<'a>(&mut self, datagram: &'a [u8]) -> Result<ClientEvent<'a>, ClientError> {
         let event = match RelayMessage::parse(datagram)? {
-            RelayMessage::Subscribed { token, handle } => {
+            RelayMessage::Subscribed { token, handle } if take(&mut self.subscribing, &token) => {
                 self.handles.retain(|(t, h)| *t != token && *h != handle);
                 self.handles.push((token, handle));
                 ClientEvent::Subscribed { token }
             }
-            RelayMessage::Unsubscribed { handle } => match self.token(handle) {
-                Some(token) => {
-                    self.handles.retain(|(_, h)| *h != handle);
-                    ClientEvent::Unsubscribed { token }
+            RelayMessage::Unsubscribed { handle } if take(&mut self.unsubscribing, &handle) => {
+                match self.token(handle) {
+                    Some(token) => {
+                        self.handles.retain(|(_, h)| *h != handle);
+                        ClientEvent::Unsubscribed { token }
+                    }
+                    None => ClientEvent::Stale,
                 }
-                None => ClientEvent::Stale,
-            },
+            }
             RelayMessage::Media { handle, frame } => match self.token(handle) {
                 Some(token) => ClientEvent::Media { token, frame },
                 None => ClientEvent::Stale,
@@ -213,11 +317,38 @@ impl RelayClient {
                 },
                 None => ClientEvent::Stale,
             },
-            RelayMessage::Welcome { mailbox, welcome } => ClientEvent::Welcome { mailbox, welcome },
-            RelayMessage::Stored { mailbox } => ClientEvent::Stored { mailbox },
-            RelayMessage::Error { code, .. } => ClientEvent::Refused { code },
+            RelayMessage::Welcome { mailbox, welcome }
+                if self
+                    .fetched
+                    .iter()
+                    .any(|m| m.as_slice() == mailbox.as_bytes()) =>
+            {
+                ClientEvent::Welcome { mailbox, welcome }
+            }
+            RelayMessage::Stored { mailbox }
+                if take(&mut self.delivering, &mailbox.as_bytes().to_vec()) =>
+            {
+                ClientEvent::Stored { mailbox }
+            }
+            RelayMessage::Error { code, request } if self.asked(&request) => {
+                ClientEvent::Refused { code }
+            }
             RelayMessage::Challenge { cookie } => ClientEvent::Challenge { cookie },
-            RelayMessage::Ready => ClientEvent::Ready,
+            RelayMessage::Ready { proof } if std::mem::take(&mut self.hello_pending) => {
+                if self.proof != Some(proof) {
+                    // A new connection at the relay: nothing of the old one holds there.
+                    self.handles.clear();
+                    self.subscribing.clear();
+                    self.unsubscribing.clear();
+                    self.delivering.clear();
+                }
+                self.proof = Some(proof);
+                ClientEvent::Ready
+            }
+            _ => {
+                self.unsolicited += 1;
+                ClientEvent::Unsolicited
+            }
         };
         Ok(event)
     }
@@ -229,39 +360,41 @@ mod tests {
     use crate::relay::{ConnId, Router, RouterLimits};
     use std::time::Instant;
 
+    /// Feeds the datagram in `out` from `conn` to the router; returns what it sent.
+    fn to_router(router: &mut Router, conn: ConnId, out: &mut BytesMut) -> Vec<(ConnId, Vec<u8>)> {
+        let mut inbox = Vec::new();
+        let _ = router.receive(conn, out, Instant::now(), &mut |to, d: &[u8]| {
+            inbox.push((to, d.to_vec()))
+        });
+        out.clear();
+        inbox
+    }
+
     #[test]
     fn client_and_router_round_trip() {
-        let now = Instant::now();
-        let mut router = Router::new(RouterLimits::default());
+        let mut router = Router::new(RouterLimits::default(), &[1; 32]);
         let token = ChannelToken([3; 16]);
         let mut a = RelayClient::new();
         let mut b = RelayClient::new();
         let mut out = BytesMut::new();
-        let mut inbox: Vec<(ConnId, Vec<u8>)> = Vec::new();
-        for (conn, client) in [(ConnId(1), &a), (ConnId(2), &b)] {
-            out.clear();
-            client.subscribe(token, &mut out).unwrap();
-            router
-                .receive(conn, &out, now, &mut |to, d: &[u8]| {
-                    inbox.push((to, d.to_vec()))
-                })
-                .unwrap();
-        }
-        for (to, d) in inbox.drain(..) {
-            let client = if to == ConnId(1) { &mut a } else { &mut b };
+        for (conn, client) in [(ConnId(1), &mut a), (ConnId(2), &mut b)] {
             assert_eq!(
-                client.receive(&d).unwrap(),
-                ClientEvent::Subscribed { token }
+                client.subscribe(token, &mut out),
+                Err(ClientError::NotReady)
+            );
+            client.hello(Cookie::default(), &mut out).unwrap();
+            let replies = to_router(&mut router, conn, &mut out);
+            assert_eq!(client.receive(&replies[0].1), Ok(ClientEvent::Ready));
+            client.subscribe(token, &mut out).unwrap();
+            let replies = to_router(&mut router, conn, &mut out);
+            assert_eq!(
+                client.receive(&replies[0].1),
+                Ok(ClientEvent::Subscribed { token })
             );
         }
-        out.clear();
         a.media(&token, b"frame", &mut out).unwrap();
-        assert_eq!(out.len(), 3 + 5);
-        router
-            .receive(ConnId(1), &out, now, &mut |to, d: &[u8]| {
-                inbox.push((to, d.to_vec()))
-            })
-            .unwrap();
+        assert_eq!(out.len(), crate::relay::MEDIA_OVERHEAD + 5);
+        let inbox = to_router(&mut router, ConnId(1), &mut out);
         assert_eq!(inbox.len(), 1);
         assert_eq!(inbox[0].0, ConnId(2));
         assert_eq!(

@@ -43,10 +43,10 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
-    /// A big-endian `u16`.
+    /// A big-endian `u32`.
     #[inline]
-    pub(crate) fn u16(&mut self) -> Result<u16, WireError> {
-        self.array().map(u16::from_be_bytes)
+    pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
+        self.array().map(u32::from_be_bytes)
     }
 
     /// A big-endian `u64`.
@@ -108,9 +108,9 @@ impl<'a> Writer<'a> {
         self.put(&[b])
     }
 
-    /// Appends a big-endian `u16`.
+    /// Appends a big-endian `u32`.
     #[inline]
-    pub(crate) fn u16(&mut self, v: u16) -> Result<(), WireError> {
+    pub(crate) fn u32(&mut self, v: u32) -> Result<(), WireError> {
         self.put(&v.to_be_bytes())
     }
 
@@ -127,12 +127,12 @@ mod tests {
 
     #[test]
     fn reader_never_overreads() {
-        let mut r = Reader::new(&[1, 2, 3]);
-        assert_eq!(r.u16(), Ok(0x0102));
-        assert_eq!(r.u16(), Err(WireError::Truncated));
+        let mut r = Reader::new(&[1, 2, 3, 4, 5]);
+        assert_eq!(r.u32(), Ok(0x0102_0304));
+        assert_eq!(r.u32(), Err(WireError::Truncated));
         assert_eq!(r.u64(), Err(WireError::Truncated));
         assert_eq!(r.take(2), Err(WireError::Truncated));
-        assert_eq!(r.u8(), Ok(3));
+        assert_eq!(r.u8(), Ok(5));
         assert_eq!(r.u8(), Err(WireError::Truncated));
         assert_eq!(r.finish(), Ok(()));
         let mut r = Reader::new(&[1, 2]);
@@ -142,12 +142,12 @@ mod tests {
 
     #[test]
     fn writer_never_overwrites() {
-        let mut buf = [0u8; 3];
+        let mut buf = [0u8; 5];
         let mut w = Writer::new(&mut buf);
-        assert_eq!(w.u16(0xabcd), Ok(()));
-        assert_eq!(w.u16(1), Err(WireError::BufferTooSmall { needed: 4 }));
+        assert_eq!(w.u32(0xabcd_ef01), Ok(()));
+        assert_eq!(w.u32(1), Err(WireError::BufferTooSmall { needed: 8 }));
         assert_eq!(w.u8(9), Ok(()));
-        assert_eq!(w.len(), 3);
-        assert_eq!(buf, [0xab, 0xcd, 9]);
+        assert_eq!(w.len(), 5);
+        assert_eq!(buf, [0xab, 0xcd, 0xef, 1, 9]);
     }
 }

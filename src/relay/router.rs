@@ -5,9 +5,15 @@ use crate::hash::IntMap;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
 use super::wire::{
-    ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, Request, HANDSHAKE_OVERHEAD,
-    MAX_MESSAGE, MEDIA_OVERHEAD,
+    ChannelHandle, ClientMessage, ErrorCode, MailboxId, Proof, RelayMessage, Request,
+    HANDSHAKE_OVERHEAD, MAX_MESSAGE, MEDIA_OVERHEAD,
 };
 use crate::media::ChannelToken;
 
@@ -23,8 +29,8 @@ pub struct ConnId(pub u64);
 /// [error](RelayMessage::Error) to its sender; nothing else changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouterLimits {
-    /// Connections with at least one subscription (or whose subscriptions all ended but
-    /// which were not [disconnected](Router::disconnect)). Default 10,000.
+    /// Connections: made by a connection's first Hello, ended by
+    /// [`disconnect`](Router::disconnect). Default 10,000.
     pub max_connections: usize,
     /// Channels in total. Default 10,000.
     pub max_channels: usize,
@@ -51,6 +57,22 @@ pub struct RouterLimits {
     /// sending fetches with a member's address can make the relay send that member.
     /// Default 256 KiB (a full mailbox of the largest Welcomes).
     pub max_fetch_bytes_per_minute: usize,
+    /// Channels one connection opened (was their first subscriber) that still exist. A
+    /// channel is charged to its opener until it closes (its last subscriber left) or the
+    /// opener [disconnects](Router::disconnect), even after the opener left it, so one
+    /// connection holds at most this share of `max_channels`. Default 32: a member opens
+    /// at most one channel per epoch, and holds at most 2^E of them in their grace period
+    /// (16 with the default KID layout), with room for channels others still hold open.
+    pub max_channels_opened_per_connection: usize,
+    /// Welcomes held on behalf of one connection (delivered by it, not yet expired). The
+    /// charge ends when the Welcome expires or the connection disconnects (the Welcome
+    /// stays for its invitee); a fetch does not end it, since the Welcome is still held.
+    /// Default 64 (one connection holds at most this share of `max_mailboxes`).
+    pub max_welcomes_per_connection: usize,
+    /// Welcome bytes held on behalf of one connection, charged and released as
+    /// `max_welcomes_per_connection`. Default 1 MiB (17 of the largest Welcomes; 1/64 of
+    /// the default `max_welcome_bytes`).
+    pub max_welcome_bytes_per_connection: usize,
 }
 
 impl Default for RouterLimits {
@@ -68,6 +90,9 @@ impl Default for RouterLimits {
             max_welcome_bytes: 64 << 20,
             welcome_ttl: Duration::from_secs(24 * 3600),
             max_fetch_bytes_per_minute: 256 << 10,
+            max_channels_opened_per_connection: 32,
+            max_welcomes_per_connection: 64,
+            max_welcome_bytes_per_connection: 1 << 20,
         }
     }
 }
@@ -98,6 +123,12 @@ pub struct DropStats {
     pub mailbox_empty: u64,
     /// [`ErrorCode::RateLimited`].
     pub rate_limited: u64,
+    /// [`ErrorCode::TooManyChannelsOpened`].
+    pub too_many_channels_opened: u64,
+    /// [`ErrorCode::WelcomeQuotaExceeded`].
+    pub welcome_quota: u64,
+    /// [`ErrorCode::Unproven`]: dropped without an answer.
+    pub unproven: u64,
 }
 
 impl DropStats {
@@ -115,6 +146,9 @@ impl DropStats {
             ErrorCode::StorageFull => self.storage_full,
             ErrorCode::MailboxEmpty => self.mailbox_empty,
             ErrorCode::RateLimited => self.rate_limited,
+            ErrorCode::TooManyChannelsOpened => self.too_many_channels_opened,
+            ErrorCode::WelcomeQuotaExceeded => self.welcome_quota,
+            ErrorCode::Unproven => self.unproven,
             ErrorCode::Other(_) => 0,
         }
     }
@@ -137,6 +171,9 @@ impl DropStats {
             ErrorCode::StorageFull => &mut self.storage_full,
             ErrorCode::MailboxEmpty => &mut self.mailbox_empty,
             ErrorCode::RateLimited => &mut self.rate_limited,
+            ErrorCode::TooManyChannelsOpened => &mut self.too_many_channels_opened,
+            ErrorCode::WelcomeQuotaExceeded => &mut self.welcome_quota,
+            ErrorCode::Unproven => &mut self.unproven,
             ErrorCode::Other(_) => return,
         };
         *slot = slot.saturating_add(1);
@@ -147,9 +184,10 @@ impl DropStats {
 /// handles or payloads).
 ///
 /// Every datagram in is either accepted (counted under its type) or refused (counted in
-/// [`drops`](Self::drops), and answered with exactly one error), so
+/// [`drops`](Self::drops), and answered with exactly one error unless it was
+/// [unproven](DropStats::unproven), which gets no answer), so
 /// `datagrams_in = subscribes + unsubscribes + media_in + handshakes_in + welcomes_in +
-/// fetches + hellos + drops.total()` and `datagrams_out = subscribes + unsubscribes +
+/// fetches + hellos + drops.total()`, `errors_out = drops.total() - drops.unproven` and `datagrams_out = subscribes + unsubscribes +
 /// media_out + handshakes_out + welcomes_in + welcomes_out + hellos + errors_out`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -192,6 +230,22 @@ pub struct RouterStats {
     pub drops: DropStats,
 }
 
+/// What one connection holds of the router's shared resources, charged against its
+/// quotas ([`Router::usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Channels subscribed to ([`RouterLimits::max_channels_per_connection`]).
+    pub subscriptions: usize,
+    /// Channels opened that still exist
+    /// ([`RouterLimits::max_channels_opened_per_connection`]).
+    pub channels_opened: usize,
+    /// Welcomes held for it ([`RouterLimits::max_welcomes_per_connection`]).
+    pub welcomes: usize,
+    /// Bytes of those Welcomes ([`RouterLimits::max_welcome_bytes_per_connection`]).
+    pub welcome_bytes: usize,
+}
+
 /// A channel that lost a member when a connection [disconnected](Router::disconnect).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Departure {
@@ -213,7 +267,7 @@ struct Route {
 impl std::hash::Hash for Route {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // One word for the hasher; equality still compares both fields.
-        state.write_u64(self.conn.0.rotate_left(16) ^ u64::from(self.handle.0));
+        state.write_u64(self.conn.0.rotate_left(32) ^ u64::from(self.handle.0));
     }
 }
 
@@ -226,27 +280,57 @@ struct Member {
     handle: ChannelHandle,
 }
 
+/// Who a quota charge belongs to: a connection, and which of the connections that had its
+/// id (a charge outliving its connection is charged to nobody, so a later connection under
+/// the same id never pays for it, nor is credited by it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Owner {
+    conn: ConnId,
+    serial: u64,
+}
+
 struct Channel {
     token: ChannelToken,
     members: Vec<Member>,
     next_seq: u64,
+    /// The connection charged for it (its first subscriber).
+    opener: Option<Owner>,
 }
 
-/// A connection's subscriptions.
+/// A connection's subscriptions and quota charges.
 struct Connection {
+    /// Distinguishes this connection from earlier ones under the same id.
+    serial: u64,
+    /// What its requests must carry.
+    proof: Proof,
     /// Handle → channel slot, sorted by handle.
     handles: Vec<(ChannelHandle, usize)>,
-    /// Where the search for a free handle starts: handles are not reused until the
-    /// 16-bit space wraps, so a late packet for a released handle does not land in a newer
-    /// channel.
-    next_handle: u16,
+    /// How many handles were drawn for it: the input of the next draw.
+    draws: u64,
+    /// Channels charged to it, still open.
+    opened: usize,
+    /// Welcomes charged to it, still held, and their bytes.
+    welcomes: usize,
+    welcome_bytes: usize,
 }
 
 impl Connection {
-    fn new() -> Connection {
+    fn new(serial: u64, proof: Proof) -> Connection {
         Connection {
+            serial,
+            proof,
             handles: Vec::new(),
-            next_handle: 0,
+            draws: 0,
+            opened: 0,
+            welcomes: 0,
+            welcome_bytes: 0,
+        }
+    }
+
+    fn owner(&self, conn: ConnId) -> Owner {
+        Owner {
+            conn,
+            serial: self.serial,
         }
     }
 
@@ -257,11 +341,17 @@ impl Connection {
             .map(|(h, _)| *h)
     }
 
-    /// Takes the next free handle for `slot`; `None` only if all 65,536 are in use.
-    fn insert(&mut self, slot: usize) -> Option<ChannelHandle> {
-        for _ in 0..=u16::MAX {
-            let handle = ChannelHandle(self.next_handle);
-            self.next_handle = self.next_handle.wrapping_add(1);
+    /// Gives `slot` the first of the handles `draw` makes (from the connection's serial
+    /// and a draw count) that the connection does not use; `None` only if 64 draws in a
+    /// row collided, which a connection of at most 65,535 handles out of 2^32 never sees.
+    fn insert(
+        &mut self,
+        slot: usize,
+        draw: impl Fn(u64, u64) -> ChannelHandle,
+    ) -> Option<ChannelHandle> {
+        for _ in 0..64 {
+            let handle = draw(self.serial, self.draws);
+            self.draws = self.draws.wrapping_add(1);
             if let Err(pos) = self.handles.binary_search_by_key(&handle, |(h, _)| *h) {
                 self.handles.insert(pos, (handle, slot));
                 return Some(handle);
@@ -304,6 +394,29 @@ struct HeldWelcome {
     /// `None`: the TTL overflowed `Instant`, never expires.
     expires: Option<Instant>,
     bytes: Box<[u8]>,
+    /// The connection charged for it (its depositor).
+    owner: Option<Owner>,
+}
+
+/// Ends the charge `owner` paid for a channel (`welcome` is `None`) or for a Welcome of
+/// `welcome` bytes, if that connection is still there.
+fn release(connections: &mut ConnMap<Connection>, owner: Option<Owner>, welcome: Option<usize>) {
+    let Some(owner) = owner else {
+        return;
+    };
+    let Some(c) = connections
+        .get_mut(&owner.conn)
+        .filter(|c| c.serial == owner.serial)
+    else {
+        return;
+    };
+    match welcome {
+        None => c.opened = c.opened.saturating_sub(1),
+        Some(len) => {
+            c.welcomes = c.welcomes.saturating_sub(1);
+            c.welcome_bytes = c.welcome_bytes.saturating_sub(len);
+        }
+    }
 }
 
 impl HeldWelcome {
@@ -317,9 +430,11 @@ impl HeldWelcome {
 /// Channels are created by their first subscriber and removed with their last. Each
 /// connection names its channels by its own [`ChannelHandle`]s; a media message is copied
 /// once into an internal buffer and handed to the sink once per other subscriber, with
-/// only the 2 handle bytes rewritten in between: no heap allocation per packet.
+/// only the 4 handle bytes rewritten in between: no heap allocation per packet.
 pub struct Router {
     limits: RouterLimits,
+    /// HMAC under the relay's key: connection proofs and channel handles.
+    mac: Hmac<Sha256>,
     connections: ConnMap<Connection>,
     /// (connection, handle) → channel slot: the one lookup per media packet. Mirrors the
     /// connections' handle lists.
@@ -335,9 +450,22 @@ pub struct Router {
     fetched: HashMap<ConnId, (Instant, usize)>,
     /// No Welcome expires before this (so sweeps on a full store stay rare).
     next_expiry: Option<Instant>,
+    /// The serial of the next connection.
+    next_serial: u64,
     /// Where every outgoing datagram is built.
     buf: Vec<u8>,
     stats: RouterStats,
+}
+
+/// 32 bytes of HMAC(relay key, `label` ‖ `serial` ‖ `n`): a connection's proof and its
+/// channel handles, unguessable without the key, distinct across connections (serials are
+/// never reused).
+fn derive(mac: &Hmac<Sha256>, label: &[u8], serial: u64, n: u64) -> [u8; 32] {
+    let mut mac = mac.clone();
+    mac.update(label);
+    mac.update(&serial.to_be_bytes());
+    mac.update(&n.to_be_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 /// The window of [`RouterLimits::max_fetch_bytes_per_minute`].
@@ -358,8 +486,18 @@ fn emit(stats: &mut RouterStats, sink: &mut impl FnMut(ConnId, &[u8]), conn: Con
 }
 
 impl Router {
-    /// A router with no connections, holding at most `limits`.
-    pub fn new(limits: RouterLimits) -> Router {
+    /// A router with no connections, holding at most `limits`, under the relay's own
+    /// random `key` (draw it at start-up; it never leaves the relay). Connection
+    /// [`Proof`]s and channel handles are derived from it, so nobody without it can guess
+    /// them.
+    pub fn new(limits: RouterLimits, key: &[u8; 32]) -> Router {
+        // HMAC pads a short key with zeros to the block size, so this is HMAC under `key`.
+        let mut block = [0u8; 64];
+        for (b, k) in block.iter_mut().zip(key) {
+            *b = *k;
+        }
+        let mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
+        block.zeroize();
         let limits = RouterLimits {
             max_message: limits.max_message.min(MAX_MESSAGE),
             max_channels_per_connection: limits
@@ -369,6 +507,7 @@ impl Router {
         };
         Router {
             limits,
+            mac,
             connections: ConnMap::default(),
             routes: RouteMap::default(),
             channels: Vec::new(),
@@ -378,9 +517,38 @@ impl Router {
             welcome_bytes: 0,
             fetched: HashMap::new(),
             next_expiry: None,
+            next_serial: 0,
             buf: vec![0; MAX_MESSAGE],
             stats: RouterStats::default(),
         }
+    }
+
+    /// The state of `conn`, made (with a fresh serial and proof) if it has none; fails
+    /// with [`ErrorCode::RelayFull`] when the router holds as many connections as it may.
+    fn connection(&mut self, conn: ConnId) -> Result<&mut Connection, ErrorCode> {
+        if !self.connections.contains_key(&conn) {
+            if self.connections.len() >= self.limits.max_connections {
+                return Err(ErrorCode::RelayFull);
+            }
+            self.next_serial += 1;
+            let serial = self.next_serial;
+            let mut proof = Proof::default();
+            for (p, d) in proof
+                .0
+                .iter_mut()
+                .zip(derive(&self.mac, b"proof", serial, 0))
+            {
+                *p = d;
+            }
+            self.connections
+                .insert(conn, Connection::new(serial, proof));
+        }
+        self.connections.get_mut(&conn).ok_or(ErrorCode::RelayFull)
+    }
+
+    /// The proof `conn`'s requests must carry, if the router holds state for it.
+    pub fn proof(&self, conn: ConnId) -> Option<Proof> {
+        self.connections.get(&conn).map(|c| c.proof)
     }
 
     /// The limits in force.
@@ -398,7 +566,7 @@ impl Router {
         self.by_token.len()
     }
 
-    /// Connections holding state (subscribed at least once, not disconnected).
+    /// Connections holding state (said Hello, not disconnected).
     pub fn connection_count(&self) -> usize {
         self.connections.len()
     }
@@ -412,6 +580,66 @@ impl Router {
     pub fn handle(&self, conn: ConnId, token: &ChannelToken) -> Option<ChannelHandle> {
         let slot = *self.by_token.get(token)?;
         self.connections.get(&conn)?.handle_of(slot)
+    }
+
+    /// What `conn` holds against its quotas; `None` for a connection the router holds no
+    /// state for.
+    pub fn usage(&self, conn: ConnId) -> Option<Usage> {
+        let c = self.connections.get(&conn)?;
+        Some(Usage {
+            subscriptions: c.handles.len(),
+            channels_opened: c.opened,
+            welcomes: c.welcomes,
+            welcome_bytes: c.welcome_bytes,
+        })
+    }
+
+    /// Recomputes every connection's charges from what the router holds and compares them
+    /// with its counters. A walk over all state: for tests and fuzzing, not for a relay's
+    /// hot path.
+    pub fn accounting_is_exact(&self) -> bool {
+        let mut expected: HashMap<Owner, Usage> = HashMap::new();
+        let live = |o: &Option<Owner>| {
+            o.filter(|o| {
+                self.connections
+                    .get(&o.conn)
+                    .is_some_and(|c| c.serial == o.serial)
+            })
+        };
+        let mut subscribers = 0;
+        for channel in self.channels.iter().flatten() {
+            subscribers += channel.members.len();
+            if let Some(o) = live(&channel.opener) {
+                expected.entry(o).or_default().channels_opened += 1;
+            }
+        }
+        let mut bytes = 0;
+        for w in self.mailboxes.values().flatten() {
+            bytes += w.bytes.len();
+            if let Some(o) = live(&w.owner) {
+                let u = expected.entry(o).or_default();
+                u.welcomes += 1;
+                u.welcome_bytes += w.bytes.len();
+            }
+        }
+        let mut handles = 0;
+        let charges_match = self.connections.iter().all(|(conn, c)| {
+            handles += c.handles.len();
+            let want = expected.remove(&c.owner(*conn)).unwrap_or_default();
+            (c.opened, c.welcomes, c.welcome_bytes)
+                == (want.channels_opened, want.welcomes, want.welcome_bytes)
+                && c.handles.iter().all(|(handle, slot)| {
+                    self.routes.get(&Route {
+                        conn: *conn,
+                        handle: *handle,
+                    }) == Some(slot)
+                })
+        });
+        charges_match
+            && expected.is_empty()
+            && bytes == self.welcome_bytes
+            && handles == self.routes.len()
+            && handles == subscribers
     }
 
     /// Mailboxes holding at least one Welcome (expired ones included until
@@ -467,21 +695,33 @@ impl Router {
         now: Instant,
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
+        // Proof of the connection: requests that change state or make the relay send
+        // carry the connection's proof; media stands on its unguessable handle.
+        if let Some(proof) = msg.proof() {
+            let proven = self
+                .connections
+                .get(&conn)
+                .is_some_and(|c| bool::from(c.proof.0.ct_eq(&proof.0)));
+            if !proven {
+                return Err(ErrorCode::Unproven);
+            }
+        }
         match msg {
             ClientMessage::Media { handle, frame } => self.media(conn, handle, frame, sink),
-            ClientMessage::Handshake { handle, message } => {
-                self.handshake(conn, handle, message, sink)
-            }
-            ClientMessage::Subscribe { token } => self.subscribe(conn, token, sink),
-            ClientMessage::Unsubscribe { handle } => self.unsubscribe(conn, handle, sink),
-            ClientMessage::DeliverWelcome { mailbox, welcome } => {
-                self.deliver(conn, mailbox, welcome, now, sink)
-            }
-            ClientMessage::FetchWelcomes { mailbox } => self.fetch(conn, mailbox, now, sink),
+            ClientMessage::Handshake {
+                handle, message, ..
+            } => self.handshake(conn, handle, message, sink),
+            ClientMessage::Subscribe { token, .. } => self.subscribe(conn, token, sink),
+            ClientMessage::Unsubscribe { handle, .. } => self.unsubscribe(conn, handle, sink),
+            ClientMessage::DeliverWelcome {
+                mailbox, welcome, ..
+            } => self.deliver(conn, mailbox, welcome, now, sink),
+            ClientMessage::FetchWelcomes { mailbox, .. } => self.fetch(conn, mailbox, now, sink),
             // The transport admitted `conn` (validated its address, or needs no check).
             ClientMessage::Hello { .. } => {
+                let proof = self.connection(conn)?.proof;
                 self.stats.hellos += 1;
-                self.reply(conn, RelayMessage::Ready, sink);
+                self.reply(conn, RelayMessage::Ready { proof }, sink);
                 Ok(())
             }
         }
@@ -496,6 +736,10 @@ impl Router {
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) {
         self.stats.drops.count(code);
+        if code == ErrorCode::Unproven {
+            // No answer: it would go to an address a forger may have named.
+            return;
+        }
         let reply = RelayMessage::Error { code, request };
         if let Ok(n) = reply.encode(&mut self.buf) {
             if let Some(bytes) = self.buf.get(..n) {
@@ -523,8 +767,10 @@ impl Router {
             .ok_or(ErrorCode::UnknownHandle)
     }
 
-    /// The hot path: one copy of the frame into the buffer, then per receiver a 2-byte
-    /// handle rewrite and a sink call.
+    /// The hot path: one copy of the frame into the buffer, then per receiver a 4-byte
+    /// handle rewrite and a sink call. Media on a handle the connection does not hold is
+    /// [`ErrorCode::Unproven`] (dropped without an answer): it carries no proof, so over
+    /// raw UDP it may be a forger's guess with someone else's address.
     #[inline]
     fn media(
         &mut self,
@@ -533,12 +779,12 @@ impl Router {
         frame: &[u8],
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
-        let slot = self.slot(conn, handle)?;
+        let slot = self.slot(conn, handle).map_err(|_| ErrorCode::Unproven)?;
         let channel = self
             .channels
             .get(slot)
             .and_then(Option::as_ref)
-            .ok_or(ErrorCode::UnknownHandle)?;
+            .ok_or(ErrorCode::Unproven)?;
         let len = MEDIA_OVERHEAD + frame.len();
         let out = self.buf.get_mut(..len).ok_or(ErrorCode::TooLarge)?;
         if let Some(body) = out.get_mut(MEDIA_OVERHEAD..) {
@@ -631,6 +877,11 @@ impl Router {
             None if self.limits.max_subscribers_per_channel == 0 => {
                 return Err(ErrorCode::ChannelFull)
             }
+            None if connection.map_or(0, |c| c.opened)
+                >= self.limits.max_channels_opened_per_connection =>
+            {
+                return Err(ErrorCode::TooManyChannelsOpened)
+            }
             None if self.by_token.len() >= self.limits.max_channels => {
                 return Err(ErrorCode::RelayFull)
             }
@@ -640,17 +891,30 @@ impl Router {
             Some(slot) => slot,
             None => self.open_channel(token),
         };
+        let mac = &self.mac;
+        let draw = |serial: u64, n: u64| {
+            let [a, b, c, d, ..] = derive(mac, b"handle", serial, n);
+            ChannelHandle(u32::from_be_bytes([a, b, c, d]))
+        };
+        // A request with a proof comes from a known connection.
         let handle = self
             .connections
-            .entry(conn)
-            .or_insert_with(Connection::new)
-            .insert(slot);
-        let (Some(handle), Some(Some(channel))) = (handle, self.channels.get_mut(slot)) else {
-            // Unreachable: fewer than 65,536 handles are in use and the slot is live.
-            // Undo a channel opened for nothing.
+            .get_mut(&conn)
+            .and_then(|c| c.insert(slot, draw));
+        let (Some(handle), Some(connection), Some(Some(channel))) = (
+            handle,
+            self.connections.get_mut(&conn),
+            self.channels.get_mut(slot),
+        ) else {
+            // Unreachable: the connection is known, its handles do not collide 64 times
+            // in a row, and the slot is live. Undo a channel opened for nothing.
             self.leave(slot, conn);
             return Err(ErrorCode::TooManySubscriptions);
         };
+        if existing.is_none() {
+            connection.opened += 1;
+            channel.opener = Some(connection.owner(conn));
+        }
         channel.members.push(Member { conn, handle });
         self.routes.insert(Route { conn, handle }, slot);
         self.stats.subscribes += 1;
@@ -663,6 +927,7 @@ impl Router {
             token,
             members: Vec::new(),
             next_seq: 0,
+            opener: None,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -695,6 +960,7 @@ impl Router {
             remaining: channel.members.len(),
         };
         if departure.remaining == 0 {
+            release(&mut self.connections, channel.opener, None);
             *entry = None;
             self.free.push(slot);
             self.by_token.remove(&departure.token);
@@ -763,16 +1029,33 @@ impl Router {
             }
             _ => {}
         }
+        // The connection's quota, then the relay's store; expired Welcomes are swept (and
+        // their charges released) before either refuses.
+        let within_quota = |r: &Router| {
+            r.connections.get(&conn).is_none_or(|c| {
+                c.welcomes < r.limits.max_welcomes_per_connection
+                    && c.welcome_bytes.saturating_add(welcome.len())
+                        <= r.limits.max_welcome_bytes_per_connection
+            }) && r.limits.max_welcomes_per_connection > 0
+                && welcome.len() <= r.limits.max_welcome_bytes_per_connection
+        };
         let fits = |r: &Router| {
             (r.mailboxes.contains_key(&key) || r.mailboxes.len() < r.limits.max_mailboxes)
                 && r.welcome_bytes.saturating_add(welcome.len()) <= r.limits.max_welcome_bytes
         };
-        if !fits(self) {
+        if !within_quota(self) || !fits(self) {
             self.expire(now);
+            if !within_quota(self) {
+                return Err(ErrorCode::WelcomeQuotaExceeded);
+            }
             if !fits(self) {
                 return Err(ErrorCode::StorageFull);
             }
         }
+        let connection = self.connection(conn)?;
+        connection.welcomes += 1;
+        connection.welcome_bytes += welcome.len();
+        let owner = Some(connection.owner(conn));
         let expires = now.checked_add(self.limits.welcome_ttl);
         if let Some(t) = expires {
             self.next_expiry = Some(self.next_expiry.map_or(t, |e| e.min(t)));
@@ -780,6 +1063,7 @@ impl Router {
         self.mailboxes.entry(key).or_default().push(HeldWelcome {
             expires,
             bytes: welcome.into(),
+            owner,
         });
         self.welcome_bytes += welcome.len();
         self.stats.welcomes_in += 1;
@@ -850,10 +1134,17 @@ impl Router {
             return;
         }
         if let Some(held) = self.mailboxes.get_mut(key) {
-            let before: usize = held.iter().map(|w| w.bytes.len()).sum();
-            held.retain(|w| w.live(now));
-            let after: usize = held.iter().map(|w| w.bytes.len()).sum();
-            self.welcome_bytes = self.welcome_bytes.saturating_sub(before - after);
+            let connections = &mut self.connections;
+            let mut freed = 0;
+            held.retain(|w| {
+                let live = w.live(now);
+                if !live {
+                    freed += w.bytes.len();
+                    release(connections, w.owner, Some(w.bytes.len()));
+                }
+                live
+            });
+            self.welcome_bytes = self.welcome_bytes.saturating_sub(freed);
             if held.is_empty() {
                 self.mailboxes.remove(key);
             }
@@ -872,6 +1163,7 @@ impl Router {
         }
         let mut freed = 0;
         let mut next: Option<Instant> = None;
+        let connections = &mut self.connections;
         self.mailboxes.retain(|_, held| {
             held.retain(|w| {
                 let live = w.live(now);
@@ -881,6 +1173,7 @@ impl Router {
                     }
                 } else {
                     freed += w.bytes.len();
+                    release(connections, w.owner, Some(w.bytes.len()));
                 }
                 live
             });

@@ -1,4 +1,4 @@
-//! The client ↔ relay wire format, version 1 (layout in the [module docs](super)).
+//! The client ↔ relay wire format, version 2 (layout in the [module docs](super)).
 //!
 //! Messages are parsed from borrowed bytes without copying ([`ClientMessage::parse`],
 //! [`RelayMessage::parse`]) and encoded into caller buffers ([`ClientMessage::encode`]) or
@@ -11,11 +11,11 @@ use super::codec::{Reader, Writer};
 use crate::media::{ChannelToken, CHANNEL_TOKEN_LEN};
 
 /// The wire format version this crate speaks (the top 3 bits of every message's first byte).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Relay framing in front of every media frame, both directions: the type byte and the
-/// channel handle.
-pub const MEDIA_OVERHEAD: usize = 3;
+/// 4-byte channel handle.
+pub const MEDIA_OVERHEAD: usize = 1 + ChannelHandle::LEN;
 
 /// The largest media message (framing included): one UDP datagram on a typical path.
 pub const MAX_MEDIA_MESSAGE: usize = 1400;
@@ -30,11 +30,14 @@ pub const MAX_MEDIA_FRAME: usize = MAX_MEDIA_MESSAGE - MEDIA_OVERHEAD;
 pub const MAX_MESSAGE: usize = 60 * 1024;
 
 /// Framing of a handshake message as the relay fans it out: type byte, handle, sequence.
-pub const HANDSHAKE_OVERHEAD: usize = 11;
+pub const HANDSHAKE_OVERHEAD: usize = 1 + ChannelHandle::LEN + 8;
 
-/// The largest MLS handshake message carried, so that the relay's stamped copy still fits
-/// in [`MAX_MESSAGE`].
-pub const MAX_HANDSHAKE: usize = MAX_MESSAGE - HANDSHAKE_OVERHEAD;
+/// Framing of a handshake message as a client sends it: type byte, proof, handle.
+pub const HANDSHAKE_REQUEST_OVERHEAD: usize = 1 + Proof::LEN + ChannelHandle::LEN;
+
+/// The largest MLS handshake message carried, so that both the client's request and the
+/// relay's stamped copy fit in [`MAX_MESSAGE`].
+pub const MAX_HANDSHAKE: usize = MAX_MESSAGE - HANDSHAKE_REQUEST_OVERHEAD;
 
 /// Type codes (the low 5 bits of the first byte). Bit 4 set: relay → client.
 mod code {
@@ -118,9 +121,37 @@ pub enum WireError {
 }
 
 /// A short per-connection name the relay gives a channel token: what media and handshake
-/// messages carry instead of the 16-byte token. Each receiver gets its own handles.
+/// messages carry instead of the 16-byte token. Each receiver gets its own handles, drawn
+/// at random by the relay (under its own key) so that nobody who did not see one can
+/// guess it: media carries no [`Proof`], the handle is what stands for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChannelHandle(pub u16);
+pub struct ChannelHandle(pub u32);
+
+impl ChannelHandle {
+    /// Length of a handle on the wire.
+    pub const LEN: usize = 4;
+}
+
+/// A connection's proof: 16 random bytes the relay gives a connection in
+/// [`RelayMessage::Ready`] and the client sends back in every request that changes the
+/// relay's state or makes it send ([`ClientMessage::Subscribe`], `Unsubscribe`,
+/// `Handshake`, `DeliverWelcome`, `FetchWelcomes`). Over raw UDP, where anyone can send
+/// with a client's address, it is what tells the client's requests from a forger's: the
+/// relay drops a request whose proof is not its connection's, without an answer. It
+/// protects against forgers off the path only: it travels in the clear.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Proof(pub [u8; Proof::LEN]);
+
+impl Proof {
+    /// Length of a proof.
+    pub const LEN: usize = 16;
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Proof(..)")
+    }
+}
 
 /// A return-routability cookie (see [`AddressCheck`](super::AddressCheck)): 16 bytes the
 /// relay derives from the client's address and the time, and the client echoes in a
@@ -226,6 +257,23 @@ pub enum ErrorCode {
     /// The connection fetched as many Welcome bytes as the relay allows per minute.
     #[error("rate limited")]
     RateLimited,
+    /// The connection holds as many channels it opened as the relay allows
+    /// ([`RouterLimits::max_channels_opened_per_connection`](super::RouterLimits)): it may
+    /// still join channels others opened.
+    #[error("too many channels opened by this connection")]
+    TooManyChannelsOpened,
+    /// The connection has as many Welcomes, or Welcome bytes, held in mailboxes as the
+    /// relay allows ([`RouterLimits::max_welcomes_per_connection`](super::RouterLimits),
+    /// `max_welcome_bytes_per_connection`) until some expire.
+    #[error("welcome quota of this connection exceeded")]
+    WelcomeQuotaExceeded,
+    /// The request did not prove its connection: its [`Proof`] is not the connection's,
+    /// the connection has not said Hello, or it is media on a handle the connection does
+    /// not hold. The relay drops such a request without an answer (the answer would go to
+    /// an address a forger may have named), so this code never travels; it is what
+    /// [`Router::receive`](super::Router::receive) returns and counts.
+    #[error("request without proof of its connection")]
+    Unproven,
     /// A code this version does not know (never one of the codes above).
     #[error("error code {0}")]
     Other(u8),
@@ -233,7 +281,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this version defines.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::TooLarge,
@@ -245,6 +293,9 @@ impl ErrorCode {
         ErrorCode::StorageFull,
         ErrorCode::MailboxEmpty,
         ErrorCode::RateLimited,
+        ErrorCode::TooManyChannelsOpened,
+        ErrorCode::WelcomeQuotaExceeded,
+        ErrorCode::Unproven,
     ];
 }
 
@@ -262,6 +313,9 @@ impl From<u8> for ErrorCode {
             9 => ErrorCode::StorageFull,
             10 => ErrorCode::MailboxEmpty,
             11 => ErrorCode::RateLimited,
+            12 => ErrorCode::TooManyChannelsOpened,
+            13 => ErrorCode::WelcomeQuotaExceeded,
+            14 => ErrorCode::Unproven,
             other => ErrorCode::Other(other),
         }
     }
@@ -281,6 +335,9 @@ impl From<ErrorCode> for u8 {
             ErrorCode::StorageFull => 9,
             ErrorCode::MailboxEmpty => 10,
             ErrorCode::RateLimited => 11,
+            ErrorCode::TooManyChannelsOpened => 12,
+            ErrorCode::WelcomeQuotaExceeded => 13,
+            ErrorCode::Unproven => 14,
             ErrorCode::Other(b) => b,
         }
     }
@@ -324,7 +381,9 @@ impl<'a> Request<'a> {
         1 + match self {
             Request::Unparsed | Request::Hello => 0,
             Request::Subscribe(_) => CHANNEL_TOKEN_LEN,
-            Request::Unsubscribe(_) | Request::Media(_) | Request::Handshake(_) => 2,
+            Request::Unsubscribe(_) | Request::Media(_) | Request::Handshake(_) => {
+                ChannelHandle::LEN
+            }
             Request::DeliverWelcome(m) | Request::FetchWelcomes(m) => m.encoded_len(),
         }
     }
@@ -333,9 +392,9 @@ impl<'a> Request<'a> {
         Ok(match r.u8()? {
             code::UNPARSED => Request::Unparsed,
             code::SUBSCRIBE => Request::Subscribe(ChannelToken(r.array()?)),
-            code::UNSUBSCRIBE => Request::Unsubscribe(ChannelHandle(r.u16()?)),
-            code::MEDIA => Request::Media(ChannelHandle(r.u16()?)),
-            code::HANDSHAKE => Request::Handshake(ChannelHandle(r.u16()?)),
+            code::UNSUBSCRIBE => Request::Unsubscribe(ChannelHandle(r.u32()?)),
+            code::MEDIA => Request::Media(ChannelHandle(r.u32()?)),
+            code::HANDSHAKE => Request::Handshake(ChannelHandle(r.u32()?)),
             code::DELIVER_WELCOME => Request::DeliverWelcome(MailboxId::read(r)?),
             code::FETCH_WELCOMES => Request::FetchWelcomes(MailboxId::read(r)?),
             code::HELLO => Request::Hello,
@@ -353,15 +412,15 @@ impl<'a> Request<'a> {
             }
             Request::Unsubscribe(h) => {
                 w.u8(code::UNSUBSCRIBE)?;
-                w.u16(h.0)
+                w.u32(h.0)
             }
             Request::Media(h) => {
                 w.u8(code::MEDIA)?;
-                w.u16(h.0)
+                w.u32(h.0)
             }
             Request::Handshake(h) => {
                 w.u8(code::HANDSHAKE)?;
-                w.u16(h.0)
+                w.u32(h.0)
             }
             Request::DeliverWelcome(m) => {
                 w.u8(code::DELIVER_WELCOME)?;
@@ -381,15 +440,20 @@ pub enum ClientMessage<'a> {
     /// Join a channel; the relay answers [`RelayMessage::Subscribed`] with this connection's
     /// handle for it (the same handle again if already subscribed).
     Subscribe {
+        /// This connection's [`Proof`].
+        proof: Proof,
         /// The epoch's channel token.
         token: ChannelToken,
     },
     /// Leave a channel; the relay answers [`RelayMessage::Unsubscribed`].
     Unsubscribe {
+        /// This connection's [`Proof`].
+        proof: Proof,
         /// This connection's handle for the channel.
         handle: ChannelHandle,
     },
-    /// An SFrame frame for every other subscriber of the channel.
+    /// An SFrame frame for every other subscriber of the channel. It carries no
+    /// [`Proof`] (per-packet bytes matter): the unguessable handle stands for one.
     Media {
         /// This connection's handle for the channel.
         handle: ChannelHandle,
@@ -399,6 +463,8 @@ pub enum ClientMessage<'a> {
     /// An MLS handshake message for every subscriber of the channel, this one included, in
     /// one order stamped by the relay.
     Handshake {
+        /// This connection's [`Proof`].
+        proof: Proof,
         /// This connection's handle for the channel.
         handle: ChannelHandle,
         /// The MLS message, at most [`MAX_HANDSHAKE`] bytes.
@@ -406,6 +472,8 @@ pub enum ClientMessage<'a> {
     },
     /// Leave a Welcome in the invitee's mailbox; the relay answers [`RelayMessage::Stored`].
     DeliverWelcome {
+        /// This connection's [`Proof`].
+        proof: Proof,
         /// The invitee's KeyPackage reference.
         mailbox: MailboxId<'a>,
         /// The MLS Welcome.
@@ -415,11 +483,14 @@ pub enum ClientMessage<'a> {
     /// per Welcome held, or [`ErrorCode::MailboxEmpty`], or [`ErrorCode::RateLimited`]
     /// once the connection had its allowance of Welcome bytes for the minute.
     FetchWelcomes {
+        /// This connection's [`Proof`].
+        proof: Proof,
         /// This client's KeyPackage reference.
         mailbox: MailboxId<'a>,
     },
     /// Prove this client receives at its address: the relay answers
-    /// [`RelayMessage::Ready`] once the cookie is the one it gave this address, and a
+    /// [`RelayMessage::Ready`], with the connection's [`Proof`], once the cookie is the
+    /// one it gave this address, and a
     /// [`RelayMessage::Challenge`] with that cookie otherwise (see
     /// [`AddressCheck`](super::AddressCheck)). A relay whose transport already validates
     /// addresses answers every Hello with `Ready`.
@@ -487,29 +558,38 @@ impl<'a> ClientMessage<'a> {
         let (code, mut r) = open(input)?;
         let msg = match code {
             code::SUBSCRIBE => ClientMessage::Subscribe {
+                proof: Proof(r.array()?),
                 token: ChannelToken(r.array()?),
             },
             code::UNSUBSCRIBE => ClientMessage::Unsubscribe {
-                handle: ChannelHandle(r.u16()?),
+                proof: Proof(r.array()?),
+                handle: ChannelHandle(r.u32()?),
             },
             code::MEDIA => {
                 bound(input.len(), MAX_MEDIA_MESSAGE)?;
                 ClientMessage::Media {
-                    handle: ChannelHandle(r.u16()?),
+                    handle: ChannelHandle(r.u32()?),
                     frame: r.rest(),
                 }
             }
             code::HANDSHAKE => {
-                let handle = ChannelHandle(r.u16()?);
+                let proof = Proof(r.array()?);
+                let handle = ChannelHandle(r.u32()?);
                 let message = r.rest();
                 bound(message.len(), MAX_HANDSHAKE)?;
-                ClientMessage::Handshake { handle, message }
+                ClientMessage::Handshake {
+                    proof,
+                    handle,
+                    message,
+                }
             }
             code::DELIVER_WELCOME => ClientMessage::DeliverWelcome {
+                proof: Proof(r.array()?),
                 mailbox: MailboxId::read(&mut r)?,
                 welcome: r.rest(),
             },
             code::FETCH_WELCOMES => ClientMessage::FetchWelcomes {
+                proof: Proof(r.array()?),
                 mailbox: MailboxId::read(&mut r)?,
             },
             code::HELLO => ClientMessage::Hello {
@@ -525,14 +605,14 @@ impl<'a> ClientMessage<'a> {
     /// Length of the encoding.
     pub fn encoded_len(&self) -> usize {
         match self {
-            ClientMessage::Subscribe { .. } => 1 + CHANNEL_TOKEN_LEN,
-            ClientMessage::Unsubscribe { .. } => 3,
+            ClientMessage::Subscribe { .. } => 1 + Proof::LEN + CHANNEL_TOKEN_LEN,
+            ClientMessage::Unsubscribe { .. } => 1 + Proof::LEN + ChannelHandle::LEN,
             ClientMessage::Media { frame, .. } => MEDIA_OVERHEAD + frame.len(),
-            ClientMessage::Handshake { message, .. } => 3 + message.len(),
-            ClientMessage::DeliverWelcome { mailbox, welcome } => {
-                1 + mailbox.encoded_len() + welcome.len()
-            }
-            ClientMessage::FetchWelcomes { mailbox } => 1 + mailbox.encoded_len(),
+            ClientMessage::Handshake { message, .. } => HANDSHAKE_REQUEST_OVERHEAD + message.len(),
+            ClientMessage::DeliverWelcome {
+                mailbox, welcome, ..
+            } => 1 + Proof::LEN + mailbox.encoded_len() + welcome.len(),
+            ClientMessage::FetchWelcomes { mailbox, .. } => 1 + Proof::LEN + mailbox.encoded_len(),
             ClientMessage::Hello { .. } => 1 + Cookie::LEN,
         }
     }
@@ -557,30 +637,43 @@ impl<'a> ClientMessage<'a> {
         let len = self.checked_len()?;
         let mut w = room_for(out, len)?;
         match self {
-            ClientMessage::Subscribe { token } => {
+            ClientMessage::Subscribe { proof, token } => {
                 w.u8(type_byte(code::SUBSCRIBE))?;
+                w.put(&proof.0)?;
                 w.put(&token.0)?;
             }
-            ClientMessage::Unsubscribe { handle } => {
+            ClientMessage::Unsubscribe { proof, handle } => {
                 w.u8(type_byte(code::UNSUBSCRIBE))?;
-                w.u16(handle.0)?;
+                w.put(&proof.0)?;
+                w.u32(handle.0)?;
             }
             ClientMessage::Media { handle, frame } => {
                 w.put(&Self::media_header(*handle))?;
                 w.put(frame)?;
             }
-            ClientMessage::Handshake { handle, message } => {
+            ClientMessage::Handshake {
+                proof,
+                handle,
+                message,
+            } => {
                 w.u8(type_byte(code::HANDSHAKE))?;
-                w.u16(handle.0)?;
+                w.put(&proof.0)?;
+                w.u32(handle.0)?;
                 w.put(message)?;
             }
-            ClientMessage::DeliverWelcome { mailbox, welcome } => {
+            ClientMessage::DeliverWelcome {
+                proof,
+                mailbox,
+                welcome,
+            } => {
                 w.u8(type_byte(code::DELIVER_WELCOME))?;
+                w.put(&proof.0)?;
                 mailbox.write(&mut w)?;
                 w.put(welcome)?;
             }
-            ClientMessage::FetchWelcomes { mailbox } => {
+            ClientMessage::FetchWelcomes { proof, mailbox } => {
                 w.u8(type_byte(code::FETCH_WELCOMES))?;
+                w.put(&proof.0)?;
                 mailbox.write(&mut w)?;
             }
             ClientMessage::Hello { cookie } => {
@@ -602,20 +695,33 @@ impl<'a> ClientMessage<'a> {
     /// write them and seal the frame right after, with no copy.
     #[inline]
     pub const fn media_header(handle: ChannelHandle) -> [u8; MEDIA_OVERHEAD] {
-        let [hi, lo] = handle.0.to_be_bytes();
-        [type_byte(code::MEDIA), hi, lo]
+        let [h0, h1, h2, h3] = handle.0.to_be_bytes();
+        [type_byte(code::MEDIA), h0, h1, h2, h3]
     }
 
     /// Which request this is, as an [error](RelayMessage::Error) about it names it.
     pub fn request(&self) -> Request<'a> {
         match *self {
-            ClientMessage::Subscribe { token } => Request::Subscribe(token),
-            ClientMessage::Unsubscribe { handle } => Request::Unsubscribe(handle),
+            ClientMessage::Subscribe { token, .. } => Request::Subscribe(token),
+            ClientMessage::Unsubscribe { handle, .. } => Request::Unsubscribe(handle),
             ClientMessage::Media { handle, .. } => Request::Media(handle),
             ClientMessage::Handshake { handle, .. } => Request::Handshake(handle),
             ClientMessage::DeliverWelcome { mailbox, .. } => Request::DeliverWelcome(mailbox),
-            ClientMessage::FetchWelcomes { mailbox } => Request::FetchWelcomes(mailbox),
+            ClientMessage::FetchWelcomes { mailbox, .. } => Request::FetchWelcomes(mailbox),
             ClientMessage::Hello { .. } => Request::Hello,
+        }
+    }
+
+    /// The proof the request carries: `None` for [`Media`](Self::Media) and
+    /// [`Hello`](Self::Hello), which carry none.
+    pub fn proof(&self) -> Option<Proof> {
+        match *self {
+            ClientMessage::Subscribe { proof, .. }
+            | ClientMessage::Unsubscribe { proof, .. }
+            | ClientMessage::Handshake { proof, .. }
+            | ClientMessage::DeliverWelcome { proof, .. }
+            | ClientMessage::FetchWelcomes { proof, .. } => Some(proof),
+            ClientMessage::Media { .. } | ClientMessage::Hello { .. } => None,
         }
     }
 }
@@ -694,7 +800,11 @@ pub enum RelayMessage<'a> {
         cookie: Cookie,
     },
     /// The relay takes requests from this address (the answer to a valid Hello).
-    Ready,
+    Ready {
+        /// The connection's proof, for every later request that carries one. The same for
+        /// every Hello of one connection.
+        proof: Proof,
+    },
 }
 
 impl<'a> RelayMessage<'a> {
@@ -705,20 +815,20 @@ impl<'a> RelayMessage<'a> {
         let msg = match code {
             code::SUBSCRIBED => RelayMessage::Subscribed {
                 token: ChannelToken(r.array()?),
-                handle: ChannelHandle(r.u16()?),
+                handle: ChannelHandle(r.u32()?),
             },
             code::UNSUBSCRIBED => RelayMessage::Unsubscribed {
-                handle: ChannelHandle(r.u16()?),
+                handle: ChannelHandle(r.u32()?),
             },
             code::RELAY_MEDIA => {
                 bound(input.len(), MAX_MEDIA_MESSAGE)?;
                 RelayMessage::Media {
-                    handle: ChannelHandle(r.u16()?),
+                    handle: ChannelHandle(r.u32()?),
                     frame: r.rest(),
                 }
             }
             code::RELAY_HANDSHAKE => {
-                let handle = ChannelHandle(r.u16()?);
+                let handle = ChannelHandle(r.u32()?);
                 let seq = r.u64()?;
                 let message = r.rest();
                 bound(message.len(), MAX_HANDSHAKE)?;
@@ -742,7 +852,9 @@ impl<'a> RelayMessage<'a> {
             code::CHALLENGE => RelayMessage::Challenge {
                 cookie: Cookie(r.array()?),
             },
-            code::READY => RelayMessage::Ready,
+            code::READY => RelayMessage::Ready {
+                proof: Proof(r.array()?),
+            },
             code @ (code::SUBSCRIBE
             | code::UNSUBSCRIBE
             | code::MEDIA
@@ -759,15 +871,15 @@ impl<'a> RelayMessage<'a> {
     /// Length of the encoding.
     pub fn encoded_len(&self) -> usize {
         match self {
-            RelayMessage::Subscribed { .. } => 1 + CHANNEL_TOKEN_LEN + 2,
-            RelayMessage::Unsubscribed { .. } => 3,
+            RelayMessage::Subscribed { .. } => 1 + CHANNEL_TOKEN_LEN + ChannelHandle::LEN,
+            RelayMessage::Unsubscribed { .. } => 1 + ChannelHandle::LEN,
             RelayMessage::Media { frame, .. } => MEDIA_OVERHEAD + frame.len(),
             RelayMessage::Handshake { message, .. } => HANDSHAKE_OVERHEAD + message.len(),
             RelayMessage::Welcome { mailbox, welcome } => 1 + mailbox.encoded_len() + welcome.len(),
             RelayMessage::Stored { mailbox } => 1 + mailbox.encoded_len(),
             RelayMessage::Error { request, .. } => 2 + request.encoded_len(),
             RelayMessage::Challenge { .. } => 1 + Cookie::LEN,
-            RelayMessage::Ready => 1,
+            RelayMessage::Ready { .. } => 1 + Proof::LEN,
         }
     }
 
@@ -794,11 +906,11 @@ impl<'a> RelayMessage<'a> {
             RelayMessage::Subscribed { token, handle } => {
                 w.u8(type_byte(code::SUBSCRIBED))?;
                 w.put(&token.0)?;
-                w.u16(handle.0)?;
+                w.u32(handle.0)?;
             }
             RelayMessage::Unsubscribed { handle } => {
                 w.u8(type_byte(code::UNSUBSCRIBED))?;
-                w.u16(handle.0)?;
+                w.u32(handle.0)?;
             }
             RelayMessage::Media { handle, frame } => {
                 w.put(&Self::media_header(*handle))?;
@@ -830,7 +942,10 @@ impl<'a> RelayMessage<'a> {
                 w.u8(type_byte(code::CHALLENGE))?;
                 w.put(&cookie.0)?;
             }
-            RelayMessage::Ready => w.u8(type_byte(code::READY))?,
+            RelayMessage::Ready { proof } => {
+                w.u8(type_byte(code::READY))?;
+                w.put(&proof.0)?;
+            }
         }
         Ok(w.len())
     }
@@ -845,19 +960,21 @@ impl<'a> RelayMessage<'a> {
     /// The [`MEDIA_OVERHEAD`] bytes in front of a relayed media frame for `handle`.
     #[inline]
     pub const fn media_header(handle: ChannelHandle) -> [u8; MEDIA_OVERHEAD] {
-        let [hi, lo] = handle.0.to_be_bytes();
-        [type_byte(code::RELAY_MEDIA), hi, lo]
+        let [h0, h1, h2, h3] = handle.0.to_be_bytes();
+        [type_byte(code::RELAY_MEDIA), h0, h1, h2, h3]
     }
 
     /// The [`HANDSHAKE_OVERHEAD`] bytes in front of a relayed handshake message.
     #[inline]
     pub const fn handshake_header(handle: ChannelHandle, seq: u64) -> [u8; HANDSHAKE_OVERHEAD] {
-        let [hi, lo] = handle.0.to_be_bytes();
+        let [h0, h1, h2, h3] = handle.0.to_be_bytes();
         let [s0, s1, s2, s3, s4, s5, s6, s7] = seq.to_be_bytes();
         [
             type_byte(code::RELAY_HANDSHAKE),
-            hi,
-            lo,
+            h0,
+            h1,
+            h2,
+            h3,
             s0,
             s1,
             s2,
@@ -875,15 +992,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn media_framing_is_three_bytes() {
+    fn media_framing_is_five_bytes() {
         let frame = [0xaa; 10];
         let msg = ClientMessage::Media {
-            handle: ChannelHandle(0x0102),
+            handle: ChannelHandle(0x0102_0304),
             frame: &frame,
         };
-        let mut buf = [0u8; 13];
-        assert_eq!(msg.encode(&mut buf), Ok(13));
-        assert_eq!(&buf[..3], &[0x23, 0x01, 0x02]);
+        let mut buf = [0u8; 15];
+        assert_eq!(msg.encode(&mut buf), Ok(15));
+        assert_eq!(&buf[..5], &[0x43, 1, 2, 3, 4]);
         assert_eq!(ClientMessage::parse(&buf), Ok(msg));
         assert_eq!(
             RelayMessage::parse(&buf),
@@ -894,7 +1011,7 @@ mod tests {
     #[test]
     fn handshake_header_layout() {
         let h = RelayMessage::handshake_header(ChannelHandle(7), 0x0102_0304_0506_0708);
-        assert_eq!(h, [0x34, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(h, [0x54, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
     #[test]
