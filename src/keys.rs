@@ -820,7 +820,7 @@ mod tests {
         .unwrap();
         r.set_current(5, t0);
         let mut s5 = r.sealer(5, 1).unwrap();
-        let mut seal = |s: &mut FrameSealer| {
+        let seal = |s: &mut FrameSealer| {
             let mut f = BytesMut::new();
             s.seal(b"", b"a", &mut f).unwrap();
             f
