@@ -426,13 +426,11 @@ fn soak(p: &Soak) -> Counts {
             packets.push((s, packet.freeze(), false));
         }
         for (s, packet, forged) in packets {
-            let (h, _) = sotto::frame::Header::parse(&packet).unwrap();
             let epoch = if forged {
                 nodes[s].last_keys.as_ref().unwrap().0
             } else {
                 nodes[s].media.sending_epoch().unwrap()
             };
-            let _ = h;
             let f = frames.len();
             frames.push(Frame {
                 sender: s,
