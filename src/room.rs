@@ -315,6 +315,13 @@ pub enum RoomEvent {
     PendingCommitDropped,
     /// This member was removed from the room; the room can do nothing more.
     RemovedFromRoom,
+    /// A commit from this member's own leaf that this instance did not make arrived:
+    /// another instance of this member (loaded from the same or an older storage snapshot)
+    /// moved the room on. This instance cannot decrypt it (MLS members cannot open their
+    /// own leaf's messages), so it can never follow the room again: it stops sealing (its
+    /// keys become `Restored`), drops its own pending commit, and should be discarded; the
+    /// member rejoins with a new KeyPackage.
+    Superseded,
 }
 
 /// A member as listed by [`Room::members`].
@@ -565,8 +572,8 @@ fn restore_pending<P: OpenMlsProvider>(
 /// drew itself: the group it created, or a commit it made. A created room seals at once;
 /// a joined room is `ReceiveOnly`, and a loaded room `Restored`, until this instance's
 /// first own commit ([`self_update`](Self::self_update) gives one); a commit from this
-/// member's own leaf that this instance did not make (another instance of it) makes the
-/// room `Restored` again.
+/// member's own leaf that this instance did not make (another instance of it) stops it
+/// sealing for good ([`RoomEvent::Superseded`]).
 pub struct Room<P: OpenMlsProvider> {
     provider: P,
     signer: SignatureKeyPair,
@@ -1413,6 +1420,7 @@ impl<P: OpenMlsProvider> Room<P> {
             MlsMessageBodyIn::PublicMessage(m) => openmls::prelude::ProtocolMessage::from(m),
             _ => return Err(RoomError::Rejected(Rejection::Malformed)),
         };
+        let is_commit = message.content_type() == openmls::prelude::ContentType::Commit;
         let processed = self
             .group
             .process_message(&self.provider, message)
@@ -1433,10 +1441,25 @@ impl<P: OpenMlsProvider> Room<P> {
                     .map_err(|_| RoomError::Storage)?;
                 Ok(vec![RoomEvent::ProposalQueued(info)])
             }
+            ProcessedMessageContent::OwnPrivateMessage if is_commit => self.superseded(),
             ProcessedMessageContent::OwnPrivateMessage
             | ProcessedMessageContent::OwnPendingCommit => Ok(Vec::new()),
             _ => Err(RoomError::Rejected(Rejection::Invalid)),
         }
+    }
+
+    /// Another instance of this member committed (see [`RoomEvent::Superseded`]).
+    fn superseded(&mut self) -> Result<Vec<RoomEvent>, RoomError> {
+        self.freshness = Freshness::Reloaded;
+        let mut events = Vec::new();
+        if self.pending.take().is_some() {
+            self.group
+                .clear_pending_commit(self.provider.storage())
+                .map_err(|_| RoomError::Storage)?;
+            events.push(RoomEvent::PendingCommitDropped);
+        }
+        events.push(RoomEvent::Superseded);
+        Ok(events)
     }
 
     /// Merges a commit this instance did not make. `from_own_leaf`: it was signed for this
