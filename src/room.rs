@@ -99,6 +99,14 @@ pub enum Rejection {
     /// [`RoomConfig::allow_policy_changes`]). It is not stored, so a commit that covers it
     /// is refused too.
     ProposalNotAllowed,
+    /// A commit whose (group-keyed, unsigned) sender data names this member's own leaf, and
+    /// that is not this instance's pending commit. MLS members cannot decrypt their own
+    /// leaf's messages, so its content cannot be checked: either another instance of this
+    /// member (loaded from the same storage) committed, and the room moves on without this
+    /// one, or a current member forged the sender data. The room is unchanged (acting on it
+    /// would let any member stop any other). If it keeps appearing while the room's other
+    /// traffic is for later epochs, this instance was superseded: discard it and rejoin.
+    FromOwnLeaf,
 }
 
 /// Errors of the control plane. Carries no strings; the room stays usable after any of them.
@@ -220,6 +228,29 @@ impl<P: OpenMlsProvider> Identity<P> {
         })
     }
 
+    /// The identity [`new`](Self::new) stored in `provider`'s storage under
+    /// `signature_key`, e.g. after a restart while this member's KeyPackage still waits for
+    /// its Welcome (the KeyPackage's private keys are in the same storage). `pseudonym`
+    /// must be the one the identity was made with: it goes into new KeyPackages.
+    /// [`RoomError::NotFound`] if the storage has no such key.
+    pub fn load(
+        provider: P,
+        signature_key: &[u8],
+        pseudonym: &[u8],
+    ) -> Result<Identity<P>, RoomError> {
+        let signer = SignatureKeyPair::read(
+            provider.storage(),
+            signature_key,
+            MLS_CIPHERSUITE.signature_algorithm(),
+        )
+        .ok_or(RoomError::NotFound)?;
+        Ok(Identity {
+            provider,
+            signer,
+            pseudonym: pseudonym.to_vec(),
+        })
+    }
+
     /// The identity's signature public key.
     pub fn signature_key(&self) -> &[u8] {
         self.signer.public()
@@ -315,13 +346,6 @@ pub enum RoomEvent {
     PendingCommitDropped,
     /// This member was removed from the room; the room can do nothing more.
     RemovedFromRoom,
-    /// A commit from this member's own leaf that this instance did not make arrived:
-    /// another instance of this member (loaded from the same or an older storage snapshot)
-    /// moved the room on. This instance cannot decrypt it (MLS members cannot open their
-    /// own leaf's messages), so it can never follow the room again: it stops sealing (its
-    /// keys become `Restored`), drops its own pending commit, and should be discarded; the
-    /// member rejoins with a new KeyPackage.
-    Superseded,
 }
 
 /// A member as listed by [`Room::members`].
@@ -571,9 +595,9 @@ fn restore_pending<P: OpenMlsProvider>(
 /// `Current` (sealing) keys only for epochs that descend from randomness this instance
 /// drew itself: the group it created, or a commit it made. A created room seals at once;
 /// a joined room is `ReceiveOnly`, and a loaded room `Restored`, until this instance's
-/// first own commit ([`self_update`](Self::self_update) gives one); a commit from this
-/// member's own leaf that this instance did not make (another instance of it) stops it
-/// sealing for good ([`RoomEvent::Superseded`]).
+/// first own commit ([`self_update`](Self::self_update) gives one). A commit from this
+/// member's own leaf that this instance did not make is refused with
+/// [`Rejection::FromOwnLeaf`] and changes nothing.
 pub struct Room<P: OpenMlsProvider> {
     provider: P,
     signer: SignatureKeyPair,
@@ -1441,25 +1465,13 @@ impl<P: OpenMlsProvider> Room<P> {
                     .map_err(|_| RoomError::Storage)?;
                 Ok(vec![RoomEvent::ProposalQueued(info)])
             }
-            ProcessedMessageContent::OwnPrivateMessage if is_commit => self.superseded(),
+            ProcessedMessageContent::OwnPrivateMessage if is_commit => {
+                Err(RoomError::Rejected(Rejection::FromOwnLeaf))
+            }
             ProcessedMessageContent::OwnPrivateMessage
             | ProcessedMessageContent::OwnPendingCommit => Ok(Vec::new()),
             _ => Err(RoomError::Rejected(Rejection::Invalid)),
         }
-    }
-
-    /// Another instance of this member committed (see [`RoomEvent::Superseded`]).
-    fn superseded(&mut self) -> Result<Vec<RoomEvent>, RoomError> {
-        self.freshness = Freshness::Reloaded;
-        let mut events = Vec::new();
-        if self.pending.take().is_some() {
-            self.group
-                .clear_pending_commit(self.provider.storage())
-                .map_err(|_| RoomError::Storage)?;
-            events.push(RoomEvent::PendingCommitDropped);
-        }
-        events.push(RoomEvent::Superseded);
-        Ok(events)
     }
 
     /// Merges a commit this instance did not make. `from_own_leaf`: it was signed for this

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
-use sotto::frame::{FrameSealer, Header};
+use sotto::frame::{FrameError, FrameSealer, Header};
 use sotto::keys::KeyError;
 use sotto::media::{EpochKeys, EpochStatus, MediaConfig, MediaSession};
 use sotto::room::{Identity, Rejection, Room, RoomConfig, RoomError, RoomEvent};
@@ -152,10 +152,10 @@ impl Inst {
 /// epoch, nor in an epoch reached through another member's commit (both would hold the
 /// same key from counter 0); each seals only from its own commit on. When both self-update
 /// and the relay orders one, the other cannot even open the winner's commit (openmls does
-/// not decrypt a PrivateMessage from its own leaf), so it never reaches the winner's
-/// epoch: the room tells it it was superseded (`RoomEvent::Superseded`) and it never seals
-/// again, even if a relay hands it its own losing commit afterwards. No (key, KID, CTR) is
-/// ever sealed by two instances.
+/// not decrypt a PrivateMessage from its own leaf: the room refuses it as
+/// `Rejection::FromOwnLeaf` and changes nothing), so it never reaches the winner's epoch; a relay that then confirms
+/// the loser's commit to it alone gets it sealing under a different key. No
+/// (key, KID, CTR) is ever sealed by two instances.
 #[test]
 fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     const { assert!(Probe::<String>::IS_CLONE, "the probe detects Clone") };
@@ -250,19 +250,15 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     one.process(&c1.message, t4); // its own commit back: confirmed
     assert_eq!(one.status[&(e + 2)], EpochStatus::Current);
     assert!(one.room.can_seal());
-    // The other load gets a commit from its own leaf that it did not make: it learns it
-    // was superseded, drops its own pending commit and never seals again.
-    let events = two.room.process(&c1.message).unwrap();
-    assert!(
-        matches!(
-            events[..],
-            [RoomEvent::PendingCommitDropped, RoomEvent::Superseded]
-        ),
-        "{events:?}"
+    // The other load gets a commit from its own leaf that it did not make: refused as
+    // such (it cannot be checked: any member could forge its sender data), nothing else
+    // happens (same epoch, its own commit still pending).
+    assert_eq!(
+        two.room.process(&c1.message).unwrap_err(),
+        RoomError::Rejected(Rejection::FromOwnLeaf)
     );
     assert_eq!(two.room.epoch(), e + 1);
-    assert!(!two.room.has_pending_commit());
-    assert!(!two.room.can_seal());
+    assert!(two.room.has_pending_commit());
     let (winner, r1) = one.talk(2 * SWITCH_FRAMES as u32, t4, &mut ledger);
     let (s2, r2) = two.talk(2 * SWITCH_FRAMES as u32, t4, &mut ledger);
     refusals += r2;
@@ -286,13 +282,27 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     );
     bob.room.discard_pending().unwrap();
 
-    // A relay that then hands the losing commit back to its maker alone: it is no longer
-    // this instance's pending commit, so it is one more commit from its own leaf, and the
-    // instance still seals nothing (it used to fork epoch e+2 and seal under its own key).
-    let events = two.room.process(&c2.message).unwrap();
-    assert!(matches!(events[..], [RoomEvent::Superseded]), "{events:?}");
+    // A relay that confirms the losing commit to its maker alone: it seals, under the key
+    // of its own fork of epoch e+2 (same KID as the winner's, another key).
+    two.process(&c2.message, t5);
+    assert_eq!(two.status[&(e + 2)], EpochStatus::Current);
     let (forked, r2) = two.talk(2 * SWITCH_FRAMES as u32, t5, &mut ledger);
-    assert_eq!((forked.len(), r2), (0, 100));
+    assert_eq!((forked.len(), r2), (50, 50));
+    assert_eq!(
+        Header::parse(&forked[0]).unwrap().0.kid,
+        Header::parse(&winner[0]).unwrap().0.kid
+    );
+    let t6 = t5 + Duration::from_secs(2);
+    let refused: Vec<KeyError> = forked
+        .iter()
+        .filter_map(|f| bob.media.open(f, &mut BytesMut::new(), t6).err())
+        .collect();
+    assert_eq!(refused.len(), 50, "the fork's frames open nowhere");
+    // (Its counters are ones bob already opened under the winner's key of this KID.)
+    assert!(refused.iter().all(|e| matches!(
+        e,
+        KeyError::Frame(FrameError::Replayed | FrameError::AuthenticationFailed)
+    )));
 
     assert!(
         ledger.reused.is_empty(),
@@ -308,6 +318,6 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
         ledger.owner.len(),
         distinct_keys.len(),
     );
-    assert_eq!(ledger.owner.len(), 100 + 50);
-    assert_eq!(distinct_keys.len(), 2);
+    assert_eq!(ledger.owner.len(), 100 + 50 + 50);
+    assert_eq!(distinct_keys.len(), 3);
 }

@@ -234,8 +234,11 @@ fn reloaded_pending_commit_is_merged_by_its_echo() {
     let mut tampered = commit.message.clone();
     *tampered.last_mut().unwrap() ^= 1;
     // Its sender data still names alice's leaf (openmls reports an own message it cannot
-    // decrypt), but the bytes are not the commit's.
-    assert!(alice.process(&tampered).is_ok_and(|e| e.is_empty()));
+    // decrypt), but the bytes are not the commit's: refused, nothing changes.
+    assert_eq!(
+        alice.process(&tampered).unwrap_err(),
+        sotto::room::RoomError::Rejected(sotto::room::Rejection::FromOwnLeaf)
+    );
     assert_eq!(alice.epoch(), epoch);
     assert!(alice.has_pending_commit());
     let events = alice.process(&commit.message).unwrap();
@@ -248,5 +251,57 @@ fn reloaded_pending_commit_is_merged_by_its_echo() {
     assert_eq!(alice.epoch(), epoch + 1);
     assert!(!alice.has_pending_commit());
     assert_eq!(alice.safety_code(), bob.room.safety_code());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A joiner whose process restarts while its KeyPackage waits for the Welcome: the
+/// identity comes back from storage by its signature key, joins with the KeyPackage made
+/// before the restart, commits (so it can seal) and is heard.
+#[test]
+fn identity_reloaded_before_its_welcome_joins_and_speaks() {
+    let dir = std::env::temp_dir().join(format!("sotto-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("bob.sqlite");
+    let _ = std::fs::remove_file(&db);
+    let t0 = Instant::now();
+    let config = RoomConfig::default();
+
+    let bob_id = Identity::new(SqliteProvider::open(&db), b"bob").unwrap();
+    let bob_key = bob_id.signature_key().to_vec();
+    let kp = bob_id.key_package().unwrap();
+    drop(bob_id);
+    assert!(matches!(
+        Identity::load(SqliteProvider::open(&db), b"not a stored key", b"bob"),
+        Err(sotto::room::RoomError::NotFound)
+    ));
+
+    let mut alice = Member::create("alice", config.clone(), MediaConfig::default(), t0);
+    let commit = alice.room.invite(&[&kp.bytes]).unwrap();
+    alice.apply_staged(commit.keys, t0);
+    alice.confirm(t0);
+    let bob_id = Identity::load(SqliteProvider::open(&db), &bob_key, b"bob").unwrap();
+    assert_eq!(bob_id.signature_key(), &bob_key[..]);
+    let (mut bob, keys) = Room::join(bob_id, config, &commit.welcome.unwrap()).unwrap();
+    assert_eq!(bob.safety_code(), alice.room.safety_code());
+    let mut bob_media = MediaSession::new(MediaConfig::default());
+    bob_media.apply(keys, t0).unwrap();
+
+    // Its own commit makes it a sender.
+    let update = bob.self_update().unwrap();
+    bob_media.apply(update.keys, t0).unwrap();
+    alice.process(&update.message, t0);
+    for e in bob.process(&update.message).unwrap() {
+        if let sotto::room::RoomEvent::Keys(k) = e {
+            bob_media.apply(k, t0).unwrap();
+        }
+    }
+    let t1 = t0 + Duration::from_secs(2);
+    bob_media.expire(t1);
+    let mut frame = BytesMut::new();
+    bob_media.seal(b"hello after a restart", &mut frame, t1).unwrap();
+    assert_eq!(
+        open(&mut alice.media, &frame, t1).unwrap(),
+        b"hello after a restart"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
