@@ -18,6 +18,9 @@
 //! - [`room`]: the control plane, [`room::Room`], one MLS group (RFC 9420 via `openmls`)
 //!   that emits [`media::EpochKeys`], channel tokens and safety codes.
 //!
+//! - `call` (feature `opus`, default): the call engine, [`call::Call`]: one member of one
+//!   room, sans-IO, doing all of the above plus the relay protocol. Start here.
+//!
 //! Every untrusted input (frames, handshake messages, relay messages) is parsed without
 //! panicking; failures are typed errors.
 #![forbid(unsafe_code)]
@@ -34,6 +37,8 @@
 
 #[cfg(feature = "opus")]
 pub mod audio;
+#[cfg(feature = "opus")]
+pub mod call;
 pub mod frame;
 mod hash;
 pub mod keys;

@@ -298,7 +298,9 @@ fn identity_reloaded_before_its_welcome_joins_and_speaks() {
     let t1 = t0 + Duration::from_secs(2);
     bob_media.expire(t1);
     let mut frame = BytesMut::new();
-    bob_media.seal(b"hello after a restart", &mut frame, t1).unwrap();
+    bob_media
+        .seal(b"hello after a restart", &mut frame, t1)
+        .unwrap();
     assert_eq!(
         open(&mut alice.media, &frame, t1).unwrap(),
         b"hello after a restart"

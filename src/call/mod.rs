@@ -1,0 +1,1534 @@
+//! The call engine: one member of one room, sans-IO, in the style of `quinn-proto`'s
+//! `Connection`. No sockets, no clock, no threads: the app feeds it datagrams, time and
+//! microphone PCM, and drains datagrams, deadlines, events and speaker PCM.
+//!
+//! ```no_run
+//! # use std::time::{Duration, Instant};
+//! # use sotto::call::{Call, CallConfig, CallEvent};
+//! # use sotto::room::Identity;
+//! # use openmls_rust_crypto::OpenMlsRustCrypto;
+//! # fn mic(_: &mut [i16]) {}
+//! # fn speaker(_: &[i16]) {}
+//! # fn socket_send(_: &[u8]) {}
+//! # fn socket_recv() -> Option<Vec<u8>> { None }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let identity = Identity::new(OpenMlsRustCrypto::default(), b"owl-7f3a")?;
+//! let mut call = Call::create(identity, CallConfig::default(), Instant::now())?;
+//! let mut pcm = vec![0i16; call.frame_samples()];
+//! let mut datagram = Vec::new();
+//! let mut next_frame = Instant::now();
+//! loop {
+//!     let now = Instant::now();
+//!     while let Some(bytes) = socket_recv() {
+//!         let _ = call.handle_datagram(&bytes, now); // bad datagrams are refused, typed
+//!     }
+//!     if call.poll_timeout().is_some_and(|t| t <= now) {
+//!         call.handle_timeout(now);
+//!     }
+//!     if now >= next_frame {
+//!         mic(&mut pcm);
+//!         call.send_audio(&pcm, now)?;
+//!         call.pull_audio(&mut pcm, now)?;
+//!         speaker(&pcm);
+//!         next_frame += Duration::from_millis(20);
+//!     }
+//!     while call.poll_transmit(&mut datagram) {
+//!         socket_send(&datagram);
+//!     }
+//!     while let Some(event) = call.poll_event() {
+//!         if let CallEvent::EpochChanged { safety_code, .. } = event {
+//!             println!("safety code {safety_code}");
+//!         }
+//!     }
+//! #   break;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! What the engine does for the app:
+//!
+//! - **Transport.** It speaks through a [`Transport`] ([`RelayTransport`] for sotto's relay
+//!   wire): connects (and answers address challenges), and reconnects when the other side
+//!   forgot it (after a relay restart every subscription is asked again).
+//! - **Channels.** Subscriptions follow the tokens the media session holds: one channel
+//!   per epoch still in use, joined when its keys arrive, left when they retire.
+//!   Unconfirmed requests are repeated every [`CallConfig::retry`].
+//! - **Handshake.** Messages go to the [`Room`]; a message of an epoch not reached yet is
+//!   held (at most [`CallConfig::max_early_handshakes`]) and retried after each epoch
+//!   change. Commits are published on the current epoch's channel, confirmed by their echo
+//!   (repeated until echoed, since a datagram can be lost), and once confirmed published
+//!   again on that channel a few times ([`CallConfig::republish`]) for members whose copy
+//!   was lost and for joiners still subscribing. Welcomes go into the relay mailbox of each
+//!   invitee, repeated until stored, and again after a reconnection until the invitee is
+//!   heard.
+//! - **Keys.** Staged and current keys go to the [`MediaSession`]; a joined or restored
+//!   member makes its first own commit (a self-update) as soon as it can, since it seals
+//!   only in epochs that descend from its own randomness (see [`Room`]); every
+//!   [`CallConfig::self_update_every`] it refreshes its keys (post-compromise security).
+//! - **Audio.** One [`AudioReceiver`] per other member, keyed by [`MemberId`] (leaf and
+//!   signature key), made and dropped as the member list changes; [`Call::pull_audio`]
+//!   mixes them, [`Call::voices`] gives each one's frame.
+//!
+//! Everything is bounded: held handshakes, queued datagrams and events, Welcome retries.
+//! Nothing untrusted panics: a bad datagram is an error and changes nothing.
+
+mod transport;
+
+pub use transport::{Inbound, RelayTransport, Transport, TransportError};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider;
+
+use crate::audio::{AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, ReceiverStats};
+use crate::frame::Header;
+use crate::keys::{KeyError, MemberId};
+use crate::media::{ChannelToken, EpochKeys, MediaConfig, MediaSession};
+use crate::room::{
+    Commit, Identity, ProposalId, ProposalInfo, PublishedKeyPackage, Rejection, Room, RoomConfig,
+    RoomError, RoomEvent, SafetyCode,
+};
+
+/// Datagrams queued for [`Call::poll_transmit`] at most; beyond, new ones are dropped and
+/// counted ([`CallStats::transmit_dropped`]).
+const MAX_TRANSMIT: usize = 1024;
+/// Events queued for [`Call::poll_event`] at most; beyond, the oldest are dropped and
+/// counted ([`CallStats::events_dropped`]).
+const MAX_EVENTS: usize = 256;
+/// Spare datagram buffers kept for reuse.
+const MAX_SPARE: usize = 64;
+/// Housekeeping (retired epochs, subscriptions) runs at least this often.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// How long an invitee's Welcome is kept for delivery again after a reconnection.
+const KEEP_WELCOME: Duration = Duration::from_secs(30);
+
+/// Who may commit in a room (see [`CallConfig::committer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committer {
+    /// Any member commits (default): fine for rooms of a few dozen members, where two
+    /// commits of one epoch are rare and the loser simply redoes its operation.
+    Anyone,
+    /// Only designated members commit membership changes and periodic self-updates; this
+    /// member is not one of them ([`Call::invite`], [`Call::remove`], [`Call::approve`]
+    /// and [`Call::self_update`] return [`CallError::NotCommitter`]). It still makes the
+    /// one self-update that lets it speak after joining or a restart (a member seals only
+    /// in epochs that descend from its own commit), so big rooms see one commit per
+    /// joiner, not one per member per period.
+    Others,
+}
+
+/// How a [`Call`] behaves. The defaults are safe; each field says what it trades.
+#[derive(Clone, Debug)]
+pub struct CallConfig {
+    /// The room's parameters (every member must use the same).
+    pub room: RoomConfig,
+    /// The data plane: switch delay, grace period, replay window, forgery budget.
+    pub media: MediaConfig,
+    /// The Opus pipeline, including the playout delay
+    /// ([`AudioConfig::playout_delay_frames`]).
+    pub audio: AudioConfig,
+    /// Unanswered requests (connect, subscribe, Welcome delivery, an unechoed commit) are
+    /// repeated after this. Default 500 ms.
+    pub retry: Duration,
+    /// A joiner asks the relay for its Welcome this often. Default 250 ms.
+    pub fetch_every: Duration,
+    /// Times a Welcome delivery or an unechoed commit is sent before giving up. Default 10.
+    pub tries: u32,
+    /// Delays after its echo at which a confirmed commit is published again on its
+    /// channel, for members whose copy was lost and joiners still subscribing (duplicates
+    /// are refused as stale by everyone who has it). Default 250 ms, 500 ms, 1 s, 2 s, 4 s.
+    pub republish: Vec<Duration>,
+    /// Handshake messages of epochs not reached yet held for a retry. Default 16.
+    pub max_early_handshakes: usize,
+    /// Self-update this often (post-compromise security: keys a thief took stop working
+    /// after the next one). `None`: never on its own. Default 10 minutes.
+    pub self_update_every: Option<Duration>,
+    /// Who may commit. Default [`Committer::Anyone`].
+    pub committer: Committer,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            room: RoomConfig::default(),
+            media: MediaConfig::default(),
+            audio: AudioConfig::default(),
+            retry: Duration::from_millis(500),
+            fetch_every: Duration::from_millis(250),
+            tries: 10,
+            republish: [250, 500, 1000, 2000, 4000]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+            max_early_handshakes: 16,
+            self_update_every: Some(Duration::from_secs(600)),
+            committer: Committer::Anyone,
+        }
+    }
+}
+
+/// Why a call operation did not happen. The call is unchanged after any of them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// Not in a room (still waiting for a Welcome, removed, or left).
+    #[error("not in a room")]
+    NotInRoom,
+    /// A commit of this member is in flight; wait for its echo.
+    #[error("a commit is in flight")]
+    CommitInFlight,
+    /// The transport has not confirmed the current epoch's channel yet (where commits are
+    /// published): try again shortly.
+    #[error("the current channel is not confirmed yet")]
+    NotConnected,
+    /// This member does not commit ([`Committer::Others`]).
+    #[error("this member does not commit")]
+    NotCommitter,
+    /// No such member in the room (or it is this member).
+    #[error("no such member")]
+    NoSuchMember,
+    /// The room refused.
+    #[error("room: {0}")]
+    Room(#[from] RoomError),
+    /// The transport refused or could not read a datagram.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// The audio pipeline refused (e.g. a PCM buffer of the wrong size).
+    #[error("audio: {0}")]
+    Audio(#[from] AudioError),
+}
+
+/// Something the app may want to show or act on.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallEvent {
+    /// A Welcome admitted this member; it hears the room now and speaks after its first
+    /// own commit (made by the engine).
+    Joined {
+        /// The epoch joined.
+        epoch: u64,
+    },
+    /// Another member is in the room (also given for every member found on joining).
+    MemberJoined {
+        /// Its data-plane name (leaf and signature key).
+        member: MemberId,
+        /// The pseudonym in its credential.
+        pseudonym: Vec<u8>,
+    },
+    /// A member left or was removed.
+    MemberLeft {
+        /// Its data-plane name.
+        member: MemberId,
+    },
+    /// The room moved to a new epoch. Compare the safety code with the other members'
+    /// out of band to rule out a man in the middle.
+    EpochChanged {
+        /// The new epoch.
+        epoch: u64,
+        /// Its safety code.
+        safety_code: SafetyCode,
+    },
+    /// A member or an external sender proposed something. Removals and updates go into
+    /// this member's next commit; adds and extension changes wait for
+    /// [`Call::approve`].
+    ProposalQueued(ProposalInfo),
+    /// This member's commit lost the race at the relay; an operation the app asked for is
+    /// to be asked again (the engine redoes its own self-updates).
+    CommitDropped,
+    /// This member was removed (or its leave was committed): the call is over.
+    Removed,
+    /// Something went wrong that the app may show.
+    Warning(Warning),
+}
+
+/// A problem worth showing; the call goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Warning {
+    /// A Welcome was never confirmed stored after [`CallConfig::tries`] deliveries.
+    WelcomeUndelivered,
+    /// A commit was never echoed after [`CallConfig::tries`] sends: it was dropped; the
+    /// operation is to be asked again.
+    CommitUnconfirmed,
+    /// The data plane refused an epoch's keys.
+    KeysRefused(KeyError),
+    /// A commit naming this member's own leaf that this instance did not make
+    /// ([`Rejection::FromOwnLeaf`]): another instance of this member may be running.
+    OwnLeafCommit,
+}
+
+/// Counters of a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Datagrams handed out by [`Call::poll_transmit`].
+    pub datagrams_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Datagrams given to [`Call::handle_datagram`].
+    pub datagrams_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Datagrams that did not parse.
+    pub malformed: u64,
+    /// Audio frames sealed and queued.
+    pub frames_sent: u64,
+    /// Calls of [`Call::send_audio`] that sent nothing (no sending key yet, or its channel
+    /// not confirmed).
+    pub frames_unsent: u64,
+    /// Media frames received.
+    pub media_in: u64,
+    /// Media frames with no receiver (unknown or removed sender, or not in a room).
+    pub media_unrouted: u64,
+    /// Handshake messages applied.
+    pub handshakes_applied: u64,
+    /// Handshake messages of a later epoch, held for a retry.
+    pub handshakes_early: u64,
+    /// Handshake messages refused (stale, duplicate, forged, not allowed).
+    pub handshakes_refused: u64,
+    /// Commits this member made.
+    pub commits: u64,
+    /// Commits of this member that lost the race.
+    pub commits_dropped: u64,
+    /// Commit messages sent again (unechoed, or republished after their echo).
+    pub commits_resent: u64,
+    /// Epoch changes.
+    pub epoch_changes: u64,
+    /// Subscribe requests sent.
+    pub subscribes: u64,
+    /// Unsubscribe requests sent.
+    pub unsubscribes: u64,
+    /// Connect requests sent (the first, retries, and after the other side forgot this
+    /// client).
+    pub connects: u64,
+    /// Welcome fetches sent.
+    pub fetches: u64,
+    /// Welcome deliveries sent.
+    pub welcomes_delivered: u64,
+    /// Welcomes received that did not admit this member.
+    pub welcomes_ignored: u64,
+    /// Datagrams dropped because [`Call::poll_transmit`] was not called.
+    pub transmit_dropped: u64,
+    /// Events dropped because [`Call::poll_event`] was not called.
+    pub events_dropped: u64,
+}
+
+/// One other member's audio this interval (see [`Call::voices`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Voice<'a> {
+    /// The member.
+    pub member: MemberId,
+    /// The pseudonym in its credential.
+    pub pseudonym: &'a [u8],
+    /// Its frame of the last [`Call::pull_audio`].
+    pub pcm: &'a [i16],
+    /// How that frame came about.
+    pub pulled: Pulled,
+    /// Its receiver's counters.
+    pub stats: ReceiverStats,
+}
+
+struct Peer {
+    receiver: AudioReceiver,
+    pseudonym: Vec<u8>,
+    pcm: Vec<i16>,
+    pulled: Pulled,
+    /// Epoch bits of the newest frame of it that opened.
+    heard: Option<u64>,
+}
+
+struct Joining<P: OpenMlsProvider> {
+    identity: Identity<P>,
+    key_package: PublishedKeyPackage,
+    last_fetch: Option<Instant>,
+}
+
+/// A Welcome for an invitee.
+struct Invite {
+    mailbox: Vec<u8>,
+    welcome: Vec<u8>,
+    sent: Instant,
+    tries: u32,
+    stored: bool,
+    made: Instant,
+}
+
+/// A confirmed commit published again on its channel.
+struct Republish {
+    token: ChannelToken,
+    message: Vec<u8>,
+    confirmed: Instant,
+    next: usize,
+}
+
+/// This member's commit in flight.
+struct InFlight {
+    token: ChannelToken,
+    sent: Instant,
+    tries: u32,
+    /// The engine made it (a self-update), not the app.
+    own: bool,
+}
+
+/// One member of one room (see the [module docs](self)).
+pub struct Call<P: OpenMlsProvider = OpenMlsRustCrypto, T: Transport = RelayTransport> {
+    config: CallConfig,
+    room: Option<Room<P>>,
+    joining: Option<Joining<P>>,
+    removed: bool,
+    /// A leave proposal waiting to be committed by another member: (token, message, sent).
+    leaving: Option<(ChannelToken, Vec<u8>, Instant)>,
+    media: MediaSession,
+    sender: AudioSender,
+    peers: BTreeMap<MemberId, Peer>,
+    transport: T,
+    /// When a change of each channel's subscription was last asked.
+    requested: Vec<(ChannelToken, Instant)>,
+    connect_sent: Option<Instant>,
+    /// After a (re)connection: renew every subscription once.
+    renew: bool,
+    early: VecDeque<Vec<u8>>,
+    in_flight: Option<InFlight>,
+    republish: Vec<Republish>,
+    invites: Vec<Invite>,
+    last_self_update: Instant,
+    last_housekeeping: Option<Instant>,
+    transmit: VecDeque<BytesMut>,
+    spare: Vec<BytesMut>,
+    events: VecDeque<CallEvent>,
+    frame: BytesMut,
+    mix: Vec<i32>,
+    want: Vec<ChannelToken>,
+    held: Vec<ChannelToken>,
+    stats: CallStats,
+}
+
+/// The epoch an MLS handshake message names (in the clear in both wire formats).
+fn handshake_epoch(message: &[u8]) -> Option<u64> {
+    match MlsMessageIn::tls_deserialize_exact(message).map(MlsMessageIn::extract) {
+        Ok(MlsMessageBodyIn::PrivateMessage(m)) => Some(m.epoch().as_u64()),
+        Ok(MlsMessageBodyIn::PublicMessage(m)) => Some(m.epoch().as_u64()),
+        _ => None,
+    }
+}
+
+impl<P: OpenMlsProvider> Call<P, RelayTransport> {
+    /// Creates a room with `identity` as its first member, over sotto's relay wire.
+    pub fn create(
+        identity: Identity<P>,
+        config: CallConfig,
+        now: Instant,
+    ) -> Result<Self, CallError> {
+        Call::create_with(identity, config, RelayTransport::new(), now)
+    }
+
+    /// Waits for a Welcome for `key_package` (made by `identity`, handed to an inviter out
+    /// of band), fetched from the relay's mailbox.
+    pub fn join(
+        identity: Identity<P>,
+        key_package: PublishedKeyPackage,
+        config: CallConfig,
+        now: Instant,
+    ) -> Result<Self, CallError> {
+        Call::join_with(identity, key_package, config, RelayTransport::new(), now)
+    }
+
+    /// Reloads a room from `provider`'s storage after a restart (see [`Room::load`]): it
+    /// hears again and speaks after its first own commit, which the engine makes.
+    pub fn load(
+        provider: P,
+        signature_key: &[u8],
+        group_id: &[u8],
+        config: CallConfig,
+        now: Instant,
+    ) -> Result<Self, CallError> {
+        Call::load_with(
+            provider,
+            signature_key,
+            group_id,
+            config,
+            RelayTransport::new(),
+            now,
+        )
+    }
+}
+
+impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
+    fn new(config: CallConfig, transport: T, now: Instant) -> Result<Self, CallError> {
+        let samples = config.audio.frame_samples();
+        Ok(Call {
+            sender: AudioSender::new(&config.audio)?,
+            media: MediaSession::new(config.media),
+            config,
+            room: None,
+            joining: None,
+            removed: false,
+            leaving: None,
+            peers: BTreeMap::new(),
+            transport,
+            requested: Vec::new(),
+            connect_sent: None,
+            renew: false,
+            early: VecDeque::new(),
+            in_flight: None,
+            republish: Vec::new(),
+            invites: Vec::new(),
+            last_self_update: now,
+            last_housekeeping: None,
+            transmit: VecDeque::new(),
+            spare: Vec::new(),
+            events: VecDeque::new(),
+            frame: BytesMut::with_capacity(2048),
+            mix: vec![0; samples],
+            want: Vec::new(),
+            held: Vec::new(),
+            stats: CallStats::default(),
+        })
+    }
+
+    /// [`create`](Call::create) over another transport.
+    pub fn create_with(
+        identity: Identity<P>,
+        config: CallConfig,
+        transport: T,
+        now: Instant,
+    ) -> Result<Self, CallError> {
+        let mut call = Call::new(config, transport, now)?;
+        let (room, keys) = Room::create(identity, call.config.room.clone())?;
+        call.enter(room, keys, now);
+        call.handle_timeout(now);
+        Ok(call)
+    }
+
+    /// [`join`](Call::join) over another transport.
+    pub fn join_with(
+        identity: Identity<P>,
+        key_package: PublishedKeyPackage,
+        config: CallConfig,
+        transport: T,
+        now: Instant,
+    ) -> Result<Self, CallError> {
+        let mut call = Call::new(config, transport, now)?;
+        call.joining = Some(Joining {
+            identity,
+            key_package,
+            last_fetch: None,
+        });
+        call.handle_timeout(now);
+        Ok(call)
+    }
+
+    /// [`load`](Call::load) over another transport.
+    pub fn load_with(
+        provider: P,
+        signature_key: &[u8],
+        group_id: &[u8],
+        config: CallConfig,
+        transport: T,
+        now: Instant,
+    ) -> Result<Self, CallError> {
+        let mut call = Call::new(config, transport, now)?;
+        let (room, keys) = Room::load(provider, signature_key, group_id, call.config.room.clone())?;
+        call.enter(room, keys, now);
+        // A commit made before the restart and not yet echoed is sent again.
+        let pending = call
+            .room
+            .as_ref()
+            .filter(|r| r.has_pending_commit())
+            .and_then(|r| r.channel_token().ok());
+        if let Some(token) = pending {
+            call.in_flight = Some(InFlight {
+                token,
+                sent: now,
+                tries: 0,
+                own: true,
+            });
+        }
+        call.handle_timeout(now);
+        Ok(call)
+    }
+
+    // ---- Accessors ----
+
+    /// The configuration.
+    pub fn config(&self) -> &CallConfig {
+        &self.config
+    }
+
+    /// The room, once created, joined or loaded.
+    pub fn room(&self) -> Option<&Room<P>> {
+        self.room.as_ref()
+    }
+
+    /// The data plane (its epochs and tokens).
+    pub fn media(&self) -> &MediaSession {
+        &self.media
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The KeyPackage waiting for its Welcome, while joining.
+    pub fn key_package(&self) -> Option<&PublishedKeyPackage> {
+        self.joining.as_ref().map(|j| &j.key_package)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    /// Samples per channel × channels in one frame ([`send_audio`](Self::send_audio) and
+    /// [`pull_audio`](Self::pull_audio) buffers).
+    pub fn frame_samples(&self) -> usize {
+        self.config.audio.frame_samples()
+    }
+
+    /// Whether this member is in a room (created, joined or loaded, and not removed).
+    pub fn is_in_room(&self) -> bool {
+        self.room.is_some() && !self.removed
+    }
+
+    /// Whether this member was removed (or its leave committed).
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// The room's epoch.
+    pub fn epoch(&self) -> Option<u64> {
+        self.room.as_ref().map(Room::epoch)
+    }
+
+    /// The current epoch's safety code.
+    pub fn safety_code(&self) -> Option<SafetyCode> {
+        self.room.as_ref().map(Room::safety_code)
+    }
+
+    /// Whether [`send_audio`](Self::send_audio) sends: a sending key, and its channel
+    /// confirmed by the transport.
+    pub fn can_speak(&self) -> bool {
+        !self.removed
+            && self.leaving.is_none()
+            && self
+                .sending_token()
+                .is_some_and(|t| self.transport.is_subscribed(&t))
+    }
+
+    /// The channel of the epoch this member seals in.
+    pub fn sending_token(&self) -> Option<ChannelToken> {
+        let epoch = self.media.sending_epoch()?;
+        self.media
+            .tokens()
+            .find(|(e, _)| *e == epoch)
+            .map(|(_, t)| t)
+    }
+
+    /// The other members: (member, pseudonym).
+    pub fn members(&self) -> impl Iterator<Item = (MemberId, &[u8])> + '_ {
+        self.peers
+            .iter()
+            .map(|(id, p)| (*id, p.pseudonym.as_slice()))
+    }
+
+    /// Each other member's frame of the last [`pull_audio`](Self::pull_audio), for apps
+    /// that render members separately (spatial audio, level meters).
+    pub fn voices(&self) -> impl Iterator<Item = Voice<'_>> + '_ {
+        self.peers.iter().map(|(id, p)| Voice {
+            member: *id,
+            pseudonym: &p.pseudonym,
+            pcm: &p.pcm,
+            pulled: p.pulled,
+            stats: p.receiver.stats(),
+        })
+    }
+
+    /// Whether a commit can go out now: in the room, no commit in flight, and the current
+    /// epoch's channel confirmed by the transport.
+    pub fn ready_to_commit(&self) -> bool {
+        match &self.room {
+            Some(room)
+                if !self.removed
+                    && self.leaving.is_none()
+                    && room.is_active()
+                    && !room.has_pending_commit() =>
+            {
+                room.channel_token()
+                    .is_ok_and(|t| self.transport.is_subscribed(&t))
+            }
+            _ => false,
+        }
+    }
+
+    /// Ready to commit, sealing in the current epoch, and a frame of the current epoch has
+    /// opened from every other member: everyone has caught up, so a commit now reaches
+    /// them all.
+    pub fn is_settled(&self) -> bool {
+        let Some(room) = &self.room else {
+            return false;
+        };
+        let epoch = room.epoch();
+        if !self.ready_to_commit() || self.media.sending_epoch() != Some(epoch) {
+            return false;
+        }
+        let bits = epoch % room.config().layout.epoch_slots();
+        self.peers.values().all(|p| p.heard == Some(bits))
+    }
+
+    // ---- Output ----
+
+    /// The next datagram for the transport, copied into `into` (cleared first); `false`
+    /// when none is queued. Reuse `into`: no allocation in steady state.
+    pub fn poll_transmit(&mut self, into: &mut Vec<u8>) -> bool {
+        let Some(buf) = self.transmit.pop_front() else {
+            return false;
+        };
+        into.clear();
+        into.extend_from_slice(&buf);
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += buf.len() as u64;
+        self.recycle(buf);
+        true
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retry = self.config.retry;
+        if !self.transport.is_ready() {
+            return Some(
+                self.connect_sent
+                    .map_or(self.last_self_update, |t| t + retry),
+            );
+        }
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(t) = self.last_housekeeping {
+            at(t + HOUSEKEEPING);
+        }
+        if let Some(j) = &self.joining {
+            match j.last_fetch {
+                Some(t) => at(t + self.config.fetch_every),
+                None => return self.last_housekeeping,
+            }
+        }
+        if let Some(f) = &self.in_flight {
+            at(f.sent + retry);
+        }
+        for r in &self.republish {
+            if let Some(d) = self.config.republish.get(r.next) {
+                at(r.confirmed + *d);
+            }
+        }
+        for i in self.invites.iter().filter(|i| !i.stored) {
+            at(i.sent + retry);
+        }
+        if let Some((_, _, sent)) = &self.leaving {
+            at(*sent + retry);
+        }
+        if let (Some(every), Committer::Anyone) =
+            (self.config.self_update_every, self.config.committer)
+        {
+            if self.is_in_room() {
+                at(self.last_self_update + every);
+            }
+        }
+        next
+    }
+
+    // ---- Input ----
+
+    /// Housekeeping at `now`: (re)connecting, fetching the Welcome, retiring epochs,
+    /// subscriptions, retries, republishing, and the engine's own self-updates.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_housekeeping = Some(now);
+        self.connect(now);
+        if !self.transport.is_ready() {
+            return;
+        }
+        if self.room.is_none() {
+            self.fetch_welcome(now);
+            return;
+        }
+        self.media.expire(now);
+        self.sync_subscriptions(now);
+        self.resend(now);
+        if self.removed || self.leaving.is_some() {
+            return;
+        }
+        let room_can_seal = self.room.as_ref().is_some_and(Room::can_seal);
+        let periodic = self.config.committer == Committer::Anyone
+            && self
+                .config
+                .self_update_every
+                .is_some_and(|every| now.saturating_duration_since(self.last_self_update) >= every);
+        if (!room_can_seal || periodic) && self.ready_to_commit() {
+            let _ = self.commit_with(now, true, |room| room.self_update());
+        }
+    }
+
+    /// Takes one datagram from the transport at `now`. A datagram that does not parse is
+    /// refused with [`CallError::Transport`] and changes nothing; anything stale, forged or
+    /// refused by the room is counted ([`stats`](Self::stats)).
+    pub fn handle_datagram(&mut self, datagram: &[u8], now: Instant) -> Result<(), CallError> {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let mut out = self.buffer();
+        let inbound = match self.transport.receive(datagram, now, &mut out) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                self.recycle(out);
+                self.stats.malformed += 1;
+                return Err(e.into());
+            }
+        };
+        self.queue(out);
+        match inbound {
+            Inbound::Media { frame, .. } => self.on_media(frame, now),
+            Inbound::Handshake { message, .. } => {
+                self.on_handshake(message, now);
+                self.sync_subscriptions(now);
+            }
+            Inbound::Welcome { mailbox, welcome } => {
+                self.on_welcome(mailbox, welcome, now);
+                if self.room.is_some() {
+                    self.sync_subscriptions(now);
+                }
+            }
+            Inbound::Stored { mailbox } => {
+                for i in self.invites.iter_mut().filter(|i| i.mailbox == mailbox) {
+                    i.stored = true;
+                }
+            }
+            Inbound::Ready => {
+                // The other side may have forgotten everything: ask again.
+                self.renew = true;
+                self.requested.clear();
+                for i in &mut self.invites {
+                    i.stored = false;
+                    i.tries = 0;
+                    i.sent = now.checked_sub(self.config.retry).unwrap_or(now);
+                }
+                if let Some(j) = &mut self.joining {
+                    j.last_fetch = None;
+                }
+                self.handle_timeout(now);
+            }
+            Inbound::Subscribed(_)
+            | Inbound::Unsubscribed(_)
+            | Inbound::MailboxEmpty
+            | Inbound::Refused
+            | Inbound::Answered
+            | Inbound::Ignored => {}
+        }
+        Ok(())
+    }
+
+    /// Encodes and seals one frame of microphone PCM ([`frame_samples`](Self::frame_samples)
+    /// samples, interleaved) and queues it. Sends nothing (and counts it) before this
+    /// member can speak ([`can_speak`](Self::can_speak)). Call it once per frame interval,
+    /// also in silence: a constant cadence hides who speaks.
+    pub fn send_audio(&mut self, pcm: &[i16], now: Instant) -> Result<(), CallError> {
+        let token = match self.sending_token() {
+            Some(t) if self.can_speak() => t,
+            _ => {
+                if pcm.len() != self.frame_samples() {
+                    return Err(AudioError::FrameSize {
+                        expected: self.frame_samples(),
+                        got: pcm.len(),
+                    }
+                    .into());
+                }
+                self.stats.frames_unsent += 1;
+                return Ok(());
+            }
+        };
+        let opus = self.sender.encode_i16(pcm)?;
+        self.frame.clear();
+        if self.media.seal(opus, &mut self.frame, now).is_err() {
+            self.stats.frames_unsent += 1;
+            return Ok(());
+        }
+        let mut out = self.buffer();
+        match self.transport.media(&token, &self.frame, &mut out) {
+            Ok(()) => {
+                self.stats.frames_sent += 1;
+                self.queue(out);
+            }
+            Err(_) => {
+                self.stats.frames_unsent += 1;
+                self.recycle(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// One frame of every other member, mixed into `out`
+    /// ([`frame_samples`](Self::frame_samples) samples); each member's own frame stays
+    /// available through [`voices`](Self::voices). Call it once per frame interval.
+    /// Returns how many members were heard (decoded, recovered or concealed).
+    pub fn pull_audio(&mut self, out: &mut [i16], now: Instant) -> Result<usize, CallError> {
+        if out.len() != self.mix.len() {
+            return Err(AudioError::FrameSize {
+                expected: self.mix.len(),
+                got: out.len(),
+            }
+            .into());
+        }
+        self.mix.fill(0);
+        let mut heard = 0;
+        for peer in self.peers.values_mut() {
+            peer.pulled = peer
+                .receiver
+                .pull_i16(&mut self.media, &mut peer.pcm, now)
+                .unwrap_or(Pulled::Idle);
+            if peer.pulled == Pulled::Idle {
+                peer.pcm.fill(0);
+                continue;
+            }
+            heard += 1;
+            for (acc, s) in self.mix.iter_mut().zip(&peer.pcm) {
+                *acc += i32::from(*s);
+            }
+        }
+        for (o, s) in out.iter_mut().zip(&self.mix) {
+            *o = i16::try_from((*s).clamp(-32768, 32767)).unwrap_or(0);
+        }
+        Ok(heard)
+    }
+
+    // ---- Commands ----
+
+    /// Invites the members of these KeyPackages (received out of band): a commit
+    /// published on the current channel, and the Welcome left in each invitee's mailbox.
+    pub fn invite(&mut self, key_packages: &[&[u8]], now: Instant) -> Result<(), CallError> {
+        self.committer()?;
+        self.commit_with(now, false, |room| room.invite(key_packages))
+    }
+
+    /// Removes `member` from the room.
+    pub fn remove(&mut self, member: MemberId, now: Instant) -> Result<(), CallError> {
+        self.committer()?;
+        if !self.peers.contains_key(&member) {
+            return Err(CallError::NoSuchMember);
+        }
+        self.commit_with(now, false, |room| room.remove(&[member.leaf]))
+    }
+
+    /// Commits the proposals the app approved (adds and extension changes from
+    /// [`CallEvent::ProposalQueued`]).
+    pub fn approve(&mut self, proposals: &[ProposalId], now: Instant) -> Result<(), CallError> {
+        self.committer()?;
+        self.commit_with(now, false, |room| room.commit_proposals(proposals))
+    }
+
+    /// Refreshes this member's keys in a new epoch now (the engine also does it every
+    /// [`CallConfig::self_update_every`]).
+    pub fn self_update(&mut self, now: Instant) -> Result<(), CallError> {
+        self.committer()?;
+        self.commit_with(now, false, |room| room.self_update())
+    }
+
+    /// Leaves the room: stops sending at once and proposes its own removal (repeated until
+    /// another member commits it; then [`CallEvent::Removed`]).
+    pub fn leave(&mut self, now: Instant) -> Result<(), CallError> {
+        if self.leaving.is_some() {
+            return Ok(());
+        }
+        let room = self
+            .room
+            .as_mut()
+            .filter(|_| !self.removed)
+            .ok_or(CallError::NotInRoom)?;
+        let token = room.channel_token()?;
+        if !self.transport.is_subscribed(&token) {
+            return Err(CallError::NotConnected);
+        }
+        let proposal = room.leave()?;
+        let mut out = self.buffer();
+        if let Err(e) = self.transport.handshake(&token, &proposal, &mut out) {
+            self.recycle(out);
+            return Err(e.into());
+        }
+        self.queue(out);
+        self.media.stop_sending();
+        self.leaving = Some((token, proposal, now));
+        Ok(())
+    }
+
+    /// Leaves every channel at the transport (e.g. before the app exits). The call is
+    /// over for the transport; the room is unchanged.
+    pub fn hang_up(&mut self) {
+        self.held.clear();
+        self.transport.subscriptions(&mut self.held);
+        let held = std::mem::take(&mut self.held);
+        for token in &held {
+            let mut out = self.buffer();
+            if self.transport.unsubscribe(token, &mut out).is_ok() {
+                self.stats.unsubscribes += 1;
+            }
+            self.queue(out);
+        }
+        self.held = held;
+        self.media.close();
+        self.removed = true;
+    }
+
+    // ---- Internals ----
+
+    fn committer(&self) -> Result<(), CallError> {
+        match self.config.committer {
+            Committer::Anyone => Ok(()),
+            Committer::Others => Err(CallError::NotCommitter),
+        }
+    }
+
+    fn buffer(&mut self) -> BytesMut {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    fn recycle(&mut self, mut b: BytesMut) {
+        if self.spare.len() < MAX_SPARE {
+            b.clear();
+            self.spare.push(b);
+        }
+    }
+
+    /// Queues `b` for the transport unless it is empty.
+    fn queue(&mut self, b: BytesMut) {
+        if b.is_empty() {
+            self.recycle(b);
+        } else if self.transmit.len() >= MAX_TRANSMIT {
+            self.stats.transmit_dropped += 1;
+            self.recycle(b);
+        } else {
+            self.transmit.push_back(b);
+        }
+    }
+
+    fn event(&mut self, event: CallEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    fn connect(&mut self, now: Instant) {
+        let due = self
+            .connect_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.config.retry);
+        if self.transport.is_ready() || !due {
+            return;
+        }
+        let mut out = self.buffer();
+        if self.transport.connect(&mut out).is_ok() {
+            self.connect_sent = Some(now);
+            self.stats.connects += 1;
+        }
+        self.queue(out);
+    }
+
+    fn fetch_welcome(&mut self, now: Instant) {
+        let Some(joining) = &mut self.joining else {
+            return;
+        };
+        if joining
+            .last_fetch
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.fetch_every)
+        {
+            return;
+        }
+        joining.last_fetch = Some(now);
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.clear();
+        if self
+            .transport
+            .fetch_welcomes(&joining.key_package.reference, &mut out)
+            .is_ok()
+        {
+            self.stats.fetches += 1;
+        }
+        self.queue(out);
+    }
+
+    /// Subscriptions follow the media session's tokens (none once removed).
+    fn sync_subscriptions(&mut self, now: Instant) {
+        if !self.transport.is_ready() {
+            return;
+        }
+        let retry = self.config.retry;
+        self.want.clear();
+        if !self.removed {
+            self.want.extend(self.media.tokens().map(|(_, t)| t));
+        }
+        let renew = std::mem::take(&mut self.renew);
+        let want = std::mem::take(&mut self.want);
+        for token in &want {
+            let due = self
+                .requested
+                .iter()
+                .find(|(t, _)| t == token)
+                .is_none_or(|(_, at)| now.saturating_duration_since(*at) >= retry);
+            if due && (renew || !self.transport.is_subscribed(token)) {
+                let mut out = self.buffer();
+                if self.transport.subscribe(*token, &mut out).is_ok() {
+                    self.stats.subscribes += 1;
+                    self.note_request(*token, now);
+                }
+                self.queue(out);
+            }
+        }
+        self.held.clear();
+        self.transport.subscriptions(&mut self.held);
+        let held = std::mem::take(&mut self.held);
+        for token in held.iter().filter(|t| !want.contains(t)) {
+            let due = self
+                .requested
+                .iter()
+                .find(|(t, _)| t == token)
+                .is_none_or(|(_, at)| now.saturating_duration_since(*at) >= retry);
+            if due {
+                let mut out = self.buffer();
+                if self.transport.unsubscribe(token, &mut out).is_ok() {
+                    self.stats.unsubscribes += 1;
+                    self.note_request(*token, now);
+                }
+                self.queue(out);
+            }
+        }
+        self.requested
+            .retain(|(t, _)| want.contains(t) || held.contains(t));
+        self.want = want;
+        self.held = held;
+    }
+
+    fn note_request(&mut self, token: ChannelToken, now: Instant) {
+        match self.requested.iter_mut().find(|(t, _)| *t == token) {
+            Some(entry) => entry.1 = now,
+            None => self.requested.push((token, now)),
+        }
+    }
+
+    /// Unechoed commits, unstored Welcomes, republished commits, an uncommitted leave.
+    fn resend(&mut self, now: Instant) {
+        let retry = self.config.retry;
+        let tries = self.config.tries;
+        // This member's commit in flight.
+        if let Some(f) = &mut self.in_flight {
+            if now.saturating_duration_since(f.sent) >= retry {
+                let room = self.room.as_mut();
+                match room {
+                    Some(room) if room.has_pending_commit() && f.tries < tries => {
+                        f.tries += 1;
+                        f.sent = now;
+                        let token = f.token;
+                        let message = room.pending_commit_message().map(<[u8]>::to_vec);
+                        if let Some(message) = message {
+                            let mut out = self.spare.pop().unwrap_or_default();
+                            out.clear();
+                            if self.transport.handshake(&token, &message, &mut out).is_ok() {
+                                self.stats.commits_resent += 1;
+                            }
+                            self.queue(out);
+                        }
+                    }
+                    Some(room) => {
+                        if room.has_pending_commit() {
+                            let _ = room.discard_pending();
+                            self.event(CallEvent::Warning(Warning::CommitUnconfirmed));
+                        }
+                        self.in_flight = None;
+                    }
+                    None => self.in_flight = None,
+                }
+            }
+        }
+        // Confirmed commits, again on their channel.
+        let schedule = std::mem::take(&mut self.config.republish);
+        let mut republish = std::mem::take(&mut self.republish);
+        for r in &mut republish {
+            let Some(delay) = schedule.get(r.next) else {
+                continue;
+            };
+            if now.saturating_duration_since(r.confirmed) >= *delay {
+                r.next += 1;
+                let mut out = self.buffer();
+                if self
+                    .transport
+                    .handshake(&r.token, &r.message, &mut out)
+                    .is_ok()
+                {
+                    self.stats.commits_resent += 1;
+                }
+                self.queue(out);
+            }
+        }
+        republish.retain(|r| r.next < schedule.len());
+        self.republish = republish;
+        self.config.republish = schedule;
+        // Welcomes not stored yet (or lost with a relay restart).
+        self.invites
+            .retain(|i| now.saturating_duration_since(i.made) < KEEP_WELCOME);
+        let mut i = 0;
+        while let Some(invite) = self.invites.get_mut(i) {
+            if invite.stored || now.saturating_duration_since(invite.sent) < retry {
+                i += 1;
+                continue;
+            }
+            if invite.tries >= tries {
+                self.invites.remove(i);
+                self.event(CallEvent::Warning(Warning::WelcomeUndelivered));
+                continue;
+            }
+            invite.tries += 1;
+            invite.sent = now;
+            let mut out = self.spare.pop().unwrap_or_default();
+            out.clear();
+            if let Some(invite) = self.invites.get(i) {
+                if self
+                    .transport
+                    .deliver_welcome(&invite.mailbox, &invite.welcome, &mut out)
+                    .is_ok()
+                {
+                    self.stats.welcomes_delivered += 1;
+                }
+            }
+            self.queue(out);
+            i += 1;
+        }
+        // A leave proposal until it is committed.
+        if let Some((token, proposal, sent)) = &mut self.leaving {
+            if !self.removed && now.saturating_duration_since(*sent) >= retry {
+                *sent = now;
+                let mut out = self.spare.pop().unwrap_or_default();
+                out.clear();
+                let _ = self.transport.handshake(token, proposal, &mut out);
+                self.queue(out);
+            }
+        }
+    }
+
+    /// Makes a commit and publishes it: staged keys applied, the commit on the current
+    /// channel, the Welcome into each invitee's mailbox.
+    fn commit_with(
+        &mut self,
+        now: Instant,
+        own: bool,
+        make: impl FnOnce(&mut Room<P>) -> Result<Commit, RoomError>,
+    ) -> Result<(), CallError> {
+        let room = self
+            .room
+            .as_mut()
+            .filter(|_| !self.removed)
+            .ok_or(CallError::NotInRoom)?;
+        if room.has_pending_commit() {
+            return Err(CallError::CommitInFlight);
+        }
+        let token = room.channel_token()?;
+        if !self.transport.is_subscribed(&token) || self.leaving.is_some() {
+            return Err(CallError::NotConnected);
+        }
+        let commit = make(room)?;
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.clear();
+        if let Err(e) = self.transport.handshake(&token, &commit.message, &mut out) {
+            let _ = room.discard_pending();
+            self.recycle(out);
+            return Err(e.into());
+        }
+        self.queue(out);
+        self.apply_keys(commit.keys, now);
+        self.stats.commits += 1;
+        self.last_self_update = now;
+        self.in_flight = Some(InFlight {
+            token,
+            sent: now,
+            tries: 0,
+            own,
+        });
+        if let Some(welcome) = &commit.welcome {
+            for mailbox in &commit.invited {
+                let mut out = self.buffer();
+                if self
+                    .transport
+                    .deliver_welcome(mailbox, welcome, &mut out)
+                    .is_ok()
+                {
+                    self.stats.welcomes_delivered += 1;
+                }
+                self.queue(out);
+                self.invites.push(Invite {
+                    mailbox: mailbox.clone(),
+                    welcome: welcome.clone(),
+                    sent: now,
+                    tries: 1,
+                    stored: false,
+                    made: now,
+                });
+            }
+        }
+        self.sync_subscriptions(now);
+        Ok(())
+    }
+
+    fn on_media(&mut self, frame: &[u8], now: Instant) {
+        self.stats.media_in += 1;
+        if self.room.is_none() || self.removed {
+            self.stats.media_unrouted += 1;
+            return;
+        }
+        let Ok(member) = self.media.member_of(frame) else {
+            self.stats.media_unrouted += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&member) else {
+            self.stats.media_unrouted += 1;
+            return;
+        };
+        let before = peer.receiver.stats();
+        peer.receiver.push(frame, &mut self.media, now);
+        let after = peer.receiver.stats();
+        let opened = after.auth_failures == before.auth_failures
+            && after.replays == before.replays
+            && after.rejected == before.rejected
+            && after.held == before.held;
+        if opened {
+            if let Ok((header, _)) = Header::parse(frame) {
+                peer.heard = Some(self.config.room.layout.decompose(header.kid).epoch_bits);
+            }
+        }
+    }
+
+    fn on_handshake(&mut self, message: &[u8], now: Instant) {
+        let Some(room) = self.room.as_mut().filter(|_| !self.removed) else {
+            self.stats.handshakes_refused += 1;
+            return;
+        };
+        let had_pending = room.has_pending_commit();
+        match room.process(message) {
+            Ok(events) => {
+                self.stats.handshakes_applied += 1;
+                let dropped = events
+                    .iter()
+                    .any(|e| matches!(e, RoomEvent::PendingCommitDropped));
+                let confirmed = had_pending && !dropped && !room.has_pending_commit();
+                if confirmed {
+                    self.confirmed(message, now);
+                }
+                self.room_events(events, now);
+                self.retry_early(now);
+            }
+            Err(RoomError::Rejected(Rejection::WrongEpoch))
+                if handshake_epoch(message).is_some_and(|e| e > room.epoch()) =>
+            {
+                self.stats.handshakes_early += 1;
+                if self.early.iter().any(|m| m == message) {
+                    return;
+                }
+                if self.early.len() >= self.config.max_early_handshakes {
+                    self.early.pop_front();
+                }
+                if self.config.max_early_handshakes > 0 {
+                    self.early.push_back(message.to_vec());
+                }
+            }
+            Err(RoomError::Rejected(Rejection::FromOwnLeaf)) => {
+                self.stats.handshakes_refused += 1;
+                self.event(CallEvent::Warning(Warning::OwnLeafCommit));
+            }
+            Err(_) => self.stats.handshakes_refused += 1,
+        }
+    }
+
+    /// This member's commit came back: confirmed, and published again on its channel a
+    /// few times.
+    fn confirmed(&mut self, message: &[u8], now: Instant) {
+        if let Some(f) = self.in_flight.take() {
+            if !self.config.republish.is_empty() {
+                self.republish.push(Republish {
+                    token: f.token,
+                    message: message.to_vec(),
+                    confirmed: now,
+                    next: 0,
+                });
+            }
+        }
+    }
+
+    /// Retries held handshake messages until none applies any more.
+    fn retry_early(&mut self, now: Instant) {
+        loop {
+            let Some(room) = self.room.as_mut().filter(|_| !self.removed) else {
+                self.early.clear();
+                return;
+            };
+            let epoch = room.epoch();
+            self.early
+                .retain(|m| handshake_epoch(m).is_some_and(|e| e >= epoch));
+            let mut applied = None;
+            let mut i = 0;
+            while let Some(message) = self.early.get(i) {
+                match room.process(message) {
+                    Ok(events) => {
+                        self.early.remove(i);
+                        applied = Some(events);
+                        break;
+                    }
+                    Err(RoomError::Rejected(Rejection::WrongEpoch)) => i += 1,
+                    Err(_) => {
+                        self.early.remove(i);
+                    }
+                }
+            }
+            match applied {
+                Some(events) => {
+                    self.stats.handshakes_applied += 1;
+                    self.room_events(events, now);
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn room_events(&mut self, events: Vec<RoomEvent>, now: Instant) {
+        for event in events {
+            match event {
+                RoomEvent::Keys(keys) => self.apply_keys(keys, now),
+                RoomEvent::EpochChanged { epoch } => {
+                    self.stats.epoch_changes += 1;
+                    if let Some(room) = &self.room {
+                        self.event(CallEvent::EpochChanged {
+                            epoch,
+                            safety_code: room.safety_code(),
+                        });
+                    }
+                }
+                RoomEvent::ProposalQueued(info) => self.event(CallEvent::ProposalQueued(info)),
+                RoomEvent::PendingCommitDropped => {
+                    self.stats.commits_dropped += 1;
+                    let own = self.in_flight.take().is_some_and(|f| f.own);
+                    if !own {
+                        self.event(CallEvent::CommitDropped);
+                    }
+                }
+                RoomEvent::RemovedFromRoom => {
+                    self.removed = true;
+                    self.media.close();
+                    self.in_flight = None;
+                    self.republish.clear();
+                    self.invites.clear();
+                    self.early.clear();
+                    self.event(CallEvent::Removed);
+                }
+                _ => {}
+            }
+        }
+        self.sync_peers();
+    }
+
+    fn apply_keys(&mut self, keys: EpochKeys, now: Instant) {
+        if let Err(e) = self.media.apply(keys, now) {
+            self.event(CallEvent::Warning(Warning::KeysRefused(e)));
+        }
+    }
+
+    /// Receivers for exactly the other members.
+    fn sync_peers(&mut self) {
+        let Some(room) = &self.room else {
+            return;
+        };
+        let members = if self.removed {
+            Vec::new()
+        } else {
+            let own = room.own_leaf();
+            room.members()
+                .into_iter()
+                .filter(|m| m.leaf != own)
+                .collect()
+        };
+        let gone: Vec<MemberId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| !members.iter().any(|m| m.id == *id))
+            .collect();
+        for member in gone {
+            self.peers.remove(&member);
+            self.event(CallEvent::MemberLeft { member });
+        }
+        let samples = self.config.audio.frame_samples();
+        for m in members {
+            if self.peers.contains_key(&m.id) {
+                continue;
+            }
+            // The configuration was checked when the sender was made.
+            let Ok(receiver) = AudioReceiver::new(&self.config.audio) else {
+                continue;
+            };
+            self.peers.insert(
+                m.id,
+                Peer {
+                    receiver,
+                    pseudonym: m.pseudonym.clone(),
+                    pcm: vec![0; samples],
+                    pulled: Pulled::Idle,
+                    heard: None,
+                },
+            );
+            self.event(CallEvent::MemberJoined {
+                member: m.id,
+                pseudonym: m.pseudonym,
+            });
+        }
+    }
+
+    fn enter(&mut self, room: Room<P>, keys: EpochKeys, now: Instant) {
+        self.apply_keys(keys, now);
+        self.room = Some(room);
+        self.sync_peers();
+    }
+
+    fn on_welcome(&mut self, mailbox: &[u8], welcome: &[u8], now: Instant) {
+        let Some(joining) = self
+            .joining
+            .take_if(|j| j.key_package.reference.as_slice() == mailbox)
+        else {
+            self.stats.welcomes_ignored += 1;
+            return;
+        };
+        let Joining {
+            identity,
+            key_package,
+            last_fetch,
+        } = joining;
+        match Room::join(identity, self.config.room.clone(), welcome) {
+            Ok((room, keys)) => {
+                let epoch = room.epoch();
+                self.event(CallEvent::Joined { epoch });
+                self.enter(room, keys, now);
+                self.last_self_update = now;
+            }
+            // Not for this member, or forged: keep waiting.
+            Err(e) => {
+                self.stats.welcomes_ignored += 1;
+                self.joining = Some(Joining {
+                    identity: e.identity,
+                    key_package,
+                    last_fetch,
+                });
+            }
+        }
+    }
+}
