@@ -1,0 +1,111 @@
+//! The call engine end to end on a simulated network (`common/call_net.rs`): rooms form,
+//! converge and hear each other; removals, leaves and relay restarts.
+#![cfg(feature = "opus")]
+
+#[path = "common/call_net.rs"]
+mod call_net;
+
+use std::time::{Duration, Instant};
+
+use call_net::{CallNet, Impairment};
+use sotto::call::{CallConfig, CallEvent};
+
+fn room_of(net: &mut CallNet, n: usize) {
+    let config = CallConfig::default();
+    let creator = net.create("m0", config.clone());
+    for k in 1..n {
+        let (j, kp) = net.joiner(&format!("m{k}"), config.clone());
+        assert!(
+            net.run_until(Duration::from_secs(5), |net| net.nodes[creator]
+                .call
+                .ready_to_commit()),
+            "creator never ready"
+        );
+        net.nodes[creator].call.invite(&[&kp], net.now).unwrap();
+        assert!(
+            net.run_until(Duration::from_secs(10), |net| net.nodes[j]
+                .call
+                .is_in_room()),
+            "m{k} never joined"
+        );
+    }
+    assert!(
+        net.run_until(Duration::from_secs(20), CallNet::converged),
+        "the room never converged"
+    );
+}
+
+#[test]
+fn a_room_forms_converges_and_everyone_hears_everyone() {
+    let mut net = CallNet::new(1, Impairment::default(), Instant::now());
+    room_of(&mut net, 4);
+    let before: Vec<u64> = net.nodes.iter().map(|n| n.heard_frames).collect();
+    net.run(Duration::from_secs(2));
+    for (i, node) in net.nodes.iter().enumerate() {
+        assert!(node.heard_frames - before[i] >= 95, "{i} heard too little");
+        for v in node.call.voices() {
+            assert_eq!(v.stats.auth_failures, 0);
+            assert!(v.stats.decoded > 50, "{i} decoded {:?}", v.stats);
+        }
+        assert_eq!(node.call.voices().count(), 3);
+        assert_eq!(node.refused, 0);
+    }
+}
+
+#[test]
+fn removal_and_leave_reach_everyone() {
+    let mut net = CallNet::new(2, Impairment::default(), Instant::now());
+    room_of(&mut net, 4);
+    let victim = net.nodes[3]
+        .call
+        .room()
+        .map(|r| {
+            r.members()
+                .into_iter()
+                .find(|m| m.leaf == r.own_leaf())
+                .unwrap()
+                .id
+        })
+        .unwrap();
+    net.nodes[0].call.remove(victim, net.now).unwrap();
+    assert!(net.run_until(Duration::from_secs(5), |net| net.nodes[3].call.is_removed()));
+    assert!(net.nodes[3]
+        .events
+        .iter()
+        .any(|e| matches!(e, CallEvent::Removed)));
+    assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
+    for i in 0..3 {
+        assert!(net.nodes[i]
+            .events
+            .iter()
+            .any(|e| matches!(e, CallEvent::MemberLeft { member } if *member == victim)));
+        assert_eq!(net.nodes[i].call.voices().count(), 2);
+    }
+    // Member 2 leaves: its proposal is committed by the next commit of another member.
+    net.nodes[2].call.leave(net.now).unwrap();
+    assert!(!net.nodes[2].call.can_speak());
+    net.run(Duration::from_millis(200));
+    net.nodes[0].call.self_update(net.now).unwrap();
+    assert!(net.run_until(Duration::from_secs(5), |net| net.nodes[2].call.is_removed()));
+    assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
+    assert_eq!(net.active(), vec![0, 1]);
+}
+
+#[test]
+fn a_relay_restart_is_survived() {
+    let mut net = CallNet::new(3, Impairment::default(), Instant::now());
+    room_of(&mut net, 3);
+    net.restart_relay();
+    net.run(Duration::from_secs(2));
+    let before: Vec<u64> = net.nodes.iter().map(|n| n.heard_frames).collect();
+    net.run(Duration::from_secs(1));
+    for (i, node) in net.nodes.iter().enumerate() {
+        assert!(
+            node.heard_frames - before[i] >= 45,
+            "{i} deaf after the restart"
+        );
+    }
+    // And commits still go through.
+    net.nodes[1].call.self_update(net.now).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
+}
