@@ -332,6 +332,16 @@ pub struct Voice<'a> {
     pub stats: ReceiverStats,
 }
 
+/// The parts of a call ([`Call::into_parts`]).
+pub struct CallParts<P: OpenMlsProvider, T: Transport> {
+    /// The room, once created, joined or loaded.
+    pub room: Option<Room<P>>,
+    /// The data plane.
+    pub media: MediaSession,
+    /// The transport.
+    pub transport: T,
+}
+
 struct Peer {
     receiver: AudioReceiver,
     pseudonym: Vec<u8>,
@@ -569,9 +579,26 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         &self.media
     }
 
+    /// The data plane, mutably: for apps that also seal or open single frames themselves
+    /// (e.g. an encoded-frame transform of their own WebRTC stack). A frame opened here is
+    /// a replay to the engine's receivers, so never open here what the engine also gets.
+    pub fn media_mut(&mut self) -> &mut MediaSession {
+        &mut self.media
+    }
+
     /// The transport.
     pub fn transport(&self) -> &T {
         &self.transport
+    }
+
+    /// Takes the call apart: the room (if any), the data plane and the transport, for an
+    /// app that carries on with the parts itself. Queued datagrams and events are dropped.
+    pub fn into_parts(self) -> CallParts<P, T> {
+        CallParts {
+            room: self.room,
+            media: self.media,
+            transport: self.transport,
+        }
     }
 
     /// The KeyPackage waiting for its Welcome, while joining.

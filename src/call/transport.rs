@@ -179,6 +179,11 @@ impl RelayTransport {
     pub fn client(&self) -> &RelayClient {
         &self.client
     }
+
+    /// The relay client underneath, mutably (to send requests of its own).
+    pub fn client_mut(&mut self) -> &mut RelayClient {
+        &mut self.client
+    }
 }
 
 impl Transport for RelayTransport {
