@@ -20,10 +20,9 @@
 //! Every member uses the default room configuration. After `--seconds`, it prints what it
 //! sent and decoded, per sender, and the room's safety code: compare it across terminals.
 
-#[path = "common/member.rs"]
-mod member;
+#[path = "common/voice.rs"]
+mod voice;
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -31,9 +30,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use member::{Member, MemberError, FRAME};
-use sotto::room::{RoomConfig, RoomError};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use sotto::call::{Call, CallConfig, CallError, CallEvent};
+use sotto::room::{Identity, RoomError};
+use voice::Voice;
 
+/// One audio frame.
+const FRAME: Duration = Duration::from_millis(20);
 /// A creator invites anyway when the room has not settled for this long (a member that
 /// went away silently must not block invitations forever).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -166,16 +169,16 @@ impl Inviter {
     }
 
     /// Invites one waiting KeyPackage when the room is ready for a commit.
-    fn step(&mut self, member: &mut Member, now: Instant, send: &mut impl FnMut(&[u8])) {
+    fn step(&mut self, call: &mut Call, now: Instant) {
         let Some((name, path, bytes)) = self.waiting().into_iter().next() else {
             return;
         };
         let caught_up =
-            member.settled() || now.saturating_duration_since(self.last_commit) >= SETTLE_TIMEOUT;
-        if !caught_up || !member.ready_to_commit() {
+            call.is_settled() || now.saturating_duration_since(self.last_commit) >= SETTLE_TIMEOUT;
+        if !caught_up || !call.ready_to_commit() {
             return;
         }
-        match member.invite(&[&bytes], now, send) {
+        match call.invite(&[&bytes], now) {
             Ok(()) => {
                 println!(
                     "invited {name} (its Welcome is in the relay mailbox of its KeyPackage reference)"
@@ -184,8 +187,8 @@ impl Inviter {
                 self.last_commit = now;
                 let _ = std::fs::remove_file(&path);
             }
-            Err(MemberError::NotReady) => {}
-            Err(MemberError::Room(RoomError::InvalidKeyPackage)) => {
+            Err(CallError::CommitInFlight | CallError::NotConnected) => {}
+            Err(CallError::Room(RoomError::InvalidKeyPackage)) => {
                 eprintln!("{}: not a valid KeyPackage, ignored", path.display());
                 self.seen.insert((name, bytes));
             }
@@ -229,15 +232,15 @@ fn voice_of(name: &str) -> usize {
     name.bytes().map(usize::from).sum::<usize>() % 97
 }
 
-fn print_report(member: &Member, name: &str, ran: Duration) {
-    let s = member.stats();
+fn print_report(call: &Call, name: &str, ran: Duration, departed: &[String]) {
+    let s = call.stats();
     println!();
     println!("--- {name}: report after {:.1} s ---", ran.as_secs_f64());
     println!(
-        "frames sent: {} ({} ticks without a sending key or channel)",
+        "frames sent: {} ({} intervals before this member could speak)",
         s.frames_sent, s.frames_unsent
     );
-    match member.room() {
+    match call.room() {
         Some(room) => println!(
             "epochs: {} changes seen, now epoch {} with {} members",
             s.epoch_changes,
@@ -246,14 +249,13 @@ fn print_report(member: &Member, name: &str, ran: Duration) {
         ),
         None => println!("never joined a room (no Welcome arrived)"),
     }
-    for sender in member.senders() {
-        let r = sender.stats;
+    for v in call.voices() {
+        let r = v.stats;
         println!(
-            "  from {:<12} (leaf {}{}): decoded {:>5}  FEC {:>3}  concealed {:>4}  late {:>3}  \
+            "  from {:<12} (leaf {}): decoded {:>5}  FEC {:>3}  concealed {:>4}  late {:>3}  \
              auth failures {}  replays {}",
-            sender.pseudonym,
-            sender.leaf,
-            if sender.present { "" } else { ", left" },
+            String::from_utf8_lossy(v.pseudonym),
+            v.member.leaf,
             r.decoded,
             r.fec_recovered,
             r.concealed,
@@ -262,19 +264,22 @@ fn print_report(member: &Member, name: &str, ran: Duration) {
             r.replays,
         );
     }
+    for d in departed {
+        println!("  {d} left the room");
+    }
     println!(
         "datagrams: {} out ({} B), {} in ({} B); handshakes applied {}, refused {}; \
-         relay refusals {}; stale {}",
+         commits {} (resent {})",
         s.datagrams_out,
         s.bytes_out,
         s.datagrams_in,
         s.bytes_in,
         s.handshakes_applied,
         s.handshakes_refused,
-        s.relay_refusals,
-        s.stale
+        s.commits,
+        s.commits_resent
     );
-    if let (Some(code), Some(epoch)) = (member.safety_code(), member.epoch()) {
+    if let (Some(code), Some(epoch)) = (call.safety_code(), call.epoch()) {
         println!("safety code (epoch {epoch}): {code}");
     }
 }
@@ -306,16 +311,21 @@ fn main() -> ExitCode {
     };
 
     let start = Instant::now();
-    let voice = voice_of(&options.name);
-    let config = RoomConfig::default();
-    let made = match options.role {
-        Role::Create => Member::create(&options.name, voice, config, start),
-        Role::Join => Member::joiner(&options.name, voice, config),
-    };
-    let mut member = match made {
-        Ok(m) => m,
+    let mut voice = Voice::new(voice_of(&options.name));
+    let config = CallConfig::default();
+    let made = Identity::new(OpenMlsRustCrypto::default(), options.name.as_bytes())
+        .map_err(CallError::from)
+        .and_then(|identity| match options.role {
+            Role::Create => Call::create(identity, config, start),
+            Role::Join => {
+                let key_package = identity.key_package()?;
+                Call::join(identity, key_package, config, start)
+            }
+        });
+    let mut call = match made {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("cannot set up the member: {e}");
+            eprintln!("cannot set up the call: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -337,7 +347,7 @@ fn main() -> ExitCode {
             }
         },
         Role::Join => {
-            publisher = member.key_package().map(|kp| Publisher {
+            publisher = call.key_package().map(|kp| Publisher {
                 dir: options.dir.clone(),
                 name: options.name.clone(),
                 key_package: kp.bytes.clone(),
@@ -351,13 +361,12 @@ fn main() -> ExitCode {
         }
     }
 
-    let send_errors = Cell::new(0u64);
-    let unreachable = Cell::new(0u64);
-    let mut send = |d: &[u8]| {
-        if socket.send(d).is_err() {
-            send_errors.set(send_errors.get() + 1);
-        }
-    };
+    let mut send_errors = 0u64;
+    let mut unreachable = 0u64;
+    let mut departed = Vec::new();
+    let mut pcm = vec![0i16; call.frame_samples()];
+    let mut heard = vec![0i16; call.frame_samples()];
+    let mut datagram = Vec::new();
     let end = start + Duration::from_secs(options.seconds);
     let mut next_tick = start;
     let mut next_dir = start;
@@ -372,11 +381,12 @@ fn main() -> ExitCode {
         loop {
             match socket.recv(&mut buf) {
                 Ok(n) => {
-                    let datagram = buf.get(..n).unwrap_or(&[]);
-                    member.on_datagram(datagram, Instant::now(), &mut send);
+                    let bytes = buf.get(..n).unwrap_or(&[]);
+                    // A datagram that does not parse is refused and changes nothing.
+                    let _ = call.handle_datagram(bytes, Instant::now());
                 }
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    unreachable.set(unreachable.get() + 1);
+                    unreachable += 1;
                     if !warned {
                         eprintln!(
                             "the relay does not answer at {} (start it with `cargo run --release --example relay`)",
@@ -388,8 +398,14 @@ fn main() -> ExitCode {
                 Err(_) => break,
             }
         }
+        if call.poll_timeout().is_some_and(|t| t <= now) {
+            call.handle_timeout(now);
+        }
         if now >= next_tick {
-            member.tick(now, &mut send);
+            voice.fill(&mut pcm);
+            let _ = call.send_audio(&pcm, now);
+            // A real app plays `heard` on its speaker.
+            let _ = call.pull_audio(&mut heard, now);
             next_tick += FRAME;
             if now > next_tick + 5 * FRAME {
                 // Fell behind (the machine was busy): resume the cadence from now.
@@ -399,17 +415,29 @@ fn main() -> ExitCode {
         if now >= next_dir {
             next_dir = now + DIR_POLL;
             if let Some(i) = &mut inviter {
-                i.step(&mut member, now, &mut send);
+                i.step(&mut call, now);
             }
             if let Some(p) = &mut publisher {
-                if member.is_joined() {
+                if call.room().is_some() {
                     publisher = None;
                 } else {
                     p.step();
                 }
             }
         }
-        if let Some(room) = member.room() {
+        while call.poll_transmit(&mut datagram) {
+            if socket.send(&datagram).is_err() {
+                send_errors += 1;
+            }
+        }
+        while let Some(event) = call.poll_event() {
+            match event {
+                CallEvent::MemberLeft { member } => departed.push(format!("leaf {}", member.leaf)),
+                CallEvent::Warning(w) => eprintln!("warning: {w:?}"),
+                _ => {}
+            }
+        }
+        if let Some(room) = call.room() {
             let state = (room.epoch(), room.members().len());
             if shown != Some(state) {
                 let names: Vec<String> = room
@@ -427,7 +455,7 @@ fn main() -> ExitCode {
                 shown = Some(state);
             }
         }
-        if member.is_removed() {
+        if call.is_removed() {
             println!("removed from the room");
             break;
         }
@@ -436,16 +464,15 @@ fn main() -> ExitCode {
             .min(Duration::from_millis(2));
         std::thread::sleep(wait);
     }
-    member.leave_relay(&mut send);
-    print_report(&member, &options.name, start.elapsed());
-    if send_errors.get() > 0 || unreachable.get() > 0 {
-        println!(
-            "network: {} send errors, {} unreachable-relay notices",
-            send_errors.get(),
-            unreachable.get()
-        );
+    call.hang_up();
+    while call.poll_transmit(&mut datagram) {
+        let _ = socket.send(&datagram);
     }
-    if member.is_joined() {
+    print_report(&call, &options.name, start.elapsed(), &departed);
+    if send_errors > 0 || unreachable > 0 {
+        println!("network: {send_errors} send errors, {unreachable} unreachable-relay notices");
+    }
+    if call.room().is_some() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
