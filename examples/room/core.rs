@@ -1,24 +1,24 @@
 //! The core of the `room` example, shared with `tests/room_example.rs`: a whole call on
-//! virtual time, every byte through an in-process relay that routes by channel token and
-//! records everything it is given.
+//! virtual time, each member a `sotto::call::Call`, every datagram through an in-process
+//! relay (sotto's `Router`) that records everything it is given.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use openmls_rust_crypto::OpenMlsRustCrypto;
-use sotto::audio::{AudioConfig, AudioReceiver, AudioSender, Pulled, SAMPLE_RATE};
-use sotto::keys::MemberId as SenderId;
-use sotto::media::{ChannelToken, MediaConfig, MediaSession};
-use sotto::room::{Commit, Identity, Room, RoomConfig, RoomEvent, SafetyCode};
+use sotto::audio::{AudioConfig, AudioSender, ReceiverStats, SAMPLE_RATE};
+use sotto::call::{Call, CallConfig};
+use sotto::media::ChannelToken;
+use sotto::relay::{ClientMessage, RelayMessage, MEDIA_OVERHEAD};
+use sotto::room::{Identity, SafetyCode};
 
 #[path = "../common/relay.rs"]
 mod relay;
 #[path = "../common/voice.rs"]
 mod voice;
 
-use relay::{Delivery, InProcessRelay, MemberId};
+use relay::InProcessRelay;
 use voice::Voice;
 
 /// What the call looks like.
@@ -58,10 +58,10 @@ pub struct MemberReport {
     /// Media packets the network dropped on the way to this member.
     pub lost: u64,
     pub overhead_bytes: Vec<usize>,
-    pub seal_ns: u128,
-    pub seals: u64,
-    pub open_ns: u128,
-    pub opens: u64,
+    /// Wall time spent in the member's `Call` (datagrams in, timers, audio out and in).
+    pub call_ns: u128,
+    /// 20 ms intervals the member was in the call.
+    pub ticks: u64,
     pub token_rotations: usize,
     pub safety_code: Option<SafetyCode>,
     pub removed: bool,
@@ -75,6 +75,8 @@ pub struct Report {
     pub epochs: u64,
     pub safety_codes_agree: bool,
     pub distinct_tokens: usize,
+    /// Commits that lost a race at the relay (their makers redid them).
+    pub commits_dropped: u64,
     pub relay_bytes: usize,
     pub relay_datagrams: usize,
     pub size_histogram: BTreeMap<usize, usize>,
@@ -102,6 +104,9 @@ pub const ROOM_NAME: &str = "Friday design review";
 
 const FRAME_MS: u64 = 20;
 
+/// The member whose handshake messages arrive 600 ms late (the others' 30 ms).
+pub const SLOW_MEMBER: usize = 2;
+
 /// A step of the call's script.
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -124,20 +129,21 @@ impl Lcg {
 }
 
 struct Member {
-    id: MemberId,
+    call: Call,
     report: MemberReport,
-    room: Room<OpenMlsRustCrypto>,
-    media: MediaSession,
-    sender: AudioSender,
-    receivers: BTreeMap<SenderId, AudioReceiver>,
     voice: Voice,
-    tokens_seen: HashSet<ChannelToken>,
-    subscribed: Vec<ChannelToken>,
-    /// Handshake and media bytes waiting for their delivery time.
-    inbox: VecDeque<(Instant, Delivery)>,
+    /// A second encoder fed the same PCM whenever the call sealed a frame: libopus is
+    /// deterministic, so these are the plaintext packets the call sent.
+    shadow: AudioSender,
+    /// Datagrams from the relay waiting for their delivery time.
+    inbox: VecDeque<(Instant, Vec<u8>)>,
     /// Extra handshake latency for this member (one member is slow).
     handshake_delay: Duration,
-    gone: bool,
+    tokens_seen: HashSet<ChannelToken>,
+    /// Length of the last plaintext packet sent.
+    last_opus_len: Option<usize>,
+    /// The latest counters of each sender's receiver (departed senders included).
+    received: BTreeMap<sotto::keys::MemberId, ReceiverStats>,
 }
 
 fn pseudonym(i: usize) -> String {
@@ -156,105 +162,65 @@ fn display_name(i: usize) -> String {
 
 /// Runs the call.
 pub fn run(options: &Options) -> Report {
-    let t0 = Instant::now();
-    let audio = AudioConfig::default();
-    let media_config = MediaConfig::default();
-    let config = RoomConfig::default();
-    let frame_samples = audio.frame_samples();
+    let start = Instant::now();
+    let config = CallConfig::default();
+    let frame_samples = config.audio.frame_samples();
     let mut relay = InProcessRelay::new();
     let mut members: Vec<Member> = Vec::new();
-    let mut plain_decoders: BTreeMap<MemberId, opus::Decoder> = BTreeMap::new();
+    let mut plain_decoders: BTreeMap<usize, opus::Decoder> = BTreeMap::new();
     let mut report = Report::default();
     let mut opus_packets: Vec<Vec<u8>> = Vec::new();
     let mut pcm_sent: Vec<Vec<i16>> = Vec::new();
+    let mut loss = Lcg(0x5077_0a0d);
 
-    let new_member = |i: usize,
-                      room: Room<OpenMlsRustCrypto>,
-                      media: MediaSession,
-                      relay: &mut InProcessRelay| Member {
-        id: {
-            let id = relay.connect();
-            assert!(relay.is_ready(id), "the relay answers Hello with Ready");
-            id
-        },
+    let new_member = |i: usize, call: Call| Member {
+        call,
         report: MemberReport {
             pseudonym: pseudonym(i),
             display_name: display_name(i),
             ..MemberReport::default()
         },
-        room,
-        media,
-        sender: AudioSender::new(&AudioConfig::default()).expect("audio config"),
-        receivers: BTreeMap::new(),
         voice: Voice::new(i),
-        tokens_seen: HashSet::new(),
-        subscribed: Vec::new(),
+        shadow: AudioSender::new(&AudioConfig::default()).expect("audio config"),
         inbox: VecDeque::new(),
-        handshake_delay: if i == 2 {
+        handshake_delay: if i == SLOW_MEMBER {
             Duration::from_millis(600)
         } else {
             Duration::from_millis(30)
         },
-        gone: false,
+        tokens_seen: HashSet::new(),
+        last_opus_len: None,
+        received: BTreeMap::new(),
+    };
+    let joiner = |i: usize, now: Instant| {
+        let identity =
+            Identity::new(OpenMlsRustCrypto::default(), pseudonym(i).as_bytes()).expect("identity");
+        let kp = identity.key_package().expect("key package");
+        let bytes = kp.bytes.clone();
+        let call = Call::join(identity, kp, config.clone(), now).expect("join");
+        (call, bytes)
     };
 
     // The creator, then everyone else invited in one commit. KeyPackages reach the inviter
     // out of band (an invite link): they carry the pseudonym in the clear, so they never
-    // pass through the relay. Welcomes go through the relay's mailboxes.
+    // pass through the relay. Welcomes go through the relay's mailboxes; each joiner makes
+    // one commit of its own before it speaks (the engine does it).
     let creator =
         Identity::new(OpenMlsRustCrypto::default(), pseudonym(0).as_bytes()).expect("identity");
-    let (room, keys) = Room::create(creator, config.clone()).expect("create");
-    let mut media = MediaSession::new(media_config);
-    media.apply(keys, t0).expect("keys");
-    members.push(new_member(0, room, media, &mut relay));
-    let invitees: Vec<Identity<OpenMlsRustCrypto>> = (1..options.members)
-        .map(|i| {
-            Identity::new(OpenMlsRustCrypto::default(), pseudonym(i).as_bytes()).expect("identity")
-        })
-        .collect();
-    let kps: Vec<_> = invitees
-        .iter()
-        .map(|id| id.key_package().expect("key package"))
-        .collect();
-    let kp_bytes: Vec<&[u8]> = kps.iter().map(|k| k.bytes.as_slice()).collect();
-    let commit = members[0].room.invite(&kp_bytes).expect("invite");
-    // The creator is the channel's only subscriber so far.
-    sync_subscriptions(&mut relay, &mut members);
-    publish_commit(&mut relay, &mut members, 0, commit, t0);
-    // The relay orders the commit; the creator sees it come back and confirms.
-    deliver_all(&mut relay, &mut members, t0, &mut Lcg(0), 0);
-    process_inbox(&mut members[0], t0);
-    for (k, id) in invitees.into_iter().enumerate() {
-        let i = k + 1;
-        let welcome = relay
-            .fetch_welcome(&kps[k].reference)
-            .expect("welcome in mailbox");
-        let (room, keys) = Room::join(id, config.clone(), &welcome).expect("join");
-        let mut media = MediaSession::new(media_config);
-        media.apply(keys, t0).expect("keys");
-        members.push(new_member(i, room, media, &mut relay));
+    members.push(new_member(
+        0,
+        Call::create(creator, config.clone(), start).expect("create"),
+    ));
+    let mut invites: Vec<Vec<u8>> = Vec::new();
+    for i in 1..options.members {
+        let (call, kp) = joiner(i, start);
+        members.push(new_member(i, call));
+        invites.push(kp);
     }
-    settle(&mut members);
-    sync_subscriptions(&mut relay, &mut members);
-    // A joiner seals only in epochs that descend from its own commit: each makes one (a
-    // self-update) before the call starts, and the call starts once they are all due.
-    let mut now = t0;
-    for i in 1..members.len() {
-        let commit = members[i].room.self_update().expect("self-update");
-        publish_commit(&mut relay, &mut members, i, commit, now);
-        deliver_all(&mut relay, &mut members, now, &mut Lcg(0), 0);
-        now += Duration::from_secs(1);
-        for m in members.iter_mut() {
-            process_inbox(m, now);
-        }
-        settle(&mut members);
-        sync_subscriptions(&mut relay, &mut members);
-    }
-    let t0 = now + media_config.switch_delay;
 
-    // The script: one join, one removal, and every member self-updates once. An operation
-    // starts when no commit is in flight and every member has caught up (one member's
-    // handshakes arrive 600 ms late on purpose), and not before its earliest step.
+    // The script: the first invitation, one join, one removal, and every member
+    // self-updates once. An operation starts when every member has caught up (one
+    // member's handshakes arrive 600 ms late on purpose), and not before its step.
     let steps = options.seconds * 1000 / FRAME_MS;
     let removed_index = options.members.saturating_sub(2).max(1);
     let joiner_index = options.members;
@@ -268,93 +234,115 @@ pub fn run(options: &Options) -> Report {
         ops.push_back((0, Op::Update(*i)));
     }
     ops.push_back((steps * 3 / 10, Op::Join));
-    ops.push_back((0, Op::Update(joiner_index)));
     ops.push_back((steps / 2, Op::Remove(removed_index)));
     for i in late {
         ops.push_back((0, Op::Update(*i)));
     }
-    let mut pending_join: Option<(Identity<OpenMlsRustCrypto>, Vec<u8>)> = None;
-    let mut mix = vec![0i32; frame_samples];
-    let mut plain_mix = vec![0i32; frame_samples];
     let mut pcm = vec![0i16; frame_samples];
+    let mut heard = vec![0i16; frame_samples];
     let mut out = vec![0i16; frame_samples];
-    let mut loss = Lcg(0x5077_0a0d);
+    let mut plain_mix = vec![0i32; frame_samples];
+    let mut datagram = Vec::new();
+    let mut call_started: Option<u64> = None;
 
-    let mut step = 0;
-    // The call lasts `seconds`, or longer if the script needs it (large rooms).
-    while step < steps || !ops.is_empty() || pending_join.is_some() {
-        let now = t0 + Duration::from_millis(step * FRAME_MS);
-        step += 1;
-
-        let settled = pending_join.is_none()
-            && members
-                .iter()
-                .filter(|m| !m.gone)
-                .all(|m| !m.room.has_pending_commit())
-            && {
-                let epochs: HashSet<u64> = members
-                    .iter()
-                    .filter(|m| !m.gone)
-                    .map(|m| m.room.epoch())
-                    .collect();
-                epochs.len() == 1
-            };
+    let mut step: u64 = 0;
+    // The call lasts `seconds` once everyone speaks, or longer if the script needs it.
+    loop {
+        let now = start + Duration::from_millis(step * FRAME_MS);
+        let settled = all_settled(&members);
+        if !invites.is_empty() && members[0].call.ready_to_commit() {
+            let kps: Vec<&[u8]> = invites.iter().map(Vec::as_slice).collect();
+            members[0].call.invite(&kps, now).expect("invite");
+            invites.clear();
+        }
+        if settled && call_started.is_none() {
+            call_started = Some(step);
+        }
+        let script_step = call_started.map_or(0, |s| step - s);
         if settled
+            && call_started.is_some()
             && ops
                 .front()
-                .is_some_and(|(not_before, _)| step >= *not_before)
+                .is_some_and(|(not_before, _)| script_step >= *not_before)
         {
             match ops.pop_front().map(|(_, op)| op) {
                 Some(Op::Update(who)) => {
-                    if let Some(m) = members.get_mut(who).filter(|m| !m.gone) {
-                        let commit = m.room.self_update().expect("self-update");
-                        publish_commit(&mut relay, &mut members, who, commit, now);
+                    if let Some(m) = members.get_mut(who).filter(|m| m.call.is_in_room()) {
+                        m.call.self_update(now).expect("self-update");
                     }
                 }
                 Some(Op::Join) => {
-                    let id = Identity::new(
-                        OpenMlsRustCrypto::default(),
-                        pseudonym(joiner_index).as_bytes(),
-                    )
-                    .expect("identity");
-                    let kp = id.key_package().expect("key package");
-                    let inviter = 1;
-                    let commit = members[inviter].room.invite(&[&kp.bytes]).expect("invite");
-                    publish_commit(&mut relay, &mut members, inviter, commit, now);
-                    pending_join = Some((id, kp.reference));
+                    let (call, kp) = joiner(joiner_index, now);
+                    let mut m = new_member(joiner_index, call);
+                    m.report.joined_late = true;
+                    members.push(m);
+                    members[1].call.invite(&[&kp], now).expect("invite");
                 }
                 Some(Op::Remove(who)) => {
-                    let leaf = members[who].room.own_leaf();
-                    let commit = members[0].room.remove(&[leaf]).expect("remove");
-                    publish_commit(&mut relay, &mut members, 0, commit, now);
+                    let room = members[who].call.room().expect("room");
+                    let own = room.own_leaf();
+                    let id = room
+                        .members()
+                        .into_iter()
+                        .find(|m| m.leaf == own)
+                        .expect("own leaf")
+                        .id;
+                    members[0].call.remove(id, now).expect("remove");
                 }
                 None => {}
             }
         }
 
-        // Everyone speaks: one packet per 20 ms, speech or silence.
-        let listener_leaves: Vec<u32> = members[0].receivers.keys().map(|id| id.leaf).collect();
-        plain_mix.iter_mut().for_each(|s| *s = 0);
-        for m in members.iter_mut().filter(|m| !m.gone) {
-            m.voice.fill(&mut pcm);
-            let opus = m.sender.encode_i16(&pcm).expect("encode").to_vec();
+        // The network delivers what is due.
+        for m in members.iter_mut() {
             let began = Instant::now();
-            let Some(packet) = m.media_seal(&opus, now) else {
-                continue;
-            };
-            m.report.seal_ns += began.elapsed().as_nanos();
-            m.report.seals += 1;
-            m.report.frames_sent += 1;
-            m.report.overhead_bytes.push(packet.len() - opus.len());
-            if let Some(token) = m.sending_token() {
-                relay.publish_media(m.id, token, &packet);
+            // Media is not held up behind a late handshake message.
+            let mut later = VecDeque::new();
+            while let Some((at, bytes)) = m.inbox.pop_front() {
+                if at > now {
+                    later.push_back((at, bytes));
+                } else {
+                    // A datagram that does not parse is refused; none here does.
+                    let _ = m.call.handle_datagram(&bytes, now);
+                }
             }
+            m.inbox = later;
+            if m.call.poll_timeout().is_some_and(|t| t <= now) {
+                m.call.handle_timeout(now);
+            }
+            m.report.call_ns += began.elapsed().as_nanos();
+        }
 
+        // Everyone speaks: one packet per 20 ms, speech or silence; everyone listens.
+        plain_mix.iter_mut().for_each(|s| *s = 0);
+        let listener_peers: Vec<usize> = (1..members.len()).collect();
+        for (index, m) in members.iter_mut().enumerate() {
+            if m.call.room().is_none() || m.call.is_removed() {
+                continue;
+            }
+            m.voice.fill(&mut pcm);
+            let began = Instant::now();
+            let sent = m.call.stats().frames_sent;
+            m.call.send_audio(&pcm, now).expect("send");
+            m.call.pull_audio(&mut heard, now).expect("pull");
+            m.report.call_ns += began.elapsed().as_nanos();
+            m.report.ticks += 1;
+            for v in m.call.voices() {
+                m.received.insert(v.member, v.stats);
+            }
+            if index == 0 && options.record_audio && call_started.is_some() {
+                report.heard.extend_from_slice(&heard);
+            }
+            if m.call.stats().frames_sent == sent {
+                continue;
+            }
+            m.report.frames_sent += 1;
+            let opus = m.shadow.encode_i16(&pcm).expect("encode").to_vec();
+            m.last_opus_len = Some(opus.len());
             // What member 0 would have heard without encryption: the same Opus packets,
             // decoded plainly.
-            let leaf = m.room.own_leaf();
-            if options.record_audio && listener_leaves.contains(&leaf) {
-                let dec = plain_decoders.entry(m.id).or_insert_with(|| {
+            if options.record_audio && call_started.is_some() && listener_peers.contains(&index) {
+                let dec = plain_decoders.entry(index).or_insert_with(|| {
                     opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).expect("decoder")
                 });
                 if dec.decode(&opus, &mut out, false).is_ok() {
@@ -366,86 +354,97 @@ pub fn run(options: &Options) -> Report {
             opus_packets.push(opus);
             pcm_sent.push(pcm.clone());
         }
-        if options.record_audio {
+        if options.record_audio && call_started.is_some() {
             report
                 .heard_plain
                 .extend(plain_mix.iter().map(|s| (*s).clamp(-32768, 32767) as i16));
         }
 
-        // The network delivers what is due; members process it.
-        deliver_all(
-            &mut relay,
-            &mut members,
-            now,
-            &mut loss,
-            options.loss_percent,
-        );
-        for m in members.iter_mut() {
-            process_inbox(m, now);
-        }
-        settle(&mut members);
-        if let Some((id, reference)) = pending_join.take() {
-            match relay.fetch_welcome(&reference) {
-                Some(welcome) => {
-                    let i = members.len();
-                    let (room, keys) = Room::join(id, config.clone(), &welcome).expect("join");
-                    let mut media = MediaSession::new(media_config);
-                    media.apply(keys, now).expect("keys");
-                    let mut m = new_member(i, room, media, &mut relay);
-                    m.report.joined_late = true;
-                    members.push(m);
-                    settle(&mut members);
+        // What each member sends goes through the relay.
+        for from in 0..members.len() {
+            while members[from].call.poll_transmit(&mut datagram) {
+                let media = matches!(
+                    ClientMessage::parse(&datagram),
+                    Ok(ClientMessage::Media { .. })
+                );
+                if let (true, Some(opus)) = (media, members[from].last_opus_len) {
+                    members[from]
+                        .report
+                        .overhead_bytes
+                        .push(datagram.len() - MEDIA_OVERHEAD - opus);
                 }
-                None => pending_join = Some((id, reference)),
+                for (to, bytes) in relay.receive(from, &datagram, now) {
+                    let Some(m) = members.get_mut(to) else {
+                        continue;
+                    };
+                    let kind = RelayMessage::parse(&bytes);
+                    let at = match kind {
+                        Ok(RelayMessage::Media { .. }) => {
+                            if options.loss_percent > 0 && loss.percent() < options.loss_percent {
+                                m.report.lost += 1;
+                                continue;
+                            }
+                            now
+                        }
+                        Ok(RelayMessage::Handshake { .. }) => now + m.handshake_delay,
+                        _ => now,
+                    };
+                    m.inbox.push_back((at, bytes));
+                }
             }
+            let m = &mut members[from];
+            for (_, t) in m.call.media().tokens() {
+                m.tokens_seen.insert(t);
+            }
+            if m.call.is_removed() {
+                m.report.removed = true;
+            }
+            while m.call.poll_event().is_some() {}
         }
-        sync_subscriptions(&mut relay, &mut members);
 
-        // Everyone listens: one frame per remote sender, mixed.
-        for (index, m) in members.iter_mut().enumerate() {
-            if m.gone {
-                continue;
+        step += 1;
+        let done = call_started.is_some_and(|s| step - s >= steps)
+            && ops.is_empty()
+            && all_settled(&members);
+        if done {
+            break;
+        }
+        if step >= 100 * steps + 3000 {
+            for (i, m) in members.iter().enumerate() {
+                eprintln!(
+                    "m{i}: epoch {:?} speaks {} ready {} settled {} removed {} stats {:?}",
+                    m.call.epoch(),
+                    m.call.can_speak(),
+                    m.call.ready_to_commit(),
+                    m.call.is_settled(),
+                    m.call.is_removed(),
+                    m.call.stats()
+                );
             }
-            mix.iter_mut().for_each(|s| *s = 0);
-            for receiver in m.receivers.values_mut() {
-                if receiver
-                    .pull_i16(&mut m.media, &mut out, now)
-                    .expect("pull")
-                    != Pulled::Idle
-                {
-                    for (acc, s) in mix.iter_mut().zip(&out) {
-                        *acc += i32::from(*s);
-                    }
-                }
-            }
-            if index == 0 && options.record_audio {
-                report
-                    .heard
-                    .extend(mix.iter().map(|s| (*s).clamp(-32768, 32767) as i16));
-            }
+            panic!("the script stalled: {ops:?} left");
         }
     }
 
     // Final tallies.
     for m in &mut members {
-        for r in m.receivers.values() {
-            let s = r.stats();
-            m.report.frames_decoded += s.decoded;
-            m.report.fec_recovered += s.fec_recovered;
-            m.report.concealed += s.concealed;
-            m.report.rejected += s.rejected + s.auth_failures + s.replays;
+        for stats in m.received.values() {
+            m.report.frames_decoded += stats.decoded;
+            m.report.fec_recovered += stats.fec_recovered;
+            m.report.concealed += stats.concealed;
+            m.report.rejected += stats.rejected + stats.auth_failures + stats.replays;
         }
         m.report.token_rotations = m.tokens_seen.len().saturating_sub(1);
-        if !m.gone {
-            m.report.safety_code = Some(m.room.safety_code());
+        if m.call.is_in_room() {
+            m.report.safety_code = m.call.safety_code();
         }
     }
-    let active: Vec<&Member> = members.iter().filter(|m| !m.gone).collect();
+    let active: Vec<&Member> = members.iter().filter(|m| m.call.is_in_room()).collect();
     report.safety_codes_agree = active.windows(2).all(|w| {
-        w[0].room.safety_code() == w[1].room.safety_code() && w[0].room.epoch() == w[1].room.epoch()
+        w[0].call.safety_code() == w[1].call.safety_code() && w[0].call.epoch() == w[1].call.epoch()
     });
-    report.epochs = active.first().map(|m| m.room.epoch()).unwrap_or(0);
+    report.epochs = active.first().and_then(|m| m.call.epoch()).unwrap_or(0);
     report.members = members.iter().map(|m| m.report.clone()).collect();
+    report.commits_dropped = members.iter().map(|m| m.call.stats().commits_dropped).sum();
 
     // What the relay saw.
     report.distinct_tokens = relay.distinct_tokens();
@@ -512,6 +511,15 @@ pub fn run(options: &Options) -> Report {
     report
 }
 
+/// Everyone is in the room, at one epoch, and heard everyone else in it.
+fn all_settled(members: &[Member]) -> bool {
+    let active: Vec<&Member> = members.iter().filter(|m| m.call.is_in_room()).collect();
+    let epochs: HashSet<Option<u64>> = active.iter().map(|m| m.call.epoch()).collect();
+    members.iter().all(|m| m.call.room().is_some())
+        && epochs.len() == 1
+        && active.iter().all(|m| m.call.is_settled())
+}
+
 fn distinct(w: &[u8]) -> usize {
     let mut seen = [false; 256];
     w.iter()
@@ -528,157 +536,6 @@ fn windows8(bytes: &[u8]) -> HashSet<u64> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-impl Member {
-    fn media_seal(&mut self, opus: &[u8], now: Instant) -> Option<Bytes> {
-        let mut out = bytes::BytesMut::new();
-        self.media.seal(opus, &mut out, now).ok()?;
-        Some(out.freeze())
-    }
-
-    /// The token of the epoch this member seals in.
-    fn sending_token(&self) -> Option<ChannelToken> {
-        let epoch = self.media.sending_epoch()?;
-        self.media
-            .tokens()
-            .find(|(e, _)| *e == epoch)
-            .map(|(_, t)| t)
-    }
-}
-
-/// The committer publishes on its current channel and applies its staged keys.
-fn publish_commit(
-    relay: &mut InProcessRelay,
-    members: &mut [Member],
-    who: usize,
-    commit: Commit,
-    now: Instant,
-) {
-    let Some(m) = members.get_mut(who) else {
-        return;
-    };
-    let token = m.room.channel_token().expect("token");
-    m.media.apply(commit.keys, now).expect("staged keys");
-    relay.publish_handshake(m.id, token, &commit.message);
-    if let Some(welcome) = &commit.welcome {
-        for reference in &commit.invited {
-            relay.post_welcome(reference, welcome);
-        }
-    }
-}
-
-fn deliver_all(
-    relay: &mut InProcessRelay,
-    members: &mut [Member],
-    now: Instant,
-    loss: &mut Lcg,
-    percent: u64,
-) {
-    for (to, delivery) in relay.drain() {
-        if let Some(m) = members.iter_mut().find(|m| m.id == to) {
-            if matches!(delivery, Delivery::Media(_)) && percent > 0 && loss.percent() < percent {
-                m.report.lost += 1;
-                continue;
-            }
-            let at = match delivery {
-                Delivery::Handshake(_) => now + m.handshake_delay,
-                Delivery::Media(_) => now,
-            };
-            m.inbox.push_back((at, delivery));
-        }
-    }
-}
-
-fn process_inbox(m: &mut Member, now: Instant) {
-    if m.gone {
-        m.inbox.clear();
-        return;
-    }
-    let mut later = VecDeque::new();
-    while let Some((at, delivery)) = m.inbox.pop_front() {
-        if at > now {
-            later.push_back((at, delivery));
-            continue;
-        }
-        match delivery {
-            Delivery::Media(packet) => {
-                let Ok(member) = m.media.member_of(&packet) else {
-                    continue;
-                };
-                let began = Instant::now();
-                if let Some(r) = m.receivers.get_mut(&member) {
-                    r.push(&packet, &mut m.media, now);
-                    m.report.open_ns += began.elapsed().as_nanos();
-                    m.report.opens += 1;
-                }
-            }
-            Delivery::Handshake(bytes) => match m.room.process(&bytes) {
-                Ok(events) => handle_events(m, events, now),
-                Err(_) => m.report.rejected += 1,
-            },
-        }
-    }
-    m.inbox = later;
-}
-
-fn handle_events(m: &mut Member, events: Vec<RoomEvent>, now: Instant) {
-    for e in events {
-        match e {
-            RoomEvent::Keys(keys) => m.media.apply(keys, now).expect("keys"),
-            RoomEvent::MemberRemoved { leaf } => {
-                m.receivers.retain(|id, _| id.leaf != leaf);
-            }
-            RoomEvent::RemovedFromRoom => {
-                m.gone = true;
-                m.report.removed = true;
-                m.media.stop_sending();
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Receivers for every other member; subscriptions follow the tokens the session holds.
-fn settle(members: &mut [Member]) {
-    for m in members.iter_mut().filter(|m| !m.gone) {
-        let own = m.room.own_leaf();
-        let ids: Vec<SenderId> = m
-            .room
-            .members()
-            .iter()
-            .map(|i| i.id)
-            .filter(|id| id.leaf != own)
-            .collect();
-        m.receivers.retain(|id, _| ids.contains(id));
-        for id in ids {
-            m.receivers.entry(id).or_insert_with(|| {
-                AudioReceiver::new(&AudioConfig::default()).expect("audio config")
-            });
-        }
-    }
-}
-
-fn sync_subscriptions(relay: &mut InProcessRelay, members: &mut [Member]) {
-    for m in members.iter_mut() {
-        let want: Vec<ChannelToken> = if m.gone {
-            Vec::new()
-        } else {
-            m.media.tokens().map(|(_, t)| t).collect()
-        };
-        for t in &want {
-            if !m.subscribed.contains(t) {
-                relay.subscribe(m.id, *t);
-                m.tokens_seen.insert(*t);
-            }
-        }
-        for t in &m.subscribed {
-            if !want.contains(t) {
-                relay.unsubscribe(m.id, *t);
-            }
-        }
-        m.subscribed = want;
-    }
 }
 
 /// The sample rate, for WAV output.

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     );
     println!();
     println!(
-        "{:<12} {:<18} {:>6} {:>7} {:>5} {:>5} {:>9} {:>8} {:>8} {:>8} {:>7}",
+        "{:<12} {:<18} {:>6} {:>7} {:>5} {:>5} {:>9} {:>8} {:>8} {:>7}",
         "pseudonym",
         "display name",
         "sent",
@@ -87,8 +87,7 @@ fn main() -> ExitCode {
         "FEC",
         "concealed",
         "overhead",
-        "µs/seal",
-        "µs/open",
+        "µs/tick",
         "tokens"
     );
     for m in &report.members {
@@ -118,7 +117,7 @@ fn main() -> ExitCode {
             ""
         };
         println!(
-            "{:<12} {:<18} {:>6} {:>7} {:>5} {:>5} {:>9} {:>8} {:>8.2} {:>8.2} {:>7}{}",
+            "{:<12} {:<18} {:>6} {:>7} {:>5} {:>5} {:>9} {:>8} {:>8.1} {:>7}{}",
             m.pseudonym,
             m.display_name,
             m.frames_sent,
@@ -127,8 +126,7 @@ fn main() -> ExitCode {
             m.fec_recovered,
             m.concealed,
             overhead,
-            per(m.seal_ns, m.seals),
-            per(m.open_ns, m.opens),
+            per(m.call_ns, m.ticks),
             m.token_rotations,
             note
         );
