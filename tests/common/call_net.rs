@@ -85,6 +85,10 @@ pub struct CallNet {
     /// Datagrams the relay received from members (from, bytes), when `record` is on.
     pub recording: Vec<(usize, Vec<u8>)>,
     pub record: bool,
+    /// Datagrams the relay sent to members as the network delivered them (when, to,
+    /// bytes), when `record_delivered` is on; an offline member's too (it does not get them).
+    pub delivered: Vec<(Instant, usize, Vec<u8>)>,
+    pub record_delivered: bool,
     next_frame: Instant,
     pcm: Vec<i16>,
     out: Vec<i16>,
@@ -106,7 +110,7 @@ pub fn tone(i: usize, frame: u64, pcm: &mut [i16]) {
     let len = pcm.len() as u64;
     for (n, s) in pcm.iter_mut().enumerate() {
         let t = frame * len + n as u64;
-        *s = if (t / (period / 2)) % 2 == 0 {
+        *s = if (t / (period / 2)).is_multiple_of(2) {
             6000
         } else {
             -6000
@@ -128,6 +132,8 @@ impl CallNet {
             restarts: 0,
             recording: Vec::new(),
             record: false,
+            delivered: Vec::new(),
+            record_delivered: false,
             next_frame: now,
             pcm: vec![0; 960],
             out: vec![0; 960],
@@ -204,7 +210,7 @@ impl CallNet {
         }
     }
 
-    fn to_relay(&mut self, from: usize, bytes: &[u8]) {
+    fn relay_receive(&mut self, from: usize, bytes: &[u8]) {
         if self.record {
             self.recording.push((from, bytes.to_vec()));
         }
@@ -251,8 +257,11 @@ impl CallNet {
         due.sort_by_key(|(t, _, _)| *t);
         for (_, to, bytes) in due {
             match to {
-                To::Relay { from } => self.to_relay(from, &bytes),
+                To::Relay { from } => self.relay_receive(from, &bytes),
                 To::Node(n) => {
+                    if self.record_delivered {
+                        self.delivered.push((now, n, bytes.clone()));
+                    }
                     if self.nodes[n].offline {
                         continue;
                     }
