@@ -144,6 +144,9 @@ struct Member {
     last_opus_len: Option<usize>,
     /// The latest counters of each sender's receiver (departed senders included).
     received: BTreeMap<sotto::keys::MemberId, ReceiverStats>,
+    /// The counters when the call started (everyone in and heard): the report counts from
+    /// there.
+    at_start: BTreeMap<sotto::keys::MemberId, ReceiverStats>,
 }
 
 fn pseudonym(i: usize) -> String {
@@ -191,6 +194,7 @@ pub fn run(options: &Options) -> Report {
         tokens_seen: HashSet::new(),
         last_opus_len: None,
         received: BTreeMap::new(),
+        at_start: BTreeMap::new(),
     };
     let joiner = |i: usize, now: Instant| {
         let identity =
@@ -257,6 +261,9 @@ pub fn run(options: &Options) -> Report {
         }
         if settled && call_started.is_none() {
             call_started = Some(step);
+            for m in members.iter_mut() {
+                m.at_start = m.received.clone();
+            }
         }
         let script_step = call_started.map_or(0, |s| step - s);
         if settled
@@ -336,7 +343,9 @@ pub fn run(options: &Options) -> Report {
             if m.call.stats().frames_sent == sent {
                 continue;
             }
-            m.report.frames_sent += 1;
+            if call_started.is_some() {
+                m.report.frames_sent += 1;
+            }
             let opus = m.shadow.encode_i16(&pcm).expect("encode").to_vec();
             m.last_opus_len = Some(opus.len());
             // What member 0 would have heard without encryption: the same Opus packets,
@@ -427,11 +436,13 @@ pub fn run(options: &Options) -> Report {
 
     // Final tallies.
     for m in &mut members {
-        for stats in m.received.values() {
-            m.report.frames_decoded += stats.decoded;
-            m.report.fec_recovered += stats.fec_recovered;
-            m.report.concealed += stats.concealed;
-            m.report.rejected += stats.rejected + stats.auth_failures + stats.replays;
+        for (id, stats) in &m.received {
+            let before = m.at_start.get(id).copied().unwrap_or_default();
+            m.report.frames_decoded += stats.decoded - before.decoded;
+            m.report.fec_recovered += stats.fec_recovered - before.fec_recovered;
+            m.report.concealed += stats.concealed - before.concealed;
+            m.report.rejected += (stats.rejected + stats.auth_failures + stats.replays)
+                - (before.rejected + before.auth_failures + before.replays);
         }
         m.report.token_rotations = m.tokens_seen.len().saturating_sub(1);
         if m.call.is_in_room() {
