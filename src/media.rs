@@ -304,8 +304,15 @@ impl MediaSession {
         )?;
         // Tokens follow the epochs the ring holds (an epoch may just have been evicted).
         self.tokens.retain(|(e, _)| ring.holds(*e));
-        if let Err(at) = self.tokens.binary_search_by_key(&keys.epoch, |(e, _)| *e) {
-            self.tokens.insert(at, (keys.epoch, keys.token));
+        match self.tokens.binary_search_by_key(&keys.epoch, |(e, _)| *e) {
+            // The epoch's keys were replaced (the winner of a commit race after this
+            // member's own `Staged` keys): its token goes with them.
+            Ok(at) => {
+                if let Some(entry) = self.tokens.get_mut(at) {
+                    entry.1 = keys.token;
+                }
+            }
+            Err(at) => self.tokens.insert(at, (keys.epoch, keys.token)),
         }
         if keys.status != EpochStatus::Staged {
             ring.set_current(keys.epoch, now);
@@ -487,5 +494,21 @@ mod tests {
         assert_eq!(tokens, held);
         // Only the switches of the last second are pending.
         assert!(m.next.len() <= 11, "{} pending switches", m.next.len());
+    }
+
+    #[test]
+    fn a_commit_race_winner_replaces_the_staged_token() {
+        let t0 = Instant::now();
+        let mut m = MediaSession::new(MediaConfig::default());
+        m.apply(keys(1), t0).unwrap();
+        // This member's own commit of epoch 2 (staged), then the winner's epoch 2.
+        let mut own = keys(2);
+        own.status = EpochStatus::Staged;
+        own.token = ChannelToken([0xaa; 16]);
+        own.base_key = Zeroizing::new(vec![2; own.suite.key_len()]);
+        m.apply(own, t0).unwrap();
+        m.apply(keys(2), t0).unwrap();
+        let tokens: Vec<(u64, ChannelToken)> = m.tokens().collect();
+        assert_eq!(tokens, vec![(1, keys(1).token), (2, keys(2).token)]);
     }
 }
