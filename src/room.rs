@@ -865,6 +865,12 @@ impl<P: OpenMlsProvider> Room<P> {
         Ok((room, keys))
     }
 
+    /// This member's signature public key (store it with the group id to
+    /// [`load`](Self::load) the room).
+    pub fn signature_key(&self) -> &[u8] {
+        self.signer.public()
+    }
+
     /// The MLS group id (random bytes; store it to [`load`](Self::load) the room).
     pub fn group_id(&self) -> &[u8] {
         self.group.group_id().as_slice()

@@ -109,3 +109,73 @@ fn a_relay_restart_is_survived() {
     net.nodes[1].call.self_update(net.now).unwrap();
     assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
 }
+
+#[test]
+fn self_updates_follow_the_schedule() {
+    let mut net = CallNet::new(4, Impairment::default(), Instant::now());
+    let config = CallConfig {
+        self_update_every: Some(Duration::from_secs(3)),
+        ..CallConfig::default()
+    };
+    let creator = net.create("m0", config.clone());
+    let (j, kp) = net.joiner("m1", config);
+    assert!(
+        net.run_until(Duration::from_secs(5), |net| net.nodes[creator]
+            .call
+            .ready_to_commit())
+    );
+    net.nodes[creator].call.invite(&[&kp], net.now).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
+    let (e0, commits0) = (net.nodes[j].call.epoch().unwrap(), total_commits(&net));
+    net.run(Duration::from_secs(12));
+    let (e1, commits1) = (net.nodes[j].call.epoch().unwrap(), total_commits(&net));
+    // Each member self-updates every 3 s (each commit resets the committer's clock): 12 s
+    // give each at least 3.
+    assert!(commits1 - commits0 >= 6, "{} commits", commits1 - commits0);
+    assert_eq!(e1 - e0, commits1 - commits0 - dropped(&net));
+    assert!(net.run_until(Duration::from_secs(5), CallNet::converged));
+}
+
+fn total_commits(net: &CallNet) -> u64 {
+    net.nodes.iter().map(|n| n.call.stats().commits).sum()
+}
+
+fn dropped(net: &CallNet) -> u64 {
+    net.nodes
+        .iter()
+        .map(|n| n.call.stats().commits_dropped)
+        .sum()
+}
+
+#[test]
+fn a_member_that_does_not_commit_still_makes_its_first_commit() {
+    use sotto::call::{CallError, Committer};
+    let mut net = CallNet::new(5, Impairment::default(), Instant::now());
+    let creator = net.create("m0", CallConfig::default());
+    let listener = CallConfig {
+        committer: Committer::Others,
+        ..CallConfig::default()
+    };
+    let (j, kp) = net.joiner("m1", listener);
+    assert!(
+        net.run_until(Duration::from_secs(5), |net| net.nodes[creator]
+            .call
+            .ready_to_commit())
+    );
+    net.nodes[creator].call.invite(&[&kp], net.now).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
+    // It speaks (its one commit, made by the engine) ...
+    assert_eq!(net.nodes[j].call.stats().commits, 1);
+    assert!(net.nodes[j].call.can_speak());
+    // ... but makes no other.
+    assert!(matches!(
+        net.nodes[j].call.self_update(net.now),
+        Err(CallError::NotCommitter)
+    ));
+    assert!(matches!(
+        net.nodes[j].call.invite(&[&kp], net.now),
+        Err(CallError::NotCommitter)
+    ));
+    net.run(Duration::from_secs(5));
+    assert_eq!(net.nodes[j].call.stats().commits, 1);
+}
