@@ -378,8 +378,8 @@ fn refetched_welcome(ledger: &mut Ledger) -> usize {
     let spoke_key = dave.bases[&(e + 1)].clone();
 
     // Rollback to before the join: the KeyPackage is back, the relay still has the Welcome.
-    // (No public API rebuilds an `Identity` around the stored signature key, so the
-    // restored identity has a new one; joining does not use it.)
+    // (The restored identity gets a new signature key here; `Identity::load` would give
+    // the stored one back. Joining does not use it.)
     drop(dave);
     let t2 = t1 + Duration::from_secs(3);
     let again_id = Identity::new(restored(&backup), b"dave").unwrap();
@@ -390,8 +390,12 @@ fn refetched_welcome(ledger: &mut Ledger) -> usize {
         "the same Welcome, the same key"
     );
     // The relay hands it the first instance's own commit: openmls cannot open a
-    // PrivateMessage from its own leaf, so it does not reach that epoch at all.
-    assert_eq!(again.process(&update.message, t2), 0);
+    // PrivateMessage from its own leaf, so it is refused and the instance does not reach
+    // that epoch at all.
+    assert_eq!(
+        again.room.process(&update.message).unwrap_err(),
+        sotto::room::RoomError::Rejected(sotto::room::Rejection::FromOwnLeaf)
+    );
     assert_eq!(again.room.epoch(), e);
     let rejoined = again.talk(150, t2, ledger);
     ledger.assert_no_reuse();
