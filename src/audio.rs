@@ -370,10 +370,13 @@ impl AudioReceiver {
             decoder,
             config: config.clone(),
             member: None,
+            // A slot grows to the packets it holds (60 bytes at 24 kbit/s, not the 1,275 of
+            // the largest Opus packet) on first use, and keeps that capacity: 64 slots
+            // cost ~4 KiB, not 80 KiB, per receiver.
             slots: (0..QUEUE)
                 .map(|_| Slot {
                     pos: None,
-                    data: Vec::with_capacity(MAX_OPUS),
+                    data: Vec::new(),
                 })
                 .collect(),
             next: None,
