@@ -1169,7 +1169,7 @@ impl<P: OpenMlsProvider> Room<P> {
             packages.push(validate_key_package(kp, &self.provider)?);
         }
         let (commit, welcome) = self
-            .build_commit(packages, Vec::new(), false, &[])
+            .build_commit(packages, Vec::new(), &[])
             .map_err(|_| RoomError::InvalidKeyPackage)?;
         self.finish_commit(&commit, welcome.as_ref())
     }
@@ -1185,7 +1185,7 @@ impl<P: OpenMlsProvider> Room<P> {
             return Err(RoomError::NoSuchMember);
         }
         let indices: Vec<LeafNodeIndex> = leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect();
-        let (commit, welcome) = self.build_commit(Vec::new(), indices, false, &[])?;
+        let (commit, welcome) = self.build_commit(Vec::new(), indices, &[])?;
         self.finish_commit(&commit, welcome.as_ref())
     }
 
@@ -1194,7 +1194,7 @@ impl<P: OpenMlsProvider> Room<P> {
     /// context extension. The commit is pending until confirmed.
     pub fn self_update(&mut self) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
-        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), true, &[])?;
+        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), &[])?;
         self.finish_commit(&commit, welcome.as_ref())
     }
 
@@ -1231,18 +1231,22 @@ impl<P: OpenMlsProvider> Room<P> {
                 return Err(RoomError::NoSuchProposal);
             }
         }
-        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), false, approved)?;
+        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), approved)?;
         self.finish_commit(&commit, welcome.as_ref())
     }
 
-    /// Builds and stages a commit of this member: its own `adds` and `removes` (and a path
-    /// when `update`), plus the queued proposals [`committable`] lets through. Never openmls'
-    /// default of every stored proposal.
+    /// Builds and stages a commit of this member: its own `adds` and `removes`, plus the
+    /// queued proposals [`committable`] lets through (never openmls' default of every
+    /// stored proposal), always with an UpdatePath. MLS lets a commit of adds go without
+    /// one, but such a commit draws no randomness: its epoch secret follows from the
+    /// previous epoch and the commit's (deterministic) content, so an instance rolled back
+    /// to before it that made it again would reach the same epoch keys — and seal in them,
+    /// being their maker (`tests/attack_pathless_commit.rs`). The path's fresh secret makes
+    /// every commit of this instance lead to keys no other instance holds.
     fn build_commit(
         &mut self,
         adds: Vec<KeyPackage>,
         removes: Vec<LeafNodeIndex>,
-        update: bool,
         approved: &[ProposalId],
     ) -> Result<(MlsMessageOut, Option<MlsMessageOut>), RoomError> {
         let own = self.group.own_leaf_index();
@@ -1252,7 +1256,7 @@ impl<P: OpenMlsProvider> Room<P> {
             .consume_proposal_store(true)
             .propose_adds(adds)
             .propose_removals(removes)
-            .force_self_update(update)
+            .force_self_update(true)
             .load_psks(self.provider.storage())
             .map_err(|_| RoomError::Internal)?
             .build(
