@@ -407,6 +407,8 @@ pub struct Call<P: OpenMlsProvider = OpenMlsRustCrypto, T: Transport = RelayTran
     invites: Vec<Invite>,
     last_self_update: Instant,
     last_housekeeping: Option<Instant>,
+    /// Since when a wanted channel has gone unconfirmed although the transport is ready.
+    unconfirmed_since: Option<Instant>,
     transmit: VecDeque<BytesMut>,
     spare: Vec<BytesMut>,
     events: VecDeque<CallEvent>,
@@ -489,6 +491,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             invites: Vec::new(),
             last_self_update: now,
             last_housekeeping: None,
+            unconfirmed_since: None,
             transmit: VecDeque::new(),
             spare: Vec::new(),
             events: VecDeque::new(),
@@ -788,6 +791,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         }
         self.media.expire(now);
         self.sync_subscriptions(now);
+        self.check_connection(now);
         self.resend(now);
         if self.removed || self.leaving.is_some() {
             return;
@@ -1139,6 +1143,29 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             .retain(|(t, _)| want.contains(t) || held.contains(t));
         self.want = want;
         self.held = held;
+    }
+
+    /// Subscriptions that stay unconfirmed although the transport is ready mean the other
+    /// side no longer takes this member's requests: it forgot the connection without a
+    /// word, or a forged `Ready` (anyone can send one with the relay's address after a
+    /// forged Challenge) replaced the connection's proof. After four retries the call
+    /// says Hello again; the relay's answer restores the real proof.
+    fn check_connection(&mut self, now: Instant) {
+        let missing = self.want.iter().any(|t| !self.transport.is_subscribed(t));
+        match self.unconfirmed_since {
+            _ if !missing => self.unconfirmed_since = None,
+            None => self.unconfirmed_since = Some(now),
+            Some(t) if now.saturating_duration_since(t) >= 4 * self.config.retry => {
+                let mut out = self.buffer();
+                if self.transport.connect(&mut out).is_ok() {
+                    self.stats.connects += 1;
+                    self.connect_sent = Some(now);
+                }
+                self.queue(out);
+                self.unconfirmed_since = Some(now);
+            }
+            Some(_) => {}
+        }
     }
 
     fn note_request(&mut self, token: ChannelToken, now: Instant) {

@@ -96,7 +96,11 @@ pub enum Inbound<'a> {
     Ignored,
 }
 
-/// What the call engine needs from a transport (see the [module docs](self)).
+/// What the call engine needs from whatever carries its bytes: each request writes at most
+/// one datagram into the `out` buffer it is given (the engine queues it for
+/// [`Call::poll_transmit`](super::Call::poll_transmit)), and [`receive`](Self::receive)
+/// turns one received datagram into an [`Inbound`]. The engine never looks inside the
+/// bytes, so another wire (RTP and a data channel through an SFU, QUIC) plugs in here.
 pub trait Transport {
     /// Whether requests can be sent (the other side said it is ready).
     fn is_ready(&self) -> bool;
