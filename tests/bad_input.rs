@@ -320,7 +320,14 @@ fn relay_datagrams_empty_truncated_and_huge() {
         ),
     ];
     let relay: Vec<(RelayMessage<'_>, bool)> = vec![
-        (RelayMessage::Subscribed { token, handle }, false),
+        (
+            RelayMessage::Subscribed {
+                token,
+                handle,
+                next_seq: 7,
+            },
+            false,
+        ),
         (RelayMessage::Unsubscribed { handle }, false),
         (
             RelayMessage::Media {

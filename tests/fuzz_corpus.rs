@@ -246,6 +246,7 @@ fn write_relay_seeds() {
             renc(RelayMessage::Subscribed {
                 token: t0,
                 handle: h1,
+                next_seq: 3,
             }),
         ),
         (

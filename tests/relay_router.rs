@@ -95,7 +95,7 @@ enum OwnedRequest {
 
 #[derive(Clone, Debug)]
 enum OwnedRelay {
-    Subscribed([u8; 16], u32),
+    Subscribed([u8; 16], u32, u64),
     Unsubscribed(u32),
     Media(u32, Vec<u8>),
     Handshake(u32, u64, Vec<u8>),
@@ -109,7 +109,8 @@ enum OwnedRelay {
 impl OwnedRelay {
     fn message(&self) -> RelayMessage<'_> {
         match self {
-            OwnedRelay::Subscribed(t, h) => RelayMessage::Subscribed {
+            OwnedRelay::Subscribed(t, h, n) => RelayMessage::Subscribed {
+                next_seq: *n,
                 token: ChannelToken(*t),
                 handle: ChannelHandle(*h),
             },
@@ -203,7 +204,8 @@ fn request() -> impl Strategy<Value = OwnedRequest> {
 
 fn relay_message() -> impl Strategy<Value = OwnedRelay> {
     prop_oneof![
-        (any::<[u8; 16]>(), any::<u32>()).prop_map(|(t, h)| OwnedRelay::Subscribed(t, h)),
+        (any::<[u8; 16]>(), any::<u32>(), any::<u64>())
+            .prop_map(|(t, h, n)| OwnedRelay::Subscribed(t, h, n)),
         any::<u32>().prop_map(OwnedRelay::Unsubscribed),
         (any::<u32>(), payload(MAX_MEDIA_FRAME)).prop_map(|(h, f)| OwnedRelay::Media(h, f)),
         (any::<u32>(), any::<u64>(), payload(4000))
@@ -408,11 +410,15 @@ fn wire_layout_matches_the_table() {
         proof_then(0x59, &[])
     );
 
-    let subscribed = renc(RelayMessage::Subscribed { token, handle: h });
-    assert_eq!(subscribed.len(), 21);
+    let subscribed = renc(RelayMessage::Subscribed {
+        token,
+        handle: h,
+        next_seq: 0x0102_0304_0506_0708,
+    });
+    assert_eq!(subscribed.len(), 29);
     assert_eq!(
         (subscribed[0], &subscribed[17..]),
-        (0x51, &[1u8, 2, 3, 4][..])
+        (0x51, &[1u8, 2, 3, 4, 1, 2, 3, 4, 5, 6, 7, 8][..])
     );
     assert_eq!(
         renc(RelayMessage::Unsubscribed { handle: h }),
@@ -717,7 +723,9 @@ impl Relay {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, from);
         match RelayMessage::parse(&out[0].1).unwrap() {
-            RelayMessage::Subscribed { token: got, handle } => {
+            RelayMessage::Subscribed {
+                token: got, handle, ..
+            } => {
                 assert_eq!(got, t);
                 assert_eq!(self.router.handle(from, &t), Some(handle));
                 handle
@@ -849,6 +857,143 @@ fn media_reaches_every_other_subscriber_with_its_own_handle() {
     assert_eq!((result, out.len()), (Ok(()), 0));
     let s = relay.router.stats();
     assert_eq!((s.media_in, s.media_out), (3, 4));
+}
+
+/// The handshake messages in `out` to `to`: (seq, message).
+fn handshakes_to(out: &[(ConnId, Vec<u8>)], to: ConnId) -> Vec<(u64, Vec<u8>)> {
+    out.iter()
+        .filter(|(c, _)| *c == to)
+        .filter_map(|(_, b)| match RelayMessage::parse(b).unwrap() {
+            RelayMessage::Handshake { seq, message, .. } => Some((seq, message.to_vec())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
+    let limits = RouterLimits {
+        history_per_channel: 3,
+        history_bytes_per_channel: 100,
+        ..RouterLimits::default()
+    };
+    let mut relay = Relay::new(limits);
+    let ha = relay.subscribe(A, token(1));
+    let publish = |relay: &mut Relay, message: &[u8]| {
+        let (result, _) = relay.send(
+            A,
+            ClientMessage::Handshake {
+                proof: AUTO,
+                handle: ha,
+                message,
+            },
+        );
+        assert_eq!(result, Ok(()));
+    };
+    for i in 0..5u8 {
+        publish(&mut relay, &[i; 10]);
+    }
+    // A late subscriber: Subscribed, then the latest three, in order, under its handle.
+    let (result, out) = relay.send(
+        B,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(1),
+        },
+    );
+    assert_eq!(result, Ok(()));
+    let hb = relay.router.handle(B, &token(1)).unwrap();
+    assert!(matches!(
+        RelayMessage::parse(&out[0].1).unwrap(),
+        RelayMessage::Subscribed { handle, .. } if handle == hb
+    ));
+    let expected: Vec<(u64, Vec<u8>)> = (2..5u8).map(|i| (u64::from(i), vec![i; 10])).collect();
+    assert_eq!(handshakes_to(&out, B), expected);
+    assert!(
+        out.iter().all(|(to, _)| *to == B),
+        "nobody else hears a replay"
+    );
+    // A repeated Subscribe (a client that saw a gap) gets them again.
+    let (_, again) = relay.send(
+        B,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(1),
+        },
+    );
+    assert_eq!(handshakes_to(&again, B), expected);
+    assert_eq!(relay.router.stats().handshakes_replayed, 6);
+    // The byte budget: an 85-byte message pushes out what no longer fits in 100 bytes.
+    publish(&mut relay, &[7; 85]);
+    let (_, out) = relay.send(
+        B,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(1),
+        },
+    );
+    assert_eq!(
+        handshakes_to(&out, B),
+        vec![(4, vec![4; 10]), (5, vec![7; 85])]
+    );
+    // A message larger than a channel keeps is fanned out, not kept; the rest stays.
+    publish(&mut relay, &[8; 101]);
+    assert_eq!(relay.router.history_bytes(), 95);
+    // The history ends with the channel.
+    for conn in [A, B] {
+        let handle = relay.router.handle(conn, &token(1)).unwrap();
+        let (result, _) = relay.send(
+            conn,
+            ClientMessage::Unsubscribe {
+                proof: AUTO,
+                handle,
+            },
+        );
+        assert_eq!(result, Ok(()));
+    }
+    assert_eq!(relay.router.history_bytes(), 0);
+    let (_, out) = relay.send(
+        C,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(1),
+        },
+    );
+    assert!(handshakes_to(&out, C).is_empty());
+}
+
+#[test]
+fn kept_handshakes_are_bounded_relay_wide() {
+    let limits = RouterLimits {
+        max_history_bytes: 250,
+        ..RouterLimits::default()
+    };
+    let mut relay = Relay::new(limits);
+    for t in 1..=3u8 {
+        let handle = relay.subscribe(A, token(t));
+        for _ in 0..2 {
+            let (result, out) = relay.send(
+                A,
+                ClientMessage::Handshake {
+                    proof: AUTO,
+                    handle,
+                    message: &[t; 50],
+                },
+            );
+            // Fanned out whether kept or not.
+            assert_eq!((result, out.len()), (Ok(()), 1));
+        }
+    }
+    // Five of the six 50-byte messages fit 250 bytes: the last one was not kept.
+    assert_eq!(relay.router.history_bytes(), 250);
+    let (_, out) = relay.send(
+        B,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(3),
+        },
+    );
+    assert_eq!(handshakes_to(&out, B), vec![(0, vec![3; 50])]);
 }
 
 #[test]
@@ -1455,7 +1600,7 @@ fn counters_add_up() {
     assert_eq!(s.bytes_in, 2 * (17 + 33) + 65 + 5 + 33);
     // Ready and Subscribed to each, media to B, the error.
     assert_eq!(s.datagrams_out, 6);
-    assert_eq!(s.bytes_out, 2 * (17 + 21) + 65 + 3);
+    assert_eq!(s.bytes_out, 2 * (17 + 29) + 65 + 3);
     assert_eq!(s.drops.unproven, 1);
     assert_eq!(s.drops.malformed, 1);
     assert_eq!(s.drops.get(ErrorCode::Malformed), 1);
@@ -2006,6 +2151,7 @@ fn finding6_the_client_ignores_replies_it_did_not_ask_for() {
         }),
         enc(RelayMessage::Subscribed {
             token: token(5),
+            next_seq: 0,
             handle: ChannelHandle(1),
         }),
         enc(RelayMessage::Welcome {
@@ -2034,17 +2180,22 @@ fn finding6_the_client_ignores_replies_it_did_not_ask_for() {
     let replies = feed(&mut relay, &mut client, &mut out);
     assert_eq!(
         client.receive(&replies[0].1),
-        Ok(ClientEvent::Subscribed { token: token(1) })
+        Ok(ClientEvent::Subscribed {
+            token: token(1),
+            next_seq: 0
+        })
     );
     let handle = relay.router.handle(A, &token(1)).unwrap();
     // Forged: another subscription, the real channel's handle reassigned, leaving it.
     for f in [
         enc(RelayMessage::Subscribed {
             token: token(6),
+            next_seq: 0,
             handle: ChannelHandle(9),
         }),
         enc(RelayMessage::Subscribed {
             token: token(1),
+            next_seq: 0,
             handle: ChannelHandle(handle.0 ^ 1),
         }),
         enc(RelayMessage::Unsubscribed { handle }),
@@ -2251,6 +2402,7 @@ fn finding6_a_forger_on_udp_cannot_act_for_a_validated_client() {
     // A forged `Subscribed` sent to the victim directly is ignored.
     let fake = enc_relay(RelayMessage::Subscribed {
         token: token(0xbb),
+        next_seq: 0,
         handle: ChannelHandle(7),
     });
     forger

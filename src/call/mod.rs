@@ -53,14 +53,21 @@
 //! - **Channels.** Subscriptions follow the tokens the media session holds: one channel
 //!   per epoch still in use, joined when its keys arrive, left when they retire.
 //!   Unconfirmed requests are repeated every [`CallConfig::retry`].
-//! - **Handshake.** Messages go to the [`Room`]; a message of an epoch not reached yet is
-//!   held (at most [`CallConfig::max_early_handshakes`]) and retried after each epoch
-//!   change. Commits are published on the current epoch's channel, confirmed by their echo
-//!   (repeated until echoed, since a datagram can be lost), and once confirmed published
-//!   again on that channel a few times ([`CallConfig::republish`]) for members whose copy
-//!   was lost and for joiners still subscribing. Welcomes go into the relay mailbox of each
-//!   invitee, repeated until stored, and again after a reconnection until the invitee is
-//!   heard.
+//! - **Handshake.** Messages go to the [`Room`] in the relay's order: each channel's
+//!   messages by their number ([`Inbound::Handshake`]), none before every lower number was
+//!   seen, a missing one asked again with a repeated subscribe (the relay sends what the
+//!   channel keeps). When two members commit in one epoch, every member applies the one
+//!   the relay numbered first, also a member that lost it on the way: rooms do not fork.
+//!   A message of an epoch not reached yet is held (at most
+//!   [`CallConfig::max_early_handshakes`]) and retried after each epoch change. Commits
+//!   are published on the current epoch's channel, confirmed by their echo (repeated until
+//!   echoed, since a datagram can be lost), and once confirmed published again on that
+//!   channel a few times ([`CallConfig::republish`]), with the proposals they cover, for
+//!   members who reach that epoch after a relay restart. Welcomes go into the relay mailbox
+//!   of each invitee once their commit is confirmed (the Welcome of a commit that lost the
+//!   race would admit the invitee to an epoch no other member reaches), repeated until
+//!   stored, and again after a reconnection until the invitee is heard. A leaving member
+//!   proposes its removal again after each epoch change that did not commit it.
 //! - **Keys.** Staged and current keys go to the [`MediaSession`]; a joined or restored
 //!   member makes its first own commit (a self-update) as soon as it can, since it seals
 //!   only in epochs that descend from its own randomness (see [`Room`]); every
@@ -81,7 +88,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use openmls::prelude::tls_codec::Deserialize as _;
-use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn};
+use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider;
 
@@ -106,6 +113,22 @@ const MAX_SPARE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// How long an invitee's Welcome is kept for delivery again after a reconnection.
 const KEEP_WELCOME: Duration = Duration::from_secs(30);
+/// Handshake messages held per channel behind a missing number, and proposals kept per
+/// epoch for publishing again, at most.
+const MAX_HELD: usize = 64;
+/// After a reconnection, how long this member makes no commit and sends its unconfirmed
+/// one no more: the other side may have lost its order (a restarted relay numbers afresh),
+/// and the commits members applied just before go out again first (see [`Applied`]), so
+/// members that missed one apply it rather than a new rival.
+const REJOIN_HOLD: Duration = Duration::from_secs(1);
+/// After a commit of the current epoch that this member could not process (it may lack a
+/// proposal the commit covers, which other members had and applied), how long it makes no
+/// commit of its own: its commit would race one the others may have applied.
+const DOUBT: Duration = Duration::from_secs(3);
+/// Commits that moved this member's epoch, kept for publishing again after a reconnection:
+/// how many, and how long.
+const MAX_APPLIED: usize = 8;
+const KEEP_APPLIED: Duration = Duration::from_secs(30);
 
 /// Who may commit in a room (see [`CallConfig::committer`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,7 +206,8 @@ pub enum CallError {
     #[error("a commit is in flight")]
     CommitInFlight,
     /// The transport has not confirmed the current epoch's channel yet (where commits are
-    /// published): try again shortly.
+    /// published), or reconnected a moment ago (commits wait a second, see
+    /// [`Call::ready_to_commit`]): try again shortly.
     #[error("the current channel is not confirmed yet")]
     NotConnected,
     /// This member does not commit ([`Committer::Others`]).
@@ -290,6 +314,13 @@ pub struct CallStats {
     pub handshakes_early: u64,
     /// Handshake messages refused (stale, duplicate, forged, not allowed).
     pub handshakes_refused: u64,
+    /// Handshake messages whose number was seen already (copies, replays), not processed.
+    pub handshakes_duplicate: u64,
+    /// Times a channel's messages were asked again because a number was missing.
+    pub handshake_gaps_asked: u64,
+    /// Missing numbers given up after [`CallConfig::tries`] askings (the relay no longer
+    /// kept them): the messages after them went on without them.
+    pub handshake_gaps_skipped: u64,
     /// Commits this member made.
     pub commits: u64,
     /// Commits of this member that lost the race.
@@ -367,14 +398,6 @@ struct Invite {
     made: Instant,
 }
 
-/// A confirmed commit published again on its channel.
-struct Republish {
-    token: ChannelToken,
-    message: Vec<u8>,
-    confirmed: Instant,
-    next: usize,
-}
-
 /// This member's commit in flight.
 struct InFlight {
     token: ChannelToken,
@@ -382,6 +405,74 @@ struct InFlight {
     tries: u32,
     /// The engine made it (a self-update), not the app.
     own: bool,
+    /// Its Welcome and the invitees' mailboxes: delivered once the commit is confirmed.
+    welcome: Option<(Vec<u8>, Vec<Vec<u8>>)>,
+    /// Its echo came, held behind a missing number (see [`Order`]): not sent again.
+    echoed: bool,
+    /// The proposals it covers, as received: sent again before it (after a relay restart,
+    /// a member that lost one could not process the commit).
+    proposals: Vec<Vec<u8>>,
+}
+
+/// A commit that moved this member's epoch (its own or another member's), kept for
+/// publishing again on its channel: this member's own on the [`CallConfig::republish`]
+/// schedule, for members whose copy was lost; every one once after a reconnection, since a
+/// restarted relay lost the order in which it came and members that missed it would
+/// otherwise apply a rival commit made since. The proposals it covers go before it (a
+/// member that lacks one cannot process the commit).
+struct Applied {
+    token: ChannelToken,
+    message: Vec<u8>,
+    /// The proposals it covers, as received.
+    proposals: Vec<Vec<u8>>,
+    /// When it was applied.
+    at: Instant,
+    /// For this member's own commit: the next entry of the schedule.
+    scheduled: Option<usize>,
+    /// To be published again once its channel is confirmed (after a reconnection).
+    due: bool,
+}
+
+/// One channel's handshake messages in the relay's order: the room gets them by number,
+/// none before every lower number was seen.
+struct Order {
+    token: ChannelToken,
+    /// The next number the room gets.
+    next: u64,
+    /// One past the highest number known to exist (seen, or told by
+    /// [`Inbound::Subscribed`]): numbers from `next` up to it are missing.
+    known: u64,
+    /// Messages numbered after a missing one.
+    held: BTreeMap<u64, Vec<u8>>,
+    /// Since when a number is missing; how many times the channel's messages were asked
+    /// again since, and when last.
+    gap_since: Option<Instant>,
+    asked: u32,
+    asked_at: Option<Instant>,
+}
+
+impl Order {
+    fn missing(&self) -> bool {
+        self.next < self.known
+    }
+
+    /// A number was seen or told: notes a gap that opens.
+    fn learn(&mut self, known: u64, now: Instant) {
+        self.known = self.known.max(known);
+        if self.missing() {
+            self.gap_since.get_or_insert(now);
+        }
+    }
+
+    /// Numbers start again (after [`Inbound::Ready`]).
+    fn reset(&mut self) {
+        self.next = 0;
+        self.known = 0;
+        self.held.clear();
+        self.gap_since = None;
+        self.asked = 0;
+        self.asked_at = None;
+    }
 }
 
 /// One member of one room (see the [module docs](self)).
@@ -402,8 +493,18 @@ pub struct Call<P: OpenMlsProvider = OpenMlsRustCrypto, T: Transport = RelayTran
     /// After a (re)connection: renew every subscription once.
     renew: bool,
     early: VecDeque<Vec<u8>>,
+    /// Handshake numbering of the subscribed channels.
+    orders: Vec<Order>,
+    /// Proposals queued in the current epoch, as received.
+    proposals: Vec<Vec<u8>>,
+    /// Recent commits that moved this member's epoch (at most [`MAX_APPLIED`]).
+    applied: VecDeque<Applied>,
+    /// When the transport reconnected (not the first connection).
+    reconnected: Option<Instant>,
+    /// When a commit of the current epoch could not be processed (see [`DOUBT`]).
+    doubt: Option<Instant>,
+    connected_before: bool,
     in_flight: Option<InFlight>,
-    republish: Vec<Republish>,
     invites: Vec<Invite>,
     last_self_update: Instant,
     last_housekeeping: Option<Instant>,
@@ -425,6 +526,15 @@ fn handshake_epoch(message: &[u8]) -> Option<u64> {
         Ok(MlsMessageBodyIn::PrivateMessage(m)) => Some(m.epoch().as_u64()),
         Ok(MlsMessageBodyIn::PublicMessage(m)) => Some(m.epoch().as_u64()),
         _ => None,
+    }
+}
+
+/// Whether an MLS handshake message is a commit (its content type is in the clear).
+fn is_commit(message: &[u8]) -> bool {
+    match MlsMessageIn::tls_deserialize_exact(message).map(MlsMessageIn::extract) {
+        Ok(MlsMessageBodyIn::PrivateMessage(m)) => m.content_type() == ContentType::Commit,
+        Ok(MlsMessageBodyIn::PublicMessage(m)) => m.content_type() == ContentType::Commit,
+        _ => false,
     }
 }
 
@@ -486,8 +596,13 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             connect_sent: None,
             renew: false,
             early: VecDeque::new(),
+            orders: Vec::new(),
+            proposals: Vec::new(),
+            applied: VecDeque::new(),
+            reconnected: None,
+            doubt: None,
+            connected_before: false,
             in_flight: None,
-            republish: Vec::new(),
             invites: Vec::new(),
             last_self_update: now,
             last_housekeeping: None,
@@ -559,6 +674,9 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 sent: now,
                 tries: 0,
                 own: true,
+                welcome: None,
+                echoed: false,
+                proposals: Vec::new(),
             });
         }
         call.handle_timeout(now);
@@ -678,21 +796,37 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         })
     }
 
-    /// Whether a commit can go out now: in the room, no commit in flight, and the current
-    /// epoch's channel confirmed by the transport.
+    /// Whether a commit can go out now: in the room, no commit in flight, the current
+    /// epoch's channel confirmed by the transport, no handshake message missing, and not in
+    /// the first moments after a reconnection (see [`REJOIN_HOLD`]).
     pub fn ready_to_commit(&self) -> bool {
         match &self.room {
             Some(room)
                 if !self.removed
                     && self.leaving.is_none()
                     && room.is_active()
-                    && !room.has_pending_commit() =>
+                    && !room.has_pending_commit()
+                    && !self.rejoining()
+                    && !self.orders.iter().any(Order::missing) =>
             {
                 room.channel_token()
                     .is_ok_and(|t| self.transport.is_subscribed(&t))
             }
             _ => false,
         }
+    }
+
+    /// Within [`REJOIN_HOLD`] of a reconnection or [`DOUBT`] of an unprocessable commit (as
+    /// of the last input).
+    fn rejoining(&self) -> bool {
+        let Some(now) = self.last_housekeeping else {
+            return false;
+        };
+        self.reconnected
+            .is_some_and(|t| now.saturating_duration_since(t) < REJOIN_HOLD)
+            || self
+                .doubt
+                .is_some_and(|t| now.saturating_duration_since(t) < DOUBT)
     }
 
     /// Ready to commit, sealing in the current epoch, and a frame of the current epoch has
@@ -754,9 +888,9 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         if let Some(f) = &self.in_flight {
             at(f.sent + retry);
         }
-        for r in &self.republish {
-            if let Some(d) = self.config.republish.get(r.next) {
-                at(r.confirmed + *d);
+        for a in &self.applied {
+            if let Some(d) = a.scheduled.and_then(|i| self.config.republish.get(i)) {
+                at(a.at + *d);
             }
         }
         for i in self.invites.iter().filter(|i| !i.stored) {
@@ -792,6 +926,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         self.media.expire(now);
         self.sync_subscriptions(now);
         self.check_connection(now);
+        self.fill_gaps(now);
         self.resend(now);
         if self.removed || self.leaving.is_some() {
             return;
@@ -825,8 +960,12 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         self.queue(out);
         match inbound {
             Inbound::Media { frame, .. } => self.on_media(frame, now),
-            Inbound::Handshake { message, .. } => {
-                self.on_handshake(message, now);
+            Inbound::Handshake {
+                token,
+                seq,
+                message,
+            } => {
+                self.on_numbered(token, seq, message, now);
                 self.sync_subscriptions(now);
             }
             Inbound::Welcome { mailbox, welcome } => {
@@ -844,6 +983,18 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 // The other side may have forgotten everything: ask again.
                 self.renew = true;
                 self.requested.clear();
+                if std::mem::replace(&mut self.connected_before, true) {
+                    self.reconnected = Some(now);
+                    for a in &mut self.applied {
+                        a.due = true;
+                    }
+                }
+                // Numbers start again (a restarted relay numbers from 0; one that kept the
+                // channels sends what they keep again). What was held here waits for
+                // nothing any more: its committer publishes it again.
+                for o in &mut self.orders {
+                    o.reset();
+                }
                 for i in &mut self.invites {
                     i.stored = false;
                     i.tries = 0;
@@ -854,11 +1005,22 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 }
                 self.handle_timeout(now);
             }
-            Inbound::Subscribed(_)
-            | Inbound::Unsubscribed(_)
+            Inbound::Answered => {
+                // The answer (a Hello) is a connect request: the next one waits a retry.
+                self.connect_sent = Some(now);
+                self.stats.connects += 1;
+            }
+            Inbound::Subscribed { token, next_seq } => {
+                // The channel's kept messages follow; those that do not arrive are asked
+                // again (fill_gaps).
+                let i = self.order(token);
+                if let Some(order) = self.orders.get_mut(i) {
+                    order.learn(next_seq, now);
+                }
+            }
+            Inbound::Unsubscribed(_)
             | Inbound::MailboxEmpty
             | Inbound::Refused
-            | Inbound::Answered
             | Inbound::Ignored => {}
         }
         Ok(())
@@ -1141,6 +1303,8 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         }
         self.requested
             .retain(|(t, _)| want.contains(t) || held.contains(t));
+        self.orders
+            .retain(|o| want.contains(&o.token) || held.contains(&o.token));
         self.want = want;
         self.held = held;
     }
@@ -1179,59 +1343,66 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     fn resend(&mut self, now: Instant) {
         let retry = self.config.retry;
         let tries = self.config.tries;
-        // This member's commit in flight.
-        if let Some(f) = &mut self.in_flight {
-            if now.saturating_duration_since(f.sent) >= retry {
-                let room = self.room.as_mut();
-                match room {
-                    Some(room) if room.has_pending_commit() && f.tries < tries => {
-                        f.tries += 1;
-                        f.sent = now;
-                        let token = f.token;
-                        let message = room.pending_commit_message().map(<[u8]>::to_vec);
-                        if let Some(message) = message {
-                            let mut out = self.spare.pop().unwrap_or_default();
-                            out.clear();
-                            if self.transport.handshake(&token, &message, &mut out).is_ok() {
-                                self.stats.commits_resent += 1;
-                            }
-                            self.queue(out);
-                        }
-                    }
-                    Some(room) => {
-                        if room.has_pending_commit() {
-                            let _ = room.discard_pending();
-                            self.event(CallEvent::Warning(Warning::CommitUnconfirmed));
-                        }
-                        self.in_flight = None;
-                    }
-                    None => self.in_flight = None,
-                }
-            }
-        }
-        // Confirmed commits, again on their channel.
+        // Applied commits: after a reconnection, once; this member's own, on schedule.
+        self.applied
+            .retain(|a| now.saturating_duration_since(a.at) < KEEP_APPLIED);
         let schedule = std::mem::take(&mut self.config.republish);
-        let mut republish = std::mem::take(&mut self.republish);
-        for r in &mut republish {
-            let Some(delay) = schedule.get(r.next) else {
+        let mut applied = std::mem::take(&mut self.applied);
+        for a in &mut applied {
+            let scheduled = a
+                .scheduled
+                .and_then(|i| schedule.get(i))
+                .is_some_and(|d| now.saturating_duration_since(a.at) >= *d);
+            if !a.due && !scheduled {
                 continue;
-            };
-            if now.saturating_duration_since(r.confirmed) >= *delay {
-                r.next += 1;
-                let mut out = self.buffer();
-                if self
-                    .transport
-                    .handshake(&r.token, &r.message, &mut out)
-                    .is_ok()
-                {
-                    self.stats.commits_resent += 1;
+            }
+            if self.publish(&a.token, &a.proposals, &a.message) {
+                self.stats.commits_resent += 1;
+                a.due = false;
+                a.scheduled = a.scheduled.map(|i| i + 1);
+            } else if !self.media.tokens().any(|(_, t)| t == a.token) {
+                // Its epoch retired: no one needs it any more.
+                a.due = false;
+                a.scheduled = None;
+            }
+            // Otherwise its channel is not confirmed again yet after a reconnection: it
+            // goes once it is.
+        }
+        self.applied = applied;
+        self.config.republish = schedule;
+        // This member's commit in flight (not once its echo is held, nor while rejoining).
+        let rejoining = self.rejoining();
+        let due = self.in_flight.as_ref().is_some_and(|f| {
+            !f.echoed && !rejoining && now.saturating_duration_since(f.sent) >= retry
+        });
+        if due {
+            let pending = self
+                .room
+                .as_ref()
+                .and_then(|r| r.pending_commit_message())
+                .map(<[u8]>::to_vec);
+            match (self.in_flight.as_mut(), pending) {
+                (Some(f), Some(message)) if f.tries < tries => {
+                    f.tries += 1;
+                    f.sent = now;
+                    let token = f.token;
+                    let proposals = std::mem::take(&mut f.proposals);
+                    if self.publish(&token, &proposals, &message) {
+                        self.stats.commits_resent += 1;
+                    }
+                    if let Some(f) = &mut self.in_flight {
+                        f.proposals = proposals;
+                    }
                 }
-                self.queue(out);
+                (_, pending) => {
+                    if let Some(room) = self.room.as_mut().filter(|_| pending.is_some()) {
+                        let _ = room.discard_pending();
+                        self.event(CallEvent::Warning(Warning::CommitUnconfirmed));
+                    }
+                    self.in_flight = None;
+                }
             }
         }
-        republish.retain(|r| r.next < schedule.len());
-        self.republish = republish;
-        self.config.republish = schedule;
         // Welcomes not stored yet (or lost with a relay restart).
         self.invites
             .retain(|i| now.saturating_duration_since(i.made) < KEEP_WELCOME);
@@ -1291,7 +1462,13 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             return Err(CallError::CommitInFlight);
         }
         let token = room.channel_token()?;
-        if !self.transport.is_subscribed(&token) || self.leaving.is_some() {
+        let rejoining = self
+            .reconnected
+            .is_some_and(|t| now.saturating_duration_since(t) < REJOIN_HOLD)
+            || self
+                .doubt
+                .is_some_and(|t| now.saturating_duration_since(t) < DOUBT);
+        if !self.transport.is_subscribed(&token) || self.leaving.is_some() || rejoining {
             return Err(CallError::NotConnected);
         }
         let commit = make(room)?;
@@ -1306,35 +1483,175 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         self.apply_keys(commit.keys, now);
         self.stats.commits += 1;
         self.last_self_update = now;
+        // The Welcome waits for the commit's echo: the Welcome of a commit that lost the
+        // race would admit the invitees to an epoch no other member reaches.
         self.in_flight = Some(InFlight {
             token,
             sent: now,
             tries: 0,
             own,
+            welcome: commit.welcome.map(|w| (w, commit.invited)),
+            echoed: false,
+            proposals: self.proposals.clone(),
         });
-        if let Some(welcome) = &commit.welcome {
-            for mailbox in &commit.invited {
-                let mut out = self.buffer();
-                if self
-                    .transport
-                    .deliver_welcome(mailbox, welcome, &mut out)
-                    .is_ok()
-                {
-                    self.stats.welcomes_delivered += 1;
-                }
-                self.queue(out);
-                self.invites.push(Invite {
-                    mailbox: mailbox.clone(),
-                    welcome: welcome.clone(),
-                    sent: now,
-                    tries: 1,
-                    stored: false,
-                    made: now,
-                });
-            }
-        }
         self.sync_subscriptions(now);
         Ok(())
+    }
+
+    /// Publishes `proposals` and then `commit` on `token`'s channel; whether the commit
+    /// went out.
+    fn publish(&mut self, token: &ChannelToken, proposals: &[Vec<u8>], commit: &[u8]) -> bool {
+        for proposal in proposals {
+            let mut out = self.buffer();
+            let _ = self.transport.handshake(token, proposal, &mut out);
+            self.queue(out);
+        }
+        let mut out = self.buffer();
+        let sent = self.transport.handshake(token, commit, &mut out).is_ok();
+        self.queue(out);
+        sent
+    }
+
+    /// Puts a confirmed commit's Welcome into each invitee's mailbox (and keeps it for
+    /// delivery again until stored).
+    fn deliver_welcomes(&mut self, welcome: Vec<u8>, invited: Vec<Vec<u8>>, now: Instant) {
+        for mailbox in invited {
+            let mut out = self.buffer();
+            if self
+                .transport
+                .deliver_welcome(&mailbox, &welcome, &mut out)
+                .is_ok()
+            {
+                self.stats.welcomes_delivered += 1;
+            }
+            self.queue(out);
+            self.invites.push(Invite {
+                mailbox,
+                welcome: welcome.clone(),
+                sent: now,
+                tries: 1,
+                stored: false,
+                made: now,
+            });
+        }
+    }
+
+    /// The index of `token`'s [`Order`] (made if need be).
+    fn order(&mut self, token: ChannelToken) -> usize {
+        if let Some(i) = self.orders.iter().position(|o| o.token == token) {
+            return i;
+        }
+        self.orders.push(Order {
+            token,
+            next: 0,
+            known: 0,
+            held: BTreeMap::new(),
+            gap_since: None,
+            asked: 0,
+            asked_at: None,
+        });
+        self.orders.len() - 1
+    }
+
+    /// A handshake message numbered `seq` on its channel: given to the room in number
+    /// order. One numbered after a missing number is held (at most [`MAX_HELD`] per
+    /// channel) and the channel's messages asked again ([`fill_gaps`](Self::fill_gaps)):
+    /// the missing one may be a rival commit the relay ordered first, which every other
+    /// member applies.
+    fn on_numbered(&mut self, token: ChannelToken, seq: u64, message: &[u8], now: Instant) {
+        let i = self.order(token);
+        let own = self
+            .room
+            .as_ref()
+            .and_then(|r| r.pending_commit_message())
+            .is_some_and(|m| m == message);
+        let Some(order) = self.orders.get_mut(i) else {
+            return;
+        };
+        if seq < order.next || order.held.contains_key(&seq) {
+            self.stats.handshakes_duplicate += 1;
+            return;
+        }
+        order.learn(seq.saturating_add(1), now);
+        if seq > order.next {
+            if order.held.len() >= MAX_HELD {
+                // Keep the lowest numbers: the later ones come again with the next replay.
+                match order.held.last_key_value() {
+                    Some((&last, _)) if last > seq => {
+                        order.held.remove(&last);
+                    }
+                    _ => return,
+                }
+            }
+            order.held.insert(seq, message.to_vec());
+            if own {
+                if let Some(f) = &mut self.in_flight {
+                    f.echoed = true;
+                }
+            }
+            return;
+        }
+        order.next = seq + 1;
+        self.on_handshake(message, now);
+        self.release(token, now);
+    }
+
+    /// Gives the room the held messages of `token`'s channel that are next in order.
+    fn release(&mut self, token: ChannelToken, now: Instant) {
+        loop {
+            let Some(order) = self.orders.iter_mut().find(|o| o.token == token) else {
+                return;
+            };
+            let Some(message) = order.held.remove(&order.next) else {
+                if !order.missing() {
+                    order.gap_since = None;
+                    order.asked = 0;
+                    order.asked_at = None;
+                }
+                return;
+            };
+            order.next += 1;
+            self.on_handshake(&message, now);
+        }
+    }
+
+    /// Channels with a missing number ask for their messages again ([`HOUSEKEEPING`]
+    /// after the gap opened, in case the missing one is only late, then every
+    /// [`CallConfig::retry`]); after [`CallConfig::tries`] askings the missing numbers are
+    /// given up (the relay no longer keeps them) and the held messages go on.
+    fn fill_gaps(&mut self, now: Instant) {
+        if !self.transport.is_ready() {
+            return;
+        }
+        let retry = self.config.retry;
+        let tries = self.config.tries;
+        for i in 0..self.orders.len() {
+            let Some(order) = self.orders.get_mut(i) else {
+                break;
+            };
+            let due = match (order.gap_since, order.asked_at) {
+                (Some(_), Some(t)) => now.saturating_duration_since(t) >= retry,
+                (Some(t), None) => now.saturating_duration_since(t) >= HOUSEKEEPING,
+                (None, _) => false,
+            };
+            if !order.missing() || !due || !self.transport.is_subscribed(&order.token) {
+                continue;
+            }
+            let token = order.token;
+            if order.asked >= tries {
+                order.next = order.held.keys().next().copied().unwrap_or(order.known);
+                self.stats.handshake_gaps_skipped += 1;
+                self.release(token, now);
+                continue;
+            }
+            order.asked += 1;
+            order.asked_at = Some(now);
+            let mut out = self.buffer();
+            if self.transport.subscribe(token, &mut out).is_ok() {
+                self.stats.handshake_gaps_asked += 1;
+            }
+            self.queue(out);
+        }
     }
 
     fn on_media(&mut self, frame: &[u8], now: Instant) {
@@ -1359,8 +1676,13 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             && after.rejected == before.rejected
             && after.held == before.held;
         if opened {
+            // A late frame of an older epoch does not undo having heard the current one.
+            let layout = self.config.room.layout;
+            let current = self.room.as_ref().map(|r| r.epoch() % layout.epoch_slots());
             if let Ok((header, _)) = Header::parse(frame) {
-                peer.heard = Some(self.config.room.layout.decompose(header.kid).epoch_bits);
+                if peer.heard.is_none() || peer.heard != current {
+                    peer.heard = Some(layout.decompose(header.kid).epoch_bits);
+                }
             }
         }
     }
@@ -1371,9 +1693,40 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             return;
         };
         let had_pending = room.has_pending_commit();
+        let epoch = room.epoch();
         match room.process(message) {
             Ok(events) => {
                 self.stats.handshakes_applied += 1;
+                let moved = events
+                    .iter()
+                    .any(|e| matches!(e, RoomEvent::EpochChanged { .. }));
+                let token = self
+                    .media
+                    .tokens()
+                    .find(|(e, _)| *e == epoch)
+                    .map(|(_, t)| t);
+                if let Some(token) = token.filter(|_| moved) {
+                    if self.applied.len() >= MAX_APPLIED {
+                        self.applied.pop_front();
+                    }
+                    self.applied.push_back(Applied {
+                        token,
+                        message: message.to_vec(),
+                        proposals: self.proposals.clone(),
+                        at: now,
+                        scheduled: None,
+                        due: false,
+                    });
+                }
+                let queued = events
+                    .iter()
+                    .any(|e| matches!(e, RoomEvent::ProposalQueued(_)));
+                if queued
+                    && self.proposals.len() < MAX_HELD
+                    && !self.proposals.iter().any(|p| p == message)
+                {
+                    self.proposals.push(message.to_vec());
+                }
                 let dropped = events
                     .iter()
                     .any(|e| matches!(e, RoomEvent::PendingCommitDropped));
@@ -1402,21 +1755,25 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 self.stats.handshakes_refused += 1;
                 self.event(CallEvent::Warning(Warning::OwnLeafCommit));
             }
-            Err(_) => self.stats.handshakes_refused += 1,
+            Err(_) => {
+                self.stats.handshakes_refused += 1;
+                if handshake_epoch(message) == Some(epoch) && is_commit(message) {
+                    self.doubt = Some(now);
+                }
+            }
         }
     }
 
-    /// This member's commit came back: confirmed, and published again on its channel a
-    /// few times.
+    /// This member's commit came back: confirmed, its Welcome delivered, and published
+    /// again on its channel a few times.
     fn confirmed(&mut self, message: &[u8], now: Instant) {
         if let Some(f) = self.in_flight.take() {
-            if !self.config.republish.is_empty() {
-                self.republish.push(Republish {
-                    token: f.token,
-                    message: message.to_vec(),
-                    confirmed: now,
-                    next: 0,
-                });
+            if let Some((welcome, invited)) = f.welcome {
+                self.deliver_welcomes(welcome, invited, now);
+            }
+            // on_handshake kept it as applied.
+            if let Some(a) = self.applied.back_mut().filter(|a| a.message == message) {
+                a.scheduled = Some(0);
             }
         }
     }
@@ -1462,12 +1819,14 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 RoomEvent::Keys(keys) => self.apply_keys(keys, now),
                 RoomEvent::EpochChanged { epoch } => {
                     self.stats.epoch_changes += 1;
+                    self.proposals.clear();
                     if let Some(room) = &self.room {
                         self.event(CallEvent::EpochChanged {
                             epoch,
                             safety_code: room.safety_code(),
                         });
                     }
+                    self.renew_leave(now);
                 }
                 RoomEvent::ProposalQueued(info) => self.event(CallEvent::ProposalQueued(info)),
                 RoomEvent::PendingCommitDropped => {
@@ -1481,7 +1840,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                     self.removed = true;
                     self.media.close();
                     self.in_flight = None;
-                    self.republish.clear();
+                    self.applied.clear();
                     self.invites.clear();
                     self.early.clear();
                     self.event(CallEvent::Removed);
@@ -1490,6 +1849,21 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             }
         }
         self.sync_peers();
+    }
+
+    /// A leave proposal is valid in its epoch only: after an epoch change that did not
+    /// commit it, the leaving member proposes again in the new epoch (sent at once).
+    fn renew_leave(&mut self, now: Instant) {
+        if self.leaving.is_none() || self.removed {
+            return;
+        }
+        let Some(room) = self.room.as_mut() else {
+            return;
+        };
+        if let (Ok(token), Ok(proposal)) = (room.channel_token(), room.leave()) {
+            let due = now.checked_sub(self.config.retry).unwrap_or(now);
+            self.leaving = Some((token, proposal, due));
+        }
     }
 
     fn apply_keys(&mut self, keys: EpochKeys, now: Instant) {

@@ -56,7 +56,13 @@ pub enum Inbound<'a> {
     /// subscriptions or requests from before; everything is to be asked again.
     Ready,
     /// A subscription was confirmed.
-    Subscribed(ChannelToken),
+    Subscribed {
+        /// The channel.
+        token: ChannelToken,
+        /// How many handshake messages the channel numbered so far: the engine asks again
+        /// for those it has not seen ([`Inbound::Handshake`]).
+        next_seq: u64,
+    },
     /// Leaving a channel was confirmed.
     Unsubscribed(ChannelToken),
     /// An SFrame frame published on a channel.
@@ -66,10 +72,16 @@ pub enum Inbound<'a> {
         /// The frame.
         frame: &'a [u8],
     },
-    /// An MLS handshake message published on a channel, in the channel's order.
+    /// An MLS handshake message published on a channel.
     Handshake {
         /// The channel.
         token: ChannelToken,
+        /// The message's number in the channel's order: the same for every receiver,
+        /// from 0 in each channel (renumbered after [`Inbound::Ready`]). The engine gives
+        /// the room a channel's messages in this order, none before every lower number was
+        /// seen: it asks for missing ones with a repeated
+        /// [`subscribe`](Transport::subscribe).
+        seq: u64,
         /// The message.
         message: &'a [u8],
     },
@@ -110,7 +122,10 @@ pub trait Transport {
     fn subscriptions(&self, into: &mut Vec<ChannelToken>);
     /// Writes the datagram that (re)connects: it is answered by [`Inbound::Ready`].
     fn connect(&mut self, out: &mut BytesMut) -> Result<(), TransportError>;
-    /// Writes a request to subscribe to `token`.
+    /// Writes a request to subscribe to `token`. Repeated while subscribed, it asks for the
+    /// channel's recent handshake messages again: the other side sends what it keeps, with
+    /// the numbers it gave them (sotto's relay does: see
+    /// [`RouterLimits::history_per_channel`](crate::relay::RouterLimits::history_per_channel)).
     fn subscribe(&mut self, token: ChannelToken, out: &mut BytesMut) -> Result<(), TransportError>;
     /// Writes a request to leave `token`.
     fn unsubscribe(
@@ -265,10 +280,18 @@ impl Transport for RelayTransport {
                 self.ready = true;
                 Inbound::Ready
             }
-            ClientEvent::Subscribed { token } => Inbound::Subscribed(token),
+            ClientEvent::Subscribed { token, next_seq } => Inbound::Subscribed { token, next_seq },
             ClientEvent::Unsubscribed { token } => Inbound::Unsubscribed(token),
             ClientEvent::Media { token, frame } => Inbound::Media { token, frame },
-            ClientEvent::Handshake { token, message, .. } => Inbound::Handshake { token, message },
+            ClientEvent::Handshake {
+                token,
+                seq,
+                message,
+            } => Inbound::Handshake {
+                token,
+                seq,
+                message,
+            },
             ClientEvent::Welcome { mailbox, welcome } => Inbound::Welcome {
                 mailbox: mailbox.as_bytes(),
                 welcome,
@@ -289,6 +312,10 @@ impl Transport for RelayTransport {
                 }
                 self.answered = Some(now);
                 self.client.hello(cookie, out)?;
+                // Not ready again until the relay's Ready: if that answer is lost, the
+                // engine says Hello again (a relay that validated the address does not
+                // challenge it again, and drops requests with the old proof unanswered).
+                self.ready = false;
                 Inbound::Answered
             }
             _ => Inbound::Ignored,

@@ -17,6 +17,9 @@ pub enum ClientEvent<'a> {
     Subscribed {
         /// The channel.
         token: ChannelToken,
+        /// How many handshake messages the channel numbered so far (see
+        /// [`RelayMessage::Subscribed`]).
+        next_seq: u64,
     },
     /// The relay confirmed leaving a channel.
     Unsubscribed {
@@ -287,10 +290,14 @@ impl RelayClient {
     /// [`ClientEvent::Unsolicited`]) changes nothing.
     pub fn receive<'a>(&mut self, datagram: &'a [u8]) -> Result<ClientEvent<'a>, ClientError> {
         let event = match RelayMessage::parse(datagram)? {
-            RelayMessage::Subscribed { token, handle } if take(&mut self.subscribing, &token) => {
+            RelayMessage::Subscribed {
+                token,
+                handle,
+                next_seq,
+            } if take(&mut self.subscribing, &token) => {
                 self.handles.retain(|(t, h)| *t != token && *h != handle);
                 self.handles.push((token, handle));
-                ClientEvent::Subscribed { token }
+                ClientEvent::Subscribed { token, next_seq }
             }
             RelayMessage::Unsubscribed { handle } if take(&mut self.unsubscribing, &handle) => {
                 match self.token(handle) {
@@ -389,7 +396,7 @@ mod tests {
             let replies = to_router(&mut router, conn, &mut out);
             assert_eq!(
                 client.receive(&replies[0].1),
-                Ok(ClientEvent::Subscribed { token })
+                Ok(ClientEvent::Subscribed { token, next_seq: 0 })
             );
         }
         a.media(&token, b"frame", &mut out).unwrap();

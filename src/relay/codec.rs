@@ -114,6 +114,12 @@ impl<'a> Writer<'a> {
         self.put(&v.to_be_bytes())
     }
 
+    /// Appends a big-endian `u64`.
+    #[inline]
+    pub(crate) fn u64(&mut self, v: u64) -> Result<(), WireError> {
+        self.put(&v.to_be_bytes())
+    }
+
     /// Bytes written.
     #[inline]
     pub(crate) fn len(&self) -> usize {

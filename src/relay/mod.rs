@@ -33,7 +33,7 @@
 //!
 //! | byte 0 | message            | fields after byte 0                   | size          |
 //! |--------|--------------------|---------------------------------------|---------------|
-//! | `0x51` | `Subscribed`       | token (16), handle (4)                | 21            |
+//! | `0x51` | `Subscribed`       | token (16), handle (4), next seq (8)  | 29            |
 //! | `0x52` | `Unsubscribed`     | handle (4)                            | 5             |
 //! | `0x53` | `Media`            | receiver's handle (4), SFrame frame   | 5 + n ≤ 1400  |
 //! | `0x54` | `Handshake`        | receiver's handle (4), seq (8), MLS message | 13 + n  |
@@ -83,7 +83,12 @@
 //! with [`Router::receive`] and sends what the sink gets. Channels live while they have
 //! subscribers. Media goes to every other subscriber, each with its own handle; handshake
 //! messages get a per-channel sequence number and go to every subscriber, the sender
-//! included, so a committer learns where its commit was ordered. Welcomes wait in mailboxes
+//! included, so a committer learns where its commit was ordered. A channel keeps its
+//! latest handshake messages ([`RouterLimits::history_per_channel`]) and sends them, with
+//! their numbers, after every `Subscribe` (a repeated one too): a client that missed one
+//! (lost, or published before it subscribed) asks again and applies the channel's
+//! messages in the relay's order, so members that see two rival commits of one epoch all
+//! apply the same one first. Welcomes wait in mailboxes
 //! keyed by the invitee's KeyPackage reference until they expire. Every limit
 //! ([`RouterLimits`]) is enforced by refusing the one request with an error to its sender.
 //! Besides the relay-wide limits, each connection has quotas of its own — subscriptions,

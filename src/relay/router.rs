@@ -2,7 +2,7 @@
 //! through a sink the I/O layer passes in. No sockets, no clock, no threads.
 
 use crate::hash::IntMap;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use hmac::digest::KeyInit;
@@ -73,6 +73,18 @@ pub struct RouterLimits {
     /// `max_welcomes_per_connection`. Default 1 MiB (17 of the largest Welcomes; 1/64 of
     /// the default `max_welcome_bytes`).
     pub max_welcome_bytes_per_connection: usize,
+    /// Handshake messages a channel keeps, the latest, for its subscribers: every
+    /// `Subscribe` (a first one or a repeated one) is answered by `Subscribed` and then
+    /// the kept messages, with their sequence numbers, so a client that missed one (lost on
+    /// the way, or published before it subscribed) gets it and applies the channel's
+    /// messages in the relay's order. Default 64 (an epoch's channel carries its proposals,
+    /// its commit, rival commits and copies published again).
+    pub history_per_channel: usize,
+    /// Bytes of handshake messages one channel keeps. Default 256 KiB.
+    pub history_bytes_per_channel: usize,
+    /// Bytes of handshake messages all channels keep together; a message that does not
+    /// fit is fanned out but not kept. Default 64 MiB.
+    pub max_history_bytes: usize,
 }
 
 impl Default for RouterLimits {
@@ -93,6 +105,9 @@ impl Default for RouterLimits {
             max_channels_opened_per_connection: 32,
             max_welcomes_per_connection: 64,
             max_welcome_bytes_per_connection: 1 << 20,
+            history_per_channel: 64,
+            history_bytes_per_channel: 256 << 10,
+            max_history_bytes: 64 << 20,
         }
     }
 }
@@ -210,8 +225,10 @@ pub struct RouterStats {
     pub media_out: u64,
     /// Handshake messages accepted (each stamped with a sequence number).
     pub handshakes_in: u64,
-    /// Handshake messages sent.
+    /// Handshake messages sent (fanned out or replayed).
     pub handshakes_out: u64,
+    /// Of those, replayed from a channel's history after a `Subscribe`.
+    pub handshakes_replayed: u64,
     /// Welcome deliveries accepted (each answered with `Stored`).
     pub welcomes_in: u64,
     /// Fetches that found at least one Welcome.
@@ -293,6 +310,9 @@ struct Channel {
     token: ChannelToken,
     members: Vec<Member>,
     next_seq: u64,
+    /// The latest handshake messages, oldest first, with their sequence numbers.
+    history: VecDeque<(u64, Vec<u8>)>,
+    history_bytes: usize,
     /// The connection charged for it (its first subscriber).
     opener: Option<Owner>,
 }
@@ -445,6 +465,8 @@ pub struct Router {
     by_token: HashMap<ChannelToken, usize>,
     mailboxes: HashMap<MailboxKey, Vec<HeldWelcome>>,
     welcome_bytes: usize,
+    /// Bytes of handshake messages kept by all channels.
+    history_bytes: usize,
     /// Per connection that fetched in the last minute: when its minute began, and the
     /// Welcome bytes it was sent since. At most `max_connections` entries.
     fetched: HashMap<ConnId, (Instant, usize)>,
@@ -515,6 +537,7 @@ impl Router {
             by_token: HashMap::new(),
             mailboxes: HashMap::new(),
             welcome_bytes: 0,
+            history_bytes: 0,
             fetched: HashMap::new(),
             next_expiry: None,
             next_serial: 0,
@@ -607,8 +630,17 @@ impl Router {
             })
         };
         let mut subscribers = 0;
+        let mut history = 0;
         for channel in self.channels.iter().flatten() {
             subscribers += channel.members.len();
+            let kept: usize = channel.history.iter().map(|(_, m)| m.len()).sum();
+            if kept != channel.history_bytes
+                || channel.history.len() > self.limits.history_per_channel
+                || kept > self.limits.history_bytes_per_channel
+            {
+                return false;
+            }
+            history += kept;
             if let Some(o) = live(&channel.opener) {
                 expected.entry(o).or_default().channels_opened += 1;
             }
@@ -638,6 +670,8 @@ impl Router {
         charges_match
             && expected.is_empty()
             && bytes == self.welcome_bytes
+            && history == self.history_bytes
+            && history <= self.limits.max_history_bytes
             && handles == self.routes.len()
             && handles == subscribers
     }
@@ -651,6 +685,11 @@ impl Router {
     /// Bytes of Welcomes held.
     pub fn welcome_bytes(&self) -> usize {
         self.welcome_bytes
+    }
+
+    /// Bytes of handshake messages the channels keep.
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
     }
 
     fn channel(&self, token: &ChannelToken) -> Option<&Channel> {
@@ -836,7 +875,63 @@ impl Router {
             self.stats.handshakes_out += 1;
             emit(&mut self.stats, sink, member.conn, out);
         }
+        // Kept for later subscribers: the oldest go first to make room (the buffer of the
+        // last one out is reused, so a channel with a full history allocates nothing).
+        let limits = &self.limits;
+        if message.len() <= limits.history_bytes_per_channel && limits.history_per_channel > 0 {
+            let mut reuse = Vec::new();
+            while channel.history.len() >= limits.history_per_channel
+                || channel.history_bytes + message.len() > limits.history_bytes_per_channel
+            {
+                let Some((_, old)) = channel.history.pop_front() else {
+                    break;
+                };
+                channel.history_bytes -= old.len();
+                self.history_bytes -= old.len();
+                reuse = old;
+            }
+            if self.history_bytes + message.len() <= limits.max_history_bytes {
+                reuse.clear();
+                reuse.extend_from_slice(message);
+                channel.history.push_back((seq, reuse));
+                channel.history_bytes += message.len();
+                self.history_bytes += message.len();
+            }
+        }
         Ok(())
+    }
+
+    /// The number the next handshake message of the channel in `slot` gets.
+    fn next_seq(&self, slot: usize) -> u64 {
+        self.channels
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or(0, |c| c.next_seq)
+    }
+
+    /// Sends `conn` the handshake messages the channel in `slot` keeps, under its `handle`.
+    fn replay(
+        &mut self,
+        conn: ConnId,
+        slot: usize,
+        handle: ChannelHandle,
+        sink: &mut impl FnMut(ConnId, &[u8]),
+    ) {
+        let Some(Some(channel)) = self.channels.get(slot) else {
+            return;
+        };
+        for (seq, message) in &channel.history {
+            let len = HANDSHAKE_OVERHEAD + message.len();
+            let Some(out) = self.buf.get_mut(..len) else {
+                continue;
+            };
+            let (head, body) = out.split_at_mut(HANDSHAKE_OVERHEAD);
+            head.copy_from_slice(&RelayMessage::handshake_header(handle, *seq));
+            body.copy_from_slice(message);
+            self.stats.handshakes_out += 1;
+            self.stats.handshakes_replayed += 1;
+            emit(&mut self.stats, sink, conn, out);
+        }
     }
 
     fn subscribe(
@@ -847,13 +942,24 @@ impl Router {
     ) -> Result<(), ErrorCode> {
         let existing = self.by_token.get(&token).copied();
         let connection = self.connections.get(&conn);
-        // Already subscribed: the same handle again (a retransmitted request).
-        if let Some(handle) = existing
+        // Already subscribed: the same handle again (a retransmitted request, or a
+        // client asking for the channel's handshake messages again).
+        if let Some((slot, handle)) = existing
             .zip(connection)
-            .and_then(|(slot, c)| c.handle_of(slot))
+            .and_then(|(slot, c)| Some((slot, c.handle_of(slot)?)))
         {
             self.stats.subscribes += 1;
-            self.reply(conn, RelayMessage::Subscribed { token, handle }, sink);
+            let next_seq = self.next_seq(slot);
+            self.reply(
+                conn,
+                RelayMessage::Subscribed {
+                    token,
+                    handle,
+                    next_seq,
+                },
+                sink,
+            );
+            self.replay(conn, slot, handle, sink);
             return Ok(());
         }
         // Check every limit before changing anything.
@@ -918,7 +1024,17 @@ impl Router {
         channel.members.push(Member { conn, handle });
         self.routes.insert(Route { conn, handle }, slot);
         self.stats.subscribes += 1;
-        self.reply(conn, RelayMessage::Subscribed { token, handle }, sink);
+        let next_seq = self.next_seq(slot);
+        self.reply(
+            conn,
+            RelayMessage::Subscribed {
+                token,
+                handle,
+                next_seq,
+            },
+            sink,
+        );
+        self.replay(conn, slot, handle, sink);
         Ok(())
     }
 
@@ -927,6 +1043,8 @@ impl Router {
             token,
             members: Vec::new(),
             next_seq: 0,
+            history: VecDeque::new(),
+            history_bytes: 0,
             opener: None,
         };
         let slot = match self.free.pop() {
@@ -960,6 +1078,7 @@ impl Router {
             remaining: channel.members.len(),
         };
         if departure.remaining == 0 {
+            self.history_bytes -= channel.history_bytes;
             release(&mut self.connections, channel.opener, None);
             *entry = None;
             self.free.push(slot);

@@ -751,6 +751,11 @@ pub enum RelayMessage<'a> {
         token: ChannelToken,
         /// This connection's handle for it.
         handle: ChannelHandle,
+        /// The number the channel's next handshake message gets: how many it numbered so
+        /// far. A client that has not seen every number below it missed some (the channel
+        /// sends what it keeps right after this message; ask again with another
+        /// `Subscribe` if they were lost).
+        next_seq: u64,
     },
     /// The connection left the channel of `handle`.
     Unsubscribed {
@@ -816,6 +821,7 @@ impl<'a> RelayMessage<'a> {
             code::SUBSCRIBED => RelayMessage::Subscribed {
                 token: ChannelToken(r.array()?),
                 handle: ChannelHandle(r.u32()?),
+                next_seq: r.u64()?,
             },
             code::UNSUBSCRIBED => RelayMessage::Unsubscribed {
                 handle: ChannelHandle(r.u32()?),
@@ -871,7 +877,7 @@ impl<'a> RelayMessage<'a> {
     /// Length of the encoding.
     pub fn encoded_len(&self) -> usize {
         match self {
-            RelayMessage::Subscribed { .. } => 1 + CHANNEL_TOKEN_LEN + ChannelHandle::LEN,
+            RelayMessage::Subscribed { .. } => 1 + CHANNEL_TOKEN_LEN + ChannelHandle::LEN + 8,
             RelayMessage::Unsubscribed { .. } => 1 + ChannelHandle::LEN,
             RelayMessage::Media { frame, .. } => MEDIA_OVERHEAD + frame.len(),
             RelayMessage::Handshake { message, .. } => HANDSHAKE_OVERHEAD + message.len(),
@@ -903,10 +909,15 @@ impl<'a> RelayMessage<'a> {
         let len = self.checked_len()?;
         let mut w = room_for(out, len)?;
         match self {
-            RelayMessage::Subscribed { token, handle } => {
+            RelayMessage::Subscribed {
+                token,
+                handle,
+                next_seq,
+            } => {
                 w.u8(type_byte(code::SUBSCRIBED))?;
                 w.put(&token.0)?;
                 w.u32(handle.0)?;
+                w.u64(*next_seq)?;
             }
             RelayMessage::Unsubscribed { handle } => {
                 w.u8(type_byte(code::UNSUBSCRIBED))?;
