@@ -647,3 +647,187 @@ mod relay_body {
         h.control_still_works();
     }
 }
+
+#[cfg(feature = "opus")]
+pub use call_body::{call_datagram, CallFuzz};
+
+/// `Call::handle_datagram` on a member of a live two-member call: any datagram, as if from
+/// the relay's address. The call runs over sotto's router in-process (a fixed relay key, so
+/// handles and proofs in seeds recorded from this fixture are live ones).
+#[cfg(feature = "opus")]
+mod call_body {
+    use std::time::{Duration, Instant};
+
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use sotto::call::{Call, CallConfig, CallError};
+    use sotto::keys::MemberId;
+    use sotto::media::ChannelToken;
+    use sotto::relay::{ConnId, Router, RouterLimits};
+    use sotto::room::{Identity, SafetyCode};
+
+    const STEP: Duration = Duration::from_millis(5);
+    /// Datagrams moved per pump at most (the pump ends sooner when nothing is queued).
+    const MAX_PUMPED: usize = 4096;
+    /// Every this many inputs, the call must come back together within [`RECOVERY`].
+    const CHECK_EVERY: u64 = 256;
+    const RECOVERY: Duration = Duration::from_secs(10);
+
+    /// What a member shows: a refused datagram changes none of it.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Shown {
+        epoch: Option<u64>,
+        code: Option<SafetyCode>,
+        members: Vec<MemberId>,
+        speaks: bool,
+        channels: Vec<ChannelToken>,
+        removed: bool,
+    }
+
+    fn shown(call: &Call) -> Shown {
+        let mut channels: Vec<ChannelToken> = call.transport().client().subscribed().collect();
+        channels.sort_by_key(|t| t.0);
+        Shown {
+            epoch: call.epoch(),
+            code: call.safety_code(),
+            members: call.members().map(|(id, _)| id).collect(),
+            speaks: call.can_speak(),
+            channels,
+            removed: call.is_removed(),
+        }
+    }
+
+    /// The victim (connection 0), the other member (connection 1) and the relay.
+    pub struct CallFuzz {
+        pub calls: [Call; 2],
+        router: Router,
+        pub now: Instant,
+        inputs: u64,
+        buf: Vec<u8>,
+        /// Datagrams the relay sent the victim, when recording (for seeds).
+        pub record: Option<Vec<Vec<u8>>>,
+    }
+
+    impl CallFuzz {
+        /// A room of two, converged. Panics if it does not form (a broken engine).
+        pub fn new() -> CallFuzz {
+            let now = Instant::now();
+            let config = CallConfig::default();
+            let creator = Identity::new(OpenMlsRustCrypto::default(), b"creator").unwrap();
+            let creator = Call::create(creator, config.clone(), now).unwrap();
+            let joiner = Identity::new(OpenMlsRustCrypto::default(), b"joiner").unwrap();
+            let kp = joiner.key_package().unwrap();
+            let kp_bytes = kp.bytes.clone();
+            let joiner = Call::join(joiner, kp, config, now).unwrap();
+            let mut state = CallFuzz {
+                calls: [joiner, creator],
+                router: Router::new(RouterLimits::default(), &[0x5a; 32]),
+                now,
+                inputs: 0,
+                buf: Vec::new(),
+                record: None,
+            };
+            assert!(state.run_until(Duration::from_secs(5), |s| s.calls[1].ready_to_commit()));
+            let now = state.now;
+            state.calls[1].invite(&[&kp_bytes], now).unwrap();
+            assert!(state.run_until(RECOVERY, CallFuzz::together));
+            state
+        }
+
+        /// Both in the room, in one epoch with one safety code, settled.
+        pub fn together(&self) -> bool {
+            let [a, b] = &self.calls;
+            a.is_in_room()
+                && b.is_in_room()
+                && a.epoch() == b.epoch()
+                && a.safety_code() == b.safety_code()
+                && a.ready_to_commit()
+                && b.ready_to_commit()
+        }
+
+        /// Steps of [`STEP`] until `done` or `limit` of virtual time.
+        pub fn run_until(&mut self, limit: Duration, done: impl Fn(&CallFuzz) -> bool) -> bool {
+            let end = self.now + limit;
+            while self.now < end {
+                if done(self) {
+                    return true;
+                }
+                self.step();
+            }
+            done(self)
+        }
+
+        /// One step: time passes, and datagrams move until none is queued.
+        pub fn step(&mut self) {
+            self.now += STEP;
+            let now = self.now;
+            for call in &mut self.calls {
+                if call.poll_timeout().is_some_and(|t| t <= now) {
+                    call.handle_timeout(now);
+                }
+            }
+            self.pump();
+        }
+
+        fn pump(&mut self) {
+            let now = self.now;
+            let mut moved = 0;
+            let mut queue: Vec<(usize, Vec<u8>)> = Vec::new();
+            loop {
+                for (i, call) in self.calls.iter_mut().enumerate() {
+                    while call.poll_transmit(&mut self.buf) {
+                        let _ = self.router.receive(
+                            ConnId(i as u64),
+                            &self.buf,
+                            now,
+                            &mut |to: ConnId, b: &[u8]| queue.push((to.0 as usize, b.to_vec())),
+                        );
+                    }
+                    while call.poll_event().is_some() {}
+                }
+                if queue.is_empty() || moved >= MAX_PUMPED {
+                    return;
+                }
+                for (to, bytes) in queue.drain(..) {
+                    moved += 1;
+                    if to == 0 {
+                        if let Some(record) = &mut self.record {
+                            record.push(bytes.clone());
+                        }
+                    }
+                    if let Some(call) = self.calls.get_mut(to) {
+                        let _ = call.handle_datagram(&bytes, now);
+                    }
+                }
+            }
+        }
+    }
+
+    impl Default for CallFuzz {
+        fn default() -> Self {
+            CallFuzz::new()
+        }
+    }
+
+    /// One datagram to the victim: no panic; refused means typed and nothing shown changed;
+    /// the call then goes on (time passes, the relay answers) and, every [`CHECK_EVERY`]
+    /// inputs, comes back together within [`RECOVERY`].
+    pub fn call_datagram(state: &mut CallFuzz, data: &[u8]) {
+        let now = state.now;
+        let victim = &mut state.calls[0];
+        let before = shown(victim);
+        match victim.handle_datagram(data, now) {
+            Ok(()) => {}
+            Err(CallError::Transport(_)) => assert_eq!(shown(victim), before),
+            Err(e) => panic!("handle_datagram: untyped refusal {e:?}"),
+        }
+        state.step();
+        state.inputs += 1;
+        if state.inputs.is_multiple_of(CHECK_EVERY) {
+            assert!(
+                state.run_until(RECOVERY, CallFuzz::together),
+                "the call did not come back together after input {}",
+                state.inputs
+            );
+        }
+    }
+}

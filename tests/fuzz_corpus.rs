@@ -377,3 +377,92 @@ fn write_relay_seeds() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+#[cfg(feature = "opus")]
+#[test]
+fn call_datagram_corpus() {
+    let inputs = corpus("call_datagram");
+    assert!(
+        inputs.len() >= 8,
+        "call_datagram corpus has {} inputs",
+        inputs.len()
+    );
+    // As the target runs: one live call through all inputs (twice, so the check that the
+    // call comes back together runs too).
+    let mut state = bodies::CallFuzz::new();
+    for _ in 0..2 {
+        for (_, data) in &inputs {
+            bodies::call_datagram(&mut state, data);
+        }
+    }
+    assert!(state.run_until(
+        std::time::Duration::from_secs(10),
+        bodies::CallFuzz::together
+    ));
+}
+
+/// Seeds for `call_datagram`: what the relay sent the victim during a self-update of the
+/// other member and a few frames of its audio (live handles of the fixture's relay key),
+/// one file per kind and size, plus truncations.
+#[cfg(feature = "opus")]
+#[test]
+#[ignore]
+fn write_call_seeds() {
+    use sotto::relay::RelayMessage;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/call_datagram");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut state = bodies::CallFuzz::new();
+    state.record = Some(Vec::new());
+    let now = state.now;
+    state.calls[1].self_update(now).unwrap();
+    let pcm = vec![0i16; state.calls[1].frame_samples()];
+    for _ in 0..100 {
+        let now = state.now;
+        state.calls[1].send_audio(&pcm, now).unwrap();
+        for _ in 0..4 {
+            state.step();
+        }
+    }
+    // The old epoch's channel retires after the grace period: an Unsubscribed.
+    for _ in 0..2400 {
+        state.step();
+    }
+    let mut datagrams = state.record.take().unwrap();
+    // What the relay sends only around (re)connections and mailboxes, made up.
+    let mut buf = vec![0u8; 128];
+    for m in [
+        RelayMessage::Challenge {
+            cookie: sotto::relay::Cookie([3; 16]),
+        },
+        RelayMessage::Ready {
+            proof: sotto::relay::Proof([4; 16]),
+        },
+        RelayMessage::Error {
+            code: sotto::relay::ErrorCode::ChannelFull,
+            request: sotto::relay::Request::Unparsed,
+        },
+        RelayMessage::Stored {
+            mailbox: sotto::relay::MailboxId::new(&[5; 32]).unwrap(),
+        },
+    ] {
+        let n = m.encode(&mut buf).unwrap();
+        datagrams.push(buf[..n].to_vec());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for d in datagrams {
+        let kind = match RelayMessage::parse(&d) {
+            Ok(m) => format!("{:?}", m)
+                .split([' ', '{'])
+                .next()
+                .unwrap()
+                .to_string(),
+            Err(_) => "other".into(),
+        };
+        if !seen.insert(kind.clone()) {
+            continue;
+        }
+        std::fs::write(dir.join(format!("seed-{kind}")), &d).unwrap();
+        std::fs::write(dir.join(format!("cut-{kind}")), &d[..d.len() / 2]).unwrap();
+    }
+    assert!(seen.len() >= 8, "{seen:?}");
+}

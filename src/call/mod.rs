@@ -456,11 +456,27 @@ impl Order {
         self.next < self.known
     }
 
-    /// A number was seen or told: notes a gap that opens.
+    /// A number was seen: notes a gap that opens.
     fn learn(&mut self, known: u64, now: Instant) {
         self.known = self.known.max(known);
         if self.missing() {
             self.gap_since.get_or_insert(now);
+        }
+    }
+
+    /// The other side told how many messages the channel numbered: numbers from it on do
+    /// not exist yet, so a held message under one was forged (by whoever can put datagrams
+    /// on the path) and goes, or it was numbered after this answer was sent and comes again
+    /// with the next asking.
+    fn told(&mut self, next_seq: u64, now: Instant) {
+        self.known = next_seq;
+        self.held.retain(|seq, _| *seq < next_seq);
+        if self.missing() {
+            self.gap_since.get_or_insert(now);
+        } else {
+            self.gap_since = None;
+            self.asked = 0;
+            self.asked_at = None;
         }
     }
 
@@ -1015,7 +1031,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 // again (fill_gaps).
                 let i = self.order(token);
                 if let Some(order) = self.orders.get_mut(i) {
-                    order.learn(next_seq, now);
+                    order.told(next_seq, now);
                 }
             }
             Inbound::Unsubscribed(_)
