@@ -1,8 +1,8 @@
 //! Adversaries of the call engine, each trying its best on a simulated network
 //! (`common/call_net.rs`): anyone who knows a KeyPackage reference forging Welcomes, the
 //! relay replaying every handshake it ever carried, a forger of source addresses flooding
-//! a member with address challenges, an app that never drains the call, and a removed
-//! member's own engine.
+//! a member with address challenges, an on-path forger of handshake numbers, an app that
+//! never drains the call, and a removed member's own engine.
 #![cfg(feature = "opus")]
 
 #[path = "common/call_net.rs"]
@@ -84,6 +84,71 @@ fn forged_welcomes_do_not_stop_a_joiner() {
     net.nodes[creator].call.invite(&[&kp], net.now).unwrap();
     assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
     assert!(net.nodes[joiner].call.is_in_room());
+}
+
+/// Someone on the path (the relay wire has no integrity of its own: see `sotto::relay`)
+/// sends a member a handshake datagram under its live handle with a number far ahead of the
+/// channel's. Before the relay's own count overrode what numbers suggest, the member asked
+/// for the missing numbers ten times, then skipped to the forged one and took every later
+/// genuine message for a copy: it never applied another commit of that epoch. Now the
+/// relay's answer to the first asking shows the number does not exist, and the next
+/// commit goes through as usual.
+#[test]
+fn a_forged_far_ahead_number_does_not_stall_a_channel() {
+    let mut net = CallNet::new(31, Impairment::default(), Instant::now());
+    net.record_delivered = true;
+    room(&mut net, 3);
+    let victim = 1;
+    let genuine = net
+        .delivered
+        .iter()
+        .rev()
+        .find(|(_, to, d)| {
+            *to == victim && matches!(RelayMessage::parse(d), Ok(RelayMessage::Handshake { .. }))
+        })
+        .map(|(_, _, d)| d.clone())
+        .expect("the victim received a handshake");
+    let Ok(RelayMessage::Handshake { message, .. }) = RelayMessage::parse(&genuine) else {
+        unreachable!()
+    };
+    // The victim's current channel: where the next commit will be published.
+    let token = net.nodes[victim].call.sending_token().unwrap();
+    let handle = net
+        .delivered
+        .iter()
+        .rev()
+        .filter(|(_, to, _)| *to == victim)
+        .find_map(|(_, _, d)| match RelayMessage::parse(d) {
+            Ok(RelayMessage::Subscribed {
+                token: t, handle, ..
+            }) if t == token => Some(handle),
+            _ => None,
+        })
+        .expect("the victim's subscription was confirmed");
+    let forged = RelayMessage::Handshake {
+        handle,
+        seq: 1 << 40,
+        message,
+    };
+    let mut buf = vec![0u8; forged.encoded_len()];
+    forged.encode(&mut buf).unwrap();
+    net.nodes[victim]
+        .call
+        .handle_datagram(&buf, net.now)
+        .unwrap();
+    assert!(
+        !net.nodes[victim].call.ready_to_commit(),
+        "a number is missing"
+    );
+    // The relay's answer to the asking clears it.
+    assert!(net.run_until(Duration::from_secs(2), |n| n.nodes[victim]
+        .call
+        .ready_to_commit()));
+    let epoch = net.nodes[0].call.epoch().unwrap();
+    net.nodes[0].call.self_update(net.now).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
+    assert_eq!(net.nodes[victim].call.epoch(), Some(epoch + 1));
+    assert_eq!(net.nodes[victim].call.stats().handshake_gaps_skipped, 0);
 }
 
 /// The relay replays, to one member, every handshake datagram it ever delivered to it, in
