@@ -129,6 +129,9 @@ const DOUBT: Duration = Duration::from_secs(3);
 /// how many, and how long.
 const MAX_APPLIED: usize = 8;
 const KEEP_APPLIED: Duration = Duration::from_secs(30);
+/// How long a member hears nobody in its epoch before it asks for its channel's messages
+/// again (see [`Call::catch_up`]).
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Who may commit in a room (see [`CallConfig::committer`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -407,8 +410,6 @@ struct InFlight {
     own: bool,
     /// Its Welcome and the invitees' mailboxes: delivered once the commit is confirmed.
     welcome: Option<(Vec<u8>, Vec<Vec<u8>>)>,
-    /// Its echo came, held behind a missing number (see [`Order`]): not sent again.
-    echoed: bool,
     /// The proposals it covers, as received: sent again before it (after a relay restart,
     /// a member that lost one could not process the commit).
     proposals: Vec<Vec<u8>>,
@@ -519,6 +520,10 @@ pub struct Call<P: OpenMlsProvider = OpenMlsRustCrypto, T: Transport = RelayTran
     reconnected: Option<Instant>,
     /// When a commit of the current epoch could not be processed (see [`DOUBT`]).
     doubt: Option<Instant>,
+    /// When the room reached its current epoch, and when this member last asked for its
+    /// channel's messages because nobody was heard in it (see [`Call::catch_up`]).
+    epoch_since: Instant,
+    caught_up_asked: Option<Instant>,
     connected_before: bool,
     in_flight: Option<InFlight>,
     invites: Vec<Invite>,
@@ -617,6 +622,8 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             applied: VecDeque::new(),
             reconnected: None,
             doubt: None,
+            epoch_since: now,
+            caught_up_asked: None,
             connected_before: false,
             in_flight: None,
             invites: Vec::new(),
@@ -691,7 +698,6 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 tries: 0,
                 own: true,
                 welcome: None,
-                echoed: false,
                 proposals: Vec::new(),
             });
         }
@@ -943,6 +949,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         self.sync_subscriptions(now);
         self.check_connection(now);
         self.fill_gaps(now);
+        self.catch_up(now);
         self.resend(now);
         if self.removed || self.leaving.is_some() {
             return;
@@ -1281,6 +1288,14 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         self.want.clear();
         if !self.removed {
             self.want.extend(self.media.tokens().map(|(_, t)| t));
+            // Channels of recently applied commits stay held (after their epoch retired)
+            // for as long as the commit is kept: the relay keeps its history while anyone
+            // is subscribed, for members that fell behind.
+            for a in &self.applied {
+                if !self.want.contains(&a.token) {
+                    self.want.push(a.token);
+                }
+            }
         }
         let renew = std::mem::take(&mut self.renew);
         let want = std::mem::take(&mut self.want);
@@ -1372,31 +1387,31 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             if !a.due && !scheduled {
                 continue;
             }
+            // Its channel stays held while it is kept: until the channel is confirmed again
+            // after a reconnection, the copy waits.
             if self.publish(&a.token, &a.proposals, &a.message) {
                 self.stats.commits_resent += 1;
                 a.due = false;
                 a.scheduled = a.scheduled.map(|i| i + 1);
-            } else if !self.media.tokens().any(|(_, t)| t == a.token) {
-                // Its epoch retired: no one needs it any more.
-                a.due = false;
-                a.scheduled = None;
             }
-            // Otherwise its channel is not confirmed again yet after a reconnection: it
-            // goes once it is.
         }
         self.applied = applied;
         self.config.republish = schedule;
         // This member's commit in flight (not once its echo is held, nor while rejoining).
         let rejoining = self.rejoining();
-        let due = self.in_flight.as_ref().is_some_and(|f| {
-            !f.echoed && !rejoining && now.saturating_duration_since(f.sent) >= retry
+        let due = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| !rejoining && now.saturating_duration_since(f.sent) >= retry);
+        let pending = self.room.as_ref().and_then(|r| r.pending_commit_message());
+        // Its echo came and is held behind a missing number: it waits for that.
+        let echoed = pending.is_some_and(|m| {
+            self.orders
+                .iter()
+                .any(|o| o.held.values().any(|h| h.as_slice() == m))
         });
-        if due {
-            let pending = self
-                .room
-                .as_ref()
-                .and_then(|r| r.pending_commit_message())
-                .map(<[u8]>::to_vec);
+        if due && !echoed {
+            let pending = pending.map(<[u8]>::to_vec);
             match (self.in_flight.as_mut(), pending) {
                 (Some(f), Some(message)) if f.tries < tries => {
                     f.tries += 1;
@@ -1507,7 +1522,6 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             tries: 0,
             own,
             welcome: commit.welcome.map(|w| (w, commit.invited)),
-            echoed: false,
             proposals: self.proposals.clone(),
         });
         self.sync_subscriptions(now);
@@ -1576,11 +1590,6 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     /// member applies.
     fn on_numbered(&mut self, token: ChannelToken, seq: u64, message: &[u8], now: Instant) {
         let i = self.order(token);
-        let own = self
-            .room
-            .as_ref()
-            .and_then(|r| r.pending_commit_message())
-            .is_some_and(|m| m == message);
         let Some(order) = self.orders.get_mut(i) else {
             return;
         };
@@ -1600,11 +1609,6 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 }
             }
             order.held.insert(seq, message.to_vec());
-            if own {
-                if let Some(f) = &mut self.in_flight {
-                    f.echoed = true;
-                }
-            }
             return;
         }
         order.next = seq + 1;
@@ -1668,6 +1672,40 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             }
             self.queue(out);
         }
+    }
+
+    /// Other members send a frame every interval, silence included: when none of them has
+    /// been heard in the current epoch for [`CATCH_UP`], this member may have missed the
+    /// commit that moved them on (lost, with no later number on its channel to show it).
+    /// It asks for its channel's messages again, every [`CATCH_UP`] while unheard.
+    fn catch_up(&mut self, now: Instant) {
+        let Some(room) = self.room.as_ref().filter(|_| !self.removed) else {
+            return;
+        };
+        let bits = room.epoch() % room.config().layout.epoch_slots();
+        if self.peers.is_empty()
+            || self.peers.values().any(|p| p.heard == Some(bits))
+            || now.saturating_duration_since(self.epoch_since) < CATCH_UP
+            || self
+                .caught_up_asked
+                .is_some_and(|t| now.saturating_duration_since(t) < CATCH_UP)
+        {
+            return;
+        }
+        let Some(token) = self
+            .media
+            .tokens()
+            .find(|(e, _)| *e == room.epoch())
+            .map(|(_, t)| t)
+        else {
+            return;
+        };
+        self.caught_up_asked = Some(now);
+        let mut out = self.buffer();
+        if self.transport.subscribe(token, &mut out).is_ok() {
+            self.stats.handshake_gaps_asked += 1;
+        }
+        self.queue(out);
     }
 
     fn on_media(&mut self, frame: &[u8], now: Instant) {
@@ -1835,6 +1873,8 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 RoomEvent::Keys(keys) => self.apply_keys(keys, now),
                 RoomEvent::EpochChanged { epoch } => {
                     self.stats.epoch_changes += 1;
+                    self.epoch_since = now;
+                    self.caught_up_asked = None;
                     self.proposals.clear();
                     if let Some(room) = &self.room {
                         self.event(CallEvent::EpochChanged {
@@ -1939,6 +1979,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     }
 
     fn enter(&mut self, room: Room<P>, keys: EpochKeys, now: Instant) {
+        self.epoch_since = now;
         self.apply_keys(keys, now);
         self.room = Some(room);
         self.sync_peers();
