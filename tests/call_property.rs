@@ -650,7 +650,11 @@ impl Sim {
                 self.report.open_window
             ));
         }
-        if !self.net.converged() {
+        // Readiness may lag a moment behind (a member that refused a rival commit waits).
+        if !self
+            .net
+            .run_until(Duration::from_secs(5), CallNet::converged)
+        {
             return Err(format!(
                 "not converged after the last epoch change\n{}",
                 self.describe()
@@ -703,7 +707,7 @@ impl Sim {
             let st = c.stats();
             let _ = writeln!(
                 s,
-                "  {n} {}: in_room {} removed {} offline {} epoch {:?} code {:?} settled {} ready {} pending {} speak {} members {} | applied {} refused {} early {} duplicate {} asked {} skipped {} commits {} dropped {} resent {}",
+                "  {n} {}: in_room {} removed {} offline {} epoch {:?} code {:?} settled {} ready {} pending {} speak {} members {} | applied {} refused {} early {} duplicate {} asked {} skipped {} commits {} dropped {} resent {} | fetches {} welcomes ignored {} delivered {} undelivered {}",
                 node.name,
                 c.is_in_room(),
                 c.is_removed(),
@@ -724,6 +728,13 @@ impl Sim {
                 st.commits,
                 st.commits_dropped,
                 st.commits_resent,
+                st.fetches,
+                st.welcomes_ignored,
+                st.welcomes_delivered,
+                node.events
+                    .iter()
+                    .filter(|e| matches!(e, CallEvent::Warning(Warning::WelcomeUndelivered)))
+                    .count(),
             );
         }
         s

@@ -111,8 +111,10 @@ const MAX_EVENTS: usize = 256;
 const MAX_SPARE: usize = 64;
 /// Housekeeping (retired epochs, subscriptions) runs at least this often.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
-/// How long an invitee's Welcome is kept for delivery again after a reconnection.
-const KEEP_WELCOME: Duration = Duration::from_secs(30);
+/// How long an invitee's Welcome is kept for delivery again after a reconnection (a
+/// restarted relay lost its mailboxes; an invitee that has not fetched it by then needs a
+/// new invitation).
+const KEEP_WELCOME: Duration = Duration::from_secs(120);
 /// Handshake messages held per channel behind a missing number, and proposals kept per
 /// epoch for publishing again, at most.
 const MAX_HELD: usize = 64;
@@ -1897,7 +1899,8 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                     self.media.close();
                     self.in_flight = None;
                     self.applied.clear();
-                    self.invites.clear();
+                    // Welcomes of its confirmed invitations still go out (after a relay
+                    // restart, this member may be the only one that has them).
                     self.early.clear();
                     self.event(CallEvent::Removed);
                 }
