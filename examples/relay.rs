@@ -157,7 +157,7 @@ impl Peers {
             }
         }
         for (conn, addr) in gone {
-            router.disconnect(conn);
+            router.disconnect(conn, now);
             self.by_conn.remove(&conn);
             self.by_addr.remove(&addr);
         }

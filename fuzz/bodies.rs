@@ -317,6 +317,7 @@ mod relay_body {
                         history_per_channel: 3,
                         history_bytes_per_channel: 200,
                         max_history_bytes: 300,
+                        history_linger: Duration::from_secs(4),
                     },
                     &[0x42; 32],
                 ),
@@ -623,7 +624,7 @@ mod relay_body {
                 h.check();
             }
             if op & 4 != 0 {
-                h.router.disconnect(conn);
+                h.router.disconnect(conn, h.now);
                 // A later datagram under this id is a new connection, with a new allowance.
                 h.welcomes.retain(|(to, _, _)| *to != conn);
                 h.check();

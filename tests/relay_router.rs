@@ -593,6 +593,7 @@ fn wire_rejections() {
 const A: ConnId = ConnId(1);
 const B: ConnId = ConnId(2);
 const C: ConnId = ConnId(3);
+const D: ConnId = ConnId(4);
 /// Members of the control channel, whose traffic must never be disturbed.
 const X: ConnId = ConnId(100);
 const Y: ConnId = ConnId(101);
@@ -939,8 +940,9 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
     // A message larger than a channel keeps is fanned out, not kept; the rest stays.
     publish(&mut relay, &[8; 101]);
     assert_eq!(relay.router.history_bytes(), 95);
-    // The history ends with the channel.
-    for conn in [A, B] {
+    // The last subscriber out leaves the channel idle: it keeps its messages and numbers
+    // for a member that comes back (one that fell behind), charged to nobody.
+    let leave = |relay: &mut Relay, conn: ConnId| {
         let handle = relay.router.handle(conn, &token(1)).unwrap();
         let (result, _) = relay.send(
             conn,
@@ -950,7 +952,36 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
             },
         );
         assert_eq!(result, Ok(()));
-    }
+    };
+    leave(&mut relay, A);
+    leave(&mut relay, B);
+    assert_eq!(relay.router.subscriber_count(&token(1)), 0);
+    assert_eq!(relay.router.channel_count(), 1);
+    assert_eq!(relay.router.history_bytes(), 95);
+    assert_eq!(relay.router.usage(A).unwrap().channels_opened, 0);
+    relay.now += Duration::from_secs(29);
+    let (_, out) = relay.send(
+        C,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(1),
+        },
+    );
+    assert!(matches!(
+        RelayMessage::parse(&out[0].1).unwrap(),
+        RelayMessage::Subscribed { next_seq: 7, .. }
+    ));
+    assert_eq!(
+        handshakes_to(&out, C),
+        vec![(4, vec![4; 10]), (5, vec![7; 85])]
+    );
+    // Revived, it is charged to its new first subscriber.
+    assert_eq!(relay.router.usage(C).unwrap().channels_opened, 1);
+    // Idle for the whole linger, it closes with its history (at the next datagram).
+    leave(&mut relay, C);
+    relay.now += Duration::from_secs(30);
+    relay.hello(D);
+    assert_eq!(relay.router.channel_count(), 0);
     assert_eq!(relay.router.history_bytes(), 0);
     let (_, out) = relay.send(
         C,
@@ -959,7 +990,79 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
             token: token(1),
         },
     );
+    assert!(matches!(
+        RelayMessage::parse(&out[0].1).unwrap(),
+        RelayMessage::Subscribed { next_seq: 0, .. }
+    ));
     assert!(handshakes_to(&out, C).is_empty());
+}
+
+#[test]
+fn idle_channels_give_way_to_channels_in_use() {
+    // Room for two channels and 40 bytes of history in all.
+    let mut relay = Relay::new(RouterLimits {
+        max_channels: 2,
+        max_history_bytes: 40,
+        ..RouterLimits::default()
+    });
+    let publish = |relay: &mut Relay, conn: ConnId, t: u8, message: &[u8]| {
+        let handle = relay.router.handle(conn, &token(t)).unwrap();
+        let (result, _) = relay.send(
+            conn,
+            ClientMessage::Handshake {
+                proof: AUTO,
+                handle,
+                message,
+            },
+        );
+        assert_eq!(result, Ok(()));
+    };
+    let leave = |relay: &mut Relay, conn: ConnId, t: u8| {
+        let handle = relay.router.handle(conn, &token(t)).unwrap();
+        let (result, _) = relay.send(
+            conn,
+            ClientMessage::Unsubscribe {
+                proof: AUTO,
+                handle,
+            },
+        );
+        assert_eq!(result, Ok(()));
+    };
+    // One connection leaves two channels idle, with 20 bytes each: the relay is full.
+    for t in [1, 2] {
+        relay.subscribe(A, token(t));
+        publish(&mut relay, A, t, &[t; 20]);
+        leave(&mut relay, A, t);
+    }
+    assert_eq!(relay.router.channel_count(), 2);
+    assert_eq!(relay.router.history_bytes(), 40);
+    assert_eq!(relay.router.usage(A).unwrap().channels_opened, 0);
+    // A new channel still opens: the oldest idle one goes.
+    relay.subscribe(B, token(3));
+    assert_eq!(relay.router.channel_count(), 2);
+    assert_eq!(relay.router.subscriber_count(&token(3)), 1);
+    assert_eq!(relay.router.history_bytes(), 20);
+    // A message of a channel in use is kept: the last idle one's messages make room.
+    publish(&mut relay, B, 3, &[3; 30]);
+    assert_eq!(relay.router.channel_count(), 1);
+    assert_eq!(relay.router.history_bytes(), 30);
+    // With nothing idle left, the limits hold as before.
+    let (result, _) = relay.send(
+        C,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(4),
+        },
+    );
+    assert_eq!(result, Ok(()));
+    let (result, _) = relay.send(
+        D,
+        ClientMessage::Subscribe {
+            proof: AUTO,
+            token: token(5),
+        },
+    );
+    assert_eq!(result, Err(ErrorCode::RelayFull));
 }
 
 #[test]
@@ -1534,7 +1637,7 @@ fn disconnect_cleans_up() {
     relay.subscribe(B, token(2));
     assert_eq!(relay.router.channel_count(), 4);
 
-    let mut departures = relay.router.disconnect(A);
+    let mut departures = relay.router.disconnect(A, relay.now);
     departures.sort_by_key(|d| d.token.0);
     assert_eq!(
         departures,
@@ -1564,11 +1667,11 @@ fn disconnect_cleans_up() {
     let (_, out) = relay.media(B, hb, b"x");
     assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![C]);
     // Disconnecting twice, or an unknown connection, does nothing.
-    assert!(relay.router.disconnect(A).is_empty());
-    assert!(relay.router.disconnect(ConnId(12345)).is_empty());
+    assert!(relay.router.disconnect(A, relay.now).is_empty());
+    assert!(relay.router.disconnect(ConnId(12345), relay.now).is_empty());
     // Everyone leaves: nothing remains but the control channel.
-    relay.router.disconnect(B);
-    relay.router.disconnect(C);
+    relay.router.disconnect(B, relay.now);
+    relay.router.disconnect(C, relay.now);
     assert_eq!(relay.router.channel_count(), 1);
     assert_eq!(relay.router.connection_count(), 2);
     assert_eq!(relay.router.stats().channels_closed, 3);
@@ -1949,7 +2052,7 @@ fn finding5_quota_charges_are_released_exactly() {
     assert_eq!((u.welcomes, u.welcome_bytes), (1, 1000));
     assert!(relay.router.accounting_is_exact());
     // Disconnecting releases everything; the Welcome stays for its invitee.
-    relay.router.disconnect(A);
+    relay.router.disconnect(A, relay.now);
     assert!(relay.router.usage(A).is_none());
     assert_eq!(relay.router.welcome_bytes(), 1000);
     assert!(relay.router.accounting_is_exact());

@@ -1290,10 +1290,11 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         self.want.clear();
         if !self.removed {
             self.want.extend(self.media.tokens().map(|(_, t)| t));
-            // Channels of recently applied commits stay held (after their epoch retired)
-            // for as long as the commit is kept: the relay keeps its history while anyone
-            // is subscribed, for members that fell behind.
-            for a in &self.applied {
+            // After a reconnection, the channels of recently applied commits are held
+            // again (after their epoch retired) until the commit went out once more: a
+            // restarted relay lost them, and members that fell behind need them. (The
+            // relay keeps a channel's messages a while after its last subscriber left.)
+            for a in self.applied.iter().filter(|a| a.due) {
                 if !self.want.contains(&a.token) {
                     self.want.push(a.token);
                 }
@@ -1389,13 +1390,16 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             if !a.due && !scheduled {
                 continue;
             }
-            // Its channel stays held while it is kept: until the channel is confirmed again
-            // after a reconnection, the copy waits.
             if self.publish(&a.token, &a.proposals, &a.message) {
                 self.stats.commits_resent += 1;
                 a.due = false;
                 a.scheduled = a.scheduled.map(|i| i + 1);
+            } else if !a.due && !self.media.tokens().any(|(_, t)| t == a.token) {
+                // Its epoch retired: the relay keeps the channel's messages for members
+                // that come back to it.
+                a.scheduled = None;
             }
+            // Otherwise its channel is not confirmed (again) yet: the copy goes once it is.
         }
         self.applied = applied;
         self.config.republish = schedule;

@@ -85,6 +85,12 @@ pub struct RouterLimits {
     /// Bytes of handshake messages all channels keep together; a message that does not
     /// fit is fanned out but not kept. Default 64 MiB.
     pub max_history_bytes: usize,
+    /// How long a channel whose last subscriber left keeps its handshake messages (and its
+    /// numbering) for a member that comes back to it: one that fell behind while the others
+    /// moved on to the next epoch's channel. An idle channel forwards nothing (it has no
+    /// subscribers), is charged to nobody, and is the first to go when the router needs
+    /// room for a new channel. Zero: a channel closes with its last subscriber. Default 30 s.
+    pub history_linger: Duration,
 }
 
 impl Default for RouterLimits {
@@ -108,6 +114,7 @@ impl Default for RouterLimits {
             history_per_channel: 64,
             history_bytes_per_channel: 256 << 10,
             max_history_bytes: 64 << 20,
+            history_linger: Duration::from_secs(30),
         }
     }
 }
@@ -315,6 +322,8 @@ struct Channel {
     history_bytes: usize,
     /// The connection charged for it (its first subscriber).
     opener: Option<Owner>,
+    /// Since when it has had no subscriber (see [`RouterLimits::history_linger`]).
+    idle_since: Option<Instant>,
 }
 
 /// A connection's subscriptions and quota charges.
@@ -447,7 +456,9 @@ impl HeldWelcome {
 
 /// The relay's routing state (see the [module docs](super)).
 ///
-/// Channels are created by their first subscriber and removed with their last. Each
+/// Channels are created by their first subscriber; after their last one leaves they stay
+/// idle for [`RouterLimits::history_linger`] when they keep handshake messages, else they
+/// close at once. Each
 /// connection names its channels by its own [`ChannelHandle`]s; a media message is copied
 /// once into an internal buffer and handed to the sink once per other subscriber, with
 /// only the 4 handle bytes rewritten in between: no heap allocation per packet.
@@ -467,6 +478,9 @@ pub struct Router {
     welcome_bytes: usize,
     /// Bytes of handshake messages kept by all channels.
     history_bytes: usize,
+    /// Channels left idle, oldest first, with when they went idle (entries of channels
+    /// revived or closed since are skipped when they come up).
+    idle: VecDeque<(Instant, usize)>,
     /// Per connection that fetched in the last minute: when its minute began, and the
     /// Welcome bytes it was sent since. At most `max_connections` entries.
     fetched: HashMap<ConnId, (Instant, usize)>,
@@ -538,6 +552,7 @@ impl Router {
             mailboxes: HashMap::new(),
             welcome_bytes: 0,
             history_bytes: 0,
+            idle: VecDeque::new(),
             fetched: HashMap::new(),
             next_expiry: None,
             next_serial: 0,
@@ -584,7 +599,8 @@ impl Router {
         &self.stats
     }
 
-    /// Channels with at least one subscriber.
+    /// Channels held: with a subscriber, or idle and keeping their handshake messages
+    /// (see [`RouterLimits::history_linger`]).
     pub fn channel_count(&self) -> usize {
         self.by_token.len()
     }
@@ -641,6 +657,11 @@ impl Router {
                 return false;
             }
             history += kept;
+            if channel.members.is_empty() != channel.idle_since.is_some()
+                || (channel.idle_since.is_some() && channel.opener.is_some())
+            {
+                return false;
+            }
             if let Some(o) = live(&channel.opener) {
                 expected.entry(o).or_default().channels_opened += 1;
             }
@@ -711,6 +732,7 @@ impl Router {
     ) -> Result<(), ErrorCode> {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += count(datagram.len());
+        self.close_idle(now);
         let refused = if datagram.len() > self.limits.max_message {
             Err((ErrorCode::TooLarge, Request::Unparsed))
         } else {
@@ -750,8 +772,8 @@ impl Router {
             ClientMessage::Handshake {
                 handle, message, ..
             } => self.handshake(conn, handle, message, sink),
-            ClientMessage::Subscribe { token, .. } => self.subscribe(conn, token, sink),
-            ClientMessage::Unsubscribe { handle, .. } => self.unsubscribe(conn, handle, sink),
+            ClientMessage::Subscribe { token, .. } => self.subscribe(conn, token, now, sink),
+            ClientMessage::Unsubscribe { handle, .. } => self.unsubscribe(conn, handle, now, sink),
             ClientMessage::DeliverWelcome {
                 mailbox, welcome, ..
             } => self.deliver(conn, mailbox, welcome, now, sink),
@@ -855,6 +877,11 @@ impl Router {
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
         let slot = self.slot(conn, handle)?;
+        // Channels in use keep their messages before idle ones do.
+        while self.history_bytes + message.len() > self.limits.max_history_bytes
+            && message.len() <= self.limits.history_bytes_per_channel
+            && self.evict_idle()
+        {}
         let channel = self
             .channels
             .get_mut(slot)
@@ -938,6 +965,7 @@ impl Router {
         &mut self,
         conn: ConnId,
         token: ChannelToken,
+        now: Instant,
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
         let existing = self.by_token.get(&token).copied();
@@ -975,23 +1003,32 @@ impl Router {
             }
             _ => {}
         }
+        // An idle channel comes back to life charged to its new first subscriber.
+        let idle = existing
+            .and_then(|slot| self.channels.get(slot)?.as_ref())
+            .is_some_and(|c| c.idle_since.is_some());
+        let opening = existing.is_none() || idle;
         match existing.and_then(|slot| self.channels.get(slot)?.as_ref()) {
             Some(channel) if channel.members.len() >= self.limits.max_subscribers_per_channel => {
                 return Err(ErrorCode::ChannelFull)
             }
-            Some(_) => {}
             None if self.limits.max_subscribers_per_channel == 0 => {
                 return Err(ErrorCode::ChannelFull)
             }
-            None if connection.map_or(0, |c| c.opened)
-                >= self.limits.max_channels_opened_per_connection =>
+            _ if opening
+                && connection.map_or(0, |c| c.opened)
+                    >= self.limits.max_channels_opened_per_connection =>
             {
                 return Err(ErrorCode::TooManyChannelsOpened)
             }
-            None if self.by_token.len() >= self.limits.max_channels => {
-                return Err(ErrorCode::RelayFull)
-            }
-            None => {}
+            _ => {}
+        }
+        // Idle channels make room for a new one.
+        if existing.is_none()
+            && self.by_token.len() >= self.limits.max_channels
+            && !self.evict_idle()
+        {
+            return Err(ErrorCode::RelayFull);
         }
         let slot = match existing {
             Some(slot) => slot,
@@ -1014,12 +1051,13 @@ impl Router {
         ) else {
             // Unreachable: the connection is known, its handles do not collide 64 times
             // in a row, and the slot is live. Undo a channel opened for nothing.
-            self.leave(slot, conn);
+            self.leave(slot, conn, now);
             return Err(ErrorCode::TooManySubscriptions);
         };
-        if existing.is_none() {
+        if opening {
             connection.opened += 1;
             channel.opener = Some(connection.owner(conn));
+            channel.idle_since = None;
         }
         channel.members.push(Member { conn, handle });
         self.routes.insert(Route { conn, handle }, slot);
@@ -1046,6 +1084,7 @@ impl Router {
             history: VecDeque::new(),
             history_bytes: 0,
             opener: None,
+            idle_since: None,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -1065,11 +1104,11 @@ impl Router {
     }
 
     /// Removes `conn` from the channel in `slot` (the connection's own map is the caller's
-    /// business); removes the channel if that was its last member. Returns the channel's
-    /// token and how many members remain.
-    fn leave(&mut self, slot: usize, conn: ConnId) -> Option<Departure> {
-        let entry = self.channels.get_mut(slot)?;
-        let channel = entry.as_mut()?;
+    /// business); when that was its last member, the channel goes idle (it has handshake
+    /// messages to keep) or closes. Returns the channel's token and how many members
+    /// remain.
+    fn leave(&mut self, slot: usize, conn: ConnId, now: Instant) -> Option<Departure> {
+        let channel = self.channels.get_mut(slot)?.as_mut()?;
         if let Some(i) = channel.members.iter().position(|m| m.conn == conn) {
             channel.members.swap_remove(i);
         }
@@ -1078,20 +1117,69 @@ impl Router {
             remaining: channel.members.len(),
         };
         if departure.remaining == 0 {
-            self.history_bytes -= channel.history_bytes;
-            release(&mut self.connections, channel.opener, None);
-            *entry = None;
-            self.free.push(slot);
-            self.by_token.remove(&departure.token);
-            self.stats.channels_closed += 1;
+            release(&mut self.connections, channel.opener.take(), None);
+            if channel.history.is_empty() || self.limits.history_linger.is_zero() {
+                self.close(slot);
+            } else {
+                channel.idle_since = Some(now);
+                self.idle.push_back((now, slot));
+            }
         }
         Some(departure)
+    }
+
+    /// Removes the channel in `slot` and what it keeps.
+    fn close(&mut self, slot: usize) {
+        let Some(entry) = self.channels.get_mut(slot) else {
+            return;
+        };
+        let Some(channel) = entry.take() else {
+            return;
+        };
+        self.history_bytes -= channel.history_bytes;
+        release(&mut self.connections, channel.opener, None);
+        self.free.push(slot);
+        self.by_token.remove(&channel.token);
+        self.stats.channels_closed += 1;
+    }
+
+    /// Whether the channel in `slot` has been idle since `at`.
+    fn idle_at(&self, slot: usize, at: Instant) -> bool {
+        self.channels
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.idle_since == Some(at))
+    }
+
+    /// Closes the channels idle for [`RouterLimits::history_linger`] at `now`.
+    fn close_idle(&mut self, now: Instant) {
+        while let Some(&(at, slot)) = self.idle.front() {
+            if now.saturating_duration_since(at) < self.limits.history_linger {
+                break;
+            }
+            self.idle.pop_front();
+            if self.idle_at(slot, at) {
+                self.close(slot);
+            }
+        }
+    }
+
+    /// Closes the channel idle the longest; false when none is idle.
+    fn evict_idle(&mut self) -> bool {
+        while let Some((at, slot)) = self.idle.pop_front() {
+            if self.idle_at(slot, at) {
+                self.close(slot);
+                return true;
+            }
+        }
+        false
     }
 
     fn unsubscribe(
         &mut self,
         conn: ConnId,
         handle: ChannelHandle,
+        now: Instant,
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
         let slot = self
@@ -1100,15 +1188,15 @@ impl Router {
             .and_then(|c| c.remove(handle))
             .ok_or(ErrorCode::UnknownHandle)?;
         self.routes.remove(&Route { conn, handle });
-        self.leave(slot, conn);
+        self.leave(slot, conn, now);
         self.stats.unsubscribes += 1;
         self.reply(conn, RelayMessage::Unsubscribed { handle }, sink);
         Ok(())
     }
 
-    /// Forgets `conn`: ends its subscriptions (removing channels left empty) and returns
-    /// the channels that lost a member. Unknown connections are ignored.
-    pub fn disconnect(&mut self, conn: ConnId) -> Vec<Departure> {
+    /// Forgets `conn` at `now`: ends its subscriptions (channels left empty go idle or
+    /// close) and returns the channels that lost a member. Unknown connections are ignored.
+    pub fn disconnect(&mut self, conn: ConnId, now: Instant) -> Vec<Departure> {
         self.fetched.remove(&conn);
         let Some(connection) = self.connections.remove(&conn) else {
             return Vec::new();
@@ -1118,7 +1206,7 @@ impl Router {
             .iter()
             .filter_map(|&(handle, slot)| {
                 self.routes.remove(&Route { conn, handle });
-                self.leave(slot, conn)
+                self.leave(slot, conn, now)
             })
             .collect()
     }
