@@ -832,3 +832,37 @@ mod call_body {
         }
     }
 }
+
+/// The `rtp` target: `data` is a script of RTP packets, each prefixed by its length (one
+/// byte), fed to an [`RtpReceiver`](sotto::rtp::RtpReceiver) of Opus (PT 111) and RED
+/// (PT 63). Every packet is also parsed alone: a parsed payload lies inside the packet,
+/// and writing the header back with that payload parses to the same. An accepted packet
+/// fed again is a duplicate.
+pub fn rtp(data: &[u8]) {
+    use sotto::rtp::{write_packet, RtpError, RtpPacket, RtpReceiver};
+    let mut rx = RtpReceiver::new(111, Some(63));
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len).min(tail.len());
+        let (packet, tail) = tail.split_at(len);
+        rest = tail;
+        if let Ok(parsed) = RtpPacket::parse(packet) {
+            let start = parsed.payload.as_ptr() as usize - packet.as_ptr() as usize;
+            assert!(start >= sotto::rtp::HEADER_LEN);
+            assert!(start + parsed.payload.len() + parsed.padding <= packet.len());
+            let mut again = bytes::BytesMut::new();
+            write_packet(&parsed.header, parsed.payload, &mut again);
+            let reparsed = RtpPacket::parse(&again).expect("a written packet parses");
+            assert_eq!(reparsed.header, parsed.header);
+            assert_eq!(reparsed.payload, parsed.payload);
+        }
+        if let Ok(got) = rx.receive(packet) {
+            assert!(!got.payload.is_empty());
+            assert_eq!(got.header.payload_type, 111);
+            assert_eq!(
+                rx.receive(packet),
+                Err(RtpError::Duplicate(got.header.sequence))
+            );
+        }
+    }
+}

@@ -546,6 +546,18 @@ impl KeyRing {
         out: &mut BytesMut,
         now: Instant,
     ) -> Result<Received, KeyError> {
+        self.open_bound(&[], frame, out, now)
+    }
+
+    /// [`open`](Self::open) for a frame sealed with `metadata` bound to it (RFC 9605
+    /// §4.4.3): it opens only with the same metadata.
+    pub fn open_bound(
+        &mut self,
+        metadata: &[u8],
+        frame: &[u8],
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<Received, KeyError> {
         let (header, _) = Header::parse(frame)?;
         let parts = self.layout.decompose(header.kid);
         if parts.context != self.context {
@@ -600,7 +612,7 @@ impl KeyRing {
         // the removed member could have forged it to cut a slow sender's genuine frames off.
         let trusted = self.removal_epoch.is_some_and(|r| epoch >= r);
         let first_here = slot.opened.binary_search(&leaf).err().filter(|_| trusted);
-        let opened = self.opener.open(&[], frame, out)?;
+        let opened = self.opener.open(metadata, frame, out)?;
         if let Some(at) = first_here {
             // Recorded only once a frame authenticated, so forged frames cannot supersede
             // anything.

@@ -18,6 +18,9 @@
 //! - [`room`]: the control plane, [`room::Room`], one MLS group (RFC 9420 via `openmls`)
 //!   that emits [`media::EpochKeys`], channel tokens and safety codes.
 //!
+//! - [`rtp`]: sealed Opus frames as RTP payloads (for SFUs that forward RTP), without
+//!   I/O.
+//!
 //! - `call` (feature `opus`, default): the call engine, [`call::Call`]: one member of one
 //!   room, sans-IO, doing all of the above plus the relay protocol. Start here.
 //!
@@ -45,6 +48,7 @@ pub mod keys;
 pub mod media;
 pub mod relay;
 pub mod room;
+pub mod rtp;
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

@@ -408,9 +408,21 @@ impl MediaSession {
         out: &mut BytesMut,
         now: Instant,
     ) -> Result<usize, KeyError> {
+        self.seal_bound(&[], payload, out, now)
+    }
+
+    /// [`seal`](Self::seal) with `metadata` bound to the frame (RFC 9605 §4.4.3): sent
+    /// alongside it in the clear, it cannot be changed without the frame failing to open.
+    pub fn seal_bound(
+        &mut self,
+        metadata: &[u8],
+        payload: &[u8],
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<usize, KeyError> {
         self.expire(now);
         let sending = self.sending.as_mut().ok_or(KeyError::NoSendingKey)?;
-        Ok(sending.sealer.seal(&[], payload, out)?)
+        Ok(sending.sealer.seal(metadata, payload, out)?)
     }
 
     /// Opens a frame from another member and appends its plaintext to `out`.
@@ -423,12 +435,24 @@ impl MediaSession {
         out: &mut BytesMut,
         now: Instant,
     ) -> Result<Received, KeyError> {
+        self.open_bound(&[], frame, out, now)
+    }
+
+    /// [`open`](Self::open) for a frame sealed with [`seal_bound`](Self::seal_bound): it
+    /// opens only with the metadata it was sealed with.
+    pub fn open_bound(
+        &mut self,
+        metadata: &[u8],
+        frame: &[u8],
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<Received, KeyError> {
         self.expire(now);
         let ring = self
             .ring
             .as_mut()
             .ok_or(KeyError::EpochNotYetKnown { epoch_bits: 0 })?;
-        ring.open(frame, out, now)
+        ring.open_bound(metadata, frame, out, now)
     }
 
     /// The member a frame claims in its KID, read without opening it: for routing a packet

@@ -466,3 +466,12 @@ fn write_call_seeds() {
     }
     assert!(seen.len() >= 8, "{seen:?}");
 }
+
+#[test]
+fn rtp_corpus() {
+    let inputs = corpus("rtp");
+    assert!(inputs.len() >= 7, "rtp corpus has {} inputs", inputs.len());
+    for (_, data) in &inputs {
+        bodies::rtp(data);
+    }
+}
