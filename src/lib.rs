@@ -21,6 +21,9 @@
 //! - [`rtp`]: sealed Opus frames as RTP payloads (for SFUs that forward RTP), without
 //!   I/O.
 //!
+//! - `webrtc` (feature `webrtc`): a WebRTC peer connection on `str0m` carrying sealed
+//!   audio as RTP and handshake bytes on a data channel, through an SFU such as Janus.
+//!
 //! - `call` (feature `opus`, default): the call engine, [`call::Call`]: one member of one
 //!   room, sans-IO, doing all of the above plus the relay protocol. Start here.
 //!
@@ -49,6 +52,8 @@ pub mod media;
 pub mod relay;
 pub mod room;
 pub mod rtp;
+#[cfg(feature = "webrtc")]
+pub mod webrtc;
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]
