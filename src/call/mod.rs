@@ -822,7 +822,8 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
 
     /// Whether a commit can go out now: in the room, no commit in flight, the current
     /// epoch's channel confirmed by the transport, no handshake message missing, and not in
-    /// the first moments after a reconnection (see [`REJOIN_HOLD`]).
+    /// the first second after a reconnection (a restarted relay numbers afresh, and the
+    /// commits members applied just before go out again first).
     pub fn ready_to_commit(&self) -> bool {
         match &self.room {
             Some(room)
