@@ -53,7 +53,20 @@ pub enum PayloadMode {
     /// The Opus TOC byte in the clear (bound as SFrame metadata), then the SFrame frame of
     /// the rest of the Opus packet.
     ClearToc,
+    /// The SFrame RTP payload format of draft-ietf-avtcore-rtp-sframe-02 (January 2026),
+    /// per-packet mode: a one-byte descriptor (`S E T` bits set, [`DRAFT_DESCRIPTOR`]), then
+    /// the SFrame frame of the Opus packet. For peers that negotiated it with `a=sframe`
+    /// ([`sdp_add_sframe`], [`sdp_has_sframe`]); an SFU that does not understand the
+    /// attribute (Janus 1.1 drops it) forwards it all the same. Fragmented frames (per-frame
+    /// mode) go through a [`DraftReassembler`] first.
+    #[cfg(feature = "rtp-sframe")]
+    Draft,
 }
+
+/// The draft's payload descriptor of an unfragmented per-packet SFrame payload: S (first
+/// fragment), E (last fragment) and T (packetized media) set, the reserved bits zero.
+#[cfg(feature = "rtp-sframe")]
+pub const DRAFT_DESCRIPTOR: u8 = 0xe0;
 
 /// Why an RTP packet or payload was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +99,11 @@ pub enum RtpError {
     /// A payload or packet larger than RTP can carry here.
     #[error("payload too large")]
     TooLarge,
+    /// A draft SFrame payload whose descriptor is not one unfragmented per-packet payload
+    /// (fragments go through a [`DraftReassembler`]; per-frame mode is not Opus's).
+    #[cfg(feature = "rtp-sframe")]
+    #[error("SFrame payload descriptor {0:#04x} not supported here")]
+    Descriptor(u8),
     /// The SFrame layer refused the frame (or had no key to seal with).
     #[error("frame: {0}")]
     Key(#[from] KeyError),
@@ -206,6 +224,18 @@ pub fn seal_payload(
 ) -> Result<usize, RtpError> {
     match mode {
         PayloadMode::Sframe => Ok(media.seal(opus, out, now)?),
+        #[cfg(feature = "rtp-sframe")]
+        PayloadMode::Draft => {
+            let start = out.len();
+            out.extend_from_slice(&[DRAFT_DESCRIPTOR]);
+            match media.seal(opus, out, now) {
+                Ok(n) => Ok(n + 1),
+                Err(e) => {
+                    out.truncate(start);
+                    Err(e.into())
+                }
+            }
+        }
         PayloadMode::ClearToc => {
             let (toc, rest) = opus.split_first().ok_or(RtpError::Empty)?;
             let start = out.len();
@@ -232,6 +262,15 @@ pub fn open_payload(
 ) -> Result<Received, RtpError> {
     match mode {
         PayloadMode::Sframe => Ok(media.open(payload, out, now)?),
+        #[cfg(feature = "rtp-sframe")]
+        PayloadMode::Draft => {
+            let (descriptor, frame) = payload.split_first().ok_or(RtpError::Empty)?;
+            // S, E and T set; reserved bits are ignored on receipt.
+            if descriptor & DRAFT_DESCRIPTOR != DRAFT_DESCRIPTOR {
+                return Err(RtpError::Descriptor(*descriptor));
+            }
+            Ok(media.open(frame, out, now)?)
+        }
         PayloadMode::ClearToc => {
             let (toc, frame) = payload.split_first().ok_or(RtpError::Empty)?;
             let start = out.len();
@@ -379,6 +418,114 @@ fn red_primary(payload: &[u8]) -> Result<(u8, &[u8]), RtpError> {
     }
 }
 
+/// Fragments of one SFrame frame at most (draft per-frame mode), and bytes.
+#[cfg(feature = "rtp-sframe")]
+const MAX_FRAGMENTS: usize = 64;
+#[cfg(feature = "rtp-sframe")]
+const MAX_FRAME_BYTES: usize = 64 << 10;
+
+/// Joins the fragments of a draft SFrame payload (descriptor S on the first, E on the
+/// last, consecutive sequence numbers) into one payload with a per-packet descriptor, for
+/// [`open_payload`] in [`PayloadMode::Draft`]. Bounded: at most 64 fragments and 64 KiB
+/// per frame; a gap, a new start or an overflow drops what was gathered.
+#[cfg(feature = "rtp-sframe")]
+#[derive(Clone, Debug, Default)]
+pub struct DraftReassembler {
+    frame: Vec<u8>,
+    next: Option<u16>,
+    fragments: usize,
+    /// Frames dropped incomplete.
+    pub dropped: u64,
+}
+
+#[cfg(feature = "rtp-sframe")]
+impl DraftReassembler {
+    /// A reassembler with nothing gathered.
+    pub fn new() -> DraftReassembler {
+        DraftReassembler::default()
+    }
+
+    /// Takes the payload of the packet numbered `sequence`; returns a whole payload (the
+    /// descriptor [`DRAFT_DESCRIPTOR`], then the frame) once its last fragment arrived.
+    pub fn push(&mut self, sequence: u16, payload: &[u8]) -> Result<Option<Vec<u8>>, RtpError> {
+        let (descriptor, body) = payload.split_first().ok_or(RtpError::Empty)?;
+        let (first, last) = (descriptor & 0x80 != 0, descriptor & 0x40 != 0);
+        if first {
+            if self.next.is_some() {
+                self.dropped += 1;
+            }
+            self.frame.clear();
+            self.frame.push(DRAFT_DESCRIPTOR);
+            self.fragments = 0;
+        } else if self.next != Some(sequence) {
+            if self.next.is_some() {
+                self.dropped += 1;
+            }
+            self.next = None;
+            return Err(RtpError::Descriptor(*descriptor));
+        }
+        self.fragments += 1;
+        if self.fragments > MAX_FRAGMENTS || self.frame.len() + body.len() > MAX_FRAME_BYTES {
+            self.dropped += 1;
+            self.next = None;
+            return Err(RtpError::TooLarge);
+        }
+        self.frame.extend_from_slice(body);
+        if last {
+            self.next = None;
+            return Ok(Some(std::mem::take(&mut self.frame)));
+        }
+        self.next = Some(sequence.wrapping_add(1));
+        Ok(None)
+    }
+}
+
+/// `sdp` with `a=sframe` (draft-ietf-avtcore-rtp-sframe-02: "this endpoint expects SFrame
+/// RTP payloads on this m-section") added to every audio m-section that lacks it.
+#[cfg(feature = "rtp-sframe")]
+pub fn sdp_add_sframe(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 32);
+    let mut in_audio = false;
+    let mut marked = false;
+    let mark = |out: &mut String, in_audio: bool, marked: &mut bool| {
+        if in_audio && !*marked {
+            out.push_str("a=sframe\r\n");
+            *marked = true;
+        }
+    };
+    for line in sdp.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed.starts_with("m=") {
+            mark(&mut out, in_audio, &mut marked);
+            in_audio = trimmed.starts_with("m=audio");
+            marked = false;
+        } else if trimmed == "a=sframe" {
+            marked = true;
+        }
+        out.push_str(line);
+    }
+    mark(&mut out, in_audio, &mut marked);
+    out
+}
+
+/// Whether every audio m-section of `sdp` carries `a=sframe` (and there is one).
+#[cfg(feature = "rtp-sframe")]
+pub fn sdp_has_sframe(sdp: &str) -> bool {
+    let mut sections = 0;
+    let mut marked = 0;
+    let mut in_audio = false;
+    for line in sdp.lines().map(str::trim) {
+        if line.starts_with("m=") {
+            in_audio = line.starts_with("m=audio");
+            sections += usize::from(in_audio);
+        } else if in_audio && line == "a=sframe" {
+            marked += 1;
+            in_audio = false;
+        }
+    }
+    sections > 0 && marked == sections
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,5 +656,38 @@ mod tests {
             plain.receive(&packet(h, &red)),
             Err(RtpError::PayloadType(63))
         );
+    }
+
+    #[cfg(feature = "rtp-sframe")]
+    #[test]
+    fn draft_fragments_join_and_sdp_marks_audio_only() {
+        let mut r = DraftReassembler::new();
+        assert_eq!(r.push(7, &[0xc0, 1, 2]), Ok(Some(vec![0xe0, 1, 2])));
+        assert_eq!(r.push(65_535, &[0x80, 1]), Ok(None));
+        assert_eq!(r.push(0, &[0x00, 2]), Ok(None));
+        assert_eq!(r.push(1, &[0x40, 3]), Ok(Some(vec![0xe0, 1, 2, 3])));
+        // A gap drops the frame.
+        assert_eq!(r.push(5, &[0x80, 1]), Ok(None));
+        assert!(r.push(7, &[0x40, 3]).is_err());
+        assert_eq!(r.dropped, 1);
+        // Too many fragments.
+        assert_eq!(r.push(0, &[0x80]), Ok(None));
+        let mut last = Ok(None);
+        for seq in 1..=MAX_FRAGMENTS as u16 {
+            last = r.push(seq, &[0x00, 9]);
+            if last.is_err() {
+                break;
+            }
+        }
+        assert_eq!(last, Err(RtpError::TooLarge));
+
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
+        assert!(!sdp_has_sframe(sdp));
+        let marked = sdp_add_sframe(sdp);
+        assert!(sdp_has_sframe(&marked));
+        assert_eq!(marked.matches("a=sframe").count(), 1);
+        assert_eq!(sdp_add_sframe(&marked), marked, "idempotent");
+        let (audio, data) = marked.split_at(marked.find("m=application").unwrap());
+        assert!(audio.contains("a=sframe") && !data.contains("a=sframe"));
     }
 }

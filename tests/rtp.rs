@@ -61,7 +61,13 @@ fn header(sequence: u16) -> RtpHeader {
 #[test]
 fn both_modes_round_trip_opus_packets_through_rtp() {
     let t0 = Instant::now();
-    for mode in [PayloadMode::Sframe, PayloadMode::ClearToc] {
+    let modes = [
+        PayloadMode::Sframe,
+        PayloadMode::ClearToc,
+        #[cfg(feature = "rtp-sframe")]
+        PayloadMode::Draft,
+    ];
+    for mode in modes {
         let (mut alice, mut bob) = pair(t0);
         let mut rx = RtpReceiver::new(OPUS, None);
         for i in 0..50u8 {
@@ -72,6 +78,10 @@ fn both_modes_round_trip_opus_packets_through_rtp() {
             assert_eq!(n, payload.len());
             if mode == PayloadMode::ClearToc {
                 assert_eq!(payload[0], 0xfc, "the TOC travels in the clear");
+            }
+            #[cfg(feature = "rtp-sframe")]
+            if mode == PayloadMode::Draft {
+                assert_eq!(payload[0], sotto::rtp::DRAFT_DESCRIPTOR);
             }
             let mut wire = BytesMut::new();
             write_packet(&header(u16::from(i)), &payload, &mut wire);
