@@ -279,6 +279,16 @@ impl WebRtcPeer {
         Ok(sent)
     }
 
+    /// Sends text on the data channel (for SFU plugins that take text only, such as
+    /// Janus's TextRoom); false when its buffer is full.
+    pub fn send_text(&mut self, text: &str) -> Result<bool, WebRtcError> {
+        let id = self.channel.ok_or(WebRtcError::NoChannel)?;
+        let mut channel = self.rtc.channel(id).ok_or(WebRtcError::NoChannel)?;
+        let sent = channel.write(false, text.as_bytes()).map_err(rtc_error)?;
+        self.drain();
+        Ok(sent)
+    }
+
     /// Closes the connection.
     pub fn close(&mut self) {
         self.rtc.disconnect();

@@ -17,17 +17,18 @@ mod janus;
 mod voice;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::{room_of, Member};
+use janus::Link;
 use serde_json::{json, Value};
 use sotto::audio::{AudioConfig, AudioSender};
 use sotto::media::MediaConfig;
 use sotto::room::RoomConfig;
 use sotto::rtp::{open_payload, seal_payload, PayloadMode};
-use sotto::webrtc::{candidate_addresses, PeerEvent, WebRtcPeer};
+use sotto::webrtc::{candidate_addresses, PeerEvent};
 use str0m::media::Direction;
 
 const PORT: u16 = 18_089;
@@ -40,50 +41,6 @@ const NAMES: [&str; 3] = [
 const FRAMES: usize = 500;
 /// The frame at which alice commits a self-update (sent on her data channel).
 const COMMIT_AT: usize = 200;
-
-/// A peer connection with its own UDP socket on 127.0.0.1.
-struct Link {
-    socket: UdpSocket,
-    peer: WebRtcPeer,
-    events: Vec<PeerEvent>,
-}
-
-impl Link {
-    fn new(now: Instant) -> Link {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let peer = WebRtcPeer::new(socket.local_addr().unwrap(), now).unwrap();
-        Link {
-            socket,
-            peer,
-            events: Vec::new(),
-        }
-    }
-
-    /// Moves datagrams both ways and runs timers.
-    fn pump(&mut self, sent_to: &mut HashSet<SocketAddr>) {
-        let mut buf = [0u8; 2048];
-        for _ in 0..256 {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let _ = self.peer.handle_datagram(from, &buf[..n], Instant::now());
-                }
-                Err(_) => break,
-            }
-        }
-        let now = Instant::now();
-        if self.peer.poll_timeout().is_some_and(|t| t <= now) {
-            let _ = self.peer.handle_timeout(now);
-        }
-        while let Some((to, bytes)) = self.peer.poll_transmit() {
-            sent_to.insert(to);
-            let _ = self.socket.send_to(&bytes, to);
-        }
-        while let Some(e) = self.peer.poll_event() {
-            self.events.push(e);
-        }
-    }
-}
 
 struct World {
     links: Vec<Link>,

@@ -79,8 +79,12 @@
 //! Everything is bounded: held handshakes, queued datagrams and events, Welcome retries.
 //! Nothing untrusted panics: a bad datagram is an error and changes nothing.
 
+#[cfg(feature = "webrtc")]
+mod janus;
 mod transport;
 
+#[cfg(feature = "webrtc")]
+pub use janus::{JanusTransport, Outbound as JanusOutbound};
 pub use transport::{Inbound, RelayTransport, Transport, TransportError};
 
 use std::collections::{BTreeMap, VecDeque};

@@ -174,7 +174,6 @@ fn write_config(dir: &Path, port: u16) {
         "recordplay",
         "sip",
         "streaming",
-        "textroom",
         "videocall",
         "voicemail",
     ]
@@ -201,6 +200,11 @@ fn write_config(dir: &Path, port: u16) {
     );
     std::fs::write(dir.join("janus.transport.http.jcfg"), http).unwrap();
     std::fs::write(dir.join("janus.plugin.videoroom.jcfg"), "general: {\n}\n").unwrap();
+    std::fs::write(
+        dir.join("janus.plugin.textroom.jcfg"),
+        "general: {\n json = \"compact\"\n}\n",
+    )
+    .unwrap();
 }
 
 /// One HTTP/1.0 request to Janus on 127.0.0.1 (no chunking); the JSON body of the answer.
@@ -275,12 +279,17 @@ impl Session {
 
     /// Attaches a VideoRoom handle.
     pub fn attach(&mut self) -> u64 {
+        self.attach_plugin("janus.plugin.videoroom")
+    }
+
+    /// Attaches a handle of `plugin`.
+    pub fn attach_plugin(&mut self, plugin: &str) -> u64 {
         let t = self.transaction();
         let r = http(
             self.port,
             "POST",
             &format!("/janus/{}", self.id),
-            Some(&json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": t})),
+            Some(&json!({"janus": "attach", "plugin": plugin, "transaction": t})),
         )
         .expect("attach");
         r["data"]["id"].as_u64().expect("handle id")
@@ -330,5 +339,52 @@ impl Session {
             &format!("/janus/{}", self.id),
             Some(&json!({"janus": "destroy", "transaction": t})),
         );
+    }
+}
+
+/// A peer connection with its own UDP socket on 127.0.0.1.
+pub struct Link {
+    pub socket: std::net::UdpSocket,
+    pub peer: sotto::webrtc::WebRtcPeer,
+    pub events: Vec<sotto::webrtc::PeerEvent>,
+    /// Every SDP this link offered or was offered (for the loopback check).
+    pub sdps: Vec<String>,
+}
+
+impl Link {
+    pub fn new(now: Instant) -> Link {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let peer = sotto::webrtc::WebRtcPeer::new(socket.local_addr().unwrap(), now).unwrap();
+        Link {
+            socket,
+            peer,
+            events: Vec::new(),
+            sdps: Vec::new(),
+        }
+    }
+
+    /// Moves datagrams both ways and runs timers; records where packets went.
+    pub fn pump(&mut self, sent_to: &mut std::collections::HashSet<std::net::SocketAddr>) {
+        let mut buf = [0u8; 2048];
+        for _ in 0..256 {
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let _ = self.peer.handle_datagram(from, &buf[..n], Instant::now());
+                }
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        if self.peer.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = self.peer.handle_timeout(now);
+        }
+        while let Some((to, bytes)) = self.peer.poll_transmit() {
+            sent_to.insert(to);
+            let _ = self.socket.send_to(&bytes, to);
+        }
+        while let Some(e) = self.peer.poll_event() {
+            self.events.push(e);
+        }
     }
 }
