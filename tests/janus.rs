@@ -11,7 +11,7 @@
 #![cfg(feature = "webrtc")]
 
 mod common;
-#[path = "common/janus.rs"]
+#[path = "../examples/common/janus.rs"]
 mod janus;
 #[path = "../examples/common/voice.rs"]
 mod voice;

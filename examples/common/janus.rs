@@ -388,3 +388,348 @@ impl Link {
         }
     }
 }
+
+// ---- The call engine over Janus: what an app's glue does ----
+
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use sotto::call::{Call, CallEvent, JanusOutbound, JanusTransport};
+use sotto::webrtc::PeerEvent;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use str0m::media::Direction;
+
+/// A member's counters, accumulated tick by tick (receivers come and go with members).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Report {
+    pub sent: u64,
+    pub opened: u64,
+    pub fec: u64,
+    pub concealed: u64,
+    pub ticks: u64,
+    /// Time in `Call::send_audio` (encode and seal) and `Call::pull_audio` (decode, mix).
+    pub send_time: Duration,
+    pub pull_time: Duration,
+    /// Audio datagrams given to the call, and the time in `Call::handle_datagram` (open).
+    pub received: u64,
+    pub receive_time: Duration,
+}
+
+/// What a member's voice generator must provide (the examples' synthetic voices).
+pub trait Fill {
+    fn fill(&mut self, out: &mut [i16]);
+}
+
+/// One member: its call, its TextRoom link, its VideoRoom publisher and subscriptions.
+pub struct Member {
+    pub call: Call<OpenMlsRustCrypto, JanusTransport>,
+    pub text: Link,
+    /// VideoRoom publisher: handle, feed, link.
+    pub publisher: Option<(u64, u64, Link)>,
+    /// VideoRoom subscriptions: feed, link.
+    pub subs: Vec<(u64, Link)>,
+    pub voice: Box<dyn Fill>,
+    pub events: Vec<CallEvent>,
+    /// Decoded frames per other member after the removal, for Carol.
+    pub removed_at: Option<Instant>,
+    pub report: Report,
+}
+
+/// A Janus session and the members it serves.
+pub struct World {
+    pub session: Session,
+    pub members: Vec<Member>,
+    pub sent_to: HashSet<SocketAddr>,
+    pub media_room: Option<u64>,
+    pub sdps: Vec<String>,
+    /// When the next 20 ms frame is due.
+    pub next_tick: Option<Instant>,
+}
+
+impl World {
+    /// No members yet, on a new Janus session.
+    pub fn new(port: u16) -> World {
+        World {
+            session: Session::new(port),
+            members: Vec::new(),
+            sent_to: HashSet::new(),
+            media_room: None,
+            sdps: Vec::new(),
+            next_tick: None,
+        }
+    }
+
+    /// Moves everything one step: sockets, Janus events, the calls' datagrams and timers.
+    pub fn pump(&mut self) {
+        let now = Instant::now();
+        for m in &mut self.members {
+            m.text.pump(&mut self.sent_to);
+            for e in std::mem::take(&mut m.text.events) {
+                if let PeerEvent::Data(bytes) = e {
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    let _ = m.call.handle_datagram(&JanusTransport::inbound(&text), now);
+                }
+            }
+            if let Some((_, _, link)) = &mut m.publisher {
+                link.pump(&mut self.sent_to);
+                link.events.clear();
+            }
+            for (_, link) in &mut m.subs {
+                link.pump(&mut self.sent_to);
+                for e in std::mem::take(&mut link.events) {
+                    if let PeerEvent::Audio { payload, .. } = e {
+                        let t = Instant::now();
+                        let _ = m
+                            .call
+                            .handle_datagram(&JanusTransport::audio(&payload), now);
+                        m.report.receive_time += t.elapsed();
+                        m.report.received += 1;
+                    }
+                }
+            }
+            if m.call.poll_timeout().is_some_and(|t| t <= now) {
+                m.call.handle_timeout(now);
+            }
+            let mut buf = Vec::new();
+            while m.call.poll_transmit(&mut buf) {
+                match JanusTransport::outbound(&buf) {
+                    Some(JanusOutbound::Audio(payload)) => {
+                        if let Some((_, _, link)) = &mut m.publisher {
+                            if link.peer.is_connected() {
+                                let _ = link.peer.send_audio(payload, now);
+                            }
+                        }
+                    }
+                    Some(JanusOutbound::Text(texts)) => {
+                        for t in texts {
+                            let _ = m.text.peer.send_text(t);
+                        }
+                    }
+                    None => panic!("the engine wrote something JanusTransport cannot split"),
+                }
+            }
+            while let Some(e) = m.call.poll_event() {
+                m.events.push(e);
+            }
+            m.text.pump(&mut self.sent_to);
+        }
+    }
+
+    pub fn wait(&mut self, handle: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(e) = self.session.take(handle, &pred) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} from janus; events: {:?}",
+                self.session.seen()
+            );
+            self.pump();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A TextRoom peer connection (Janus offers, the link answers).
+    pub fn textroom_link(&mut self) -> Link {
+        let handle = self.session.attach_plugin("janus.plugin.textroom");
+        self.session
+            .message(handle, json!({"request": "setup"}), None);
+        let offer = self.wait(handle, "textroom offer", |e| e["jsep"].is_object());
+        let sdp = offer["jsep"]["sdp"].as_str().unwrap().to_string();
+        let mut link = Link::new(Instant::now());
+        let answer = link.peer.accept_offer(&sdp).unwrap();
+        self.sdps.push(sdp);
+        self.sdps.push(answer.clone());
+        self.session.message(
+            handle,
+            json!({"request": "ack"}),
+            Some(json!({"type": "answer", "sdp": answer})),
+        );
+        link
+    }
+
+    /// Publishes member `i`'s audio in the media room (made by the first to publish).
+    pub fn publish(&mut self, i: usize) {
+        let room = match self.media_room {
+            Some(r) => r,
+            None => {
+                let group = self.members[i].call.room().unwrap().group_id().to_vec();
+                let digest: [u8; 32] = {
+                    use sha2::Digest;
+                    sha2::Sha256::new()
+                        .chain_update(b"test: janus media room")
+                        .chain_update(&group)
+                        .finalize()
+                        .into()
+                };
+                let room = u64::from_be_bytes(digest[..8].try_into().unwrap()) >> 12;
+                let admin = self.session.attach();
+                let r = self.session.message(
+                    admin,
+                    json!({"request": "create", "room": room, "audiocodec": "opus",
+                           "require_e2ee": true, "publishers": 8, "audiolevel_ext": false}),
+                    None,
+                );
+                assert_eq!(r["plugindata"]["data"]["videoroom"], "created", "{r}");
+                self.media_room = Some(room);
+                room
+            }
+        };
+        let handle = self.session.attach();
+        self.session.message(
+            handle,
+            json!({"request": "join", "ptype": "publisher", "room": room}),
+            None,
+        );
+        let joined = self.wait(handle, "joined", |e| {
+            e["plugindata"]["data"]["videoroom"] == "joined"
+        });
+        let feed = joined["plugindata"]["data"]["id"].as_u64().unwrap();
+        let mut link = Link::new(Instant::now());
+        let offer = link.peer.offer(Direction::SendOnly, false).unwrap();
+        self.sdps.push(offer.clone());
+        self.session.message(
+            handle,
+            json!({"request": "publish"}),
+            Some(json!({"type": "offer", "sdp": offer, "e2ee": true})),
+        );
+        self.members[i].publisher = Some((handle, feed, link));
+        let answer = self.wait(handle, "publish answer", |e| e["jsep"].is_object());
+        let sdp = answer["jsep"]["sdp"].as_str().unwrap().to_string();
+        self.sdps.push(sdp.clone());
+        if let Some((_, _, link)) = &mut self.members[i].publisher {
+            link.peer.accept_answer(&sdp).unwrap();
+        }
+        self.wait(handle, "publisher webrtcup", |e| e["janus"] == "webrtcup");
+        // Those already publishing.
+        for p in joined["plugindata"]["data"]["publishers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(f) = p["id"].as_u64() {
+                self.subscribe(i, f);
+            }
+        }
+    }
+
+    /// Subscribes member `i` to `feed` (one peer connection per feed).
+    pub fn subscribe(&mut self, i: usize, feed: u64) {
+        let room = self.media_room.unwrap();
+        if self.members[i].subs.iter().any(|(f, _)| *f == feed) {
+            return;
+        }
+        let handle = self.session.attach();
+        self.session.message(
+            handle,
+            json!({"request": "join", "ptype": "subscriber", "room": room,
+                   "streams": [{"feed": feed}]}),
+            None,
+        );
+        let offer = self.wait(handle, "subscriber offer", |e| e["jsep"].is_object());
+        let sdp = offer["jsep"]["sdp"].as_str().unwrap().to_string();
+        let mut link = Link::new(Instant::now());
+        let answer = link.peer.accept_offer(&sdp).unwrap();
+        self.sdps.push(sdp);
+        self.sdps.push(answer.clone());
+        self.session.message(
+            handle,
+            json!({"request": "start"}),
+            Some(json!({"type": "answer", "sdp": answer})),
+        );
+        self.members[i].subs.push((feed, link));
+    }
+
+    /// New publishers announced to member `i`'s publisher handle.
+    pub fn follow_publishers(&mut self, i: usize) {
+        let Some((handle, _, _)) = &self.members[i].publisher else {
+            return;
+        };
+        let handle = *handle;
+        while let Some(e) = self
+            .session
+            .take(handle, |e| e["plugindata"]["data"]["publishers"].is_array())
+        {
+            for p in e["plugindata"]["data"]["publishers"].as_array().unwrap() {
+                if let Some(f) = p["id"].as_u64() {
+                    self.subscribe(i, f);
+                }
+            }
+        }
+    }
+
+    /// Runs the call for `d`, every member in the room sending and pulling 20 ms frames.
+    /// Runs the call for `d`: ticks on one 20 ms grid for the whole run (however `talk` is
+    /// called), pumping in between.
+    pub fn talk(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        loop {
+            let next = *self.next_tick.get_or_insert_with(Instant::now);
+            while Instant::now() < next.min(end) {
+                self.pump();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if Instant::now() >= end && next > end {
+                return;
+            }
+            self.next_tick = Some(next + Duration::from_millis(20));
+            self.tick();
+            if Instant::now() >= end {
+                return;
+            }
+        }
+    }
+
+    /// One 20 ms frame: members in the room publish (once) and follow new publishers, send
+    /// a frame of their voice and pull the mix; counted in their [`Report`].
+    pub fn tick(&mut self) {
+        let mut pcm = vec![0i16; 960];
+        let mut out = vec![0i16; 960];
+        let now = Instant::now();
+        for i in 0..self.members.len() {
+            let in_room = self.members[i].call.is_in_room();
+            if in_room && self.members[i].publisher.is_none() {
+                self.publish(i);
+            }
+            self.follow_publishers(i);
+            let m = &mut self.members[i];
+            if m.call.is_in_room() {
+                m.voice.fill(&mut pcm);
+                let sent = m.call.stats().frames_sent;
+                let t = Instant::now();
+                let _ = m.call.send_audio(&pcm, now);
+                m.report.send_time += t.elapsed();
+                m.report.sent += m.call.stats().frames_sent - sent;
+                let before: Vec<_> = m.call.voices().map(|v| (v.member, v.stats)).collect();
+                let t = Instant::now();
+                let _ = m.call.pull_audio(&mut out, now);
+                m.report.pull_time += t.elapsed();
+                m.report.ticks += 1;
+                for v in m.call.voices() {
+                    let b = before
+                        .iter()
+                        .find(|(id, _)| *id == v.member)
+                        .map(|(_, s)| *s)
+                        .unwrap_or_default();
+                    m.report.opened += v.stats.decoded - b.decoded;
+                    m.report.fec += v.stats.fec_recovered - b.fec_recovered;
+                    m.report.concealed += v.stats.concealed - b.concealed;
+                }
+            }
+        }
+        self.pump();
+    }
+
+    pub fn converged(&self, who: &[usize]) -> bool {
+        let codes: HashSet<String> = who
+            .iter()
+            .filter_map(|i| self.members[*i].call.safety_code().map(|c| c.to_string()))
+            .collect();
+        codes.len() == 1
+            && who.iter().all(|i| {
+                let c = &self.members[*i].call;
+                c.is_in_room() && c.can_speak() && c.members().count() + 1 == who.len()
+            })
+    }
+}
