@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use janus::{Member, World};
 use openmls_rust_crypto::OpenMlsRustCrypto;
+use serde_json::{json, Value};
 use sotto::call::{Call, CallConfig, CallEvent, JanusTransport, Transport};
 use sotto::room::Identity;
-use sotto::webrtc::candidate_addresses;
+use sotto::webrtc::{candidate_addresses, PeerEvent};
 
 const PORT: u16 = 18_090;
 const NAMES: [&str; 3] = [
@@ -215,6 +216,64 @@ fn calls_run_over_janus_textroom_and_videoroom() {
         carol_heard,
         "carol hears nothing after"
     );
+    // A stranger on the same Janus (another tenant of the SFU) that learned the current
+    // channel's room id cannot join it, post to it, or destroy it: the PIN and secret come
+    // from the token, which only members have.
+    let token = world.members[0].call.media().tokens().last().unwrap().1;
+    let room = JanusTransport::channel_id(&token);
+    let mut stranger = world.textroom_link();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stranger.events.contains(&PeerEvent::ChannelOpen) {
+        assert!(Instant::now() < deadline, "stranger's channel");
+        if stranger.peer.is_connected() {
+            stranger.peer.open_channel();
+        }
+        stranger.pump(&mut world.sent_to);
+        world.pump();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let tries = [
+        json!({"textroom": "join", "transaction": "s1", "room": room, "username": "stranger"}),
+        json!({"textroom": "join", "transaction": "s2", "room": room, "username": "stranger",
+               "pin": "00000000000000000000000000000000"}),
+        json!({"textroom": "message", "transaction": "s3", "room": room, "text": "AAAA"}),
+        json!({"textroom": "destroy", "transaction": "s4", "room": room}),
+        json!({"textroom": "announcement", "transaction": "s5", "room": room, "text": "AAAA"}),
+    ];
+    for t in &tries {
+        assert!(stranger.peer.send_text(&t.to_string()).unwrap());
+    }
+    let mut answers: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answers.len() < tries.len() {
+        assert!(Instant::now() < deadline, "stranger got {answers:?}");
+        stranger.pump(&mut world.sent_to);
+        for e in std::mem::take(&mut stranger.events) {
+            if let PeerEvent::Data(bytes) = e {
+                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                if v["transaction"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with('s'))
+                {
+                    answers.push(v);
+                }
+            }
+        }
+        world.talk(Duration::from_millis(20));
+    }
+    for a in &answers {
+        assert_eq!(a["textroom"], "error", "the stranger got through: {a}");
+    }
+    println!(
+        "janus call: a stranger's join, message, destroy and announcement refused: {:?}",
+        answers
+            .iter()
+            .map(|a| a["error_code"].clone())
+            .collect::<Vec<_>>()
+    );
+    // The room still works for its members: Alice and Bob still converge after it.
+    world.talk(Duration::from_millis(500));
+    assert!(world.converged(&[0, 1]));
     // Loopback only.
     for c in world.sdps.iter().flat_map(|s| candidate_addresses(s)) {
         assert_eq!(c.ip().to_string(), "127.0.0.1");

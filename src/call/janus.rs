@@ -287,7 +287,8 @@ impl JanusTransport {
         ]
     }
 
-    fn channel_id(token: &ChannelToken) -> u64 {
+    /// The TextRoom room id of the channel `token` (opaque; new every epoch).
+    pub fn channel_id(token: &ChannelToken) -> u64 {
         room_id(b"sotto janus channel", &token.0)
     }
 
