@@ -535,7 +535,12 @@ impl World {
         let handle = self.session.attach_plugin("janus.plugin.textroom");
         self.session
             .message(handle, json!({"request": "setup"}), None);
-        let offer = self.wait(handle, "textroom offer", |e| e["jsep"].is_object());
+        self.answer_offer(handle, "ack")
+    }
+
+    /// Waits for Janus's offer on `handle`, answers it from a new link with `request`.
+    fn answer_offer(&mut self, handle: u64, request: &str) -> Link {
+        let offer = self.wait(handle, "an offer", |e| e["jsep"].is_object());
         let sdp = offer["jsep"]["sdp"].as_str().unwrap().to_string();
         let mut link = Link::new(Instant::now());
         let answer = link.peer.accept_offer(&sdp).unwrap();
@@ -543,7 +548,7 @@ impl World {
         self.sdps.push(answer.clone());
         self.session.message(
             handle,
-            json!({"request": "ack"}),
+            json!({"request": request}),
             Some(json!({"type": "answer", "sdp": answer})),
         );
         link
@@ -627,17 +632,7 @@ impl World {
                    "streams": [{"feed": feed}]}),
             None,
         );
-        let offer = self.wait(handle, "subscriber offer", |e| e["jsep"].is_object());
-        let sdp = offer["jsep"]["sdp"].as_str().unwrap().to_string();
-        let mut link = Link::new(Instant::now());
-        let answer = link.peer.accept_offer(&sdp).unwrap();
-        self.sdps.push(sdp);
-        self.sdps.push(answer.clone());
-        self.session.message(
-            handle,
-            json!({"request": "start"}),
-            Some(json!({"type": "answer", "sdp": answer})),
-        );
+        let link = self.answer_offer(handle, "start");
         self.members[i].subs.push((feed, link));
     }
 
