@@ -33,7 +33,7 @@ use sotto::audio::{AudioReceiver, AudioSender, Pulled};
 use sotto::call::{Call, CallConfig};
 use sotto::keys::MemberId;
 use sotto::media::{ChannelToken, EpochKeys, EpochStatus, MediaSession};
-use sotto::relay::{ClientEvent, Cookie, RelayClient};
+use sotto::relay::{ClientEvent, RelayClient};
 
 const MEMBERS: usize = 8;
 /// The member measured (a joiner, like most members).
@@ -157,7 +157,7 @@ impl Parts {
         assert!(media.sending_epoch().is_some());
         let mut client = RelayClient::new();
         let mut out = BytesMut::new();
-        client.hello(Cookie::default(), &mut out).unwrap();
+        client.hello(&mut out).unwrap();
         room.send(conn, &out);
         for d in std::mem::take(&mut room.inbox[conn]) {
             assert!(matches!(client.receive(&d), Ok(ClientEvent::Ready)));

@@ -2,9 +2,9 @@
 //! members (packets forwarded per second), with a baseline measured in the same run: a bare
 //! `HashMap<handle, Vec<conn>>` lookup plus a copy of the packet into a buffer per
 //! receiver. Also the cost of an epoch move (subscribe to the new token, unsubscribe the
-//! old one), and what a datagram from an address that never proved it receives costs the
-//! `AddressCheck` (one HMAC and a 17-byte challenge), against routing one media packet of a
-//! validated member to its 7 peers.
+//! old one), and what a datagram from a connection that never said Hello costs the router
+//! (refused with a 7-byte `NotConnected`), against routing one media packet of a member to
+//! its 7 peers.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -13,8 +13,7 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sotto::media::ChannelToken;
 use sotto::relay::{
-    AddressCheck, Admission, ChannelHandle, ClientMessage, ConnId, Cookie, RelayMessage, Router,
-    RouterLimits, CHALLENGE_LEN,
+    ChannelHandle, ClientMessage, ConnId, ErrorCode, RelayMessage, Router, RouterLimits,
 };
 
 const CHANNELS: u32 = 1_000;
@@ -53,15 +52,11 @@ fn fan_out(c: &mut Criterion) {
     let mut buf = [0u8; 64];
     for ch in 0..CHANNELS {
         for m in 0..MEMBERS {
-            let hello = ClientMessage::Hello {
-                cookie: Cookie::default(),
-            };
-            let n = hello.encode(&mut buf).unwrap();
+            let n = ClientMessage::Hello.encode(&mut buf).unwrap();
             router
                 .receive(conn(ch, m), &buf[..n], now, &mut |_, _| {})
                 .unwrap();
             let n = ClientMessage::Subscribe {
-                proof: router.proof(conn(ch, m)).unwrap(),
                 token: token(ch, 0),
             }
             .encode(&mut buf)
@@ -139,14 +134,12 @@ fn fan_out(c: &mut Criterion) {
     let mut epoch = 0u32;
     let me = conn(0, 0);
     let mut handle = router.handle(me, &token(0, 0)).unwrap();
-    let proof = router.proof(me).unwrap();
     let mut sub = [0u8; 64];
     let mut unsub = [0u8; 32];
     group.bench_function("subscribe new + unsubscribe old", |b| {
         b.iter(|| {
             epoch += 1;
             let n = ClientMessage::Subscribe {
-                proof,
                 token: token(0, epoch),
             }
             .encode(&mut sub)
@@ -159,7 +152,7 @@ fn fan_out(c: &mut Criterion) {
                     }
                 })
                 .unwrap();
-            let m = ClientMessage::Unsubscribe { proof, handle }
+            let m = ClientMessage::Unsubscribe { handle }
                 .encode(&mut unsub)
                 .unwrap();
             router
@@ -170,21 +163,21 @@ fn fan_out(c: &mut Criterion) {
     });
     group.finish();
 
-    // A forged-source flood: every datagram is checked and challenged, never routed.
-    let mut group = c.benchmark_group("relay/unvalidated 63 B datagram");
+    // A connection that never said Hello: every datagram is refused, never routed.
+    let mut group = c.benchmark_group("relay/65 B media datagram");
     group.throughput(Throughput::Elements(1));
-    let check = AddressCheck::new(&[0x11; 32], now);
+    let stranger = ConnId(u64::MAX);
     let mut media = ClientMessage::media_header(ChannelHandle(0)).to_vec();
     media.extend_from_slice(&[0x5a; FRAME]);
-    let mut reply = [0u8; CHALLENGE_LEN];
-    let address = *b"\xc6\x33\x64\x07\x0f\xa0";
-    group.bench_function("address check (challenge)", |b| {
-        b.iter(
-            || match check.check(black_box(&address), &media, now, &mut reply) {
-                Admission::Challenge(bytes) => black_box(bytes.len()),
-                _ => unreachable!(),
-            },
-        );
+    group.bench_function("unknown connection (NotConnected)", |b| {
+        let mut total = 0usize;
+        b.iter(|| {
+            let refused = router.receive(stranger, black_box(&media), now, &mut |to, bytes| {
+                consume(&mut total, to, bytes)
+            });
+            assert_eq!(refused, Err(ErrorCode::NotConnected));
+        });
+        black_box(total);
     });
     let sender = conn(1, 0);
     let sender_handle = router.handle(sender, &token(1, 0)).unwrap();

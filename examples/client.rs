@@ -1,9 +1,11 @@
 //! `cargo run --release --example client -- (--create | --join) --name NAME --dir DIR
-//! [--relay ADDR (default 127.0.0.1:7878)] [--seconds N (default 10)]`
+//! --pin PIN [--relay ADDR (default 127.0.0.1:7878)] [--seconds N (default 10)]`
 //!
 //! One call member as a process: it speaks a synthesized voice in real time (one sealed Opus
-//! frame every 20 ms) over UDP to the relay (`cargo run --release --example relay`) and
-//! decodes everyone else.
+//! frame every 20 ms) over QUIC to the relay (`cargo run --release --bin sotto-relay`) and
+//! decodes everyone else. `PIN` is the relay's certificate pin as the relay prints it
+//! (`sha256:…`), or the path of the relay's certificate file (`relay-cert.der`): the member
+//! talks to no relay whose certificate does not match.
 //!
 //! Invitations go through a shared directory, standing in for an out-of-band channel (an
 //! invite link): KeyPackages carry the member's pseudonym in the clear, so they never pass
@@ -20,18 +22,21 @@
 //! Every member uses the default room configuration. After `--seconds`, it prints what it
 //! sent and decoded, per sender, and the room's safety code: compare it across terminals.
 
+#[path = "common/quic_member.rs"]
+mod quic_member;
 #[path = "common/voice.rs"]
 mod voice;
 
 use std::collections::HashSet;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use openmls_rust_crypto::OpenMlsRustCrypto;
+use quic_member::QuicWire;
 use sotto::call::{Call, CallConfig, CallError, CallEvent};
+use sotto::quic::RelayPin;
 use sotto::room::{Identity, RoomError};
 use voice::Voice;
 
@@ -54,13 +59,15 @@ struct Options {
     name: String,
     dir: PathBuf,
     relay: SocketAddr,
+    pin: RelayPin,
     seconds: u64,
 }
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: client (--create | --join) --name NAME --dir DIR [--relay ADDR (default \
-         127.0.0.1:7878)] [--seconds N (default 10)]\n  NAME: 1-32 of A-Z a-z 0-9 - _"
+        "usage: client (--create | --join) --name NAME --dir DIR --pin PIN [--relay ADDR \
+         (default 127.0.0.1:7878)] [--seconds N (default 10)]\n  NAME: 1-32 of A-Z a-z 0-9 - _\n  \
+         PIN: the relay's pin (sha256:...) or the path of its certificate (relay-cert.der)"
     );
     ExitCode::from(2)
 }
@@ -71,6 +78,7 @@ fn parse_args() -> Option<Options> {
     let mut dir = None;
     let mut relay: SocketAddr = "127.0.0.1:7878".parse().ok()?;
     let mut seconds = 10;
+    let mut pin = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -79,6 +87,7 @@ fn parse_args() -> Option<Options> {
             "--name" => name = args.next(),
             "--dir" => dir = args.next().map(PathBuf::from),
             "--relay" => relay = args.next()?.parse().ok()?,
+            "--pin" => pin = Some(read_pin(&args.next()?)?),
             "--seconds" => seconds = args.next()?.parse().ok().filter(|s| *s > 0)?,
             _ => return None,
         }
@@ -93,8 +102,23 @@ fn parse_args() -> Option<Options> {
         name,
         dir: dir?,
         relay,
+        pin: pin?,
         seconds,
     })
+}
+
+/// A pin as the relay prints it, or the pin of a certificate file.
+fn read_pin(value: &str) -> Option<RelayPin> {
+    if value.starts_with("sha256:") {
+        return RelayPin::parse(value).ok();
+    }
+    match std::fs::read(value) {
+        Ok(der) => Some(RelayPin::of_certificate(&der)),
+        Err(e) => {
+            eprintln!("cannot read the relay certificate {value}: {e}");
+            None
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically (a reader never sees half a file).
@@ -292,25 +316,14 @@ fn main() -> ExitCode {
         eprintln!("cannot use {}: {e}", options.dir.display());
         return ExitCode::FAILURE;
     }
-    let bind: SocketAddr = if options.relay.ip().is_loopback() {
-        "127.0.0.1:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let socket = match UdpSocket::bind(bind)
-        .and_then(|s| s.connect(options.relay).map(|_| s))
-        .and_then(|s| s.set_nonblocking(true).map(|_| s))
-    {
-        Ok(s) => s,
+    let start = Instant::now();
+    let mut wire = match QuicWire::connect(options.relay, options.pin, start) {
+        Ok(w) => w,
         Err(e) => {
-            eprintln!("cannot open a UDP socket to {}: {e}", options.relay);
+            eprintln!("cannot open a QUIC connection to {}: {e}", options.relay);
             return ExitCode::FAILURE;
         }
     };
-
-    let start = Instant::now();
     let mut voice = Voice::new(voice_of(&options.name));
     let config = CallConfig::default();
     let made = Identity::new(OpenMlsRustCrypto::default(), options.name.as_bytes())
@@ -361,45 +374,29 @@ fn main() -> ExitCode {
         }
     }
 
-    let mut send_errors = 0u64;
-    let mut unreachable = 0u64;
     let mut departed = Vec::new();
     let mut pcm = vec![0i16; call.frame_samples()];
     let mut heard = vec![0i16; call.frame_samples()];
-    let mut datagram = Vec::new();
     let end = start + Duration::from_secs(options.seconds);
     let mut next_tick = start;
     let mut next_dir = start;
     let mut shown: Option<(u64, usize)> = None;
     let mut warned = false;
-    let mut buf = vec![0u8; 65_536];
     loop {
         let now = Instant::now();
         if now >= end {
             break;
         }
-        loop {
-            match socket.recv(&mut buf) {
-                Ok(n) => {
-                    let bytes = buf.get(..n).unwrap_or(&[]);
-                    // A datagram that does not parse is refused and changes nothing.
-                    let _ = call.handle_datagram(bytes, Instant::now());
-                }
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    unreachable += 1;
-                    if !warned {
-                        eprintln!(
-                            "the relay does not answer at {} (start it with `cargo run --release --example relay`)",
-                            options.relay
-                        );
-                        warned = true;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        if call.poll_timeout().is_some_and(|t| t <= now) {
-            call.handle_timeout(now);
+        wire.pump(&mut call, now);
+        if !warned
+            && !wire.is_connected()
+            && now.saturating_duration_since(start) > Duration::from_secs(3)
+        {
+            eprintln!(
+                "no QUIC connection to the relay at {} yet (is `sotto-relay` running, and is the pin its own?)",
+                options.relay
+            );
+            warned = true;
         }
         if now >= next_tick {
             voice.fill(&mut pcm);
@@ -425,11 +422,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        while call.poll_transmit(&mut datagram) {
-            if socket.send(&datagram).is_err() {
-                send_errors += 1;
-            }
-        }
+        wire.flush(&mut call, now);
         while let Some(event) = call.poll_event() {
             match event {
                 CallEvent::MemberLeft { member } => departed.push(format!("leaf {}", member.leaf)),
@@ -465,13 +458,19 @@ fn main() -> ExitCode {
         std::thread::sleep(wait);
     }
     call.hang_up();
-    while call.poll_transmit(&mut datagram) {
-        let _ = socket.send(&datagram);
+    // Let the last requests reach the relay (a QUIC close drops unsent stream data).
+    let flushed = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < flushed {
+        wire.pump(&mut call, Instant::now());
+        std::thread::sleep(Duration::from_millis(5));
     }
+    wire.close(Instant::now());
     print_report(&call, &options.name, start.elapsed(), &departed);
-    if send_errors > 0 || unreachable > 0 {
-        println!("network: {send_errors} send errors, {unreachable} unreachable-relay notices");
-    }
+    let q = wire.quic().stats();
+    println!(
+        "quic: {} media datagrams sent, {} dropped; {} connects, {} disconnects; {} socket errors",
+        q.media_sent, q.media_dropped, q.connects, q.disconnects, wire.send_errors
+    );
     if call.room().is_some() {
         ExitCode::SUCCESS
     } else {

@@ -266,8 +266,8 @@ mod relay_body {
     use bytes::BytesMut;
     use sotto::media::ChannelToken;
     use sotto::relay::{
-        AddressCheck, Admission, ChannelHandle, ClientMessage, ConnId, Cookie, ErrorCode,
-        RelayMessage, Router, RouterLimits, RouterStats, CHALLENGE_LEN,
+        ChannelHandle, ClientMessage, ConnId, ErrorCode, RelayMessage, Router, RouterLimits,
+        RouterStats,
     };
 
     /// Tokens of the fixture's channels: two the script's connections share, and the
@@ -331,20 +331,15 @@ mod relay_body {
             // Every connection says Hello (1 to 4, X, Y); 1 and 2 subscribe to token 0, 2
             // and 3 to token 1, X and Y to the control channel.
             for conn in [1, 2, 3, 4, X.0, Y.0] {
-                let mut buf = [0u8; CHALLENGE_LEN];
-                let n = ClientMessage::Hello {
-                    cookie: Cookie::default(),
-                }
-                .encode(&mut buf)
-                .expect("fits");
+                let mut buf = [0u8; 1];
+                let n = ClientMessage::Hello.encode(&mut buf).expect("fits");
                 h.feed(ConnId(conn), &buf[..n]).expect("fixture says Hello");
             }
             let subs = [(1, 0), (2, 0), (2, 1), (3, 1), (X.0, 2), (Y.0, 2)];
             for (conn, t) in subs {
                 let token = RELAY_TOKENS[t];
-                let proof = h.router.proof(ConnId(conn)).expect("said Hello");
                 let mut buf = [0u8; 64];
-                let n = ClientMessage::Subscribe { proof, token }
+                let n = ClientMessage::Subscribe { token }
                     .encode(&mut buf)
                     .expect("fits");
                 h.feed(ConnId(conn), &buf[..n]).expect("fixture subscribes");
@@ -352,47 +347,31 @@ mod relay_body {
             h
         }
 
-        /// `datagram` as `from` itself would send it: with its proof, and a handle field
-        /// (media, handshakes, unsubscribes) mapped to one of its own (handle mod 3 picks
-        /// one of the fixture's tokens). The input cannot guess either: this is how it
-        /// reaches what lies behind the checks.
+        /// `datagram` as `from` itself would send it: a handle field (media, handshakes,
+        /// unsubscribes) mapped to one of its own (handle mod 3 picks one of the fixture's
+        /// tokens). The input cannot guess handles (drawn under the relay's key): this is
+        /// how it reaches what lies behind them.
         fn authentic(&self, from: ConnId, datagram: &[u8]) -> Vec<u8> {
             let Ok(msg) = ClientMessage::parse(datagram) else {
                 return datagram.to_vec();
             };
-            let proof = self.router.proof(from).unwrap_or_default();
             let own = |h: ChannelHandle| {
                 let token = RELAY_TOKENS[(h.0 % 3) as usize];
                 self.router.handle(from, &token).unwrap_or(h)
             };
             let msg = match msg {
-                ClientMessage::Subscribe { token, .. } => ClientMessage::Subscribe { proof, token },
-                ClientMessage::Unsubscribe { handle, .. } => ClientMessage::Unsubscribe {
-                    proof,
+                ClientMessage::Unsubscribe { handle } => ClientMessage::Unsubscribe {
                     handle: own(handle),
                 },
                 ClientMessage::Media { handle, frame } => ClientMessage::Media {
                     handle: own(handle),
                     frame,
                 },
-                ClientMessage::Handshake {
-                    handle, message, ..
-                } => ClientMessage::Handshake {
-                    proof,
+                ClientMessage::Handshake { handle, message } => ClientMessage::Handshake {
                     handle: own(handle),
                     message,
                 },
-                ClientMessage::DeliverWelcome {
-                    mailbox, welcome, ..
-                } => ClientMessage::DeliverWelcome {
-                    proof,
-                    mailbox,
-                    welcome,
-                },
-                ClientMessage::FetchWelcomes { mailbox, .. } => {
-                    ClientMessage::FetchWelcomes { proof, mailbox }
-                }
-                hello @ ClientMessage::Hello { .. } => hello,
+                other => other,
             };
             let mut out = vec![0u8; msg.encoded_len()];
             match msg.encode(&mut out) {
@@ -404,6 +383,11 @@ mod relay_body {
 
         /// One datagram in; checks every invariant of what comes out.
         fn feed(&mut self, from: ConnId, datagram: &[u8]) -> Result<(), ErrorCode> {
+            // A connection the router holds no state for gets nothing but NotConnected for
+            // any request but Hello.
+            let stranger = self.router.usage(from).is_none()
+                && datagram.len() <= self.router.limits().max_message
+                && ClientMessage::parse(datagram).is_ok_and(|m| !matches!(m, ClientMessage::Hello));
             let mut errors = Vec::new();
             let (mut datagrams, mut bytes) = (0u64, 0u64);
             let now = self.now;
@@ -436,10 +420,11 @@ mod relay_body {
             self.bytes_in += datagram.len() as u64;
             self.datagrams_out += datagrams;
             self.bytes_out += bytes;
+            if stranger {
+                assert_eq!(result, Err(ErrorCode::NotConnected));
+                assert!(self.router.usage(from).is_none());
+            }
             match result {
-                Err(ErrorCode::Unproven) => {
-                    assert_eq!(datagrams, 0, "an unproven request gets no answer");
-                }
                 Err(code) => {
                     assert_eq!(datagrams, 1, "a refusal sends exactly the error");
                     assert_eq!(errors, [(from, code)]);
@@ -464,7 +449,7 @@ mod relay_body {
                 + s.fetches
                 + s.hellos;
             assert_eq!(s.datagrams_in, accepted + s.drops.total());
-            assert_eq!(s.errors_out, s.drops.total() - s.drops.unproven);
+            assert_eq!(s.errors_out, s.drops.total());
             assert_eq!(
                 s.datagrams_out,
                 s.subscribes
@@ -536,45 +521,6 @@ mod relay_body {
         }
     }
 
-    /// The bytes as a datagram from an unvalidated address: never admitted without the
-    /// address's cookie, never answered with more bytes than came in, and a challenge's
-    /// cookie admits that address (only).
-    fn address_check(data: &[u8]) {
-        let now = Instant::now();
-        let check = AddressCheck::new(&[0x42; 32], now);
-        let mut reply = [0u8; CHALLENGE_LEN];
-        match check.check(b"peer", data, now, &mut reply) {
-            Admission::Admit => {
-                let cookie = check.cookie(b"peer", now);
-                assert_eq!(
-                    ClientMessage::parse(data),
-                    Ok(ClientMessage::Hello { cookie })
-                );
-            }
-            Admission::Ignore => {
-                assert!(data.len() < CHALLENGE_LEN || ClientMessage::parse(data).is_err())
-            }
-            Admission::Challenge(bytes) => {
-                // Only client requests are answered (no loops), never with more bytes.
-                assert!(ClientMessage::parse(data).is_ok());
-                assert!(bytes.len() <= data.len());
-                let Ok(RelayMessage::Challenge { cookie }) = RelayMessage::parse(bytes) else {
-                    panic!("a challenge");
-                };
-                let mut hello = [0u8; CHALLENGE_LEN];
-                let n = ClientMessage::Hello { cookie }
-                    .encode(&mut hello)
-                    .expect("fits");
-                let mut again = [0u8; CHALLENGE_LEN];
-                assert_eq!(
-                    check.check(b"peer", &hello[..n], now, &mut again),
-                    Admission::Admit
-                );
-                assert!(!check.is_valid(b"other peer", &cookie, now));
-            }
-        }
-    }
-
     /// Checks parse → encode is the identity for both directions.
     fn round_trip(data: &[u8]) {
         if let Ok(msg) = ClientMessage::parse(data) {
@@ -604,12 +550,12 @@ mod relay_body {
     /// first as one datagram from connection 1, then as a script of steps
     /// `op ‖ len ‖ len bytes`, where `op & 3` picks connection 1..=4, `op & 4` disconnects
     /// it instead (no len, no bytes), `op & 8` advances time by 3 s, `op & 16` calls
-    /// `expire` and `op & 32` sends the datagram as the connection itself would (its proof,
-    /// its handles) rather than as a forger with its address. The router never panics, its counters add up, its limits hold, and the
+    /// `expire` and `op & 32` sends the datagram with the connection's own handles in place
+    /// of the ones it names. The router never panics, its counters add up, its limits hold,
+    /// a connection it holds no state for gets only `NotConnected` (Hello aside), and the
     /// control channel, which the input cannot speak for, delivers exactly as before.
     pub fn relay_wire(data: &[u8]) {
         round_trip(data);
-        address_check(data);
         let mut h = Harness::new();
         let _ = h.feed(ConnId(1), data);
         h.control_still_works();
@@ -653,8 +599,8 @@ mod relay_body {
 pub use call_body::{call_datagram, CallFuzz};
 
 /// `Call::handle_datagram` on a member of a live two-member call: any datagram, as if from
-/// the relay's address. The call runs over sotto's router in-process (a fixed relay key, so
-/// handles and proofs in seeds recorded from this fixture are live ones).
+/// the relay. The call runs over sotto's router in-process (a fixed relay key, so handles
+/// in seeds recorded from this fixture are live ones).
 #[cfg(feature = "opus")]
 mod call_body {
     use std::time::{Duration, Instant};

@@ -49,6 +49,8 @@ pub mod frame;
 mod hash;
 pub mod keys;
 pub mod media;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod relay;
 pub mod room;
 pub mod rtp;

@@ -4,11 +4,10 @@
 //! shows changes (epoch, safety code, members, whether it speaks, its confirmed channels),
 //! and the call goes on afterwards.
 //!
-//! Except for the connection itself: a flipped Challenge makes the member say Hello, and a
-//! flipped datagram that then reads as `Ready` with another proof is, on this wire,
-//! indistinguishable from the relay restarting: the member drops its channels. Measured
-//! here: how long until it hears again (it notices its subscriptions go unconfirmed and
-//! says Hello again).
+//! Except for the connection itself: a flipped error that reads as `NotConnected` about a
+//! request the member made is, on this wire, indistinguishable from the relay having
+//! forgotten the connection: the member drops its channels and says Hello again. Measured
+//! here: how long until it hears again.
 #![cfg(feature = "opus")]
 
 #[path = "common/call_net.rs"]
@@ -56,8 +55,7 @@ fn kind(d: &[u8]) -> &'static str {
         Ok(RelayMessage::Welcome { .. }) => "welcome",
         Ok(RelayMessage::Stored { .. }) => "stored",
         Ok(RelayMessage::Error { .. }) => "error",
-        Ok(RelayMessage::Challenge { .. }) => "challenge",
-        Ok(RelayMessage::Ready { .. }) => "ready",
+        Ok(RelayMessage::Ready) => "ready",
         _ => "other",
     }
 }
@@ -80,11 +78,11 @@ fn cut_and_flipped_datagrams_are_refused_and_change_nothing() {
     assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
     let _ = j;
 
-    // A few datagrams of every kind the members received.
+    // A few datagrams (five) of every kind the members received.
     let mut samples: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
     for (_, _, d) in &net.delivered {
         let list = samples.entry(kind(d)).or_default();
-        if list.len() < 4 {
+        if list.len() < 5 {
             list.push(d.clone());
         }
     }
@@ -106,7 +104,7 @@ fn cut_and_flipped_datagrams_are_refused_and_change_nothing() {
     let before = shown(&net.nodes[victim].call);
     let (mut fed, mut malformed) = (0u64, 0u64);
     // The connection's own messages last (see the module docs).
-    let order = |w: &&str| matches!(*w, "challenge" | "ready");
+    let order = |w: &&str| matches!(*w, "error");
     let mut kinds: Vec<(&&str, &Vec<Vec<u8>>)> = samples.iter().collect();
     kinds.sort_by_key(|(w, _)| order(w));
     for (what, list) in kinds {
@@ -142,7 +140,7 @@ fn cut_and_flipped_datagrams_are_refused_and_change_nothing() {
                         "{what}: {result:?}"
                     );
                 }
-                // Drain what it queued (answers to forged Challenges go nowhere).
+                // Drain what it queued (a Hello after a forged NotConnected goes nowhere).
                 let mut out = Vec::new();
                 while net.nodes[victim].call.poll_transmit(&mut out) {}
                 let now_shown = shown(&net.nodes[victim].call);

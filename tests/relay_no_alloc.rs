@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use sotto::media::ChannelToken;
 use sotto::relay::{
-    ChannelHandle, ClientMessage, ConnId, Cookie, RelayMessage, Router, RouterLimits,
+    ChannelHandle, ClientMessage, ConnId, ErrorCode, RelayMessage, Router, RouterLimits,
     MEDIA_OVERHEAD,
 };
 
@@ -32,17 +32,11 @@ fn populated() -> (Router, Vec<(ConnId, ChannelHandle)>) {
         let token = ChannelToken(t);
         for m in 0..MEMBERS {
             let conn = ConnId(u64::from(ch) * MEMBERS + m);
-            let hello = ClientMessage::Hello {
-                cookie: Cookie::default(),
-            };
-            let n = hello.encode(&mut buf).unwrap();
+            let n = ClientMessage::Hello.encode(&mut buf).unwrap();
             router
                 .receive(conn, &buf[..n], now, &mut |_, _| {})
                 .unwrap();
-            let proof = router.proof(conn).unwrap();
-            let n = ClientMessage::Subscribe { proof, token }
-                .encode(&mut buf)
-                .unwrap();
+            let n = ClientMessage::Subscribe { token }.encode(&mut buf).unwrap();
             router
                 .receive(conn, &buf[..n], now, &mut |_, _| {})
                 .unwrap();
@@ -98,21 +92,14 @@ fn handshake_fan_out_and_error_replies_do_not_allocate() {
     let (conn, handle) = senders[3];
     let mut hs = [0u8; 320];
     let n = ClientMessage::Handshake {
-        proof: router.proof(conn).unwrap(),
         handle,
         message: &[7; 280],
     }
     .encode(&mut hs)
     .unwrap();
     let unknown = ClientMessage::media_header(ChannelHandle(4321));
-    // A request with a wrong proof: dropped, counted, unanswered.
-    let mut forged = [0u8; 64];
-    let f = ClientMessage::Unsubscribe {
-        proof: sotto::relay::Proof([1; 16]),
-        handle,
-    }
-    .encode(&mut forged)
-    .unwrap();
+    // A connection that never said Hello: refused, counted, answered.
+    let stranger = ConnId(u64::MAX);
     let mut last_seq = None;
     let mut sink = |_: ConnId, b: &[u8]| {
         if let Ok(RelayMessage::Handshake { seq, .. }) = RelayMessage::parse(b) {
@@ -130,11 +117,13 @@ fn handshake_fan_out_and_error_replies_do_not_allocate() {
             router.receive(conn, &hs[..n], now, &mut sink).unwrap();
             router.receive(conn, &unknown, now, &mut sink).unwrap_err();
             router.receive(conn, b"junk", now, &mut sink).unwrap_err();
-            router
-                .receive(conn, &forged[..f], now, &mut sink)
-                .unwrap_err();
+            assert_eq!(
+                router.receive(stranger, &hs[..n], now, &mut sink),
+                Err(ErrorCode::NotConnected)
+            );
         }
     });
     assert_eq!(allocations, 0);
+    assert_eq!(router.stats().drops.not_connected, 1000);
     assert_eq!(last_seq, Some(1000 + warm as u64));
 }

@@ -7,10 +7,9 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use sotto::media::ChannelToken;
 use sotto::relay::{
-    ChannelHandle, ClientMessage, ConnId, Cookie, Departure, ErrorCode, MailboxId, Proof,
-    RelayMessage, Request, Router, RouterLimits, RouterStats, WireError, HANDSHAKE_OVERHEAD,
-    HANDSHAKE_REQUEST_OVERHEAD, MAX_HANDSHAKE, MAX_MEDIA_FRAME, MAX_MEDIA_MESSAGE, MAX_MESSAGE,
-    MEDIA_OVERHEAD,
+    ChannelHandle, ClientMessage, ConnId, Departure, ErrorCode, MailboxId, RelayMessage, Request,
+    Router, RouterLimits, RouterStats, WireError, HANDSHAKE_OVERHEAD, HANDSHAKE_REQUEST_OVERHEAD,
+    MAX_HANDSHAKE, MAX_MEDIA_FRAME, MAX_MEDIA_MESSAGE, MAX_MESSAGE, MEDIA_OVERHEAD,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -20,45 +19,40 @@ use sotto::relay::{
 /// Owned contents of a client message (messages borrow their payloads).
 #[derive(Clone, Debug)]
 enum OwnedClient {
-    Subscribe([u8; 16], [u8; 16]),
-    Unsubscribe([u8; 16], u32),
+    Subscribe([u8; 16]),
+    Unsubscribe(u32),
     Media(u32, Vec<u8>),
-    Handshake([u8; 16], u32, Vec<u8>),
-    DeliverWelcome([u8; 16], Vec<u8>, Vec<u8>),
-    FetchWelcomes([u8; 16], Vec<u8>),
-    Hello([u8; 16]),
+    Handshake(u32, Vec<u8>),
+    DeliverWelcome(Vec<u8>, Vec<u8>),
+    FetchWelcomes(Vec<u8>),
+    Hello,
 }
 
 impl OwnedClient {
     fn message(&self) -> ClientMessage<'_> {
         match self {
-            OwnedClient::Subscribe(p, t) => ClientMessage::Subscribe {
-                proof: Proof(*p),
+            OwnedClient::Subscribe(t) => ClientMessage::Subscribe {
                 token: ChannelToken(*t),
             },
-            OwnedClient::Unsubscribe(p, h) => ClientMessage::Unsubscribe {
-                proof: Proof(*p),
+            OwnedClient::Unsubscribe(h) => ClientMessage::Unsubscribe {
                 handle: ChannelHandle(*h),
             },
             OwnedClient::Media(h, f) => ClientMessage::Media {
                 handle: ChannelHandle(*h),
                 frame: f,
             },
-            OwnedClient::Handshake(p, h, m) => ClientMessage::Handshake {
-                proof: Proof(*p),
+            OwnedClient::Handshake(h, m) => ClientMessage::Handshake {
                 handle: ChannelHandle(*h),
                 message: m,
             },
-            OwnedClient::DeliverWelcome(p, id, w) => ClientMessage::DeliverWelcome {
-                proof: Proof(*p),
+            OwnedClient::DeliverWelcome(id, w) => ClientMessage::DeliverWelcome {
                 mailbox: MailboxId::new(id).unwrap(),
                 welcome: w,
             },
-            OwnedClient::FetchWelcomes(p, id) => ClientMessage::FetchWelcomes {
-                proof: Proof(*p),
+            OwnedClient::FetchWelcomes(id) => ClientMessage::FetchWelcomes {
                 mailbox: MailboxId::new(id).unwrap(),
             },
-            OwnedClient::Hello(c) => ClientMessage::Hello { cookie: Cookie(*c) },
+            OwnedClient::Hello => ClientMessage::Hello,
         }
     }
 
@@ -66,8 +60,8 @@ impl OwnedClient {
     fn payload_len(&self) -> usize {
         match self {
             OwnedClient::Media(_, p)
-            | OwnedClient::Handshake(_, _, p)
-            | OwnedClient::DeliverWelcome(_, _, p) => p.len(),
+            | OwnedClient::Handshake(_, p)
+            | OwnedClient::DeliverWelcome(_, p) => p.len(),
             _ => 0,
         }
     }
@@ -102,8 +96,7 @@ enum OwnedRelay {
     Welcome(Vec<u8>, Vec<u8>),
     Stored(Vec<u8>),
     Error(u8, OwnedRequest),
-    Challenge([u8; 16]),
-    Ready([u8; 16]),
+    Ready,
 }
 
 impl OwnedRelay {
@@ -150,8 +143,7 @@ impl OwnedRelay {
                     OwnedRequest::Hello => Request::Hello,
                 },
             },
-            OwnedRelay::Challenge(c) => RelayMessage::Challenge { cookie: Cookie(*c) },
-            OwnedRelay::Ready(p) => RelayMessage::Ready { proof: Proof(*p) },
+            OwnedRelay::Ready => RelayMessage::Ready,
         }
     }
 
@@ -177,15 +169,13 @@ fn payload(max: usize) -> impl Strategy<Value = Vec<u8>> {
 
 fn client_message() -> impl Strategy<Value = OwnedClient> {
     prop_oneof![
-        (any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(p, t)| OwnedClient::Subscribe(p, t)),
-        (any::<[u8; 16]>(), any::<u32>()).prop_map(|(p, h)| OwnedClient::Unsubscribe(p, h)),
+        any::<[u8; 16]>().prop_map(OwnedClient::Subscribe),
+        any::<u32>().prop_map(OwnedClient::Unsubscribe),
         (any::<u32>(), payload(MAX_MEDIA_FRAME)).prop_map(|(h, f)| OwnedClient::Media(h, f)),
-        (any::<[u8; 16]>(), any::<u32>(), payload(4000))
-            .prop_map(|(p, h, m)| OwnedClient::Handshake(p, h, m)),
-        (any::<[u8; 16]>(), mailbox_id(), payload(4000))
-            .prop_map(|(p, id, w)| OwnedClient::DeliverWelcome(p, id, w)),
-        (any::<[u8; 16]>(), mailbox_id()).prop_map(|(p, id)| OwnedClient::FetchWelcomes(p, id)),
-        any::<[u8; 16]>().prop_map(OwnedClient::Hello),
+        (any::<u32>(), payload(4000)).prop_map(|(h, m)| OwnedClient::Handshake(h, m)),
+        (mailbox_id(), payload(4000)).prop_map(|(id, w)| OwnedClient::DeliverWelcome(id, w)),
+        mailbox_id().prop_map(OwnedClient::FetchWelcomes),
+        Just(OwnedClient::Hello),
     ]
 }
 
@@ -213,8 +203,7 @@ fn relay_message() -> impl Strategy<Value = OwnedRelay> {
         (mailbox_id(), payload(4000)).prop_map(|(id, w)| OwnedRelay::Welcome(id, w)),
         mailbox_id().prop_map(OwnedRelay::Stored),
         (any::<u8>(), request()).prop_map(|(c, r)| OwnedRelay::Error(c, r)),
-        any::<[u8; 16]>().prop_map(OwnedRelay::Challenge),
-        any::<[u8; 16]>().prop_map(OwnedRelay::Ready),
+        Just(OwnedRelay::Ready),
     ]
 }
 
@@ -244,7 +233,7 @@ proptest! {
         prop_assert_eq!(msg.encode_into(&mut appended), Ok(bytes.len()));
         prop_assert_eq!(&appended[6..], &bytes[..]);
         prop_assert_eq!(ClientMessage::parse(&bytes), Ok(msg));
-        prop_assert_eq!(bytes[0] >> 5, 2, "version 2");
+        prop_assert_eq!(bytes[0] >> 5, 3, "version 3");
         // The other direction refuses it.
         let wrong = matches!(RelayMessage::parse(&bytes), Err(WireError::WrongDirection { .. }));
         prop_assert!(wrong, "relay parser accepted a client message");
@@ -267,7 +256,7 @@ proptest! {
             prop_assert_eq!(parsed, Err(WireError::TrailingBytes));
         }
         // Every other version is refused.
-        for version in (0u8..8).filter(|v| *v != 2) {
+        for version in (0u8..8).filter(|v| *v != 3) {
             let mut other = bytes.clone();
             other[0] = (version << 5) | (other[0] & 0x1f);
             prop_assert_eq!(
@@ -308,7 +297,7 @@ proptest! {
         } else {
             prop_assert_eq!(parsed, Err(WireError::TrailingBytes));
         }
-        for version in (0u8..8).filter(|v| *v != 2) {
+        for version in (0u8..8).filter(|v| *v != 3) {
             let mut other = bytes.clone();
             other[0] = (version << 5) | (other[0] & 0x1f);
             prop_assert_eq!(
@@ -339,7 +328,6 @@ proptest! {
 fn wire_layout_matches_the_table() {
     let token = ChannelToken([0xaa; 16]);
     let h = ChannelHandle(0x0102_0304);
-    let p = Proof([0xbb; 16]);
     let id = MailboxId::new(&[7; 32]).unwrap();
     let enc = |m: ClientMessage<'_>| {
         let mut buf = vec![0u8; m.encoded_len()];
@@ -351,16 +339,13 @@ fn wire_layout_matches_the_table() {
         m.encode(&mut buf).unwrap();
         buf
     };
-    let proof_then = |first: u8, rest: &[u8]| [&[first][..], &[0xbb; 16], rest].concat();
-    let sub = enc(ClientMessage::Subscribe { proof: p, token });
-    assert_eq!(sub, proof_then(0x41, &[0xaa; 16]));
-    assert_eq!(sub.len(), 33);
+    let then = |first: u8, rest: &[u8]| [&[first][..], rest].concat();
+    let sub = enc(ClientMessage::Subscribe { token });
+    assert_eq!(sub, then(0x61, &[0xaa; 16]));
+    assert_eq!(sub.len(), 17);
     assert_eq!(
-        enc(ClientMessage::Unsubscribe {
-            proof: p,
-            handle: h
-        }),
-        proof_then(0x42, &[1, 2, 3, 4])
+        enc(ClientMessage::Unsubscribe { handle: h }),
+        [0x62, 1, 2, 3, 4]
     );
     let media = enc(ClientMessage::Media {
         handle: h,
@@ -368,47 +353,27 @@ fn wire_layout_matches_the_table() {
     });
     assert_eq!(MEDIA_OVERHEAD, 5);
     assert_eq!(media.len(), 60 + MEDIA_OVERHEAD);
-    assert_eq!(&media[..5], &[0x43, 1, 2, 3, 4]);
+    assert_eq!(&media[..5], &[0x63, 1, 2, 3, 4]);
     assert_eq!(&media[..5], &ClientMessage::media_header(h));
     assert_eq!(
         enc(ClientMessage::Handshake {
-            proof: p,
             handle: h,
             message: b"mls"
         }),
-        proof_then(0x44, &[1, 2, 3, 4, b'm', b'l', b's'])
+        [0x64, 1, 2, 3, 4, b'm', b'l', b's']
     );
-    assert_eq!(HANDSHAKE_REQUEST_OVERHEAD, 21);
+    assert_eq!(HANDSHAKE_REQUEST_OVERHEAD, 5);
     let deliver = enc(ClientMessage::DeliverWelcome {
-        proof: p,
         mailbox: id,
         welcome: b"w",
     });
-    assert_eq!(deliver.len(), 1 + 16 + 1 + 32 + 1);
-    assert_eq!(&deliver[..18], &proof_then(0x45, &[32])[..]);
-    let fetch = enc(ClientMessage::FetchWelcomes {
-        proof: p,
-        mailbox: id,
-    });
-    assert_eq!(
-        (fetch.len(), &fetch[..18]),
-        (50, &proof_then(0x46, &[32])[..])
-    );
-    let hello = enc(ClientMessage::Hello {
-        cookie: Cookie([3; 16]),
-    });
-    assert_eq!((hello.len(), hello[0], hello[16]), (17, 0x47, 3));
-    let challenge = renc(RelayMessage::Challenge {
-        cookie: Cookie([4; 16]),
-    });
-    assert_eq!(
-        (challenge.len(), challenge[0], challenge[16]),
-        (17, 0x58, 4)
-    );
-    assert_eq!(
-        renc(RelayMessage::Ready { proof: p }),
-        proof_then(0x59, &[])
-    );
+    assert_eq!(deliver.len(), 1 + 1 + 32 + 1);
+    assert_eq!(&deliver[..2], &[0x65, 32]);
+    assert_eq!(deliver[34], b'w');
+    let fetch = enc(ClientMessage::FetchWelcomes { mailbox: id });
+    assert_eq!((fetch.len(), &fetch[..2]), (34, &[0x66, 32][..]));
+    assert_eq!(enc(ClientMessage::Hello), [0x67]);
+    assert_eq!(renc(RelayMessage::Ready), [0x79]);
 
     let subscribed = renc(RelayMessage::Subscribed {
         token,
@@ -418,53 +383,72 @@ fn wire_layout_matches_the_table() {
     assert_eq!(subscribed.len(), 29);
     assert_eq!(
         (subscribed[0], &subscribed[17..]),
-        (0x51, &[1u8, 2, 3, 4, 1, 2, 3, 4, 5, 6, 7, 8][..])
+        (0x71, &[1u8, 2, 3, 4, 1, 2, 3, 4, 5, 6, 7, 8][..])
     );
     assert_eq!(
         renc(RelayMessage::Unsubscribed { handle: h }),
-        [0x52, 1, 2, 3, 4]
+        [0x72, 1, 2, 3, 4]
     );
     let media = renc(RelayMessage::Media {
         handle: h,
         frame: &[9; 60],
     });
-    assert_eq!((media.len(), &media[..5]), (65, &[0x53u8, 1, 2, 3, 4][..]));
+    assert_eq!((media.len(), &media[..5]), (65, &[0x73u8, 1, 2, 3, 4][..]));
     let hs = renc(RelayMessage::Handshake {
         handle: h,
         seq: 5,
         message: b"x",
     });
-    assert_eq!(hs, [0x54, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 5, b'x']);
+    assert_eq!(hs, [0x74, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 5, b'x']);
     assert_eq!(HANDSHAKE_OVERHEAD, 13);
     assert_eq!(
         renc(RelayMessage::Welcome {
             mailbox: id,
             welcome: b"w"
         })[0],
-        0x55
+        0x75
     );
-    assert_eq!(renc(RelayMessage::Stored { mailbox: id })[..2], [0x56, 32]);
+    assert_eq!(renc(RelayMessage::Stored { mailbox: id })[..2], [0x76, 32]);
     assert_eq!(
         renc(RelayMessage::Error {
             code: ErrorCode::UnknownHandle,
             request: Request::Media(h)
         }),
-        [0x57, 4, 0x03, 1, 2, 3, 4]
+        [0x77, 4, 0x03, 1, 2, 3, 4]
     );
     assert_eq!(
         renc(RelayMessage::Error {
             code: ErrorCode::Malformed,
             request: Request::Unparsed
         }),
-        [0x57, 1, 0]
+        [0x77, 1, 0]
     );
-    // An error about a Subscribe names the token, never the proof.
+    // An error about a Subscribe names the token.
     assert_eq!(
         renc(RelayMessage::Error {
             code: ErrorCode::RelayFull,
             request: Request::Subscribe(token)
         }),
-        [&[0x57, 7, 0x01][..], &[0xaa; 16]].concat()
+        [&[0x77, 7, 0x01][..], &[0xaa; 16]].concat()
+    );
+    assert_eq!(
+        renc(RelayMessage::Error {
+            code: ErrorCode::NotConnected,
+            request: Request::Hello
+        }),
+        [0x77, 15, 0x07]
+    );
+    // 0x18 (version 2's Challenge) and error code 14 (version 2's Unproven) are retired.
+    assert_eq!(
+        RelayMessage::parse(&[0x78; 17]),
+        Err(WireError::UnknownType { code: 0x18 })
+    );
+    assert_eq!(
+        RelayMessage::parse(&[0x77, 14, 0]),
+        Ok(RelayMessage::Error {
+            code: ErrorCode::Other(14),
+            request: Request::Unparsed
+        })
     );
 }
 
@@ -473,22 +457,31 @@ fn wire_rejections() {
     assert_eq!(ClientMessage::parse(&[]), Err(WireError::Truncated));
     assert_eq!(RelayMessage::parse(&[]), Err(WireError::Truncated));
     assert_eq!(
-        ClientMessage::parse(&[0x40]),
+        ClientMessage::parse(&[0x60]),
         Err(WireError::UnknownType { code: 0 })
     );
     assert_eq!(
-        ClientMessage::parse(&[0x4f, 1, 2]),
+        ClientMessage::parse(&[0x6f, 1, 2]),
         Err(WireError::UnknownType { code: 0x0f })
     );
     assert_eq!(
-        ClientMessage::parse(&[0x53, 1, 2]),
+        ClientMessage::parse(&[0x73, 1, 2]),
         Err(WireError::WrongDirection { code: 0x13 })
     );
     assert_eq!(
-        RelayMessage::parse(&[0x5f, 1, 2]),
+        RelayMessage::parse(&[0x7f, 1, 2]),
         Err(WireError::UnknownType { code: 0x1f })
     );
-    // Version 1 (0x2_ and 0x3_: the layout before proofs and 4-byte handles) is refused.
+    // Version 2 (0x4_ and 0x5_: proofs, cookies and challenges) and version 1 (0x2_ and
+    // 0x3_: 2-byte handles) are refused.
+    assert_eq!(
+        ClientMessage::parse(&[0x47; 17]),
+        Err(WireError::UnsupportedVersion { version: 2 })
+    );
+    assert_eq!(
+        RelayMessage::parse(&[0x59; 17]),
+        Err(WireError::UnsupportedVersion { version: 2 })
+    );
     assert_eq!(
         ClientMessage::parse(&[0x23, 1, 2]),
         Err(WireError::UnsupportedVersion { version: 1 })
@@ -501,19 +494,29 @@ fn wire_rejections() {
         ClientMessage::parse(&[0x03, 1, 2]),
         Err(WireError::UnsupportedVersion { version: 0 })
     );
+    // Hello and Ready are one byte.
+    assert_eq!(ClientMessage::parse(&[0x67]), Ok(ClientMessage::Hello));
+    assert_eq!(
+        ClientMessage::parse(&[0x67, 0]),
+        Err(WireError::TrailingBytes)
+    );
+    assert_eq!(
+        RelayMessage::parse(&[0x79, 0]),
+        Err(WireError::TrailingBytes)
+    );
     // Mailbox ids of 0 and 65 bytes.
     assert_eq!(
-        ClientMessage::parse(&[&[0x46][..], &[0; 16], &[0]].concat()),
+        ClientMessage::parse(&[0x66, 0]),
         Err(WireError::InvalidMailboxId { len: 0 })
     );
-    let mut long = [&[0x46][..], &[0; 16], &[65]].concat();
+    let mut long = vec![0x66, 65];
     long.extend([1; 65]);
     assert_eq!(
         ClientMessage::parse(&long),
         Err(WireError::InvalidMailboxId { len: 65 })
     );
     assert_eq!(
-        ClientMessage::parse(&[&[0x46][..], &[0; 16], &[3, 1, 2]].concat()),
+        ClientMessage::parse(&[0x66, 3, 1, 2]),
         Err(WireError::Truncated)
     );
     assert_eq!(
@@ -522,7 +525,7 @@ fn wire_rejections() {
     );
     assert!(MailboxId::new(&[0; 64]).is_ok());
     // Size bounds.
-    let mut media = vec![0x43, 0, 0, 0, 1];
+    let mut media = vec![0x63, 0, 0, 0, 1];
     media.resize(MAX_MEDIA_MESSAGE, 0);
     assert!(ClientMessage::parse(&media).is_ok());
     media.push(0);
@@ -533,19 +536,24 @@ fn wire_rejections() {
             max: MAX_MEDIA_MESSAGE
         })
     );
-    let mut hs = [&[0x44][..], &[0; 16], &[0, 0, 0, 1]].concat();
+    // The largest handshake message: the relay's stamped copy takes all of MAX_MESSAGE.
+    assert_eq!(MAX_HANDSHAKE, MAX_MESSAGE - HANDSHAKE_OVERHEAD);
+    let mut hs = vec![0x64, 0, 0, 0, 1];
     hs.resize(HANDSHAKE_REQUEST_OVERHEAD + MAX_HANDSHAKE, 0);
-    assert_eq!(hs.len(), MAX_MESSAGE);
     assert!(ClientMessage::parse(&hs).is_ok());
     hs.push(0);
     assert_eq!(
         ClientMessage::parse(&hs),
         Err(WireError::TooLarge {
-            len: MAX_MESSAGE + 1,
-            max: MAX_MESSAGE
+            len: MAX_HANDSHAKE + 1,
+            max: MAX_HANDSHAKE
         })
     );
-    let mut welcome = [&[0x45][..], &[0; 16], &[1, 9]].concat();
+    let mut relayed = vec![0x74, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+    relayed.resize(HANDSHAKE_OVERHEAD + MAX_HANDSHAKE, 0);
+    assert_eq!(relayed.len(), MAX_MESSAGE);
+    assert!(RelayMessage::parse(&relayed).is_ok());
+    let mut welcome = vec![0x65, 1, 9];
     welcome.resize(MAX_MESSAGE + 1, 0);
     assert_eq!(
         ClientMessage::parse(&welcome),
@@ -570,18 +578,18 @@ fn wire_rejections() {
     assert_eq!(&out[..], b"keep");
     // Unknown error codes and request kinds.
     assert_eq!(
-        RelayMessage::parse(&[0x57, 200, 0]),
+        RelayMessage::parse(&[0x77, 200, 0]),
         Ok(RelayMessage::Error {
             code: ErrorCode::Other(200),
             request: Request::Unparsed
         })
     );
     assert_eq!(
-        RelayMessage::parse(&[0x57, 1, 0x09]),
+        RelayMessage::parse(&[0x77, 1, 0x09]),
         Err(WireError::UnknownType { code: 9 })
     );
     assert_eq!(
-        RelayMessage::parse(&[0x57, 1, 0, 0]),
+        RelayMessage::parse(&[0x77, 1, 0, 0]),
         Err(WireError::TrailingBytes)
     );
 }
@@ -604,36 +612,6 @@ fn token(n: u8) -> ChannelToken {
 
 /// The relay's key in these tests.
 const KEY: [u8; 32] = [0x6b; 32];
-
-/// A placeholder [`Relay::send`] replaces with the sender's own proof (saying Hello for it
-/// first if the router holds no state for it): every request but a forger's carries it.
-const AUTO: Proof = Proof([0; 16]);
-
-/// `msg` with `proof` in place of the one it carries.
-fn with_proof(msg: ClientMessage<'_>, proof: Proof) -> ClientMessage<'_> {
-    match msg {
-        ClientMessage::Subscribe { token, .. } => ClientMessage::Subscribe { proof, token },
-        ClientMessage::Unsubscribe { handle, .. } => ClientMessage::Unsubscribe { proof, handle },
-        ClientMessage::Handshake {
-            handle, message, ..
-        } => ClientMessage::Handshake {
-            proof,
-            handle,
-            message,
-        },
-        ClientMessage::DeliverWelcome {
-            mailbox, welcome, ..
-        } => ClientMessage::DeliverWelcome {
-            proof,
-            mailbox,
-            welcome,
-        },
-        ClientMessage::FetchWelcomes { mailbox, .. } => {
-            ClientMessage::FetchWelcomes { proof, mailbox }
-        }
-        other => other,
-    }
-}
 
 /// What a request returned, and what the router sent because of it.
 type Outcome = (Result<(), ErrorCode>, Vec<(ConnId, Vec<u8>)>);
@@ -680,46 +658,31 @@ impl Relay {
         (result, out)
     }
 
-    /// Says Hello for `conn` (as every client does first); returns its proof.
-    fn hello(&mut self, conn: ConnId) -> Proof {
-        let (result, out) = self.send(
-            conn,
-            ClientMessage::Hello {
-                cookie: Cookie::default(),
-            },
-        );
+    /// Says Hello for `conn` (as every client does first); expects `Ready`.
+    fn hello(&mut self, conn: ConnId) {
+        let (result, out) = self.send(conn, ClientMessage::Hello);
         assert_eq!(result, Ok(()));
-        match RelayMessage::parse(&out[0].1).unwrap() {
-            RelayMessage::Ready { proof } => proof,
-            other => panic!("expected Ready, got {other:?}"),
-        }
+        assert_eq!(out, vec![(conn, vec![0x79])]);
     }
 
-    /// Sends `msg` from `from`, with `from`'s proof in place of [`AUTO`].
+    /// Sends `msg` from `from`, saying Hello for it first if the router holds no state for
+    /// it (as a client does).
     fn send(&mut self, from: ConnId, msg: ClientMessage<'_>) -> Outcome {
-        let msg = match msg.proof() {
-            Some(AUTO) => {
-                let proof = match self.router.proof(from) {
-                    Some(p) => p,
-                    None => self.hello(from),
-                };
-                with_proof(msg, proof)
-            }
-            _ => msg,
-        };
+        if !matches!(msg, ClientMessage::Hello) && self.router.usage(from).is_none() {
+            self.hello(from);
+        }
+        self.unhello(from, msg)
+    }
+
+    /// Sends `msg` from `from` as it is (no Hello first).
+    fn unhello(&mut self, from: ConnId, msg: ClientMessage<'_>) -> Outcome {
         let mut buf = vec![0u8; msg.encoded_len()];
         msg.encode(&mut buf).unwrap();
         self.raw(from, &buf)
     }
 
     fn subscribe(&mut self, from: ConnId, t: ChannelToken) -> ChannelHandle {
-        let (result, out) = self.send(
-            from,
-            ClientMessage::Subscribe {
-                proof: AUTO,
-                token: t,
-            },
-        );
+        let (result, out) = self.send(from, ClientMessage::Subscribe { token: t });
         assert_eq!(result, Ok(()));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, from);
@@ -787,7 +750,7 @@ fn check_stats(s: &RouterStats) {
         + s.fetches
         + s.hellos;
     assert_eq!(s.datagrams_in, accepted + s.drops.total(), "{s:?}");
-    assert_eq!(s.errors_out, s.drops.total() - s.drops.unproven, "{s:?}");
+    assert_eq!(s.errors_out, s.drops.total(), "{s:?}");
     assert_eq!(
         s.datagrams_out,
         s.subscribes
@@ -884,7 +847,6 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
         let (result, _) = relay.send(
             A,
             ClientMessage::Handshake {
-                proof: AUTO,
                 handle: ha,
                 message,
             },
@@ -895,13 +857,7 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
         publish(&mut relay, &[i; 10]);
     }
     // A late subscriber: Subscribed, then the latest three, in order, under its handle.
-    let (result, out) = relay.send(
-        B,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(1),
-        },
-    );
+    let (result, out) = relay.send(B, ClientMessage::Subscribe { token: token(1) });
     assert_eq!(result, Ok(()));
     let hb = relay.router.handle(B, &token(1)).unwrap();
     assert!(matches!(
@@ -915,24 +871,12 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
         "nobody else hears a replay"
     );
     // A repeated Subscribe (a client that saw a gap) gets them again.
-    let (_, again) = relay.send(
-        B,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(1),
-        },
-    );
+    let (_, again) = relay.send(B, ClientMessage::Subscribe { token: token(1) });
     assert_eq!(handshakes_to(&again, B), expected);
     assert_eq!(relay.router.stats().handshakes_replayed, 6);
     // The byte budget: an 85-byte message pushes out what no longer fits in 100 bytes.
     publish(&mut relay, &[7; 85]);
-    let (_, out) = relay.send(
-        B,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(1),
-        },
-    );
+    let (_, out) = relay.send(B, ClientMessage::Subscribe { token: token(1) });
     assert_eq!(
         handshakes_to(&out, B),
         vec![(4, vec![4; 10]), (5, vec![7; 85])]
@@ -944,13 +888,7 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
     // for a member that comes back (one that fell behind), charged to nobody.
     let leave = |relay: &mut Relay, conn: ConnId| {
         let handle = relay.router.handle(conn, &token(1)).unwrap();
-        let (result, _) = relay.send(
-            conn,
-            ClientMessage::Unsubscribe {
-                proof: AUTO,
-                handle,
-            },
-        );
+        let (result, _) = relay.send(conn, ClientMessage::Unsubscribe { handle });
         assert_eq!(result, Ok(()));
     };
     leave(&mut relay, A);
@@ -960,13 +898,7 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
     assert_eq!(relay.router.history_bytes(), 95);
     assert_eq!(relay.router.usage(A).unwrap().channels_opened, 0);
     relay.now += Duration::from_secs(29);
-    let (_, out) = relay.send(
-        C,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(1),
-        },
-    );
+    let (_, out) = relay.send(C, ClientMessage::Subscribe { token: token(1) });
     assert!(matches!(
         RelayMessage::parse(&out[0].1).unwrap(),
         RelayMessage::Subscribed { next_seq: 7, .. }
@@ -983,13 +915,7 @@ fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
     relay.hello(D);
     assert_eq!(relay.router.channel_count(), 0);
     assert_eq!(relay.router.history_bytes(), 0);
-    let (_, out) = relay.send(
-        C,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(1),
-        },
-    );
+    let (_, out) = relay.send(C, ClientMessage::Subscribe { token: token(1) });
     assert!(matches!(
         RelayMessage::parse(&out[0].1).unwrap(),
         RelayMessage::Subscribed { next_seq: 0, .. }
@@ -1007,25 +933,12 @@ fn idle_channels_give_way_to_channels_in_use() {
     });
     let publish = |relay: &mut Relay, conn: ConnId, t: u8, message: &[u8]| {
         let handle = relay.router.handle(conn, &token(t)).unwrap();
-        let (result, _) = relay.send(
-            conn,
-            ClientMessage::Handshake {
-                proof: AUTO,
-                handle,
-                message,
-            },
-        );
+        let (result, _) = relay.send(conn, ClientMessage::Handshake { handle, message });
         assert_eq!(result, Ok(()));
     };
     let leave = |relay: &mut Relay, conn: ConnId, t: u8| {
         let handle = relay.router.handle(conn, &token(t)).unwrap();
-        let (result, _) = relay.send(
-            conn,
-            ClientMessage::Unsubscribe {
-                proof: AUTO,
-                handle,
-            },
-        );
+        let (result, _) = relay.send(conn, ClientMessage::Unsubscribe { handle });
         assert_eq!(result, Ok(()));
     };
     // One connection leaves two channels idle, with 20 bytes each: the relay is full.
@@ -1047,21 +960,9 @@ fn idle_channels_give_way_to_channels_in_use() {
     assert_eq!(relay.router.channel_count(), 1);
     assert_eq!(relay.router.history_bytes(), 30);
     // With nothing idle left, the limits hold as before.
-    let (result, _) = relay.send(
-        C,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(4),
-        },
-    );
+    let (result, _) = relay.send(C, ClientMessage::Subscribe { token: token(4) });
     assert_eq!(result, Ok(()));
-    let (result, _) = relay.send(
-        D,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(5),
-        },
-    );
+    let (result, _) = relay.send(D, ClientMessage::Subscribe { token: token(5) });
     assert_eq!(result, Err(ErrorCode::RelayFull));
 }
 
@@ -1078,7 +979,6 @@ fn kept_handshakes_are_bounded_relay_wide() {
             let (result, out) = relay.send(
                 A,
                 ClientMessage::Handshake {
-                    proof: AUTO,
                     handle,
                     message: &[t; 50],
                 },
@@ -1089,13 +989,7 @@ fn kept_handshakes_are_bounded_relay_wide() {
     }
     // Five of the six 50-byte messages fit 250 bytes: the last one was not kept.
     assert_eq!(relay.router.history_bytes(), 250);
-    let (_, out) = relay.send(
-        B,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(3),
-        },
-    );
+    let (_, out) = relay.send(B, ClientMessage::Subscribe { token: token(3) });
     assert_eq!(handshakes_to(&out, B), vec![(0, vec![3; 50])]);
 }
 
@@ -1114,7 +1008,6 @@ fn handshake_is_sequenced_per_channel_and_reaches_the_sender() {
         let (result, out) = relay.send(
             from,
             ClientMessage::Handshake {
-                proof: AUTO,
                 handle,
                 message: &commit,
             },
@@ -1146,7 +1039,6 @@ fn handshake_is_sequenced_per_channel_and_reaches_the_sender() {
     let (_, out) = relay.send(
         C,
         ClientMessage::Handshake {
-            proof: AUTO,
             handle: hc9,
             message: b"other",
         },
@@ -1169,18 +1061,18 @@ fn handshake_of_the_largest_size_fans_out() {
     let (result, out) = relay.send(
         A,
         ClientMessage::Handshake {
-            proof: AUTO,
             handle: ha,
             message: &big,
         },
     );
     assert_eq!(result, Ok(()));
     assert_eq!(out.len(), 2);
-    // The request was MAX_MESSAGE bytes; the stamped copies are shorter by the proof and
-    // longer by the sequence number.
+    // The stamped copies are longer than the request by the sequence number: exactly
+    // MAX_MESSAGE bytes.
     assert!(out
         .iter()
         .all(|(_, b)| b.len() == HANDSHAKE_OVERHEAD + MAX_HANDSHAKE));
+    assert_eq!(HANDSHAKE_OVERHEAD + MAX_HANDSHAKE, MAX_MESSAGE);
 }
 
 #[test]
@@ -1192,13 +1084,7 @@ fn mailbox_deliver_and_fetch() {
     let kp_ref = [0x42u8; 32];
     let mailbox = MailboxId::new(&kp_ref).unwrap();
     // Empty mailbox.
-    let (result, out) = relay.send(
-        B,
-        ClientMessage::FetchWelcomes {
-            proof: AUTO,
-            mailbox,
-        },
-    );
+    let (result, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
     assert_eq!(result, Err(ErrorCode::MailboxEmpty));
     Relay::expect_error(
         &out,
@@ -1210,7 +1096,6 @@ fn mailbox_deliver_and_fetch() {
     let (result, out) = relay.send(
         A,
         ClientMessage::DeliverWelcome {
-            proof: AUTO,
             mailbox,
             welcome: b"welcome 1",
         },
@@ -1227,7 +1112,6 @@ fn mailbox_deliver_and_fetch() {
             .send(
                 A,
                 ClientMessage::DeliverWelcome {
-                    proof: AUTO,
                     mailbox,
                     welcome: b"welcome 1",
                 },
@@ -1241,7 +1125,6 @@ fn mailbox_deliver_and_fetch() {
             .send(
                 C,
                 ClientMessage::DeliverWelcome {
-                    proof: AUTO,
                     mailbox,
                     welcome: b"welcome 2",
                 },
@@ -1251,13 +1134,7 @@ fn mailbox_deliver_and_fetch() {
     );
     assert_eq!(relay.router.welcome_bytes(), 18);
     // Fetch: both Welcomes, to the fetcher only.
-    let (result, out) = relay.send(
-        B,
-        ClientMessage::FetchWelcomes {
-            proof: AUTO,
-            mailbox,
-        },
-    );
+    let (result, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
     assert_eq!(result, Ok(()));
     let got: Vec<_> = out
         .iter()
@@ -1277,45 +1154,26 @@ fn mailbox_deliver_and_fetch() {
         .collect();
     assert_eq!(got, vec![b"welcome 1".to_vec(), b"welcome 2".to_vec()]);
     // Still there for a second fetch (a lost reply can be fetched again).
-    let (_, out) = relay.send(
-        B,
-        ClientMessage::FetchWelcomes {
-            proof: AUTO,
-            mailbox,
-        },
-    );
+    let (_, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
     assert_eq!(out.len(), 2);
     // Another mailbox id (a prefix of this one) is another mailbox.
     let (result, _) = relay.send(
         B,
         ClientMessage::FetchWelcomes {
-            proof: AUTO,
             mailbox: MailboxId::new(&kp_ref[..31]).unwrap(),
         },
     );
     assert_eq!(result, Err(ErrorCode::MailboxEmpty));
     // The first Welcome expires 60 s after delivery, the second 30 s later.
     relay.now += Duration::from_secs(31);
-    let (_, out) = relay.send(
-        B,
-        ClientMessage::FetchWelcomes {
-            proof: AUTO,
-            mailbox,
-        },
-    );
+    let (_, out) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
     assert_eq!(out.len(), 1);
     assert_eq!(relay.router.welcome_bytes(), 9);
     relay.now += Duration::from_secs(30);
     relay.router.expire(relay.now);
     assert_eq!(relay.router.mailbox_count(), 0);
     assert_eq!(relay.router.welcome_bytes(), 0);
-    let (result, _) = relay.send(
-        B,
-        ClientMessage::FetchWelcomes {
-            proof: AUTO,
-            mailbox,
-        },
-    );
+    let (result, _) = relay.send(B, ClientMessage::FetchWelcomes { mailbox });
     assert_eq!(result, Err(ErrorCode::MailboxEmpty));
     let s = relay.router.stats();
     assert_eq!((s.welcomes_in, s.fetches, s.welcomes_out), (3, 3, 5));
@@ -1334,14 +1192,7 @@ fn mailbox_limits() {
     let deliver = |relay: &mut Relay, id: u8, welcome: &[u8]| {
         let kp = [id; 32];
         let mailbox = MailboxId::new(&kp).unwrap();
-        let (result, out) = relay.send(
-            A,
-            ClientMessage::DeliverWelcome {
-                proof: AUTO,
-                mailbox,
-                welcome,
-            },
-        );
+        let (result, out) = relay.send(A, ClientMessage::DeliverWelcome { mailbox, welcome });
         if let Err(code) = result {
             Relay::expect_error(&out, A, code, Request::DeliverWelcome(mailbox));
         }
@@ -1381,13 +1232,7 @@ fn unsubscribe_and_epoch_move() {
     let (_, out) = relay.media(A, new_a, b"new epoch");
     assert_eq!(out.len(), 1);
     // After the grace period, A leaves the old channel: acknowledged.
-    let (result, out) = relay.send(
-        A,
-        ClientMessage::Unsubscribe {
-            proof: AUTO,
-            handle: old_a,
-        },
-    );
+    let (result, out) = relay.send(A, ClientMessage::Unsubscribe { handle: old_a });
     assert_eq!(result, Ok(()));
     assert_eq!(
         RelayMessage::parse(&out[0].1).unwrap(),
@@ -1400,28 +1245,16 @@ fn unsubscribe_and_epoch_move() {
     let (_, out) = relay.media(B, new_b, b"new");
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, A);
-    // A's released handle is unknown now, and unsubscribing it again says so.
-    // Media on it is dropped without an answer (media carries no proof).
+    // A's released handle is unknown now: media on it, and unsubscribing it again, say so.
     let (result, out) = relay.media(A, old_a, b"stale");
-    assert_eq!((result, out), (Err(ErrorCode::Unproven), vec![]));
-    let (result, _) = relay.send(
-        A,
-        ClientMessage::Unsubscribe {
-            proof: AUTO,
-            handle: old_a,
-        },
-    );
+    assert_eq!(result, Err(ErrorCode::UnknownHandle));
+    Relay::expect_error(&out, A, ErrorCode::UnknownHandle, Request::Media(old_a));
+    let (result, _) = relay.send(A, ClientMessage::Unsubscribe { handle: old_a });
     assert_eq!(result, Err(ErrorCode::UnknownHandle));
     // B leaves too: the channel is removed.
     assert_eq!(
         relay
-            .send(
-                B,
-                ClientMessage::Unsubscribe {
-                    proof: AUTO,
-                    handle: old_b
-                }
-            )
+            .send(B, ClientMessage::Unsubscribe { handle: old_b })
             .0,
         Ok(())
     );
@@ -1449,13 +1282,7 @@ fn subscription_floods_are_refused_without_disturbing_others() {
         relay.subscribe(A, token(i));
     }
     for i in 4..50 {
-        let (result, out) = relay.send(
-            A,
-            ClientMessage::Subscribe {
-                proof: AUTO,
-                token: token(i),
-            },
-        );
+        let (result, out) = relay.send(A, ClientMessage::Subscribe { token: token(i) });
         assert_eq!(result, Err(ErrorCode::TooManySubscriptions));
         Relay::expect_error(
             &out,
@@ -1468,13 +1295,7 @@ fn subscription_floods_are_refused_without_disturbing_others() {
     // Per channel: token 0 has A; B and C fill it, D is refused.
     relay.subscribe(B, token(0));
     relay.subscribe(C, token(0));
-    let (result, out) = relay.send(
-        ConnId(4),
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(0),
-        },
-    );
+    let (result, out) = relay.send(ConnId(4), ClientMessage::Subscribe { token: token(0) });
     assert_eq!(result, Err(ErrorCode::ChannelFull));
     Relay::expect_error(
         &out,
@@ -1484,25 +1305,13 @@ fn subscription_floods_are_refused_without_disturbing_others() {
     );
     // The control channel is full too, to outsiders.
     relay.subscribe(ConnId(4), token(0xcc));
-    let (result, _) = relay.send(
-        B,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(0xcc),
-        },
-    );
+    let (result, _) = relay.send(B, ClientMessage::Subscribe { token: token(0xcc) });
     assert_eq!(result, Err(ErrorCode::ChannelFull));
     // Unsubscribe 4 from the control channel again, so its traffic is as before.
     let h4 = relay.router.handle(ConnId(4), &token(0xcc)).unwrap();
     assert_eq!(
         relay
-            .send(
-                ConnId(4),
-                ClientMessage::Unsubscribe {
-                    proof: AUTO,
-                    handle: h4
-                }
-            )
+            .send(ConnId(4), ClientMessage::Unsubscribe { handle: h4 })
             .0,
         Ok(())
     );
@@ -1515,22 +1324,13 @@ fn subscription_floods_are_refused_without_disturbing_others() {
         relay.subscribe(C, token(i));
     }
     assert_eq!(relay.router.channel_count(), 10);
-    let (result, out) = relay.send(
-        C,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(99),
-        },
-    );
+    let (result, out) = relay.send(C, ClientMessage::Subscribe { token: token(99) });
     assert_eq!(result, Err(ErrorCode::RelayFull));
     Relay::expect_error(&out, C, ErrorCode::RelayFull, Request::Subscribe(token(99)));
     // Joining an existing channel is still fine.
     relay.subscribe(C, token(10));
     // Total connections: X, Y, A, B, C, 4 = 6; a seventh's Hello is refused.
-    let hello = ClientMessage::Hello {
-        cookie: Cookie::default(),
-    };
-    let (result, _) = relay.send(ConnId(5), hello);
+    let (result, _) = relay.send(ConnId(5), ClientMessage::Hello);
     assert_eq!(result, Err(ErrorCode::RelayFull));
     assert_eq!(relay.router.connection_count(), 6);
     relay.control_still_works();
@@ -1565,15 +1365,15 @@ fn oversized_unknown_and_malformed_datagrams_are_refused_without_disturbing_othe
     Relay::expect_error(&out, A, ErrorCode::TooLarge, Request::Unparsed);
     relay.control_still_works();
 
-    // Unknown handles, from a subscribed connection and from a new one: media is dropped
-    // without an answer, a handshake (with the connection's proof) refused.
+    // Unknown handles, from a subscribed connection and from a new one: media and a
+    // handshake are refused.
     for (from, handle) in [(A, ChannelHandle(999)), (ConnId(77), ChannelHandle(0))] {
         let (result, out) = relay.media(from, handle, b"x");
-        assert_eq!((result, out), (Err(ErrorCode::Unproven), vec![]));
+        assert_eq!(result, Err(ErrorCode::UnknownHandle));
+        Relay::expect_error(&out, from, ErrorCode::UnknownHandle, Request::Media(handle));
         let (result, out) = relay.send(
             from,
             ClientMessage::Handshake {
-                proof: AUTO,
                 handle,
                 message: b"commit",
             },
@@ -1590,17 +1390,22 @@ fn oversized_unknown_and_malformed_datagrams_are_refused_without_disturbing_othe
     let hx = relay.router.handle(X, &token(0xcc)).unwrap();
     assert_ne!(hx, ha);
     let (result, out) = relay.media(A, hx, b"x");
-    assert_eq!((result, out), (Err(ErrorCode::Unproven), vec![]));
+    assert_eq!(result, Err(ErrorCode::UnknownHandle));
+    Relay::expect_error(&out, A, ErrorCode::UnknownHandle, Request::Media(hx));
     relay.control_still_works();
 
-    // Malformed: empty, garbage, wrong direction, truncated, trailing, unknown version.
-    let bad: [(&[u8], ErrorCode); 7] = [
+    // Malformed: empty, garbage, wrong direction, truncated, trailing, retired type, other
+    // versions (1, 2 and 7).
+    let bad: [(&[u8], ErrorCode); 10] = [
         (&[], ErrorCode::Malformed),
-        (b"\x4fgarbage", ErrorCode::Malformed),
-        (&[0x53, 0, 0, 1], ErrorCode::Malformed),
-        (&[0x41, 1, 2, 3], ErrorCode::Malformed),
-        (&[0x42, 0, 1, 0], ErrorCode::Malformed),
+        (b"\x6fgarbage", ErrorCode::Malformed),
+        (&[0x73, 0, 0, 1], ErrorCode::Malformed),
+        (&[0x61, 1, 2, 3], ErrorCode::Malformed),
+        (&[0x62, 0, 1, 0], ErrorCode::Malformed),
+        (&[0x67, 0], ErrorCode::Malformed),
+        (&[0x78; 17], ErrorCode::Malformed),
         (&[0x23, 0, 0, 1], ErrorCode::UnsupportedVersion),
+        (&[0x47; 17], ErrorCode::UnsupportedVersion),
         (&[0xff; 40], ErrorCode::UnsupportedVersion),
     ];
     for (bytes, code) in bad {
@@ -1617,11 +1422,11 @@ fn oversized_unknown_and_malformed_datagrams_are_refused_without_disturbing_othe
         (
             d.too_large,
             d.unknown_handle,
-            d.unproven,
+            d.not_connected,
             d.malformed,
             d.unsupported_version
         ),
-        (2, 2, 3, 5, 2)
+        (2, 5, 0, 7, 3)
     );
 }
 
@@ -1660,9 +1465,18 @@ fn disconnect_cleans_up() {
     assert_eq!(relay.router.subscriber_count(&token(1)), 2);
     assert_eq!(relay.router.connection_count(), 4);
     assert_eq!(relay.router.handle(A, &token(1)), None);
-    // A's old handle is unknown; B's media reaches C only.
-    let (result, _) = relay.media(A, ha, b"x");
-    assert_eq!(result, Err(ErrorCode::Unproven));
+    // A is forgotten: its requests (media on its old handle too) are refused until it says
+    // Hello again. B's media reaches C only.
+    let (result, out) = relay.unhello(
+        A,
+        ClientMessage::Media {
+            handle: ha,
+            frame: b"x",
+        },
+    );
+    assert_eq!(result, Err(ErrorCode::NotConnected));
+    Relay::expect_error(&out, A, ErrorCode::NotConnected, Request::Media(ha));
+    assert_eq!(relay.router.connection_count(), 4);
     let hb = relay.router.handle(B, &token(1)).unwrap();
     let (_, out) = relay.media(B, hb, b"x");
     assert_eq!(out.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![C]);
@@ -1690,21 +1504,18 @@ fn counters_add_up() {
     let ha = relay.subscribe(A, token(1));
     relay.subscribe(B, token(1));
     assert_eq!(relay.media(A, ha, &[1; 60]).0, Ok(()));
-    assert_eq!(relay.raw(A, b"\x40junk").0, Err(ErrorCode::Malformed));
-    // A forged request (a wrong proof) is counted, and gets no answer.
-    let forged = ClientMessage::Subscribe {
-        proof: Proof([9; 16]),
-        token: token(2),
-    };
-    assert_eq!(relay.send(A, forged), (Err(ErrorCode::Unproven), vec![]));
+    assert_eq!(relay.raw(A, b"\x60junk").0, Err(ErrorCode::Malformed));
+    // A request from a connection that never said Hello is counted, and answered.
+    let early = ClientMessage::Subscribe { token: token(2) };
+    assert_eq!(relay.unhello(C, early).0, Err(ErrorCode::NotConnected));
     let s = *relay.router.stats();
-    // Hello and Subscribe from A and B, media, junk, the forgery.
+    // Hello and Subscribe from A and B, media, junk, C's Subscribe.
     assert_eq!(s.datagrams_in, 7);
-    assert_eq!(s.bytes_in, 2 * (17 + 33) + 65 + 5 + 33);
-    // Ready and Subscribed to each, media to B, the error.
-    assert_eq!(s.datagrams_out, 6);
-    assert_eq!(s.bytes_out, 2 * (17 + 29) + 65 + 3);
-    assert_eq!(s.drops.unproven, 1);
+    assert_eq!(s.bytes_in, 2 * (1 + 17) + 65 + 5 + 17);
+    // Ready and Subscribed to each, media to B, the two errors.
+    assert_eq!(s.datagrams_out, 7);
+    assert_eq!(s.bytes_out, 2 * (1 + 29) + 65 + 3 + (3 + 16));
+    assert_eq!(s.drops.not_connected, 1);
     assert_eq!(s.drops.malformed, 1);
     assert_eq!(s.drops.get(ErrorCode::Malformed), 1);
     assert_eq!(s.drops.total(), 2);
@@ -1713,26 +1524,19 @@ fn counters_add_up() {
 #[test]
 fn hello_is_answered_with_ready_and_changes_nothing_else() {
     let mut relay = Relay::new(RouterLimits::default());
-    let (result, out) = relay.send(
-        A,
-        ClientMessage::Hello {
-            cookie: Cookie::default(),
-        },
-    );
+    let (result, out) = relay.send(A, ClientMessage::Hello);
     assert_eq!(result, Ok(()));
-    let proof = relay.router.proof(A).unwrap();
-    let ready = [&[0x59][..], &proof.0].concat();
-    assert_eq!(out, vec![(A, ready.clone())]);
-    // The connection exists now, with its proof; nothing else changed.
+    assert_eq!(out, vec![(A, vec![0x79])]);
+    // The connection exists now; nothing else changed.
     assert_eq!(relay.router.connection_count(), 1);
     assert_eq!(relay.router.channel_count(), 0);
-    // Every Hello of the connection gets the same proof (a forged Hello changes nothing);
-    // other connections get other proofs.
-    let hello = ClientMessage::Hello {
-        cookie: Cookie([5; 16]),
-    };
-    assert_eq!(relay.send(A, hello).1, vec![(A, ready)]);
-    assert_ne!(relay.hello(B), proof);
+    // A Hello on a connection the router holds changes nothing: its subscriptions stay.
+    let h = relay.subscribe(A, token(1));
+    let hello = ClientMessage::Hello;
+    assert_eq!(relay.send(A, hello).1, vec![(A, vec![0x79])]);
+    assert_eq!(relay.router.handle(A, &token(1)), Some(h));
+    assert_eq!(relay.router.connection_count(), 1);
+    relay.hello(B);
     assert_eq!(relay.router.stats().hellos, 3);
     // Beyond the connection limit, a Hello is refused.
     let mut full = Relay::new(RouterLimits {
@@ -1746,8 +1550,59 @@ fn hello_is_answered_with_ready_and_changes_nothing_else() {
     check_stats(relay.router.stats());
 }
 
-/// What one connection can be sent from mailboxes is bounded per minute, whoever asks with
-/// its address; other connections keep their own allowance.
+/// A connection is made by its Hello: every other request from a connection the router
+/// holds no state for (it never said Hello, or it was disconnected) is refused with
+/// `NotConnected`, answered, and makes no state, so its client learns to say Hello.
+#[test]
+fn requests_before_hello_are_refused_with_not_connected() {
+    let mut relay = Relay::new(RouterLimits::default());
+    relay.control();
+    let kp = [0x42u8; 32];
+    let mailbox = MailboxId::new(&kp).unwrap();
+    let requests = [
+        ClientMessage::Subscribe { token: token(1) },
+        ClientMessage::Unsubscribe {
+            handle: ChannelHandle(1),
+        },
+        ClientMessage::Media {
+            handle: ChannelHandle(1),
+            frame: b"x",
+        },
+        ClientMessage::Handshake {
+            handle: ChannelHandle(1),
+            message: b"commit",
+        },
+        ClientMessage::DeliverWelcome {
+            mailbox,
+            welcome: b"w",
+        },
+        ClientMessage::FetchWelcomes { mailbox },
+    ];
+    for msg in requests {
+        let (result, out) = relay.unhello(A, msg);
+        assert_eq!(result, Err(ErrorCode::NotConnected), "{msg:?}");
+        Relay::expect_error(&out, A, ErrorCode::NotConnected, msg.request());
+    }
+    assert_eq!(relay.router.usage(A), None);
+    assert_eq!(relay.router.connection_count(), 2);
+    assert_eq!(relay.router.channel_count(), 1);
+    assert_eq!(relay.router.mailbox_count(), 0);
+    assert_eq!(relay.router.stats().drops.not_connected, 6);
+    relay.control_still_works();
+    // After its Hello, A subscribes; once disconnected, it is refused again until its next
+    // Hello, which makes a new connection (new handles).
+    relay.hello(A);
+    let h = relay.subscribe(A, token(1));
+    relay.router.disconnect(A, relay.now);
+    let (result, _) = relay.unhello(A, ClientMessage::Subscribe { token: token(1) });
+    assert_eq!(result, Err(ErrorCode::NotConnected));
+    relay.hello(A);
+    assert_ne!(relay.subscribe(A, token(1)), h);
+    relay.control_still_works();
+}
+
+/// What one connection can be sent from mailboxes is bounded per minute; other connections
+/// keep their own allowance.
 #[test]
 fn fetch_replies_are_bounded_per_connection_per_minute() {
     let mut relay = Relay::new(RouterLimits {
@@ -1763,7 +1618,6 @@ fn fetch_replies_are_bounded_per_connection_per_minute() {
         let (result, _) = relay.send(
             A,
             ClientMessage::DeliverWelcome {
-                proof: AUTO,
                 mailbox,
                 welcome: &w,
             },
@@ -1772,10 +1626,7 @@ fn fetch_replies_are_bounded_per_connection_per_minute() {
     }
     // One fetch answers 2 × (3000 + 34) = 6,068 bytes; a second within the minute would
     // pass 10,000.
-    let fetch = ClientMessage::FetchWelcomes {
-        proof: AUTO,
-        mailbox,
-    };
+    let fetch = ClientMessage::FetchWelcomes { mailbox };
     let (result, out) = relay.send(B, fetch);
     assert_eq!(result, Ok(()));
     let sent: usize = out.iter().map(|(_, b)| b.len()).sum();
@@ -1818,7 +1669,6 @@ fn finding5_one_connection_cannot_exhaust_the_welcome_store() {
             .send(
                 B,
                 ClientMessage::DeliverWelcome {
-                    proof: AUTO,
                     mailbox: victim,
                     welcome: &welcome,
                 },
@@ -1834,7 +1684,6 @@ fn finding5_one_connection_cannot_exhaust_the_welcome_store() {
         let (result, out) = relay.send(
             A,
             ClientMessage::DeliverWelcome {
-                proof: AUTO,
                 mailbox,
                 welcome: b"w",
             },
@@ -1865,7 +1714,6 @@ fn finding5_one_connection_cannot_exhaust_the_welcome_store() {
         let (result, _) = relay.send(
             C,
             ClientMessage::DeliverWelcome {
-                proof: AUTO,
                 mailbox,
                 welcome: &big,
             },
@@ -1909,13 +1757,7 @@ fn finding5_one_connection_cannot_exhaust_the_channel_table() {
     let mut opened = 0;
     let mut refused = None;
     for i in 0..200u8 {
-        let (result, out) = relay.send(
-            A,
-            ClientMessage::Subscribe {
-                proof: AUTO,
-                token: token(i),
-            },
-        );
+        let (result, out) = relay.send(A, ClientMessage::Subscribe { token: token(i) });
         match result {
             Ok(()) => opened += 1,
             Err(code) => {
@@ -1925,13 +1767,7 @@ fn finding5_one_connection_cannot_exhaust_the_channel_table() {
             }
         }
     }
-    let (result, _) = relay.send(
-        B,
-        ClientMessage::Subscribe {
-            proof: AUTO,
-            token: token(0xfe),
-        },
-    );
+    let (result, _) = relay.send(B, ClientMessage::Subscribe { token: token(0xfe) });
     assert_eq!(
         result,
         Ok(()),
@@ -1971,7 +1807,6 @@ fn finding5_quota_charges_are_released_exactly() {
             .send(
                 from,
                 ClientMessage::DeliverWelcome {
-                    proof: AUTO,
                     mailbox: MailboxId::new(&id).unwrap(),
                     welcome: &welcome,
                 },
@@ -1982,37 +1817,18 @@ fn finding5_quota_charges_are_released_exactly() {
     let h1 = relay.subscribe(A, token(1));
     relay.subscribe(A, token(2));
     relay.subscribe(B, token(1));
-    let sub3 = ClientMessage::Subscribe {
-        proof: AUTO,
-        token: token(3),
-    };
+    let sub3 = ClientMessage::Subscribe { token: token(3) };
     assert_eq!(relay.send(A, sub3).0, Err(ErrorCode::TooManyChannelsOpened));
     // A leaves channel 1, which B keeps open: still charged to A while it exists.
     assert_eq!(
-        relay
-            .send(
-                A,
-                ClientMessage::Unsubscribe {
-                    proof: AUTO,
-                    handle: h1
-                }
-            )
-            .0,
+        relay.send(A, ClientMessage::Unsubscribe { handle: h1 }).0,
         Ok(())
     );
     assert_eq!(relay.send(A, sub3).0, Err(ErrorCode::TooManyChannelsOpened));
     // B leaves it: the channel closes, A's charge is released.
     let hb = relay.router.handle(B, &token(1)).unwrap();
     assert_eq!(
-        relay
-            .send(
-                B,
-                ClientMessage::Unsubscribe {
-                    proof: AUTO,
-                    handle: hb
-                }
-            )
-            .0,
+        relay.send(B, ClientMessage::Unsubscribe { handle: hb }).0,
         Ok(())
     );
     assert_eq!(relay.router.usage(A).unwrap().channels_opened, 1);
@@ -2034,7 +1850,6 @@ fn finding5_quota_charges_are_released_exactly() {
     // A fetch does not release the charge (the Welcome is still held).
     let id = kp(2);
     let fetch = ClientMessage::FetchWelcomes {
-        proof: AUTO,
         mailbox: MailboxId::new(&id).unwrap(),
     };
     assert_eq!(relay.send(A, fetch).0, Ok(()));
@@ -2073,123 +1888,6 @@ fn finding5_quota_charges_are_released_exactly() {
     let u = relay.router.usage(A).unwrap();
     assert_eq!((u.welcomes, u.welcome_bytes), (0, 0));
     assert!(relay.router.accounting_is_exact());
-}
-
-/// Finding 6 (issue 10): after address validation, anyone could send requests with a
-/// validated client's address, and channel handles were sequential: an off-path forger
-/// who knows a victim's IP address and port (here: the victim's `ConnId`, which is all the
-/// router sees of an address) unsubscribed it from its channels, subscribed it to a busy
-/// channel, and injected media with a guessed handle. Now every state-changing request
-/// carries the connection's proof (which only the address's owner received, in `Ready`);
-/// a request without it is dropped without an answer, and media handles are 32 random
-/// bits.
-#[test]
-fn finding6_a_forger_with_the_victims_address_changes_nothing() {
-    const V: ConnId = ConnId(7);
-    const W: ConnId = ConnId(8);
-    let mut relay = Relay::new(RouterLimits::default());
-    relay.control();
-    let hv = relay.subscribe(V, token(1));
-    relay.subscribe(W, token(1));
-    let kp = [0x31u8; 32];
-    let mailbox = MailboxId::new(&kp).unwrap();
-    let before = relay.router.usage(V).unwrap();
-    // The forger does not know V's proof; it guesses, and tries every small handle.
-    let guess = Proof([0x77; 16]);
-    let unanswered = |relay: &mut Relay, msg: ClientMessage<'_>| relay.send(V, msg).1;
-    for h in 0..64u32 {
-        let handle = ChannelHandle(h);
-        let out = unanswered(
-            &mut relay,
-            ClientMessage::Unsubscribe {
-                proof: guess,
-                handle,
-            },
-        );
-        assert!(
-            out.is_empty(),
-            "forged Unsubscribe of {h} answered: {out:?}"
-        );
-        let out = unanswered(
-            &mut relay,
-            ClientMessage::Handshake {
-                proof: guess,
-                handle,
-                message: b"forged commit",
-            },
-        );
-        assert!(out.is_empty(), "forged Handshake on {h} answered: {out:?}");
-        let out = relay.media(V, handle, b"forged frame").1;
-        assert!(out.is_empty(), "blind media on handle {h} reached {out:?}");
-    }
-    assert_eq!(
-        relay.router.handle(V, &token(1)),
-        Some(hv),
-        "V unsubscribed"
-    );
-    for t in [token(0xcc), token(0x99)] {
-        let out = unanswered(
-            &mut relay,
-            ClientMessage::Subscribe {
-                proof: guess,
-                token: t,
-            },
-        );
-        assert!(out.is_empty(), "forged Subscribe answered: {out:?}");
-    }
-    assert_eq!(
-        relay.router.handle(V, &token(0xcc)),
-        None,
-        "V put on a busy channel"
-    );
-    let out = unanswered(
-        &mut relay,
-        ClientMessage::DeliverWelcome {
-            proof: guess,
-            mailbox,
-            welcome: &[0; 1000],
-        },
-    );
-    assert!(out.is_empty());
-    let out = unanswered(
-        &mut relay,
-        ClientMessage::FetchWelcomes {
-            proof: guess,
-            mailbox,
-        },
-    );
-    assert!(out.is_empty());
-    assert_eq!(relay.router.usage(V).unwrap(), before);
-    assert_eq!(relay.router.mailbox_count(), 0);
-    assert_eq!(relay.router.channel_count(), 2);
-    relay.control_still_works();
-    // A request before Hello (no proof exists yet) is dropped the same way.
-    let (result, out) = relay.send(
-        ConnId(9),
-        ClientMessage::Subscribe {
-            proof: guess,
-            token: token(1),
-        },
-    );
-    assert_eq!((result, out.len()), (Err(ErrorCode::Unproven), 0));
-    // 64 × (Unsubscribe, Handshake, media), 2 Subscribes, a delivery, a fetch, and this.
-    assert_eq!(relay.router.stats().drops.unproven, 64 * 3 + 5);
-    // V itself, with its proof, is served as before.
-    let (_, out) = relay.media(V, hv, b"genuine");
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].0, W);
-    assert_eq!(
-        relay
-            .send(
-                V,
-                ClientMessage::Unsubscribe {
-                    proof: AUTO,
-                    handle: hv
-                }
-            )
-            .0,
-        Ok(())
-    );
 }
 
 /// Finding 6 (issue 10): handles are drawn at random (under the relay's key) per
@@ -2232,9 +1930,9 @@ fn finding6_channel_handles_are_random_and_collision_free() {
 }
 
 /// Finding 6 (issue 10): `RelayClient::receive` took `Subscribed` and `Unsubscribed`
-/// replies it never asked for, so a forger could make a client believe it had joined or
-/// left a channel. Now the client ignores (and counts) every reply to a request it did not
-/// make.
+/// replies it never asked for. Now the client ignores (and counts) every reply to a request
+/// it did not make: a late or repeated answer, or a relay's answer to nothing, changes
+/// nothing.
 #[test]
 fn finding6_the_client_ignores_replies_it_did_not_ask_for() {
     use sotto::relay::{ClientEvent, RelayClient};
@@ -2249,9 +1947,7 @@ fn finding6_the_client_ignores_replies_it_did_not_ask_for() {
     let kp = [0x42u8; 32];
     let mailbox = MailboxId::new(&kp).unwrap();
     let forgeries = [
-        enc(RelayMessage::Ready {
-            proof: Proof([1; 16]),
-        }),
+        enc(RelayMessage::Ready),
         enc(RelayMessage::Subscribed {
             token: token(5),
             next_seq: 0,
@@ -2276,7 +1972,7 @@ fn finding6_the_client_ignores_replies_it_did_not_ask_for() {
         out.clear();
         replies
     };
-    client.hello(Cookie::default(), &mut out).unwrap();
+    client.hello(&mut out).unwrap();
     let replies = feed(&mut relay, &mut client, &mut out);
     assert_eq!(client.receive(&replies[0].1), Ok(ClientEvent::Ready));
     client.subscribe(token(1), &mut out).unwrap();
@@ -2302,20 +1998,24 @@ fn finding6_the_client_ignores_replies_it_did_not_ask_for() {
             handle: ChannelHandle(handle.0 ^ 1),
         }),
         enc(RelayMessage::Unsubscribed { handle }),
-        enc(RelayMessage::Ready {
-            proof: Proof([2; 16]),
-        }),
+        enc(RelayMessage::Ready),
         enc(RelayMessage::Error {
             code: ErrorCode::UnknownHandle,
             request: Request::Unsubscribe(handle),
+        }),
+        // "Forgot your connection" about a request it did not make: it keeps everything.
+        enc(RelayMessage::Error {
+            code: ErrorCode::NotConnected,
+            request: Request::Subscribe(token(7)),
         }),
     ] {
         assert_eq!(client.receive(&f), Ok(ClientEvent::Unsolicited), "{f:x?}");
     }
     assert!(client.is_subscribed(&token(1)));
     assert!(!client.is_subscribed(&token(6)));
-    assert_eq!(client.unsolicited(), 10);
-    // Its own requests still go through with its proof: leaving works.
+    assert!(client.is_ready());
+    assert_eq!(client.unsolicited(), 11);
+    // Its own requests still go through: leaving works.
     client.unsubscribe(&token(1), &mut out).unwrap();
     let replies = feed(&mut relay, &mut client, &mut out);
     assert_eq!(
@@ -2323,202 +2023,4 @@ fn finding6_the_client_ignores_replies_it_did_not_ask_for() {
         Ok(ClientEvent::Unsubscribed { token: token(1) })
     );
     assert!(!client.is_subscribed(&token(1)));
-}
-
-/// Finding 6 (issue 10), on real UDP sockets on 127.0.0.1: a relay as `examples/relay.rs`
-/// runs it (address check, then the router), a validated victim and a peer, and a forger
-/// who knows the victim's IP address and port. Its datagrams reach the relay's socket with
-/// the victim's address as their source (the relay loop here attributes the forger's
-/// socket to the victim: what spoofing the source address achieves, which an unprivileged
-/// test cannot do for real). Its Unsubscribes, Subscribes and blind media change nothing
-/// and get no answer; a `Subscribed` it sends the victim directly is ignored.
-#[test]
-fn finding6_a_forger_on_udp_cannot_act_for_a_validated_client() {
-    use sotto::relay::{AddressCheck, Admission, ClientEvent, RelayClient, CHALLENGE_LEN};
-    use std::collections::HashMap;
-    use std::net::{SocketAddr, UdpSocket};
-
-    struct UdpRelay {
-        sock: UdpSocket,
-        router: Router,
-        check: AddressCheck,
-        conns: HashMap<SocketAddr, ConnId>,
-        addrs: HashMap<ConnId, SocketAddr>,
-        /// The forger's socket, and the address its datagrams claim.
-        spoof: (SocketAddr, SocketAddr),
-    }
-    impl UdpRelay {
-        /// Takes `n` datagrams from the socket and handles each.
-        fn pump(&mut self, n: usize) {
-            let mut buf = vec![0u8; MAX_MESSAGE];
-            for _ in 0..n {
-                let (len, mut from) = self.sock.recv_from(&mut buf).expect("a datagram");
-                if from == self.spoof.0 {
-                    from = self.spoof.1;
-                }
-                let datagram = &buf[..len];
-                let now = Instant::now();
-                let conn = match self.conns.get(&from) {
-                    Some(c) => *c,
-                    None => {
-                        let mut reply = [0u8; CHALLENGE_LEN];
-                        let address = from.to_string();
-                        match self
-                            .check
-                            .check(address.as_bytes(), datagram, now, &mut reply)
-                        {
-                            Admission::Admit => {
-                                let conn = ConnId(self.conns.len() as u64 + 1);
-                                self.conns.insert(from, conn);
-                                self.addrs.insert(conn, from);
-                                conn
-                            }
-                            Admission::Challenge(bytes) => {
-                                self.sock.send_to(bytes, from).unwrap();
-                                continue;
-                            }
-                            Admission::Ignore => continue,
-                        }
-                    }
-                };
-                let (sock, addrs) = (&self.sock, &self.addrs);
-                let _ = self.router.receive(conn, datagram, now, &mut |to, bytes| {
-                    sock.send_to(bytes, addrs[&to]).unwrap();
-                });
-            }
-        }
-    }
-    let udp = || {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        s
-    };
-    let (victim_sock, peer_sock, forger) = (udp(), udp(), udp());
-    let mut relay = UdpRelay {
-        sock: udp(),
-        router: Router::new(RouterLimits::default(), &KEY),
-        check: AddressCheck::new(&[0x33; 32], Instant::now()),
-        conns: HashMap::new(),
-        addrs: HashMap::new(),
-        spoof: (
-            forger.local_addr().unwrap(),
-            victim_sock.local_addr().unwrap(),
-        ),
-    };
-    let relay_addr = relay.sock.local_addr().unwrap();
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut out = BytesMut::new();
-    // One request from a client through the relay; the client reads `replies` answers.
-    let exchange = |relay: &mut UdpRelay,
-                    sock: &UdpSocket,
-                    client: &mut RelayClient,
-                    out: &mut BytesMut,
-                    replies: usize| {
-        sock.send_to(out, relay_addr).unwrap();
-        out.clear();
-        relay.pump(1);
-        let mut events = Vec::new();
-        let mut rbuf = vec![0u8; 2048];
-        for _ in 0..replies {
-            let n = sock.recv(&mut rbuf).expect("a reply");
-            events.push(format!("{:?}", client.receive(&rbuf[..n]).unwrap()));
-        }
-        events
-    };
-    let (mut victim, mut peer) = (RelayClient::new(), RelayClient::new());
-    for (sock, client) in [(&victim_sock, &mut victim), (&peer_sock, &mut peer)] {
-        client.hello(Cookie::default(), &mut out).unwrap();
-        let ev = exchange(&mut relay, sock, client, &mut out, 1);
-        assert!(ev[0].starts_with("Challenge"), "{ev:?}");
-        let n = ClientMessage::Hello {
-            cookie: relay.check.cookie(
-                sock.local_addr().unwrap().to_string().as_bytes(),
-                Instant::now(),
-            ),
-        }
-        .encode(&mut buf)
-        .unwrap();
-        out.extend_from_slice(&buf[..n]);
-        assert_eq!(exchange(&mut relay, sock, client, &mut out, 1), ["Ready"]);
-        client.subscribe(token(1), &mut out).unwrap();
-        assert_eq!(exchange(&mut relay, sock, client, &mut out, 1).len(), 1);
-    }
-    // The peer is also on a busy channel.
-    peer.subscribe(token(0xbb), &mut out).unwrap();
-    exchange(&mut relay, &peer_sock, &mut peer, &mut out, 1);
-    let victim_conn = relay.conns[&victim_sock.local_addr().unwrap()];
-    let handle = relay.router.handle(victim_conn, &token(1)).unwrap();
-
-    // The forger: guessed proofs, every small handle, the busy channel.
-    let guess = Proof([0; 16]);
-    let mut forged: Vec<Vec<u8>> = Vec::new();
-    let enc = |m: ClientMessage<'_>| {
-        let mut b = vec![0u8; m.encoded_len()];
-        m.encode(&mut b).unwrap();
-        b
-    };
-    for h in 0..32 {
-        let handle = ChannelHandle(h);
-        forged.push(enc(ClientMessage::Unsubscribe {
-            proof: guess,
-            handle,
-        }));
-        forged.push(enc(ClientMessage::Media {
-            handle,
-            frame: b"forged",
-        }));
-    }
-    forged.push(enc(ClientMessage::Subscribe {
-        proof: guess,
-        token: token(0xbb),
-    }));
-    for f in &forged {
-        forger.send_to(f, relay_addr).unwrap();
-        relay.pump(1);
-    }
-    // Nothing reached the victim or the peer because of them.
-    assert!(
-        victim_sock.recv(&mut buf).is_err(),
-        "the victim got an answer"
-    );
-    assert!(
-        peer_sock.recv(&mut buf).is_err(),
-        "the peer got forged media"
-    );
-    assert_eq!(relay.router.handle(victim_conn, &token(1)), Some(handle));
-    assert_eq!(relay.router.handle(victim_conn, &token(0xbb)), None);
-    assert_eq!(relay.router.stats().drops.unproven, forged.len() as u64);
-    // The peer's media still reaches the victim.
-    peer.media(&token(1), b"genuine", &mut out).unwrap();
-    peer_sock.send_to(&out, relay_addr).unwrap();
-    out.clear();
-    relay.pump(1);
-    let n = victim_sock.recv(&mut buf).unwrap();
-    assert_eq!(
-        victim.receive(&buf[..n]),
-        Ok(ClientEvent::Media {
-            token: token(1),
-            frame: b"genuine"
-        })
-    );
-    // A forged `Subscribed` sent to the victim directly is ignored.
-    let fake = enc_relay(RelayMessage::Subscribed {
-        token: token(0xbb),
-        next_seq: 0,
-        handle: ChannelHandle(7),
-    });
-    forger
-        .send_to(&fake, victim_sock.local_addr().unwrap())
-        .unwrap();
-    let n = victim_sock.recv(&mut buf).unwrap();
-    assert_eq!(victim.receive(&buf[..n]), Ok(ClientEvent::Unsolicited));
-    assert!(!victim.is_subscribed(&token(0xbb)));
-    assert!(victim.is_subscribed(&token(1)));
-}
-
-fn enc_relay(m: RelayMessage<'_>) -> Vec<u8> {
-    let mut b = vec![0u8; m.encoded_len()];
-    m.encode(&mut b).unwrap();
-    b
 }

@@ -1,6 +1,6 @@
 //! An in-process relay for the examples: sotto's `Router` taking each member's datagrams
-//! as they would arrive over UDP (an in-process relay needs no address check), with every
-//! datagram it is given recorded.
+//! as they would arrive from its carrier (in process, each member is one connection by
+//! construction), with every datagram it is given recorded.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};

@@ -315,9 +315,13 @@ impl Transport for JanusTransport {
         );
     }
 
-    fn connect(&mut self, out: &mut BytesMut) -> Result<(), TransportError> {
+    fn reset(&mut self) {
         self.ready = false;
         self.rooms.clear();
+    }
+
+    fn connect(&mut self, out: &mut BytesMut) -> Result<(), TransportError> {
+        self.reset();
         let t = self.transaction("c", 0);
         JanusTransport::write(out, &[json!({"textroom": "list", "transaction": t})]);
         Ok(())

@@ -48,8 +48,8 @@
 //! What the engine does for the app:
 //!
 //! - **Transport.** It speaks through a [`Transport`] ([`RelayTransport`] for sotto's relay
-//!   wire): connects (and answers address challenges), and reconnects when the other side
-//!   forgot it (after a relay restart every subscription is asked again).
+//!   wire): connects, and reconnects when the other side forgot it (after a relay restart
+//!   every subscription is asked again).
 //! - **Channels.** Subscriptions follow the tokens the media session holds: one channel
 //!   per epoch still in use, joined when its keys arrive, left when they retire.
 //!   Unconfirmed requests are repeated every [`CallConfig::retry`].
@@ -472,9 +472,9 @@ impl Order {
     }
 
     /// The other side told how many messages the channel numbered: numbers from it on do
-    /// not exist yet, so a held message under one was forged (by whoever can put datagrams
-    /// on the path) and goes, or it was numbered after this answer was sent and comes again
-    /// with the next asking.
+    /// not exist yet, so a held message under one was forged (by the relay, or whoever else
+    /// can put datagrams into this connection) and goes, or it was numbered after this
+    /// answer was sent and comes again with the next asking.
     fn told(&mut self, next_seq: u64, now: Instant) {
         self.known = next_seq;
         self.held.retain(|seq, _| *seq < next_seq);
@@ -1035,11 +1035,6 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 }
                 self.handle_timeout(now);
             }
-            Inbound::Answered => {
-                // The answer (a Hello) is a connect request: the next one waits a retry.
-                self.connect_sent = Some(now);
-                self.stats.connects += 1;
-            }
             Inbound::Subscribed { token, next_seq } => {
                 // The channel's kept messages follow; those that do not arrive are asked
                 // again (fill_gaps).
@@ -1186,6 +1181,17 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         self.media.stop_sending();
         self.leaving = Some((token, proposal, now));
         Ok(())
+    }
+
+    /// Tells the call that its carrier connected anew (e.g. a new QUIC connection to the
+    /// relay after the last one was lost: `sotto::quic::QuicEvent::Connected` a second
+    /// time): the other side holds none of its state. The call says Hello at once and,
+    /// once answered, subscribes and asks for everything again. (Without this the call
+    /// still recovers, at its next request, from the relay's `NotConnected` answer.)
+    pub fn transport_reset(&mut self, now: Instant) {
+        self.transport.reset();
+        self.connect_sent = None;
+        self.handle_timeout(now);
     }
 
     /// Leaves every channel at the transport (e.g. before the app exits). The call is
@@ -1349,10 +1355,9 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     }
 
     /// Subscriptions that stay unconfirmed although the transport is ready mean the other
-    /// side no longer takes this member's requests: it forgot the connection without a
-    /// word, or a forged `Ready` (anyone can send one with the relay's address after a
-    /// forged Challenge) replaced the connection's proof. After four retries the call
-    /// says Hello again; the relay's answer restores the real proof.
+    /// side may have forgotten the connection without this member hearing of it (its
+    /// refusals that said so were lost). After four retries the call says Hello again, and
+    /// asks everything again once it is answered.
     fn check_connection(&mut self, now: Instant) {
         let missing = self.want.iter().any(|t| !self.transport.is_subscribed(t));
         match self.unconfirmed_since {

@@ -8,12 +8,12 @@
 //! another wire (RTP and a data channel through an SFU, QUIC) plugs in here without the
 //! engine knowing which one it runs over.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 
 use crate::media::ChannelToken;
-use crate::relay::{ClientError, ClientEvent, Cookie, ErrorCode, RelayClient, WireError};
+use crate::relay::{ClientError, ClientEvent, ErrorCode, RelayClient, WireError};
 
 /// Why a transport could not do what was asked, or could not read a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,8 +52,8 @@ impl From<ClientError> for TransportError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Inbound<'a> {
-    /// The transport is (again) connected: the other side holds none of this client's
-    /// subscriptions or requests from before; everything is to be asked again.
+    /// The transport is (again) connected: the other side may hold none of this client's
+    /// subscriptions or requests from before, so everything is to be asked again.
     Ready,
     /// A subscription was confirmed.
     Subscribed {
@@ -99,11 +99,10 @@ pub enum Inbound<'a> {
     },
     /// A mailbox this client asked about was empty.
     MailboxEmpty,
-    /// The other side refused a request.
+    /// The other side refused a request. When it refused it because it forgot this
+    /// client's connection, the transport is not [ready](Transport::is_ready) any more:
+    /// the engine connects again.
     Refused,
-    /// The transport answered by itself (e.g. proved its address): the answer is in
-    /// `out`, to be sent.
-    Answered,
     /// Nothing for the engine: stale, unsolicited or duplicate (counted by the transport).
     Ignored,
 }
@@ -120,6 +119,10 @@ pub trait Transport {
     fn is_subscribed(&self, token: &ChannelToken) -> bool;
     /// Appends the confirmed subscriptions to `into`.
     fn subscriptions(&self, into: &mut Vec<ChannelToken>);
+    /// Forgets the connection: whatever carries this transport's datagrams connected
+    /// anew, and the other side holds none of its state (subscriptions, requests). Not
+    /// ready until [`connect`](Self::connect) is answered again.
+    fn reset(&mut self);
     /// Writes the datagram that (re)connects: it is answered by [`Inbound::Ready`].
     fn connect(&mut self, out: &mut BytesMut) -> Result<(), TransportError>;
     /// Writes a request to subscribe to `token`. Repeated while subscribed, it asks for the
@@ -156,8 +159,8 @@ pub trait Transport {
     ) -> Result<(), TransportError>;
     /// Writes a request for the Welcomes in `mailbox`.
     fn fetch_welcomes(&mut self, mailbox: &[u8], out: &mut BytesMut) -> Result<(), TransportError>;
-    /// Reads one received datagram at `now`; an answer the transport makes by itself goes
-    /// into `out` ([`Inbound::Answered`]).
+    /// Reads one received datagram at `now`. Whatever the transport writes into `out` (an
+    /// answer of its own) is sent; sotto's transports write nothing there.
     fn receive<'a>(
         &mut self,
         datagram: &'a [u8],
@@ -166,15 +169,13 @@ pub trait Transport {
     ) -> Result<Inbound<'a>, TransportError>;
 }
 
-/// [`Transport`] over sotto's relay wire ([`crate::relay`]): a [`RelayClient`] that also
-/// answers the relay's address challenges, at most once per `retry` (anyone can forge a
-/// challenge, so answering each would make this client a reflector).
+/// [`Transport`] over sotto's relay wire ([`crate::relay`]): a [`RelayClient`]. It is ready
+/// once the relay answered a Hello, and not ready again from when the relay says it forgot
+/// the connection ([`ErrorCode::NotConnected`]: it restarted, or dropped the connection)
+/// until a new Hello is answered, so the engine connects again and asks everything again.
 #[derive(Debug)]
 pub struct RelayTransport {
     client: RelayClient,
-    ready: bool,
-    retry: Duration,
-    answered: Option<Instant>,
 }
 
 impl Default for RelayTransport {
@@ -184,13 +185,10 @@ impl Default for RelayTransport {
 }
 
 impl RelayTransport {
-    /// A transport with no connection yet; challenges answered at most every 500 ms.
+    /// A transport with no connection yet.
     pub fn new() -> RelayTransport {
         RelayTransport {
             client: RelayClient::new(),
-            ready: false,
-            retry: Duration::from_millis(500),
-            answered: None,
         }
     }
 
@@ -207,7 +205,11 @@ impl RelayTransport {
 
 impl Transport for RelayTransport {
     fn is_ready(&self) -> bool {
-        self.ready
+        self.client.is_ready()
+    }
+
+    fn reset(&mut self) {
+        self.client.forget();
     }
 
     fn is_subscribed(&self, token: &ChannelToken) -> bool {
@@ -219,7 +221,7 @@ impl Transport for RelayTransport {
     }
 
     fn connect(&mut self, out: &mut BytesMut) -> Result<(), TransportError> {
-        Ok(self.client.hello(Cookie::default(), out)?)
+        Ok(self.client.hello(out)?)
     }
 
     fn subscribe(&mut self, token: ChannelToken, out: &mut BytesMut) -> Result<(), TransportError> {
@@ -268,18 +270,15 @@ impl Transport for RelayTransport {
     fn receive<'a>(
         &mut self,
         datagram: &'a [u8],
-        now: Instant,
-        out: &mut BytesMut,
+        _now: Instant,
+        _out: &mut BytesMut,
     ) -> Result<Inbound<'a>, TransportError> {
         let event = self
             .client
             .receive(datagram)
             .map_err(|_| TransportError::Malformed)?;
         Ok(match event {
-            ClientEvent::Ready => {
-                self.ready = true;
-                Inbound::Ready
-            }
+            ClientEvent::Ready => Inbound::Ready,
             ClientEvent::Subscribed { token, next_seq } => Inbound::Subscribed { token, next_seq },
             ClientEvent::Unsubscribed { token } => Inbound::Unsubscribed(token),
             ClientEvent::Media { token, frame } => Inbound::Media { token, frame },
@@ -302,22 +301,8 @@ impl Transport for RelayTransport {
             ClientEvent::Refused {
                 code: ErrorCode::MailboxEmpty,
             } => Inbound::MailboxEmpty,
+            // NotConnected included: the client is not ready until a new Hello is answered.
             ClientEvent::Refused { .. } => Inbound::Refused,
-            ClientEvent::Challenge { cookie } => {
-                if self
-                    .answered
-                    .is_some_and(|t| now.saturating_duration_since(t) < self.retry)
-                {
-                    return Ok(Inbound::Ignored);
-                }
-                self.answered = Some(now);
-                self.client.hello(cookie, out)?;
-                // Not ready again until the relay's Ready: if that answer is lost, the
-                // engine says Hello again (a relay that validated the address does not
-                // challenge it again, and drops requests with the old proof unanswered).
-                self.ready = false;
-                Inbound::Answered
-            }
             _ => Inbound::Ignored,
         })
     }

@@ -3,10 +3,7 @@
 
 use bytes::BytesMut;
 
-use super::{
-    ChannelHandle, ClientMessage, Cookie, ErrorCode, MailboxId, Proof, RelayMessage, Request,
-    WireError,
-};
+use super::{ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, Request, WireError};
 use crate::media::ChannelToken;
 
 /// What a relay datagram meant for the client.
@@ -54,7 +51,10 @@ pub enum ClientEvent<'a> {
         /// The mailbox it was stored in.
         mailbox: MailboxId<'a>,
     },
-    /// The relay refused a request.
+    /// The relay refused a request. [`ErrorCode::NotConnected`] means the relay holds
+    /// nothing of this connection: the client forgot its subscriptions and pending
+    /// requests, and takes requests again after a [`hello`](RelayClient::hello) is
+    /// answered ([`Ready`](Self::Ready)); then subscribe again to every channel.
     Refused {
         /// Why.
         code: ErrorCode,
@@ -65,19 +65,9 @@ pub enum ClientEvent<'a> {
     /// `Subscribed` for a token it did not ask to subscribe to, an `Unsubscribed` for a
     /// handle it did not ask to leave, a `Welcome` or `Stored` for a mailbox it did not
     /// ask about, an error about a request it did not send, a `Ready` without a Hello.
-    /// Either the second answer to a retransmitted request or a forgery; it changed
-    /// nothing, and is counted ([`RelayClient::unsolicited`]).
+    /// The second answer to a retransmitted request, or a late one; it changed nothing, and
+    /// is counted ([`RelayClient::unsolicited`]).
     Unsolicited,
-    /// The relay asks this client to prove its address: on first contact, when it forgot
-    /// the connection (then it dropped the request that caused this, and holds none of the
-    /// client's subscriptions), or to renew a validation. Answer with
-    /// [`RelayClient::hello`] and this cookie — at most once per retry interval, since
-    /// anyone can forge a Challenge — and after [`Ready`](Self::Ready) subscribe again to
-    /// every channel (subscribing is idempotent).
-    Challenge {
-        /// The cookie to echo.
-        cookie: Cookie,
-    },
     /// The relay takes this client's requests (the answer to a Hello).
     Ready,
 }
@@ -92,8 +82,8 @@ pub enum ClientError {
     /// No handle for that token yet (subscribe first and wait for the confirmation).
     #[error("not subscribed to that channel")]
     NotSubscribed,
-    /// The relay has not answered a Hello yet, so this client has no proof of its
-    /// connection to send (say Hello and wait for [`ClientEvent::Ready`]).
+    /// The relay has not answered a Hello yet, or said it holds nothing of this connection
+    /// ([`ErrorCode::NotConnected`]): say Hello and wait for [`ClientEvent::Ready`].
     #[error("no Ready from the relay yet")]
     NotReady,
 }
@@ -102,7 +92,8 @@ pub enum ClientError {
 #[derive(Debug, Default)]
 pub struct RelayClient {
     handles: Vec<(ChannelToken, ChannelHandle)>,
-    proof: Option<Proof>,
+    /// The relay answered a Hello, and has not said since that it forgot the connection.
+    ready: bool,
     /// What this client asked for and has no answer to yet: only those answers are taken.
     hello_pending: bool,
     subscribing: Vec<ChannelToken>,
@@ -151,8 +142,34 @@ impl RelayClient {
             .map(|(t, _)| *t)
     }
 
-    fn proof(&self) -> Result<Proof, ClientError> {
-        self.proof.ok_or(ClientError::NotReady)
+    fn ready(&self) -> Result<(), ClientError> {
+        if self.ready {
+            Ok(())
+        } else {
+            Err(ClientError::NotReady)
+        }
+    }
+
+    /// Whether the relay takes this client's requests: it answered a Hello, and has not said
+    /// since that it forgot the connection.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Forgets the connection: the carrier made a new one (a new QUIC connection after
+    /// the last was lost), and the relay holds nothing of this client there. Not ready,
+    /// no subscriptions, nothing awaited; say Hello again.
+    pub fn forget(&mut self) {
+        self.forget_state();
+        self.hello_pending = false;
+    }
+
+    fn forget_state(&mut self) {
+        self.ready = false;
+        self.handles.clear();
+        self.subscribing.clear();
+        self.unsubscribing.clear();
+        self.delivering.clear();
     }
 
     /// Replies ignored as [`ClientEvent::Unsolicited`].
@@ -176,8 +193,8 @@ impl RelayClient {
         token: ChannelToken,
         out: &mut BytesMut,
     ) -> Result<(), ClientError> {
-        let proof = self.proof()?;
-        ClientMessage::Subscribe { proof, token }.encode_into(out)?;
+        self.ready()?;
+        ClientMessage::Subscribe { token }.encode_into(out)?;
         note(&mut self.subscribing, token);
         Ok(())
     }
@@ -188,14 +205,15 @@ impl RelayClient {
         token: &ChannelToken,
         out: &mut BytesMut,
     ) -> Result<(), ClientError> {
-        let proof = self.proof()?;
+        self.ready()?;
         let handle = self.handle(token).ok_or(ClientError::NotSubscribed)?;
-        ClientMessage::Unsubscribe { proof, handle }.encode_into(out)?;
+        ClientMessage::Unsubscribe { handle }.encode_into(out)?;
         note(&mut self.unsubscribing, handle);
         Ok(())
     }
 
-    /// Appends a media datagram (3 bytes of framing, then the SFrame frame) to `out`.
+    /// Appends a media datagram ([`MEDIA_OVERHEAD`](super::MEDIA_OVERHEAD) bytes of
+    /// framing, then the SFrame frame) to `out`.
     pub fn media(
         &self,
         token: &ChannelToken,
@@ -214,14 +232,9 @@ impl RelayClient {
         message: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), ClientError> {
-        let proof = self.proof()?;
+        self.ready()?;
         let handle = self.handle(token).ok_or(ClientError::NotSubscribed)?;
-        ClientMessage::Handshake {
-            proof,
-            handle,
-            message,
-        }
-        .encode_into(out)?;
+        ClientMessage::Handshake { handle, message }.encode_into(out)?;
         Ok(())
     }
 
@@ -233,23 +246,17 @@ impl RelayClient {
         welcome: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), ClientError> {
-        let proof = self.proof()?;
+        self.ready()?;
         let mailbox = MailboxId::new(reference)?;
-        ClientMessage::DeliverWelcome {
-            proof,
-            mailbox,
-            welcome,
-        }
-        .encode_into(out)?;
+        ClientMessage::DeliverWelcome { mailbox, welcome }.encode_into(out)?;
         note(&mut self.delivering, reference.to_vec());
         Ok(())
     }
 
-    /// Appends a Hello: with the default (all-zero) cookie before anything else, so the
-    /// relay can challenge the address; with a [challenge's](ClientEvent::Challenge) cookie
-    /// to answer it.
-    pub fn hello(&mut self, cookie: Cookie, out: &mut BytesMut) -> Result<(), ClientError> {
-        ClientMessage::Hello { cookie }.encode_into(out)?;
+    /// Appends a Hello: before anything else, and again after the relay said it forgot the
+    /// connection ([`ErrorCode::NotConnected`]). Its answer is [`ClientEvent::Ready`].
+    pub fn hello(&mut self, out: &mut BytesMut) -> Result<(), ClientError> {
+        ClientMessage::Hello.encode_into(out)?;
         self.hello_pending = true;
         Ok(())
     }
@@ -260,9 +267,9 @@ impl RelayClient {
         reference: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), ClientError> {
-        let proof = self.proof()?;
+        self.ready()?;
         let mailbox = MailboxId::new(reference)?;
-        ClientMessage::FetchWelcomes { proof, mailbox }.encode_into(out)?;
+        ClientMessage::FetchWelcomes { mailbox }.encode_into(out)?;
         if !self.fetched.iter().any(|m| m.as_slice() == reference) {
             if self.fetched.len() >= FETCHED {
                 self.fetched.remove(0);
@@ -338,18 +345,15 @@ impl RelayClient {
                 ClientEvent::Stored { mailbox }
             }
             RelayMessage::Error { code, request } if self.asked(&request) => {
+                if code == ErrorCode::NotConnected {
+                    // The relay holds nothing of this connection: nothing of before holds
+                    // there (a Hello in flight stays awaited).
+                    self.forget_state();
+                }
                 ClientEvent::Refused { code }
             }
-            RelayMessage::Challenge { cookie } => ClientEvent::Challenge { cookie },
-            RelayMessage::Ready { proof } if std::mem::take(&mut self.hello_pending) => {
-                if self.proof != Some(proof) {
-                    // A new connection at the relay: nothing of the old one holds there.
-                    self.handles.clear();
-                    self.subscribing.clear();
-                    self.unsubscribing.clear();
-                    self.delivering.clear();
-                }
-                self.proof = Some(proof);
+            RelayMessage::Ready if std::mem::take(&mut self.hello_pending) => {
+                self.ready = true;
                 ClientEvent::Ready
             }
             _ => {
@@ -389,7 +393,7 @@ mod tests {
                 client.subscribe(token, &mut out),
                 Err(ClientError::NotReady)
             );
-            client.hello(Cookie::default(), &mut out).unwrap();
+            client.hello(&mut out).unwrap();
             let replies = to_router(&mut router, conn, &mut out);
             assert_eq!(client.receive(&replies[0].1), Ok(ClientEvent::Ready));
             client.subscribe(token, &mut out).unwrap();
@@ -415,5 +419,45 @@ mod tests {
             a.media(&ChannelToken([4; 16]), b"x", &mut out),
             Err(ClientError::NotSubscribed)
         );
+    }
+
+    #[test]
+    fn a_forgotten_connection_says_hello_again() {
+        let mut router = Router::new(RouterLimits::default(), &[1; 32]);
+        let token = ChannelToken([3; 16]);
+        let mut a = RelayClient::new();
+        let mut out = BytesMut::new();
+        a.hello(&mut out).unwrap();
+        let replies = to_router(&mut router, ConnId(1), &mut out);
+        assert_eq!(a.receive(&replies[0].1), Ok(ClientEvent::Ready));
+        a.subscribe(token, &mut out).unwrap();
+        let replies = to_router(&mut router, ConnId(1), &mut out);
+        assert!(matches!(
+            a.receive(&replies[0].1),
+            Ok(ClientEvent::Subscribed { .. })
+        ));
+        // The relay restarts: it holds nothing of the connection, and says so.
+        let mut router = Router::new(RouterLimits::default(), &[2; 32]);
+        a.media(&token, b"frame", &mut out).unwrap();
+        let replies = to_router(&mut router, ConnId(1), &mut out);
+        assert_eq!(
+            a.receive(&replies[0].1),
+            Ok(ClientEvent::Refused {
+                code: ErrorCode::NotConnected
+            })
+        );
+        assert!(!a.is_ready());
+        assert!(!a.is_subscribed(&token));
+        assert_eq!(a.subscribe(token, &mut out), Err(ClientError::NotReady));
+        a.hello(&mut out).unwrap();
+        let replies = to_router(&mut router, ConnId(1), &mut out);
+        assert_eq!(a.receive(&replies[0].1), Ok(ClientEvent::Ready));
+        a.subscribe(token, &mut out).unwrap();
+        let replies = to_router(&mut router, ConnId(1), &mut out);
+        assert!(matches!(
+            a.receive(&replies[0].1),
+            Ok(ClientEvent::Subscribed { .. })
+        ));
+        assert!(a.is_subscribed(&token));
     }
 }

@@ -8,17 +8,17 @@ use std::time::{Duration, Instant};
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 use super::wire::{
-    ChannelHandle, ClientMessage, ErrorCode, MailboxId, Proof, RelayMessage, Request,
-    HANDSHAKE_OVERHEAD, MAX_MESSAGE, MEDIA_OVERHEAD,
+    ChannelHandle, ClientMessage, ErrorCode, MailboxId, RelayMessage, Request, HANDSHAKE_OVERHEAD,
+    MAX_MESSAGE, MEDIA_OVERHEAD,
 };
 use crate::media::ChannelToken;
 
-/// A connection, as the I/O layer names it (a socket address it mapped, a QUIC connection,
-/// ...). The router never interprets it.
+/// A connection, as the I/O layer (the carrier) names it: a QUIC connection, for sotto's
+/// carrier. The router never interprets it, and trusts that every datagram it is given
+/// under an id comes from that connection (see the [module docs](super)).
 ///
 /// Ids are chosen by the I/O layer, never by peers, so the router hashes them with a cheap
 /// non-keyed hash.
@@ -53,8 +53,8 @@ pub struct RouterLimits {
     /// fetch reply lost on the way can be fetched again). Default 24 hours.
     pub welcome_ttl: Duration,
     /// Bytes of Welcomes one connection may fetch per minute. A fetch is a few dozen bytes
-    /// and its answer up to `max_welcomes_per_mailbox` × 60 KiB; this bounds what anyone
-    /// sending fetches with a member's address can make the relay send that member.
+    /// and its answer up to `max_welcomes_per_mailbox` × 60 KiB; this bounds what one
+    /// connection's fetches can make the relay send.
     /// Default 256 KiB (a full mailbox of the largest Welcomes).
     pub max_fetch_bytes_per_minute: usize,
     /// Channels one connection opened (was their first subscriber) that still exist. A
@@ -149,8 +149,9 @@ pub struct DropStats {
     pub too_many_channels_opened: u64,
     /// [`ErrorCode::WelcomeQuotaExceeded`].
     pub welcome_quota: u64,
-    /// [`ErrorCode::Unproven`]: dropped without an answer.
-    pub unproven: u64,
+    /// [`ErrorCode::NotConnected`]: a request other than Hello from a connection the
+    /// router holds no state for.
+    pub not_connected: u64,
 }
 
 impl DropStats {
@@ -170,7 +171,7 @@ impl DropStats {
             ErrorCode::RateLimited => self.rate_limited,
             ErrorCode::TooManyChannelsOpened => self.too_many_channels_opened,
             ErrorCode::WelcomeQuotaExceeded => self.welcome_quota,
-            ErrorCode::Unproven => self.unproven,
+            ErrorCode::NotConnected => self.not_connected,
             ErrorCode::Other(_) => 0,
         }
     }
@@ -195,7 +196,7 @@ impl DropStats {
             ErrorCode::RateLimited => &mut self.rate_limited,
             ErrorCode::TooManyChannelsOpened => &mut self.too_many_channels_opened,
             ErrorCode::WelcomeQuotaExceeded => &mut self.welcome_quota,
-            ErrorCode::Unproven => &mut self.unproven,
+            ErrorCode::NotConnected => &mut self.not_connected,
             ErrorCode::Other(_) => return,
         };
         *slot = slot.saturating_add(1);
@@ -206,11 +207,11 @@ impl DropStats {
 /// handles or payloads).
 ///
 /// Every datagram in is either accepted (counted under its type) or refused (counted in
-/// [`drops`](Self::drops), and answered with exactly one error unless it was
-/// [unproven](DropStats::unproven), which gets no answer), so
+/// [`drops`](Self::drops), and answered with exactly one error), so
 /// `datagrams_in = subscribes + unsubscribes + media_in + handshakes_in + welcomes_in +
-/// fetches + hellos + drops.total()`, `errors_out = drops.total() - drops.unproven` and `datagrams_out = subscribes + unsubscribes +
-/// media_out + handshakes_out + welcomes_in + welcomes_out + hellos + errors_out`.
+/// fetches + hellos + drops.total()`, `errors_out = drops.total()` and
+/// `datagrams_out = subscribes + unsubscribes + media_out + handshakes_out + welcomes_in +
+/// welcomes_out + hellos + errors_out`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RouterStats {
@@ -330,8 +331,6 @@ struct Channel {
 struct Connection {
     /// Distinguishes this connection from earlier ones under the same id.
     serial: u64,
-    /// What its requests must carry.
-    proof: Proof,
     /// Handle → channel slot, sorted by handle.
     handles: Vec<(ChannelHandle, usize)>,
     /// How many handles were drawn for it: the input of the next draw.
@@ -344,10 +343,9 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(serial: u64, proof: Proof) -> Connection {
+    fn new(serial: u64) -> Connection {
         Connection {
             serial,
-            proof,
             handles: Vec::new(),
             draws: 0,
             opened: 0,
@@ -464,7 +462,7 @@ impl HeldWelcome {
 /// only the 4 handle bytes rewritten in between: no heap allocation per packet.
 pub struct Router {
     limits: RouterLimits,
-    /// HMAC under the relay's key: connection proofs and channel handles.
+    /// HMAC under the relay's key: channel handles.
     mac: Hmac<Sha256>,
     connections: ConnMap<Connection>,
     /// (connection, handle) → channel slot: the one lookup per media packet. Mirrors the
@@ -493,9 +491,8 @@ pub struct Router {
     stats: RouterStats,
 }
 
-/// 32 bytes of HMAC(relay key, `label` ‖ `serial` ‖ `n`): a connection's proof and its
-/// channel handles, unguessable without the key, distinct across connections (serials are
-/// never reused).
+/// 32 bytes of HMAC(relay key, `label` ‖ `serial` ‖ `n`): a connection's channel handles,
+/// unguessable without the key, unrelated across connections (serials are never reused).
 fn derive(mac: &Hmac<Sha256>, label: &[u8], serial: u64, n: u64) -> [u8; 32] {
     let mut mac = mac.clone();
     mac.update(label);
@@ -523,9 +520,8 @@ fn emit(stats: &mut RouterStats, sink: &mut impl FnMut(ConnId, &[u8]), conn: Con
 
 impl Router {
     /// A router with no connections, holding at most `limits`, under the relay's own
-    /// random `key` (draw it at start-up; it never leaves the relay). Connection
-    /// [`Proof`]s and channel handles are derived from it, so nobody without it can guess
-    /// them.
+    /// random `key` (draw it at start-up; it never leaves the relay). Channel handles are
+    /// derived from it, so nobody without it can guess them.
     pub fn new(limits: RouterLimits, key: &[u8; 32]) -> Router {
         // HMAC pads a short key with zeros to the block size, so this is HMAC under `key`.
         let mut block = [0u8; 64];
@@ -561,7 +557,7 @@ impl Router {
         }
     }
 
-    /// The state of `conn`, made (with a fresh serial and proof) if it has none; fails
+    /// The state of `conn`, made (with a fresh serial) if it has none; fails
     /// with [`ErrorCode::RelayFull`] when the router holds as many connections as it may.
     fn connection(&mut self, conn: ConnId) -> Result<&mut Connection, ErrorCode> {
         if !self.connections.contains_key(&conn) {
@@ -569,24 +565,10 @@ impl Router {
                 return Err(ErrorCode::RelayFull);
             }
             self.next_serial += 1;
-            let serial = self.next_serial;
-            let mut proof = Proof::default();
-            for (p, d) in proof
-                .0
-                .iter_mut()
-                .zip(derive(&self.mac, b"proof", serial, 0))
-            {
-                *p = d;
-            }
             self.connections
-                .insert(conn, Connection::new(serial, proof));
+                .insert(conn, Connection::new(self.next_serial));
         }
         self.connections.get_mut(&conn).ok_or(ErrorCode::RelayFull)
-    }
-
-    /// The proof `conn`'s requests must carry, if the router holds state for it.
-    pub fn proof(&self, conn: ConnId) -> Option<Proof> {
-        self.connections.get(&conn).map(|c| c.proof)
     }
 
     /// The limits in force.
@@ -756,35 +738,38 @@ impl Router {
         now: Instant,
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
-        // Proof of the connection: requests that change state or make the relay send
-        // carry the connection's proof; media stands on its unguessable handle.
-        if let Some(proof) = msg.proof() {
-            let proven = self
-                .connections
-                .get(&conn)
-                .is_some_and(|c| bool::from(c.proof.0.ct_eq(&proof.0)));
-            if !proven {
-                return Err(ErrorCode::Unproven);
-            }
-        }
+        // A connection is made by its Hello: any other request from a connection the
+        // router holds no state for (it never said Hello, or it was forgotten) is refused,
+        // so its client learns to say Hello and ask everything again. Media is checked
+        // after its route lookup, which fails for such a connection anyway (one lookup per
+        // packet).
         match msg {
-            ClientMessage::Media { handle, frame } => self.media(conn, handle, frame, sink),
+            ClientMessage::Media { handle, frame } => {
+                self.media(conn, handle, frame, sink).map_err(|code| {
+                    if self.connections.contains_key(&conn) {
+                        code
+                    } else {
+                        ErrorCode::NotConnected
+                    }
+                })
+            }
+            ClientMessage::Hello => {
+                // The carrier authenticated `conn`: the router trusts it is who it says.
+                self.connection(conn)?;
+                self.stats.hellos += 1;
+                self.reply(conn, RelayMessage::Ready, sink);
+                Ok(())
+            }
+            _ if !self.connections.contains_key(&conn) => Err(ErrorCode::NotConnected),
             ClientMessage::Handshake {
                 handle, message, ..
             } => self.handshake(conn, handle, message, sink),
-            ClientMessage::Subscribe { token, .. } => self.subscribe(conn, token, now, sink),
-            ClientMessage::Unsubscribe { handle, .. } => self.unsubscribe(conn, handle, now, sink),
-            ClientMessage::DeliverWelcome {
-                mailbox, welcome, ..
-            } => self.deliver(conn, mailbox, welcome, now, sink),
-            ClientMessage::FetchWelcomes { mailbox, .. } => self.fetch(conn, mailbox, now, sink),
-            // The transport admitted `conn` (validated its address, or needs no check).
-            ClientMessage::Hello { .. } => {
-                let proof = self.connection(conn)?.proof;
-                self.stats.hellos += 1;
-                self.reply(conn, RelayMessage::Ready { proof }, sink);
-                Ok(())
+            ClientMessage::Subscribe { token } => self.subscribe(conn, token, now, sink),
+            ClientMessage::Unsubscribe { handle } => self.unsubscribe(conn, handle, now, sink),
+            ClientMessage::DeliverWelcome { mailbox, welcome } => {
+                self.deliver(conn, mailbox, welcome, now, sink)
             }
+            ClientMessage::FetchWelcomes { mailbox } => self.fetch(conn, mailbox, now, sink),
         }
     }
 
@@ -797,10 +782,6 @@ impl Router {
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) {
         self.stats.drops.count(code);
-        if code == ErrorCode::Unproven {
-            // No answer: it would go to an address a forger may have named.
-            return;
-        }
         let reply = RelayMessage::Error { code, request };
         if let Ok(n) = reply.encode(&mut self.buf) {
             if let Some(bytes) = self.buf.get(..n) {
@@ -829,9 +810,7 @@ impl Router {
     }
 
     /// The hot path: one copy of the frame into the buffer, then per receiver a 4-byte
-    /// handle rewrite and a sink call. Media on a handle the connection does not hold is
-    /// [`ErrorCode::Unproven`] (dropped without an answer): it carries no proof, so over
-    /// raw UDP it may be a forger's guess with someone else's address.
+    /// handle rewrite and a sink call.
     #[inline]
     fn media(
         &mut self,
@@ -840,12 +819,12 @@ impl Router {
         frame: &[u8],
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) -> Result<(), ErrorCode> {
-        let slot = self.slot(conn, handle).map_err(|_| ErrorCode::Unproven)?;
+        let slot = self.slot(conn, handle)?;
         let channel = self
             .channels
             .get(slot)
             .and_then(Option::as_ref)
-            .ok_or(ErrorCode::Unproven)?;
+            .ok_or(ErrorCode::UnknownHandle)?;
         let len = MEDIA_OVERHEAD + frame.len();
         let out = self.buf.get_mut(..len).ok_or(ErrorCode::TooLarge)?;
         if let Some(body) = out.get_mut(MEDIA_OVERHEAD..) {
@@ -1039,7 +1018,7 @@ impl Router {
             let [a, b, c, d, ..] = derive(mac, b"handle", serial, n);
             ChannelHandle(u32::from_be_bytes([a, b, c, d]))
         };
-        // A request with a proof comes from a known connection.
+        // Only a known connection gets here (a connection is made by its Hello).
         let handle = self
             .connections
             .get_mut(&conn)

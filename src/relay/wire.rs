@@ -1,4 +1,4 @@
-//! The client ↔ relay wire format, version 2 (layout in the [module docs](super)).
+//! The client ↔ relay wire format, version 3 (layout in the [module docs](super)).
 //!
 //! Messages are parsed from borrowed bytes without copying ([`ClientMessage::parse`],
 //! [`RelayMessage::parse`]) and encoded into caller buffers ([`ClientMessage::encode`]) or
@@ -11,7 +11,7 @@ use super::codec::{Reader, Writer};
 use crate::media::{ChannelToken, CHANNEL_TOKEN_LEN};
 
 /// The wire format version this crate speaks (the top 3 bits of every message's first byte).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// Relay framing in front of every media frame, both directions: the type byte and the
 /// 4-byte channel handle.
@@ -24,20 +24,25 @@ pub const MAX_MEDIA_MESSAGE: usize = 1400;
 pub const MAX_MEDIA_FRAME: usize = MAX_MEDIA_MESSAGE - MEDIA_OVERHEAD;
 
 /// The largest message of any type (60 KiB): handshake messages and Welcomes of large rooms
-/// exceed one datagram. Over the reference UDP transport, a message above
-/// [`MAX_MEDIA_MESSAGE`] relies on IP fragmentation, so that transport is meant for rooms
-/// whose commits and Welcomes stay well below this.
+/// exceed one packet, so the carrier must deliver a message above [`MAX_MEDIA_MESSAGE`]
+/// whole.
 pub const MAX_MESSAGE: usize = 60 * 1024;
 
 /// Framing of a handshake message as the relay fans it out: type byte, handle, sequence.
 pub const HANDSHAKE_OVERHEAD: usize = 1 + ChannelHandle::LEN + 8;
 
-/// Framing of a handshake message as a client sends it: type byte, proof, handle.
-pub const HANDSHAKE_REQUEST_OVERHEAD: usize = 1 + Proof::LEN + ChannelHandle::LEN;
+/// Framing of a handshake message as a client sends it: type byte, handle.
+pub const HANDSHAKE_REQUEST_OVERHEAD: usize = 1 + ChannelHandle::LEN;
 
 /// The largest MLS handshake message carried, so that both the client's request and the
-/// relay's stamped copy fit in [`MAX_MESSAGE`].
-pub const MAX_HANDSHAKE: usize = MAX_MESSAGE - HANDSHAKE_REQUEST_OVERHEAD;
+/// relay's stamped copy fit in [`MAX_MESSAGE`]: the longer framing of the two (the relay's,
+/// [`HANDSHAKE_OVERHEAD`]) decides.
+pub const MAX_HANDSHAKE: usize = MAX_MESSAGE
+    - if HANDSHAKE_OVERHEAD > HANDSHAKE_REQUEST_OVERHEAD {
+        HANDSHAKE_OVERHEAD
+    } else {
+        HANDSHAKE_REQUEST_OVERHEAD
+    };
 
 /// Type codes (the low 5 bits of the first byte). Bit 4 set: relay → client.
 mod code {
@@ -56,7 +61,7 @@ mod code {
     pub(super) const WELCOME: u8 = 0x15;
     pub(super) const STORED: u8 = 0x16;
     pub(super) const ERROR: u8 = 0x17;
-    pub(super) const CHALLENGE: u8 = 0x18;
+    // 0x18 was version 2's Challenge: retired, never reused.
     pub(super) const READY: u8 = 0x19;
 
     /// The request kind of an error about a datagram that did not parse.
@@ -122,46 +127,14 @@ pub enum WireError {
 
 /// A short per-connection name the relay gives a channel token: what media and handshake
 /// messages carry instead of the 16-byte token. Each receiver gets its own handles, drawn
-/// at random by the relay (under its own key) so that nobody who did not see one can
-/// guess it: media carries no [`Proof`], the handle is what stands for it.
+/// at random by the relay (under its own key), distinct within a connection: a handle says
+/// nothing about other connections' handles or about how many channels the relay holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelHandle(pub u32);
 
 impl ChannelHandle {
     /// Length of a handle on the wire.
     pub const LEN: usize = 4;
-}
-
-/// A connection's proof: 16 random bytes the relay gives a connection in
-/// [`RelayMessage::Ready`] and the client sends back in every request that changes the
-/// relay's state or makes it send ([`ClientMessage::Subscribe`], `Unsubscribe`,
-/// `Handshake`, `DeliverWelcome`, `FetchWelcomes`). Over raw UDP, where anyone can send
-/// with a client's address, it is what tells the client's requests from a forger's: the
-/// relay drops a request whose proof is not its connection's, without an answer. It
-/// protects against forgers off the path only: it travels in the clear.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Proof(pub [u8; Proof::LEN]);
-
-impl Proof {
-    /// Length of a proof.
-    pub const LEN: usize = 16;
-}
-
-impl std::fmt::Debug for Proof {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Proof(..)")
-    }
-}
-
-/// A return-routability cookie (see [`AddressCheck`](super::AddressCheck)): 16 bytes the
-/// relay derives from the client's address and the time, and the client echoes in a
-/// [`ClientMessage::Hello`]. All zeros is the cookie of a first Hello.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Cookie(pub [u8; Cookie::LEN]);
-
-impl Cookie {
-    /// Length of a cookie.
-    pub const LEN: usize = 16;
 }
 
 /// A Welcome mailbox: the invitee's KeyPackage reference (an opaque hash), 1 to
@@ -220,7 +193,9 @@ impl std::fmt::Debug for MailboxId<'_> {
 /// What went wrong with a request, as the relay reports it to the client.
 ///
 /// Codes this version does not know parse as [`Other`](Self::Other), so a client can still
-/// tell which request failed.
+/// tell which request failed. Code 14 was version 2's `Unproven` (a request without the
+/// connection's proof, never sent): it is retired and never reused, so it parses as
+/// `Other(14)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -267,14 +242,14 @@ pub enum ErrorCode {
     /// `max_welcome_bytes_per_connection`) until some expire.
     #[error("welcome quota of this connection exceeded")]
     WelcomeQuotaExceeded,
-    /// The request did not prove its connection: its [`Proof`] is not the connection's,
-    /// the connection has not said Hello, or it is media on a handle the connection does
-    /// not hold. The relay drops such a request without an answer (the answer would go to
-    /// an address a forger may have named), so this code never travels; it is what
-    /// [`Router::receive`](super::Router::receive) returns and counts.
-    #[error("request without proof of its connection")]
-    Unproven,
-    /// A code this version does not know (never one of the codes above).
+    /// The relay holds no state for this connection: it has not said Hello, or the relay
+    /// forgot it (it restarted, or [disconnected](super::Router::disconnect) it). Every
+    /// request but [`Hello`](ClientMessage::Hello) is refused with this code until the
+    /// connection says Hello again; then nothing of before is held (subscribe again).
+    #[error("connection unknown to the relay: say Hello")]
+    NotConnected,
+    /// A code this version does not know, the retired 14 included (never one of the codes
+    /// above).
     #[error("error code {0}")]
     Other(u8),
 }
@@ -295,7 +270,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::TooManyChannelsOpened,
         ErrorCode::WelcomeQuotaExceeded,
-        ErrorCode::Unproven,
+        ErrorCode::NotConnected,
     ];
 }
 
@@ -315,7 +290,8 @@ impl From<u8> for ErrorCode {
             11 => ErrorCode::RateLimited,
             12 => ErrorCode::TooManyChannelsOpened,
             13 => ErrorCode::WelcomeQuotaExceeded,
-            14 => ErrorCode::Unproven,
+            // 14: version 2's Unproven, retired (parses as Other(14)).
+            15 => ErrorCode::NotConnected,
             other => ErrorCode::Other(other),
         }
     }
@@ -337,7 +313,7 @@ impl From<ErrorCode> for u8 {
             ErrorCode::RateLimited => 11,
             ErrorCode::TooManyChannelsOpened => 12,
             ErrorCode::WelcomeQuotaExceeded => 13,
-            ErrorCode::Unproven => 14,
+            ErrorCode::NotConnected => 15,
             ErrorCode::Other(b) => b,
         }
     }
@@ -372,7 +348,7 @@ pub enum Request<'a> {
     DeliverWelcome(MailboxId<'a>),
     /// [`ClientMessage::FetchWelcomes`] from this mailbox.
     FetchWelcomes(MailboxId<'a>),
-    /// [`ClientMessage::Hello`] (the cookie is not echoed).
+    /// [`ClientMessage::Hello`].
     Hello,
 }
 
@@ -440,20 +416,15 @@ pub enum ClientMessage<'a> {
     /// Join a channel; the relay answers [`RelayMessage::Subscribed`] with this connection's
     /// handle for it (the same handle again if already subscribed).
     Subscribe {
-        /// This connection's [`Proof`].
-        proof: Proof,
         /// The epoch's channel token.
         token: ChannelToken,
     },
     /// Leave a channel; the relay answers [`RelayMessage::Unsubscribed`].
     Unsubscribe {
-        /// This connection's [`Proof`].
-        proof: Proof,
         /// This connection's handle for the channel.
         handle: ChannelHandle,
     },
-    /// An SFrame frame for every other subscriber of the channel. It carries no
-    /// [`Proof`] (per-packet bytes matter): the unguessable handle stands for one.
+    /// An SFrame frame for every other subscriber of the channel.
     Media {
         /// This connection's handle for the channel.
         handle: ChannelHandle,
@@ -463,8 +434,6 @@ pub enum ClientMessage<'a> {
     /// An MLS handshake message for every subscriber of the channel, this one included, in
     /// one order stamped by the relay.
     Handshake {
-        /// This connection's [`Proof`].
-        proof: Proof,
         /// This connection's handle for the channel.
         handle: ChannelHandle,
         /// The MLS message, at most [`MAX_HANDSHAKE`] bytes.
@@ -472,8 +441,6 @@ pub enum ClientMessage<'a> {
     },
     /// Leave a Welcome in the invitee's mailbox; the relay answers [`RelayMessage::Stored`].
     DeliverWelcome {
-        /// This connection's [`Proof`].
-        proof: Proof,
         /// The invitee's KeyPackage reference.
         mailbox: MailboxId<'a>,
         /// The MLS Welcome.
@@ -483,21 +450,14 @@ pub enum ClientMessage<'a> {
     /// per Welcome held, or [`ErrorCode::MailboxEmpty`], or [`ErrorCode::RateLimited`]
     /// once the connection had its allowance of Welcome bytes for the minute.
     FetchWelcomes {
-        /// This connection's [`Proof`].
-        proof: Proof,
         /// This client's KeyPackage reference.
         mailbox: MailboxId<'a>,
     },
-    /// Prove this client receives at its address: the relay answers
-    /// [`RelayMessage::Ready`], with the connection's [`Proof`], once the cookie is the
-    /// one it gave this address, and a
-    /// [`RelayMessage::Challenge`] with that cookie otherwise (see
-    /// [`AddressCheck`](super::AddressCheck)). A relay whose transport already validates
-    /// addresses answers every Hello with `Ready`.
-    Hello {
-        /// The cookie of the last challenge, or all zeros.
-        cookie: Cookie,
-    },
+    /// Start (or restart) the connection: the relay answers [`RelayMessage::Ready`]. It is
+    /// the first request of every connection: the relay refuses any other from a
+    /// connection it holds no state for ([`ErrorCode::NotConnected`]). A Hello on a
+    /// connection the relay holds changes nothing.
+    Hello,
 }
 
 /// Fails with [`WireError::TooLarge`] when `len` exceeds `max`.
@@ -558,11 +518,9 @@ impl<'a> ClientMessage<'a> {
         let (code, mut r) = open(input)?;
         let msg = match code {
             code::SUBSCRIBE => ClientMessage::Subscribe {
-                proof: Proof(r.array()?),
                 token: ChannelToken(r.array()?),
             },
             code::UNSUBSCRIBE => ClientMessage::Unsubscribe {
-                proof: Proof(r.array()?),
                 handle: ChannelHandle(r.u32()?),
             },
             code::MEDIA => {
@@ -573,28 +531,19 @@ impl<'a> ClientMessage<'a> {
                 }
             }
             code::HANDSHAKE => {
-                let proof = Proof(r.array()?);
                 let handle = ChannelHandle(r.u32()?);
                 let message = r.rest();
                 bound(message.len(), MAX_HANDSHAKE)?;
-                ClientMessage::Handshake {
-                    proof,
-                    handle,
-                    message,
-                }
+                ClientMessage::Handshake { handle, message }
             }
             code::DELIVER_WELCOME => ClientMessage::DeliverWelcome {
-                proof: Proof(r.array()?),
                 mailbox: MailboxId::read(&mut r)?,
                 welcome: r.rest(),
             },
             code::FETCH_WELCOMES => ClientMessage::FetchWelcomes {
-                proof: Proof(r.array()?),
                 mailbox: MailboxId::read(&mut r)?,
             },
-            code::HELLO => ClientMessage::Hello {
-                cookie: Cookie(r.array()?),
-            },
+            code::HELLO => ClientMessage::Hello,
             code if is_relay_code(code) => return Err(WireError::WrongDirection { code }),
             code => return Err(WireError::UnknownType { code }),
         };
@@ -605,15 +554,15 @@ impl<'a> ClientMessage<'a> {
     /// Length of the encoding.
     pub fn encoded_len(&self) -> usize {
         match self {
-            ClientMessage::Subscribe { .. } => 1 + Proof::LEN + CHANNEL_TOKEN_LEN,
-            ClientMessage::Unsubscribe { .. } => 1 + Proof::LEN + ChannelHandle::LEN,
+            ClientMessage::Subscribe { .. } => 1 + CHANNEL_TOKEN_LEN,
+            ClientMessage::Unsubscribe { .. } => 1 + ChannelHandle::LEN,
             ClientMessage::Media { frame, .. } => MEDIA_OVERHEAD + frame.len(),
             ClientMessage::Handshake { message, .. } => HANDSHAKE_REQUEST_OVERHEAD + message.len(),
-            ClientMessage::DeliverWelcome {
-                mailbox, welcome, ..
-            } => 1 + Proof::LEN + mailbox.encoded_len() + welcome.len(),
-            ClientMessage::FetchWelcomes { mailbox, .. } => 1 + Proof::LEN + mailbox.encoded_len(),
-            ClientMessage::Hello { .. } => 1 + Cookie::LEN,
+            ClientMessage::DeliverWelcome { mailbox, welcome } => {
+                1 + mailbox.encoded_len() + welcome.len()
+            }
+            ClientMessage::FetchWelcomes { mailbox } => 1 + mailbox.encoded_len(),
+            ClientMessage::Hello => 1,
         }
     }
 
@@ -637,49 +586,33 @@ impl<'a> ClientMessage<'a> {
         let len = self.checked_len()?;
         let mut w = room_for(out, len)?;
         match self {
-            ClientMessage::Subscribe { proof, token } => {
+            ClientMessage::Subscribe { token } => {
                 w.u8(type_byte(code::SUBSCRIBE))?;
-                w.put(&proof.0)?;
                 w.put(&token.0)?;
             }
-            ClientMessage::Unsubscribe { proof, handle } => {
+            ClientMessage::Unsubscribe { handle } => {
                 w.u8(type_byte(code::UNSUBSCRIBE))?;
-                w.put(&proof.0)?;
                 w.u32(handle.0)?;
             }
             ClientMessage::Media { handle, frame } => {
                 w.put(&Self::media_header(*handle))?;
                 w.put(frame)?;
             }
-            ClientMessage::Handshake {
-                proof,
-                handle,
-                message,
-            } => {
+            ClientMessage::Handshake { handle, message } => {
                 w.u8(type_byte(code::HANDSHAKE))?;
-                w.put(&proof.0)?;
                 w.u32(handle.0)?;
                 w.put(message)?;
             }
-            ClientMessage::DeliverWelcome {
-                proof,
-                mailbox,
-                welcome,
-            } => {
+            ClientMessage::DeliverWelcome { mailbox, welcome } => {
                 w.u8(type_byte(code::DELIVER_WELCOME))?;
-                w.put(&proof.0)?;
                 mailbox.write(&mut w)?;
                 w.put(welcome)?;
             }
-            ClientMessage::FetchWelcomes { proof, mailbox } => {
+            ClientMessage::FetchWelcomes { mailbox } => {
                 w.u8(type_byte(code::FETCH_WELCOMES))?;
-                w.put(&proof.0)?;
                 mailbox.write(&mut w)?;
             }
-            ClientMessage::Hello { cookie } => {
-                w.u8(type_byte(code::HELLO))?;
-                w.put(&cookie.0)?;
-            }
+            ClientMessage::Hello => w.u8(type_byte(code::HELLO))?,
         }
         Ok(w.len())
     }
@@ -702,26 +635,13 @@ impl<'a> ClientMessage<'a> {
     /// Which request this is, as an [error](RelayMessage::Error) about it names it.
     pub fn request(&self) -> Request<'a> {
         match *self {
-            ClientMessage::Subscribe { token, .. } => Request::Subscribe(token),
-            ClientMessage::Unsubscribe { handle, .. } => Request::Unsubscribe(handle),
+            ClientMessage::Subscribe { token } => Request::Subscribe(token),
+            ClientMessage::Unsubscribe { handle } => Request::Unsubscribe(handle),
             ClientMessage::Media { handle, .. } => Request::Media(handle),
             ClientMessage::Handshake { handle, .. } => Request::Handshake(handle),
             ClientMessage::DeliverWelcome { mailbox, .. } => Request::DeliverWelcome(mailbox),
-            ClientMessage::FetchWelcomes { mailbox, .. } => Request::FetchWelcomes(mailbox),
-            ClientMessage::Hello { .. } => Request::Hello,
-        }
-    }
-
-    /// The proof the request carries: `None` for [`Media`](Self::Media) and
-    /// [`Hello`](Self::Hello), which carry none.
-    pub fn proof(&self) -> Option<Proof> {
-        match *self {
-            ClientMessage::Subscribe { proof, .. }
-            | ClientMessage::Unsubscribe { proof, .. }
-            | ClientMessage::Handshake { proof, .. }
-            | ClientMessage::DeliverWelcome { proof, .. }
-            | ClientMessage::FetchWelcomes { proof, .. } => Some(proof),
-            ClientMessage::Media { .. } | ClientMessage::Hello { .. } => None,
+            ClientMessage::FetchWelcomes { mailbox } => Request::FetchWelcomes(mailbox),
+            ClientMessage::Hello => Request::Hello,
         }
     }
 }
@@ -737,7 +657,6 @@ const fn is_relay_code(code: u8) -> bool {
             | code::WELCOME
             | code::STORED
             | code::ERROR
-            | code::CHALLENGE
             | code::READY
     )
 }
@@ -798,18 +717,8 @@ pub enum RelayMessage<'a> {
         /// Which request.
         request: Request<'a>,
     },
-    /// Echo this cookie in a [`ClientMessage::Hello`] to prove this address receives; until
-    /// then the relay ignores the address (see [`AddressCheck`](super::AddressCheck)).
-    Challenge {
-        /// The cookie.
-        cookie: Cookie,
-    },
-    /// The relay takes requests from this address (the answer to a valid Hello).
-    Ready {
-        /// The connection's proof, for every later request that carries one. The same for
-        /// every Hello of one connection.
-        proof: Proof,
-    },
+    /// The relay takes this connection's requests (the answer to a Hello).
+    Ready,
 }
 
 impl<'a> RelayMessage<'a> {
@@ -855,12 +764,7 @@ impl<'a> RelayMessage<'a> {
                 code: ErrorCode::from(r.u8()?),
                 request: Request::read(&mut r)?,
             },
-            code::CHALLENGE => RelayMessage::Challenge {
-                cookie: Cookie(r.array()?),
-            },
-            code::READY => RelayMessage::Ready {
-                proof: Proof(r.array()?),
-            },
+            code::READY => RelayMessage::Ready,
             code @ (code::SUBSCRIBE
             | code::UNSUBSCRIBE
             | code::MEDIA
@@ -884,8 +788,7 @@ impl<'a> RelayMessage<'a> {
             RelayMessage::Welcome { mailbox, welcome } => 1 + mailbox.encoded_len() + welcome.len(),
             RelayMessage::Stored { mailbox } => 1 + mailbox.encoded_len(),
             RelayMessage::Error { request, .. } => 2 + request.encoded_len(),
-            RelayMessage::Challenge { .. } => 1 + Cookie::LEN,
-            RelayMessage::Ready { .. } => 1 + Proof::LEN,
+            RelayMessage::Ready => 1,
         }
     }
 
@@ -949,14 +852,7 @@ impl<'a> RelayMessage<'a> {
                 w.u8(u8::from(*code))?;
                 request.write(&mut w)?;
             }
-            RelayMessage::Challenge { cookie } => {
-                w.u8(type_byte(code::CHALLENGE))?;
-                w.put(&cookie.0)?;
-            }
-            RelayMessage::Ready { proof } => {
-                w.u8(type_byte(code::READY))?;
-                w.put(&proof.0)?;
-            }
+            RelayMessage::Ready => w.u8(type_byte(code::READY))?,
         }
         Ok(w.len())
     }
@@ -1011,7 +907,7 @@ mod tests {
         };
         let mut buf = [0u8; 15];
         assert_eq!(msg.encode(&mut buf), Ok(15));
-        assert_eq!(&buf[..5], &[0x43, 1, 2, 3, 4]);
+        assert_eq!(&buf[..5], &[0x63, 1, 2, 3, 4]);
         assert_eq!(ClientMessage::parse(&buf), Ok(msg));
         assert_eq!(
             RelayMessage::parse(&buf),
@@ -1022,7 +918,7 @@ mod tests {
     #[test]
     fn handshake_header_layout() {
         let h = RelayMessage::handshake_header(ChannelHandle(7), 0x0102_0304_0506_0708);
-        assert_eq!(h, [0x54, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(h, [0x74, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
     #[test]
@@ -1033,5 +929,33 @@ mod tests {
         for code in ErrorCode::ALL {
             assert!(!matches!(code, ErrorCode::Other(_)));
         }
+    }
+
+    #[test]
+    fn retired_codes_stay_unknown() {
+        // Version 2's Challenge type (0x18) and Unproven error code (14) are never reused.
+        assert_eq!(
+            RelayMessage::parse(&[0x78; 17]),
+            Err(WireError::UnknownType { code: 0x18 })
+        );
+        assert_eq!(
+            ClientMessage::parse(&[0x78]),
+            Err(WireError::UnknownType { code: 0x18 })
+        );
+        assert_eq!(ErrorCode::from(14), ErrorCode::Other(14));
+        assert!(ErrorCode::ALL.iter().all(|c| u8::from(*c) != 14));
+    }
+
+    #[test]
+    fn hello_and_ready_are_one_byte() {
+        let mut buf = [0u8; 1];
+        assert_eq!(ClientMessage::Hello.encode(&mut buf), Ok(1));
+        assert_eq!(buf, [0x67]);
+        assert_eq!(RelayMessage::Ready.encode(&mut buf), Ok(1));
+        assert_eq!(buf, [0x79]);
+        assert_eq!(
+            RelayMessage::parse(&[0x79, 0]),
+            Err(WireError::TrailingBytes)
+        );
     }
 }

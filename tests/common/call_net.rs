@@ -1,14 +1,15 @@
-//! A simulated network for `sotto::call::Call`s on virtual time: sotto's `Router` behind
-//! the same address check as the UDP relay (`examples/relay.rs`), every datagram in both
-//! directions through a seeded impairment (delay, loss, duplication, and so reordering),
-//! and relay restarts (a new router and check key: every connection and mailbox is lost).
+//! A simulated network for `sotto::call::Call`s on virtual time: sotto's `Router`, each
+//! member one connection (as a carrier that authenticates connections gives it), every
+//! datagram in both directions through a seeded impairment (delay, loss, duplication, and
+//! so reordering), and relay restarts (a new router and key: every connection and mailbox
+//! is lost).
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::call::{Call, CallConfig, CallEvent};
-use sotto::relay::{AddressCheck, Admission, ConnId, Router, RouterLimits, CHALLENGE_LEN};
+use sotto::relay::{ConnId, Router, RouterLimits};
 use sotto::room::Identity;
 
 /// Virtual time advances by this much per step.
@@ -74,8 +75,6 @@ pub struct Node {
 
 pub struct CallNet {
     pub router: Router,
-    check: AddressCheck,
-    validated: Vec<bool>,
     pub nodes: Vec<Node>,
     wire: Vec<(Instant, To, Vec<u8>)>,
     pub rng: Rng,
@@ -122,8 +121,6 @@ impl CallNet {
     pub fn new(seed: u64, impairment: Impairment, now: Instant) -> CallNet {
         CallNet {
             router: Router::new(RouterLimits::default(), &key(seed)),
-            check: AddressCheck::new(&key(seed ^ 1), now),
-            validated: Vec::new(),
             nodes: Vec::new(),
             wire: Vec::new(),
             rng: Rng(seed),
@@ -142,7 +139,6 @@ impl CallNet {
     }
 
     pub fn add(&mut self, name: &str, call: Call) -> usize {
-        self.validated.push(false);
         self.nodes.push(Node {
             call,
             name: name.to_string(),
@@ -176,8 +172,6 @@ impl CallNet {
         self.restarts += 1;
         let seed = self.rng.next();
         self.router = Router::new(RouterLimits::default(), &key(seed));
-        self.check = AddressCheck::new(&key(seed ^ 1), self.now);
-        self.validated.iter_mut().for_each(|v| *v = false);
         self.wire.retain(|(_, to, _)| !matches!(to, To::Node(_)));
     }
 
@@ -215,19 +209,6 @@ impl CallNet {
             self.recording.push((from, bytes.to_vec()));
         }
         let now = self.now;
-        if !self.validated[from] {
-            let mut reply = [0u8; CHALLENGE_LEN];
-            let address = format!("node-{from}");
-            match self.check.check(address.as_bytes(), bytes, now, &mut reply) {
-                Admission::Admit => self.validated[from] = true,
-                Admission::Challenge(c) => {
-                    let c = c.to_vec();
-                    self.send(To::Node(from), &c);
-                    return;
-                }
-                _ => return,
-            }
-        }
         let mut out: Vec<(usize, Vec<u8>)> = Vec::new();
         let _ = self.router.receive(
             ConnId(from as u64),
