@@ -301,8 +301,54 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
+/// Bytes a connection may have in flight, fixed ([`FixedWindow`]).
+pub const WINDOW: u64 = 1 << 20;
+
+/// The congestion "controller" of the carrier: a fixed window of [`WINDOW`] bytes.
+///
+/// Media is inelastic: Opus at a constant bit rate, 50 packets a second per speaker, like
+/// RTP over UDP in every VoIP stack. A reacting controller cannot make it smaller; it can
+/// only hold it back. Measured: with quinn's default (CUBIC), a 2-second outage of a
+/// member's path filled the window with unacknowledged packets, both sides then sent
+/// nothing but loss probes, backed off exponentially, and audio resumed about 2 s after
+/// the path came back. With the fixed window, media keeps going out during an outage (and
+/// is lost, as on any path) and flows again the moment the path returns. The window still
+/// bounds what one connection has in flight (1 MiB: more than 2 s of a 64-speaker room's
+/// fan-out), and control messages are few and small.
+#[derive(Clone, Copy, Debug)]
+struct FixedWindow;
+
+impl quinn_proto::congestion::Controller for FixedWindow {
+    fn on_congestion_event(&mut self, _: Instant, _: Instant, _: bool, _: u64) {}
+
+    fn on_mtu_update(&mut self, _: u16) {}
+
+    fn window(&self) -> u64 {
+        WINDOW
+    }
+
+    fn clone_box(&self) -> Box<dyn quinn_proto::congestion::Controller> {
+        Box::new(*self)
+    }
+
+    fn initial_window(&self) -> u64 {
+        WINDOW
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+impl quinn_proto::congestion::ControllerFactory for FixedWindow {
+    fn build(self: Arc<Self>, _: Instant, _: u16) -> Box<dyn quinn_proto::congestion::Controller> {
+        Box::new(FixedWindow)
+    }
+}
+
 fn transport(member: bool) -> TransportConfig {
     let mut t = TransportConfig::default();
+    t.congestion_controller_factory(Arc::new(FixedWindow));
     // The member opens the one stream; the relay opens none.
     t.max_concurrent_bidi_streams(VarInt::from_u32(if member { 0 } else { 1 }))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
