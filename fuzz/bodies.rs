@@ -812,3 +812,44 @@ pub fn rtp(data: &[u8]) {
         }
     }
 }
+
+/// The `quic_stream` target: the QUIC carrier's stream reader
+/// ([`Deframer`](sotto::quic::Deframer)). The first byte sets the size of the pieces the
+/// rest arrives in. Every message it gives is 1 to `MAX_MESSAGE` bytes; the messages, framed
+/// again, are exactly the start of the stream; what it holds back is the rest (unless the
+/// framing broke).
+#[cfg(feature = "quic")]
+pub fn quic_stream(data: &[u8]) {
+    use sotto::quic::Deframer;
+    use sotto::relay::MAX_MESSAGE;
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
+    let mut reader = Deframer::new();
+    let mut again = Vec::new();
+    let mut broken = false;
+    for piece in stream.chunks(usize::from(cut % 64) + 1) {
+        reader.push(piece);
+        loop {
+            match reader.next_message() {
+                Ok(Some(message)) => {
+                    assert!(!message.is_empty() && message.len() <= MAX_MESSAGE);
+                    again.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                    again.extend_from_slice(message);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken {
+            break;
+        }
+    }
+    assert!(stream.starts_with(&again));
+    if !broken {
+        assert_eq!(again.len() + reader.buffered(), stream.len());
+    }
+}

@@ -127,6 +127,9 @@ pub enum QuicError {
     /// A certificate pin is not `sha256:` and 64 hex digits.
     #[error("malformed relay pin")]
     Pin,
+    /// A carrier stream broke its framing (a length of 0 or above the wire's maximum).
+    #[error("broken stream framing")]
+    Framing,
     /// QUIC cannot connect to that address (port 0 or unspecified).
     #[error("cannot connect to that address")]
     Address,
@@ -387,6 +390,54 @@ fn client_config(pin: RelayPin) -> Result<ClientConfig, QuicError> {
     Ok(config)
 }
 
+/// Reads the relay wire messages of a carrier stream: each is a 4-byte big-endian length
+/// (1 to [`MAX_MESSAGE`]) and that many bytes. Push the stream's bytes as they come, in
+/// order; take whole messages with [`next_message`](Self::next_message).
+#[derive(Debug, Default)]
+pub struct Deframer {
+    buf: BytesMut,
+    /// Bytes of the message last returned, dropped at the next call.
+    taken: usize,
+}
+
+impl Deframer {
+    /// An empty reader.
+    pub fn new() -> Deframer {
+        Deframer::default()
+    }
+
+    /// Appends stream bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that are not yet a whole message.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.taken
+    }
+
+    /// The next whole message, `None` until one is complete, or
+    /// [`QuicError::Framing`] when a length is 0 or above [`MAX_MESSAGE`] (the stream is
+    /// broken for good: close the connection).
+    pub fn next_message(&mut self) -> Result<Option<&[u8]>, QuicError> {
+        self.buf.advance(std::mem::take(&mut self.taken));
+        let Some(prefix) = self.buf.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let mut len = [0u8; LEN_PREFIX];
+        len.copy_from_slice(prefix);
+        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        if len == 0 || len > MAX_MESSAGE {
+            return Err(QuicError::Framing);
+        }
+        let Some(message) = self.buf.get(LEN_PREFIX..LEN_PREFIX + len) else {
+            return Ok(None);
+        };
+        self.taken = LEN_PREFIX + len;
+        Ok(Some(message))
+    }
+}
+
 /// How a message arrived.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Path {
@@ -399,7 +450,7 @@ struct Link {
     conn: Connection,
     stream: Option<StreamId>,
     /// Stream bytes received and not yet a whole message.
-    rx: BytesMut,
+    rx: Deframer,
     /// Framed messages the stream has not taken yet (no stream yet, or flow control).
     tx: BytesMut,
     /// The time of this link's entry in the relay's timer heap.
@@ -423,7 +474,7 @@ impl Link {
         Link {
             conn,
             stream: None,
-            rx: BytesMut::new(),
+            rx: Deframer::new(),
             tx: BytesMut::new(),
             scheduled: None,
             dirty: false,
@@ -511,7 +562,7 @@ impl Link {
         let mut intact = true;
         loop {
             match chunks.next(usize::MAX) {
-                Ok(Some(chunk)) => rx.extend_from_slice(&chunk.bytes),
+                Ok(Some(chunk)) => rx.push(&chunk.bytes),
                 Ok(None) | Err(ReadError::Reset(_)) => {
                     intact = false;
                     break;
@@ -522,20 +573,13 @@ impl Link {
         // Whether this asks for a flow-control update: the link is polled for transmits
         // after every event anyway.
         let _ = chunks.finalize();
-        while let Some(prefix) = rx.get(..LEN_PREFIX) {
-            let mut len = [0u8; LEN_PREFIX];
-            len.copy_from_slice(prefix);
-            let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
-            if len == 0 || len > MAX_MESSAGE {
-                return false;
+        loop {
+            match rx.next_message() {
+                Ok(Some(message)) => take(Path::Stream, message),
+                Ok(None) => return intact,
+                Err(_) => return false,
             }
-            let Some(message) = rx.get(LEN_PREFIX..LEN_PREFIX + len) else {
-                break;
-            };
-            take(Path::Stream, message);
-            rx.advance(LEN_PREFIX + len);
         }
-        intact
     }
 
     fn close(&mut self, now: Instant, code: u32, reason: &'static [u8]) {
