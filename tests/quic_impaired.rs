@@ -144,7 +144,18 @@ impl Drop for Reaped {
 }
 
 fn start_relay(dir: &std::path::Path) -> (Reaped, SocketAddr, RelayPin, mpsc::Receiver<String>) {
+    start_relay_with(dir, &[])
+}
+
+/// Starts `sotto-relay` in `dir` on a free 127.0.0.1 port; where it listens, its pin, and
+/// its stderr lines.
+fn start_relay_with(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Reaped, SocketAddr, RelayPin, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-relay"))
+        .current_dir(dir)
+        .args(extra)
         .args(["--listen", "127.0.0.1:0", "--log-secs", "5"])
         .arg("--seconds")
         .arg((SECONDS + 30).to_string())
@@ -324,4 +335,80 @@ fn over_an_impaired_network_every_member_converges() {
         assert_eq!(p.outage_dropped, 0);
         assert!(p.lost > 0 && p.duplicated > 0);
     }
+}
+
+#[test]
+fn the_relay_program_shuts_down_gracefully_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("sotto-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A config file, with the command line winning over it.
+    std::fs::write(
+        dir.join("relay.conf"),
+        "# test config\nlisten = 127.0.0.1:1\nmax_connections = 4\n",
+    )
+    .unwrap();
+    let (mut relay, addr, pin, log) = start_relay_with(&dir, &["--config", "relay.conf"]);
+    assert_ne!(addr.port(), 1, "the command line's --listen wins");
+
+    // A member connects over real sockets.
+    let start = Instant::now();
+    let mut wire = quic_member::QuicWire::connect(addr, pin, start).unwrap();
+    let mut call = sotto::call::Call::create(
+        sotto::room::Identity::new(
+            openmls_rust_crypto::OpenMlsRustCrypto::default(),
+            b"owl-7f3a",
+        )
+        .unwrap(),
+        sotto::call::CallConfig::default(),
+        start,
+    )
+    .unwrap();
+    while !(wire.is_connected() && call.transport().client().is_ready()) {
+        assert!(start.elapsed() < Duration::from_secs(10), "no connection");
+        wire.pump(&mut call, Instant::now());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &relay.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let killed = Instant::now();
+    // The member hears the close at once (not after the 30 s idle timeout).
+    while wire.quic().stats().disconnects == 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "no close from the relay"
+        );
+        wire.pump(&mut call, Instant::now());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let exit = loop {
+        if let Some(status) = relay.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the relay did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let lines: Vec<String> = log.iter().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("shutting down (1 connections)")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("stopped (0 connections still closing)")),
+        "{lines:?}"
+    );
+    // Its counters never name a token, handle or address of a member.
+    let member = wire.local_addr().unwrap().port();
+    assert!(!lines.iter().any(|l| l.contains(&format!(":{member}"))));
 }

@@ -52,6 +52,11 @@ impl QuicWire {
         })
     }
 
+    /// The socket's own address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
     /// The QUIC client (its counters, its connection's).
     pub fn quic(&self) -> &QuicClient {
         &self.quic
