@@ -304,10 +304,7 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
-/// Bytes a connection may have in flight, fixed ([`FixedWindow`]).
-pub const WINDOW: u64 = 1 << 20;
-
-/// The congestion "controller" of the carrier: a fixed window of [`WINDOW`] bytes.
+/// The congestion window of every carrier connection, in bytes: fixed.
 ///
 /// Media is inelastic: Opus at a constant bit rate, 50 packets a second per speaker, like
 /// RTP over UDP in every VoIP stack. A reacting controller cannot make it smaller; it can
@@ -318,6 +315,9 @@ pub const WINDOW: u64 = 1 << 20;
 /// is lost, as on any path) and flows again the moment the path returns. The window still
 /// bounds what one connection has in flight (1 MiB: more than 2 s of a 64-speaker room's
 /// fan-out), and control messages are few and small.
+pub const WINDOW: u64 = 1 << 20;
+
+/// The carrier's congestion "controller": a window of [`WINDOW`] bytes that never moves.
 #[derive(Clone, Copy, Debug)]
 struct FixedWindow;
 
