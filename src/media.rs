@@ -29,6 +29,35 @@ impl std::fmt::Debug for ChannelToken {
     }
 }
 
+/// Length of a handshake key.
+pub const HANDSHAKE_KEY_LEN: usize = 16;
+
+/// The key that hides an epoch's handshake messages from the relay
+/// (`MLS-Exporter("sotto 1 handshake key", "", 16)`, AES-128-GCM; see
+/// [`crate::call`]'s sealed handshakes). Only members of the epoch can compute it.
+/// Zeroized on drop; its `Debug` shows nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HandshakeKey(Zeroizing<[u8; HANDSHAKE_KEY_LEN]>);
+
+impl HandshakeKey {
+    /// A key from exported bytes. [`Room`](crate::room::Room) makes these; this exists for
+    /// other control planes and tests.
+    pub fn from_exported(bytes: [u8; HANDSHAKE_KEY_LEN]) -> HandshakeKey {
+        HandshakeKey(Zeroizing::new(bytes))
+    }
+
+    /// The key bytes.
+    pub fn as_bytes(&self) -> &[u8; HANDSHAKE_KEY_LEN] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HandshakeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandshakeKey(..)")
+    }
+}
+
 /// Where an epoch's keys stand for the member that received them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EpochStatus {
@@ -63,6 +92,7 @@ pub struct EpochKeys {
     members: Vec<MemberId>,
     own_leaf: u32,
     token: ChannelToken,
+    handshake_key: Option<HandshakeKey>,
     departed: Vec<u32>,
     base_key: Zeroizing<Vec<u8>>,
 }
@@ -99,9 +129,22 @@ impl EpochKeys {
             members,
             own_leaf,
             token,
+            handshake_key: None,
             departed: Vec::new(),
             base_key: Zeroizing::new(base_key),
         }
+    }
+
+    /// These keys with the epoch's handshake key ([`Room`](crate::room::Room) always
+    /// adds it; the call engine needs it to send and read handshake messages).
+    pub fn with_handshake_key(mut self, key: HandshakeKey) -> EpochKeys {
+        self.handshake_key = Some(key);
+        self
+    }
+
+    /// The epoch's handshake key, if these keys carry one.
+    pub fn handshake_key(&self) -> Option<&HandshakeKey> {
+        self.handshake_key.as_ref()
     }
 
     /// These keys with the leaves whose member left in this epoch (see
@@ -234,7 +277,8 @@ pub struct MediaSession {
     next: VecDeque<(u64, u32, Instant)>,
     /// The highest epoch a sealer was ever made for: sealers are only made for newer ones.
     sealed_up_to: Option<u64>,
-    tokens: Vec<(u64, ChannelToken)>,
+    /// (epoch, channel token, handshake key) of the epochs held, oldest first.
+    tokens: Vec<(u64, ChannelToken, Option<HandshakeKey>)>,
 }
 
 impl MediaSession {
@@ -303,16 +347,20 @@ impl MediaSession {
             replay,
         )?;
         // Tokens follow the epochs the ring holds (an epoch may just have been evicted).
-        self.tokens.retain(|(e, _)| ring.holds(*e));
-        match self.tokens.binary_search_by_key(&keys.epoch, |(e, _)| *e) {
+        self.tokens.retain(|(e, _, _)| ring.holds(*e));
+        let entry = (keys.epoch, keys.token, keys.handshake_key.clone());
+        match self
+            .tokens
+            .binary_search_by_key(&keys.epoch, |(e, _, _)| *e)
+        {
             // The epoch's keys were replaced (the winner of a commit race after this
-            // member's own `Staged` keys): its token goes with them.
+            // member's own `Staged` keys): its token and handshake key go with them.
             Ok(at) => {
-                if let Some(entry) = self.tokens.get_mut(at) {
-                    entry.1 = keys.token;
+                if let Some(held) = self.tokens.get_mut(at) {
+                    *held = entry;
                 }
             }
-            Err(at) => self.tokens.insert(at, (keys.epoch, keys.token)),
+            Err(at) => self.tokens.insert(at, entry),
         }
         if keys.status != EpochStatus::Staged {
             ring.set_current(keys.epoch, now);
@@ -360,7 +408,7 @@ impl MediaSession {
         if let Some(ring) = &mut self.ring {
             if ring.next_expiry().is_some_and(|t| t <= now) {
                 ring.expire(now);
-                self.tokens.retain(|(e, _)| ring.holds(*e));
+                self.tokens.retain(|(e, _, _)| ring.holds(*e));
             }
         }
     }
@@ -466,7 +514,15 @@ impl MediaSession {
     /// Channel tokens of the epochs held, oldest first: subscribe to all of them; drop a
     /// token once it is gone from this list.
     pub fn tokens(&self) -> impl Iterator<Item = (u64, ChannelToken)> + '_ {
-        self.tokens.iter().copied()
+        self.tokens.iter().map(|(e, t, _)| (*e, *t))
+    }
+
+    /// The handshake key of the epoch whose channel is `token`, if held.
+    pub fn handshake_key(&self, token: &ChannelToken) -> Option<&HandshakeKey> {
+        self.tokens
+            .iter()
+            .find(|(_, t, _)| t == token)
+            .and_then(|(_, _, k)| k.as_ref())
     }
 
     /// The key ring (for inspection: epochs held, keys derived).

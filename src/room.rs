@@ -47,7 +47,10 @@ use ring::digest;
 
 use crate::frame::CipherSuite;
 use crate::keys::{KidLayout, MemberId};
-use crate::media::{ChannelToken, EpochKeys, EpochStatus, CHANNEL_TOKEN_LEN};
+use crate::media::{
+    ChannelToken, EpochKeys, EpochStatus, HandshakeKey, CHANNEL_TOKEN_LEN, HANDSHAKE_KEY_LEN,
+};
+use zeroize::Zeroizing;
 
 /// The MLS ciphersuite of every room.
 pub const MLS_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -56,6 +59,10 @@ pub const MLS_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128
 pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
 /// Exporter label of the channel token.
 pub const TOKEN_EXPORTER_LABEL: &str = "sotto 1 channel token";
+
+/// The exporter label of an epoch's handshake key ([`HandshakeKey`]): the key that hides
+/// handshake messages from the relay.
+pub const HANDSHAKE_EXPORTER_LABEL: &str = "sotto 1 handshake key";
 /// sotto's namespace of exporter labels: [`Room::export_secret`] refuses every label that
 /// starts with it, and [`SFRAME_EXPORTER_LABEL`].
 pub const RESERVED_LABEL_PREFIX: &str = "sotto ";
@@ -977,12 +984,20 @@ impl<P: OpenMlsProvider> Room<P> {
             )
             .map_err(|_| RoomError::NotAMember)?;
         let token = self.channel_token()?;
+        let handshake = handshake_key_from(self.group.export_secret(
+            crypto,
+            HANDSHAKE_EXPORTER_LABEL,
+            &[],
+            HANDSHAKE_KEY_LEN,
+        ))?;
         let members = self
             .group
             .members()
             .map(|m| member_id(leaf_u32(m.index), &m.signature_key))
             .collect();
-        Ok(self.epoch_keys(self.epoch(), status, members, token, base))
+        Ok(self
+            .epoch_keys(self.epoch(), status, members, token, base)
+            .with_handshake_key(handshake))
     }
 
     /// `Restored` keys of the current epoch, for a media session started while the room
@@ -1037,6 +1052,12 @@ impl<P: OpenMlsProvider> Room<P> {
             .map_err(|_| RoomError::Internal)?;
         let token =
             token_from(staged.export_secret(crypto, TOKEN_EXPORTER_LABEL, &[], CHANNEL_TOKEN_LEN))?;
+        let handshake = handshake_key_from(staged.export_secret(
+            crypto,
+            HANDSHAKE_EXPORTER_LABEL,
+            &[],
+            HANDSHAKE_KEY_LEN,
+        ))?;
         let removed: Vec<u32> = staged
             .remove_proposals()
             .map(|r| leaf_u32(r.remove_proposal().removed()))
@@ -1063,13 +1084,15 @@ impl<P: OpenMlsProvider> Room<P> {
                 members.insert(at, member_id(candidate, key));
             }
         }
-        Ok(self.epoch_keys(
-            staged.epoch().as_u64(),
-            EpochStatus::Staged,
-            members,
-            token,
-            base,
-        ))
+        Ok(self
+            .epoch_keys(
+                staged.epoch().as_u64(),
+                EpochStatus::Staged,
+                members,
+                token,
+                base,
+            )
+            .with_handshake_key(handshake))
     }
 
     fn ensure_can_commit(&self) -> Result<(), RoomError> {
@@ -1565,6 +1588,15 @@ fn validate_key_package<P: OpenMlsProvider>(
         return Err(RoomError::InvalidKeyPackage);
     }
     Ok(kp)
+}
+
+fn handshake_key_from<E>(exported: Result<Vec<u8>, E>) -> Result<HandshakeKey, RoomError> {
+    let exported = Zeroizing::new(exported.map_err(|_| RoomError::Internal)?);
+    let bytes: [u8; HANDSHAKE_KEY_LEN] = exported
+        .as_slice()
+        .try_into()
+        .map_err(|_| RoomError::Internal)?;
+    Ok(HandshakeKey::from_exported(bytes))
 }
 
 fn token_from<E>(exported: Result<Vec<u8>, E>) -> Result<ChannelToken, RoomError> {

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioSender};
-use sotto::call::{Call, CallConfig, CallEvent, Inbound, RelayTransport, Transport};
+use sotto::call::{sealed, Call, CallConfig, CallEvent, Inbound, RelayTransport, Transport};
 use sotto::keys::MemberId;
 use sotto::media::{ChannelToken, MediaSession};
 use sotto::quic::{QuicClient, QuicEvent, QuicRelay, RelayIdentity, RelayPin};
@@ -453,10 +453,16 @@ impl Net {
             }
             Peer::Rogue(r) => {
                 let mut out = BytesMut::new();
-                if let Inbound::Handshake { message, .. } =
+                if let Inbound::Handshake { token, message, .. } =
                     r.transport.receive(message, now, &mut out).unwrap()
                 {
-                    if let Some(room) = &mut r.room {
+                    // Her app opens what it can with the keys she still holds.
+                    let mut scratch = Vec::new();
+                    let opened = r
+                        .media
+                        .handshake_key(&token)
+                        .and_then(|key| sealed::open(key, &token, message, &mut scratch).ok());
+                    if let (Some(room), Some(message)) = (&mut r.room, opened) {
                         let _ = room.process(message);
                     }
                 }

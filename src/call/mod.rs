@@ -78,13 +78,42 @@
 //!
 //! Everything is bounded: held handshakes, queued datagrams and events, Welcome retries.
 //! Nothing untrusted panics: a bad datagram is an error and changes nothing.
+//!
+//! # Sealed handshake messages
+//!
+//! The engine never puts a bare MLS message on a channel: its framing would show the relay
+//! the group id (the same for the room's whole life, so it links every channel token of
+//! the room), the epoch and the content type. Every commit and proposal a member sends
+//! travels sealed under its epoch's handshake key
+//! (`MLS-Exporter("sotto 1 handshake key", "", 16)`), which only members of that epoch
+//! can compute, with a fresh nonce, padded to a size bucket
+//! ([`CallConfig::handshake_padding`]):
+//!
+//! ```text
+//! byte 0      0xA1 (a sealed handshake message, version 1; an MLS message starts with 0x00)
+//! bytes 1-12  nonce: 12 random bytes, fresh for every message
+//! bytes 13-   AES-128-GCM under the handshake key of the epoch whose channel carries it,
+//!             AAD = byte 0 ‖ the channel token (16 bytes),
+//!             plaintext = the MLS message's length (4 bytes, big-endian) ‖ the MLS
+//!             message ‖ zero bytes up to the bucket; then the 16-byte tag
+//! ```
+//!
+//! A member knows which key opens a message from the channel it arrived on (the key of
+//! each epoch comes with its token in [`EpochKeys`]). A message that does not open is
+//! refused like a bad MLS message (it still takes its place in the channel's order). The
+//! one bare MLS message a member accepts is a proposal of an external sender (the relay
+//! proposing a removal: a PublicMessage the relay wrote itself, so it learns nothing), and
+//! only on the channel of the member's current epoch. [`Room`] still takes and gives plain
+//! MLS messages: sealing is the engine's, on the transport side.
 
 #[cfg(feature = "webrtc")]
 mod janus;
+pub mod sealed;
 mod transport;
 
 #[cfg(feature = "webrtc")]
 pub use janus::{JanusTransport, Outbound as JanusOutbound};
+use sealed::SEALED_HANDSHAKE;
 pub use transport::{Inbound, RelayTransport, Transport, TransportError};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -100,6 +129,7 @@ use crate::audio::{AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, 
 use crate::frame::Header;
 use crate::keys::{KeyError, MemberId};
 use crate::media::{ChannelToken, EpochKeys, MediaConfig, MediaSession};
+use crate::relay::MAX_HANDSHAKE;
 use crate::room::{
     Commit, Identity, ProposalId, ProposalInfo, PublishedKeyPackage, Rejection, Room, RoomConfig,
     RoomError, RoomEvent, SafetyCode,
@@ -182,6 +212,11 @@ pub struct CallConfig {
     pub self_update_every: Option<Duration>,
     /// Who may commit. Default [`Committer::Anyone`].
     pub committer: Committer,
+    /// The smallest size a sealed handshake message is padded to, in bytes; larger ones go
+    /// to the next power of two (see [sealed handshakes](self#sealed-handshake-messages)).
+    /// Default 4,096: a self-update, an add and a remove of a room of 2 to about 40 members
+    /// all travel as 4,096 bytes. 0 pads to powers of two only.
+    pub handshake_padding: usize,
 }
 
 impl Default for CallConfig {
@@ -198,6 +233,7 @@ impl Default for CallConfig {
                 .map(Duration::from_millis)
                 .collect(),
             max_early_handshakes: 16,
+            handshake_padding: 4096,
             self_update_every: Some(Duration::from_secs(600)),
             committer: Committer::Anyone,
         }
@@ -539,6 +575,8 @@ pub struct Call<P: OpenMlsProvider = OpenMlsRustCrypto, T: Transport = RelayTran
     unconfirmed_since: Option<Instant>,
     transmit: VecDeque<BytesMut>,
     spare: Vec<BytesMut>,
+    /// A sealed (or opened) handshake message.
+    sealed: Vec<u8>,
     events: VecDeque<CallEvent>,
     frame: BytesMut,
     mix: Vec<i32>,
@@ -553,6 +591,18 @@ fn handshake_epoch(message: &[u8]) -> Option<u64> {
         Ok(MlsMessageBodyIn::PrivateMessage(m)) => Some(m.epoch().as_u64()),
         Ok(MlsMessageBodyIn::PublicMessage(m)) => Some(m.epoch().as_u64()),
         _ => None,
+    }
+}
+
+/// Whether an MLS message is a proposal of an external sender (a PublicMessage whose
+/// sender is not a member).
+fn is_external_proposal(message: &[u8]) -> bool {
+    match MlsMessageIn::tls_deserialize_exact(message).map(MlsMessageIn::extract) {
+        Ok(MlsMessageBodyIn::PublicMessage(m)) => {
+            m.content_type() == ContentType::Proposal
+                && matches!(m.sender(), openmls::prelude::Sender::External(_))
+        }
+        _ => false,
     }
 }
 
@@ -638,6 +688,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             unconfirmed_since: None,
             transmit: VecDeque::new(),
             spare: Vec::new(),
+            sealed: Vec::new(),
             events: VecDeque::new(),
             frame: BytesMut::with_capacity(2048),
             mix: vec![0; samples],
@@ -995,7 +1046,12 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 seq,
                 message,
             } => {
-                self.on_numbered(token, seq, message, now);
+                let mut scratch = std::mem::take(&mut self.sealed);
+                let opened = self.open_handshake(&token, message, &mut scratch);
+                // One that does not open still takes its place in the channel's order
+                // (the room refuses it as it would a bad MLS message).
+                self.on_numbered(token, seq, opened.unwrap_or(&[]), now);
+                self.sealed = scratch;
                 self.sync_subscriptions(now);
             }
             Inbound::Welcome { mailbox, welcome } => {
@@ -1173,7 +1229,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         }
         let proposal = room.leave()?;
         let mut out = self.buffer();
-        if let Err(e) = self.transport.handshake(&token, &proposal, &mut out) {
+        if let Err(e) = self.send_handshake(&token, &proposal, &mut out) {
             self.recycle(out);
             return Err(e.into());
         }
@@ -1484,9 +1540,9 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         if let Some((token, proposal, sent)) = &mut self.leaving {
             if !self.removed && now.saturating_duration_since(*sent) >= retry {
                 *sent = now;
-                let mut out = self.spare.pop().unwrap_or_default();
-                out.clear();
-                let _ = self.transport.handshake(token, proposal, &mut out);
+                let (token, proposal) = (*token, proposal.clone());
+                let mut out = self.buffer();
+                let _ = self.send_handshake(&token, &proposal, &mut out);
                 self.queue(out);
             }
         }
@@ -1519,10 +1575,11 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             return Err(CallError::NotConnected);
         }
         let commit = make(room)?;
-        let mut out = self.spare.pop().unwrap_or_default();
-        out.clear();
-        if let Err(e) = self.transport.handshake(&token, &commit.message, &mut out) {
-            let _ = room.discard_pending();
+        let mut out = self.buffer();
+        if let Err(e) = self.send_handshake(&token, &commit.message, &mut out) {
+            if let Some(room) = self.room.as_mut() {
+                let _ = room.discard_pending();
+            }
             self.recycle(out);
             return Err(e.into());
         }
@@ -1549,13 +1606,63 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     fn publish(&mut self, token: &ChannelToken, proposals: &[Vec<u8>], commit: &[u8]) -> bool {
         for proposal in proposals {
             let mut out = self.buffer();
-            let _ = self.transport.handshake(token, proposal, &mut out);
+            let _ = self.send_handshake(token, proposal, &mut out);
             self.queue(out);
         }
         let mut out = self.buffer();
-        let sent = self.transport.handshake(token, commit, &mut out).is_ok();
+        let sent = self.send_handshake(token, commit, &mut out).is_ok();
         self.queue(out);
         sent
+    }
+
+    /// Seals `message` under the handshake key of `token`'s epoch and writes it for that
+    /// channel.
+    fn send_handshake(
+        &mut self,
+        token: &ChannelToken,
+        message: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), TransportError> {
+        let key = self
+            .media
+            .handshake_key(token)
+            .ok_or(TransportError::NotSubscribed)?;
+        sealed::seal(
+            key,
+            token,
+            message,
+            self.config.handshake_padding,
+            MAX_HANDSHAKE,
+            &mut self.sealed,
+        )
+        .map_err(|e| match e {
+            sealed::SealError::TooLarge => TransportError::TooLarge,
+            // No randomness for a nonce: nothing can be sent safely now.
+            _ => TransportError::NotReady,
+        })?;
+        self.transport.handshake(token, &self.sealed, out)
+    }
+
+    /// The MLS message of a handshake message received on `token`'s channel: a sealed one
+    /// opened under that epoch's key, or an external sender's proposal on the channel of
+    /// the current epoch. `None` for anything else.
+    fn open_handshake<'s>(
+        &self,
+        token: &ChannelToken,
+        message: &'s [u8],
+        scratch: &'s mut Vec<u8>,
+    ) -> Option<&'s [u8]> {
+        if message.first() == Some(&SEALED_HANDSHAKE) {
+            let key = self.media.handshake_key(token)?;
+            return sealed::open(key, token, message, scratch).ok();
+        }
+        let current = self.room.as_ref().and_then(|room| {
+            self.media
+                .tokens()
+                .find(|(e, _)| *e == room.epoch())
+                .map(|(_, t)| t)
+        });
+        (current == Some(*token) && is_external_proposal(message)).then_some(message)
     }
 
     /// Puts a confirmed commit's Welcome into each invitee's mailbox (and keeps it for
