@@ -318,6 +318,7 @@ mod relay_body {
                         history_bytes_per_channel: 200,
                         max_history_bytes: 300,
                         history_linger: Duration::from_secs(4),
+                        max_replay_bytes_per_minute: 400,
                     },
                     &[0x42; 32],
                 ),

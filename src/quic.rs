@@ -85,8 +85,10 @@ const DATAGRAM_BUFFER: usize = 32 * 1024;
 /// Stream bytes one side may have in flight to the other.
 const STREAM_WINDOW: u32 = 256 * 1024;
 
-/// Control messages a relay queues for one connection that does not read them: beyond
-/// this, the relay closes the connection ([`QuicRelayStats::closed_slow`]).
+/// Bytes of control messages a relay queues for one connection that does not read them:
+/// beyond this, the relay closes the connection ([`QuicRelayStats::closed_slow`]). With
+/// the stream's send window, what one connection can hold at the relay is about 1.25 MiB
+/// (12.5 GiB for the default 10,000 connections: size `max_connections` to the host).
 pub const RELAY_BACKLOG: usize = 1024 * 1024;
 
 /// What a member queues before its connection is up or while the stream is blocked:
@@ -158,6 +160,9 @@ impl RelayPin {
             return Err(QuicError::Pin);
         }
         let mut pin = [0u8; 32];
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(QuicError::Pin);
+        }
         for (byte, pair) in pin.iter_mut().zip(digits.chunks_exact(2)) {
             let text = std::str::from_utf8(pair).map_err(|_| QuicError::Pin)?;
             *byte = u8::from_str_radix(text, 16).map_err(|_| QuicError::Pin)?;
@@ -457,6 +462,8 @@ struct Link {
     scheduled: Option<Instant>,
     /// In the relay's list of links to poll for transmits.
     dirty: bool,
+    /// Closed by this side: nothing more is queued or taken.
+    closing: bool,
 }
 
 /// What [`Link::events`] found.
@@ -478,6 +485,7 @@ impl Link {
             tx: BytesMut::new(),
             scheduled: None,
             dirty: false,
+            closing: false,
         }
     }
 
@@ -528,6 +536,7 @@ impl Link {
                         if self.stream.is_none() {
                             self.stream = Some(id);
                             polled.broken |= !self.read(&mut take);
+                            self.flush();
                         }
                     }
                 }
@@ -612,7 +621,10 @@ pub enum QuicEvent {
     Connected,
     /// The connection ended (the relay closed it, restarted, or went silent for
     /// [`IDLE_TIMEOUT`]); the client connects again by itself (after [`RECONNECT_MIN`],
-    /// doubling up to [`RECONNECT_MAX`]). Messages sent meanwhile wait for it.
+    /// doubling up to [`RECONNECT_MAX`]). Messages sent meanwhile are dropped and counted
+    /// ([`QuicClientStats::control_dropped`]): the next connection starts with nothing at
+    /// the relay, and the call asks everything again once told (`Call::transport_reset`).
+    /// (Before the very first connection, control messages wait for it.)
     Disconnected,
 }
 
@@ -630,6 +642,12 @@ pub struct QuicClientStats {
     pub media_dropped: u64,
     /// Messages received (stream and datagrams).
     pub messages_in: u64,
+    /// Control messages dropped because the connection was lost (between
+    /// [`QuicEvent::Disconnected`] and the next [`QuicEvent::Connected`]).
+    pub control_dropped: u64,
+    /// Connection attempts that ended before the handshake completed: the relay is not
+    /// there, or it is not the pinned relay (its certificate does not match).
+    pub handshake_failures: u64,
 }
 
 /// A member's QUIC connection to a relay, carrying the relay wire (see the [module
@@ -648,6 +666,8 @@ pub struct QuicClient {
     inbox: VecDeque<Bytes>,
     events: VecDeque<QuicEvent>,
     connected: bool,
+    /// Was connected once (control messages then no longer wait for a connection).
+    ever_connected: bool,
     reconnect_at: Option<Instant>,
     backoff: Duration,
     /// Hung up: no reconnecting.
@@ -681,6 +701,7 @@ impl QuicClient {
             inbox: VecDeque::new(),
             events: VecDeque::new(),
             connected: false,
+            ever_connected: false,
             reconnect_at: None,
             backoff: RECONNECT_MIN,
             closed: false,
@@ -742,6 +763,13 @@ impl QuicClient {
             } else {
                 self.stats.media_dropped += 1;
             }
+            return Ok(());
+        }
+        if self.ever_connected && !self.connected {
+            // Lost: the relay will hold none of this member's state on the next
+            // connection, so what is asked now would be refused there; the call asks
+            // everything again after `Call::transport_reset`.
+            self.stats.control_dropped += 1;
             return Ok(());
         }
         let queued = match &mut self.link {
@@ -809,9 +837,12 @@ impl QuicClient {
             }
         }
         self.drive(now);
-        if self.link.is_none() && self.reconnect_at.is_some_and(|t| t <= now) {
-            // An address that cannot be connected to was refused at construction.
-            let _ = self.start(now);
+        if self.link.is_none()
+            && self.reconnect_at.is_some_and(|t| t <= now)
+            && self.start(now).is_err()
+        {
+            // Cannot happen for an address accepted at construction; try again later.
+            self.reconnect_at = Some(now + self.backoff);
         }
     }
 
@@ -838,6 +869,7 @@ impl QuicClient {
         }
         self.reconnect_at = None;
         self.closed = true;
+        self.connected = false;
     }
 
     fn drive(&mut self, now: Instant) {
@@ -859,6 +891,7 @@ impl QuicClient {
         }
         if polled.connected {
             self.connected = true;
+            self.ever_connected = true;
             self.backoff = RECONNECT_MIN;
             self.events.push_back(QuicEvent::Connected);
         }
@@ -867,6 +900,8 @@ impl QuicClient {
             if self.connected {
                 self.events.push_back(QuicEvent::Disconnected);
                 self.stats.disconnects += 1;
+            } else if polled.lost && !self.closed {
+                self.stats.handshake_failures += 1;
             }
             self.connected = false;
             if drained || link.conn.is_drained() {
@@ -917,7 +952,7 @@ pub struct QuicRelayStats {
     pub misrouted: u64,
     /// Media datagrams QUIC would not queue for a receiver (too large for its path).
     pub media_dropped: u64,
-    /// UDP datagrams received, and sent.
+    /// UDP datagrams received.
     pub datagrams_in: u64,
     /// UDP datagrams sent.
     pub datagrams_out: u64,
@@ -936,9 +971,11 @@ pub struct QuicRelay {
     /// Links that may have packets to send.
     dirty: Vec<ConnectionHandle>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// The router's output of one input: (receiver, range in `out_bytes`).
-    out: Vec<(ConnId, usize, usize)>,
-    out_bytes: Vec<u8>,
+    /// The messages of one link's events: ranges in `inbox_bytes`.
+    inbox: Vec<(usize, usize)>,
+    inbox_bytes: Vec<u8>,
+    /// Links over their backlog while the router fanned out (closed right after).
+    slow: Vec<ConnectionHandle>,
     recv: BytesMut,
     shutting_down: bool,
     stats: QuicRelayStats,
@@ -958,6 +995,11 @@ impl QuicRelay {
     pub fn new(identity: &RelayIdentity, router: Router) -> Result<QuicRelay, QuicError> {
         let mut server = ServerConfig::with_crypto(Arc::new(server_tls(identity)?));
         server.transport_config(Arc::new(transport(false)));
+        // No address-validation tokens for a member's next connection (they would link
+        // its connections; quinn-proto sends 2 when its `bloom` feature is on).
+        let mut tokens = quinn_proto::ValidationTokenConfig::default();
+        tokens.sent(0);
+        server.validation_token_config(tokens);
         server.max_incoming(router.limits().max_connections);
         Ok(QuicRelay {
             endpoint: Endpoint::new(
@@ -973,8 +1015,9 @@ impl QuicRelay {
             responses: VecDeque::new(),
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
-            out: Vec::new(),
-            out_bytes: Vec::new(),
+            inbox: Vec::new(),
+            inbox_bytes: Vec::new(),
+            slow: Vec::new(),
             recv: BytesMut::new(),
             shutting_down: false,
             stats: QuicRelayStats::default(),
@@ -1058,13 +1101,13 @@ impl QuicRelay {
     }
 
     /// After anything happened on the link `ch`: its events (messages through the router,
-    /// the router's output to the other links), endpoint events, transmits, timer.
+    /// the router's output straight into the receivers' links), endpoint events,
+    /// transmits, timer.
     fn touched(&mut self, ch: ConnectionHandle, now: Instant) {
         let QuicRelay {
             links,
-            router,
-            out,
-            out_bytes,
+            inbox,
+            inbox_bytes,
             stats,
             ..
         } = self;
@@ -1072,29 +1115,96 @@ impl QuicRelay {
             return;
         };
         let id = *id;
+        // What arrived, kept aside: at most one stream window and the datagram buffer.
+        inbox.clear();
+        inbox_bytes.clear();
         let polled = link.events(false, |path, message| {
             let media = message.first() == Some(&CLIENT_MEDIA);
             if media != (path == Path::Datagram) {
                 stats.misrouted += 1;
                 return;
             }
-            // A refusal is answered by the router itself and counted in its stats.
-            let _ = router.receive(id, message, now, &mut |to, bytes| {
-                let start = out_bytes.len();
-                out_bytes.extend_from_slice(bytes);
-                out.push((to, start, out_bytes.len()));
-            });
+            let start = inbox_bytes.len();
+            inbox_bytes.extend_from_slice(message);
+            inbox.push((start, inbox_bytes.len()));
         });
         if polled.broken {
             stats.closed_protocol += 1;
-            link.close(now, CLOSE_PROTOCOL, b"framing");
+            self.close_link(ch, CLOSE_PROTOCOL, b"framing", now);
         }
         if polled.lost {
-            router.disconnect(id, now);
+            self.router.disconnect(id, now);
         }
+        let inbox = std::mem::take(&mut self.inbox);
+        for &(start, end) in &inbox {
+            // A connection the relay closed is not heard any more.
+            if self.links.get(&ch).is_none_or(|(_, l)| l.closing) {
+                break;
+            }
+            let Some(message) = self.inbox_bytes.get(start..end) else {
+                continue;
+            };
+            let QuicRelay {
+                links,
+                by_id,
+                router,
+                dirty,
+                stats,
+                slow,
+                ..
+            } = self;
+            // A refusal is answered by the router itself and counted in its stats. Each
+            // output goes into its receiver's link at once, so a request that makes the
+            // relay send much (a fan-out, a replay) meets each receiver's backlog limit
+            // then and there.
+            let _ = router.receive(id, message, now, &mut |to, bytes| {
+                let Some(&to_ch) = by_id.get(&to) else {
+                    return;
+                };
+                let Some((_, link)) = links.get_mut(&to_ch) else {
+                    return;
+                };
+                if link.closing {
+                    return;
+                }
+                if bytes.first() == Some(&RELAY_MEDIA) {
+                    if !link.datagram(bytes) {
+                        stats.media_dropped += 1;
+                    }
+                } else if !link.queue(bytes, RELAY_BACKLOG) {
+                    stats.closed_slow += 1;
+                    slow.push(to_ch);
+                }
+                if !link.dirty {
+                    link.dirty = true;
+                    dirty.push(to_ch);
+                }
+            });
+            for slow in std::mem::take(&mut self.slow) {
+                self.close_link(slow, CLOSE_SLOW, b"backlog", now);
+            }
+        }
+        self.inbox = inbox;
         self.mark(ch);
-        self.deliver(now);
         self.settle(ch, now);
+    }
+
+    /// Closes a link from the relay's side: the router forgets its connection at once
+    /// (quinn reports no loss for a local close), nothing more is queued for it or taken
+    /// from it, and the close goes out with its next transmit.
+    fn close_link(&mut self, ch: ConnectionHandle, code: u32, reason: &'static [u8], now: Instant) {
+        let Some((id, link)) = self.links.get_mut(&ch) else {
+            return;
+        };
+        if link.closing {
+            return;
+        }
+        link.closing = true;
+        link.tx.clear();
+        link.close(now, code, reason);
+        let id = *id;
+        self.router.disconnect(id, now);
+        self.mark(ch);
     }
 
     /// The link's endpoint events; drops it once drained, else (re)schedules its timer.
@@ -1111,37 +1221,6 @@ impl QuicRelay {
         } else {
             self.schedule(ch);
         }
-    }
-
-    /// Hands the router's output to the receivers' links.
-    fn deliver(&mut self, now: Instant) {
-        let out = std::mem::take(&mut self.out);
-        for &(to, start, end) in &out {
-            let Some(message) = self.out_bytes.get(start..end) else {
-                continue;
-            };
-            let Some(&ch) = self.by_id.get(&to) else {
-                continue;
-            };
-            let Some((_, link)) = self.links.get_mut(&ch) else {
-                continue;
-            };
-            if message.first() == Some(&RELAY_MEDIA) {
-                if !link.datagram(message) {
-                    self.stats.media_dropped += 1;
-                }
-            } else if !link.queue(message, RELAY_BACKLOG) {
-                self.stats.closed_slow += 1;
-                link.close(now, CLOSE_SLOW, b"backlog");
-            }
-            if !link.dirty {
-                link.dirty = true;
-                self.dirty.push(ch);
-            }
-        }
-        self.out = out;
-        self.out.clear();
-        self.out_bytes.clear();
     }
 
     fn mark(&mut self, ch: ConnectionHandle) {
@@ -1163,6 +1242,15 @@ impl QuicRelay {
         if link.scheduled.is_none_or(|s| t < s) {
             link.scheduled = Some(t);
             self.timers.push(Reverse((t, ch.0)));
+        }
+        // Entries a link's later deadlines left behind wait in the heap until their time:
+        // when they outnumber the live ones, rebuild it from the live ones.
+        if self.timers.len() > 2 * self.links.len() + 64 {
+            self.timers = self
+                .links
+                .iter()
+                .filter_map(|(ch, (_, l))| l.scheduled.map(|t| Reverse((t, ch.0))))
+                .collect();
         }
     }
 
@@ -1239,10 +1327,8 @@ impl QuicRelay {
         self.shutting_down = true;
         let handles: Vec<ConnectionHandle> = self.links.keys().copied().collect();
         for ch in handles {
-            if let Some((_, link)) = self.links.get_mut(&ch) {
-                link.close(now, CLOSE_SHUTDOWN, b"relay shutting down");
-            }
-            self.touched(ch, now);
+            self.close_link(ch, CLOSE_SHUTDOWN, b"relay shutting down", now);
+            self.settle(ch, now);
         }
     }
 }

@@ -168,12 +168,18 @@ fn a_relay_with_another_certificate_is_refused() {
     assert!(!m.client.is_connected());
     assert!(!m.events.contains(&QuicEvent::Connected));
     assert!(m.messages.is_empty(), "no relay message from an impostor");
+    // The app can tell: every attempt failed its handshake.
+    assert!(
+        m.client.stats().handshake_failures >= 1,
+        "{:?}",
+        m.client.stats()
+    );
     // The impostor never saw the Hello: the stream opens only after the handshake.
     assert_eq!(relay.unwrap().router().stats().hellos, 0);
 }
 
 #[test]
-fn a_forged_source_address_gets_one_retry_and_no_connection() {
+fn a_forged_source_address_gets_only_retries_and_no_connection() {
     // The forger captured a member's first datagram (its Initial) and sends it again and
     // again with the victim's address as source: what does the relay send the victim?
     let identity = RelayIdentity::generate().unwrap();
@@ -414,8 +420,11 @@ fn broken_framing_closes_the_connection() {
         let now = run_rogue(&mut relay, &mut rogue, now, 20);
         rogue.write(&framed(&encode(ClientMessage::Hello)));
         rogue.write(&bad);
-        run_rogue(&mut relay, &mut rogue, now, 400);
+        run_rogue(&mut relay, &mut rogue, now, 1);
         assert_eq!(relay.stats().closed_protocol, 1);
+        // The router forgot the connection at once (not only when QUIC drained it).
+        assert_eq!(relay.router().connection_count(), 0);
+        run_rogue(&mut relay, &mut rogue, now, 400);
         assert_eq!(relay.connection_count(), 0);
         assert!(rogue.conn.is_closed());
     }
@@ -520,4 +529,46 @@ fn pins_read_back_and_refuse_garbage() {
         identity.private_key().to_vec()
     )
     .is_ok());
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_and_forgotten() {
+    // It publishes handshake messages on its own channel (the relay sends every one back
+    // to it, as to every subscriber) and never reads its stream: the relay's queue for it
+    // grows to the backlog limit, then the relay closes it.
+    let identity = RelayIdentity::generate().unwrap();
+    let mut relay = relay(&identity);
+    let now = Instant::now();
+    let mut rogue = rogue::Rogue::connect(addr(RELAY), now);
+    let mut now = run_rogue(&mut relay, &mut rogue, now, 20);
+    let token = ChannelToken([4; 16]);
+    rogue.write(&framed(&encode(ClientMessage::Hello)));
+    rogue.write(&framed(&encode(ClientMessage::Subscribe { token })));
+    now = run_rogue(&mut relay, &mut rogue, now, 5);
+    let handle = relay
+        .router()
+        .handle(sotto::relay::ConnId(1), &token)
+        .expect("subscribed");
+    let message = framed(&encode(ClientMessage::Handshake {
+        handle,
+        message: &[9; 8000],
+    }));
+    let mut pending = Vec::new();
+    for _ in 0..2_000 {
+        if relay.stats().closed_slow > 0 {
+            break;
+        }
+        if pending.len() < 64 * 1024 {
+            pending.extend_from_slice(&message);
+        }
+        let id = rogue.stream.unwrap();
+        if let Ok(n) = rogue.conn.send_stream(id).write(&pending) {
+            pending.drain(..n);
+        }
+        now = run_rogue(&mut relay, &mut rogue, now, 1);
+    }
+    assert_eq!(relay.stats().closed_slow, 1);
+    assert_eq!(relay.router().connection_count(), 0);
+    run_rogue(&mut relay, &mut rogue, now, 400);
+    assert_eq!(relay.connection_count(), 0);
 }

@@ -281,12 +281,17 @@ fn over_an_impaired_network_every_member_converges() {
         assert_eq!(r.get("epoch"), reports[0].get("epoch"), "{}", r.name);
         // Each media datagram went out once: QUIC never retransmits DATAGRAM frames, so no
         // frame arrives late from a retransmission.
-        assert_eq!(
-            r.num("datagram_frames"),
-            r.num("media_sent"),
-            "{}: DATAGRAM frames sent vs media messages",
-            r.name
-        );
+        // (Counted on the member's current connection: equal when it never reconnected.)
+        if r.num("reconnects") == 0 {
+            assert_eq!(
+                r.num("datagram_frames"),
+                r.num("media_sent"),
+                "{}: DATAGRAM frames sent vs media messages",
+                r.name
+            );
+        } else {
+            assert!(r.num("datagram_frames") <= r.num("media_sent"));
+        }
     }
     println!("member   from    decoded  FEC  concealed  late");
     for r in &reports {

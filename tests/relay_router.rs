@@ -834,6 +834,53 @@ fn handshakes_to(out: &[(ConnId, Vec<u8>)], to: ConnId) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// A client that fills a channel's history and then repeats `Subscribe` (17 bytes each)
+/// to be sent the whole history again and again: the relay sends it at most
+/// `max_replay_bytes_per_minute` of replays a minute, whatever it asks.
+#[test]
+fn repeated_subscribes_cannot_make_the_relay_an_amplifier() {
+    let limits = RouterLimits::default();
+    let budget = limits.max_replay_bytes_per_minute;
+    let mut relay = Relay::new(limits);
+    let ha = relay.subscribe(A, token(1));
+    for i in 0..64u8 {
+        let (result, _) = relay.send(
+            A,
+            ClientMessage::Handshake {
+                handle: ha,
+                message: &[i; 4000],
+            },
+        );
+        assert_eq!(result, Ok(()));
+    }
+    let mut asked = 0usize;
+    let mut replayed = 0usize;
+    for _ in 0..2_000 {
+        let (result, out) = relay.send(A, ClientMessage::Subscribe { token: token(1) });
+        assert_eq!(result, Ok(()));
+        asked += 17;
+        replayed += handshakes_to(&out, A)
+            .iter()
+            .map(|(_, m)| m.len() + HANDSHAKE_OVERHEAD)
+            .sum::<usize>();
+    }
+    assert!(
+        replayed <= budget,
+        "{replayed} B replayed for {asked} B asked"
+    );
+    assert!(
+        replayed > budget - 4100,
+        "the allowance is used, not refused outright"
+    );
+    assert!(relay.router.stats().drops.replays_cut >= 1_990);
+    // Another connection's allowance is its own; and a minute later A's is back.
+    let (_, out) = relay.send(B, ClientMessage::Subscribe { token: token(1) });
+    assert_eq!(handshakes_to(&out, B).len(), 64);
+    relay.now += Duration::from_secs(60);
+    let (_, out) = relay.send(A, ClientMessage::Subscribe { token: token(1) });
+    assert_eq!(handshakes_to(&out, A).len(), 64);
+}
+
 #[test]
 fn a_channel_replays_its_latest_handshakes_after_every_subscribe() {
     let limits = RouterLimits {

@@ -207,6 +207,7 @@ impl Log {
             }
         }
         for (name, n) in [
+            ("replays_cut", r.drops.replays_cut),
             ("misrouted", q.misrouted),
             ("media_not_queued", q.media_dropped),
             ("closed_slow", q.closed_slow),

@@ -91,6 +91,13 @@ pub struct RouterLimits {
     /// subscribers), is charged to nobody, and is the first to go when the router needs
     /// room for a new channel. Zero: a channel closes with its last subscriber. Default 30 s.
     pub history_linger: Duration,
+    /// Bytes of kept handshake messages one connection may be sent again per minute (the
+    /// replays after its `Subscribe`s). A `Subscribe` costs 17 bytes and can bring a
+    /// channel's whole history (up to `history_bytes_per_channel`), so without this a
+    /// client repeating it would make the relay send far more than it receives. Beyond
+    /// it, `Subscribed` still answers (its `next_seq` tells the client what it lacks) and
+    /// the replay is cut short (counted in [`DropStats::replays_cut`]). Default 1 MiB.
+    pub max_replay_bytes_per_minute: usize,
 }
 
 impl Default for RouterLimits {
@@ -115,6 +122,7 @@ impl Default for RouterLimits {
             history_bytes_per_channel: 256 << 10,
             max_history_bytes: 64 << 20,
             history_linger: Duration::from_secs(30),
+            max_replay_bytes_per_minute: 1 << 20,
         }
     }
 }
@@ -152,6 +160,10 @@ pub struct DropStats {
     /// [`ErrorCode::NotConnected`]: a request other than Hello from a connection the
     /// router holds no state for.
     pub not_connected: u64,
+    /// Replays of a channel's history cut short by
+    /// [`RouterLimits::max_replay_bytes_per_minute`] (not an error sent; not in
+    /// [`total`](Self::total)).
+    pub replays_cut: u64,
 }
 
 impl DropStats {
@@ -340,6 +352,8 @@ struct Connection {
     /// Welcomes charged to it, still held, and their bytes.
     welcomes: usize,
     welcome_bytes: usize,
+    /// Its replay allowance: when its minute began, and the bytes replayed in it.
+    replayed: Option<(Instant, usize)>,
 }
 
 impl Connection {
@@ -351,6 +365,7 @@ impl Connection {
             opened: 0,
             welcomes: 0,
             welcome_bytes: 0,
+            replayed: None,
         }
     }
 
@@ -921,16 +936,30 @@ impl Router {
         conn: ConnId,
         slot: usize,
         handle: ChannelHandle,
+        now: Instant,
         sink: &mut impl FnMut(ConnId, &[u8]),
     ) {
         let Some(Some(channel)) = self.channels.get(slot) else {
             return;
         };
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        // The connection's allowance: its minute began at its first replay in it.
+        let (start, mut used) = connection
+            .replayed
+            .filter(|(start, _)| now.saturating_duration_since(*start) < FETCH_WINDOW)
+            .unwrap_or((now, 0));
         for (seq, message) in &channel.history {
             let len = HANDSHAKE_OVERHEAD + message.len();
+            if used.saturating_add(len) > self.limits.max_replay_bytes_per_minute {
+                self.stats.drops.replays_cut += 1;
+                break;
+            }
             let Some(out) = self.buf.get_mut(..len) else {
                 continue;
             };
+            used += len;
             let (head, body) = out.split_at_mut(HANDSHAKE_OVERHEAD);
             head.copy_from_slice(&RelayMessage::handshake_header(handle, *seq));
             body.copy_from_slice(message);
@@ -938,6 +967,7 @@ impl Router {
             self.stats.handshakes_replayed += 1;
             emit(&mut self.stats, sink, conn, out);
         }
+        connection.replayed = Some((start, used));
     }
 
     fn subscribe(
@@ -966,7 +996,7 @@ impl Router {
                 },
                 sink,
             );
-            self.replay(conn, slot, handle, sink);
+            self.replay(conn, slot, handle, now, sink);
             return Ok(());
         }
         // Check every limit before changing anything.
@@ -1051,7 +1081,7 @@ impl Router {
             },
             sink,
         );
-        self.replay(conn, slot, handle, sink);
+        self.replay(conn, slot, handle, now, sink);
         Ok(())
     }
 
