@@ -45,6 +45,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use openmls::prelude::tls_codec::Deserialize as _;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioSender};
 use sotto::call::{sealed, Call, CallConfig, CallEvent, Inbound, RelayTransport, Transport};
@@ -98,6 +99,8 @@ struct Rogue {
     sender: AudioSender,
     token: ChannelToken,
     last_subscribe: Option<Instant>,
+    /// The MLS messages her app opened from sealed handshake messages.
+    opened: Vec<Vec<u8>>,
 }
 
 enum Peer {
@@ -431,6 +434,7 @@ impl Net {
             sender: AudioSender::new(&AudioConfig::default()).unwrap(),
             token,
             last_subscribe: None,
+            opened: Vec::new(),
         }));
     }
 
@@ -462,8 +466,11 @@ impl Net {
                         .media
                         .handshake_key(&token)
                         .and_then(|key| sealed::open(key, &token, message, &mut scratch).ok());
-                    if let (Some(room), Some(message)) = (&mut r.room, opened) {
-                        let _ = room.process(message);
+                    if let Some(message) = opened {
+                        r.opened.push(message.to_vec());
+                        if let Some(room) = &mut r.room {
+                            let _ = room.process(message);
+                        }
                     }
                 }
                 self.nodes[i].record();
@@ -1128,6 +1135,59 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
     // often (the 12-byte Subscribed contexts decide it).
     let expected_by_chance = chance(&observed, &secret);
     assert!(expected_by_chance < 1e-9, "{expected_by_chance}");
+
+    // ---- MLS framing (issue 17) ----
+    // Every commit and proposal travelled sealed: the relay sees neither the room's group
+    // id (constant for the room's life: it would link every token) nor the epoch (it
+    // follows the group id in MLS framing) nor the content type, and every handshake
+    // message has the size of its bucket.
+    let group_id = net.nodes[ALICE].call().room().unwrap().group_id().to_vec();
+    assert!(group_id.len() >= 16);
+    let group_needle = [group_id.clone()];
+    assert_eq!(
+        found(&relay_view, &group_needle),
+        0,
+        "group id in the relay's view"
+    );
+    assert_eq!(found(&observed, &group_needle), 0, "group id on the wire");
+    // The search finds it where it is: in the MLS messages carol's app opened.
+    let Peer::Rogue(carol) = &net.nodes[CAROL].peer else {
+        panic!("carol")
+    };
+    let carol_opened: Vec<&[u8]> = carol.opened.iter().map(|m| &m[..]).collect();
+    assert!(!carol_opened.is_empty());
+    assert_eq!(found(&carol_opened, &group_needle), 1);
+    let mut handshake_sizes: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut note_handshake = |message: &[u8]| {
+        assert_eq!(message.first(), Some(&sealed::SEALED_HANDSHAKE));
+        assert!(
+            openmls::prelude::MlsMessageIn::tls_deserialize_exact(message).is_err(),
+            "an MLS message on the relay wire"
+        );
+        *handshake_sizes.entry(message.len()).or_default() += 1;
+    };
+    for m in &relay_view {
+        if let Ok(ClientMessage::Handshake { message, .. }) = ClientMessage::parse(m) {
+            note_handshake(message);
+        }
+        if let Ok(RelayMessage::Handshake { message, .. }) = RelayMessage::parse(m) {
+            note_handshake(message);
+        }
+    }
+    // One bucket for everything this room sent: self-updates, adds, a removal, proposals.
+    assert_eq!(
+        handshake_sizes.keys().copied().collect::<Vec<_>>(),
+        vec![4096],
+        "{handshake_sizes:?}"
+    );
+    // Carol's opened commits were of every kind and of different sizes before sealing.
+    let plain_sizes: BTreeSet<usize> = carol.opened.iter().map(Vec::len).collect();
+    assert!(plain_sizes.len() > 1, "{plain_sizes:?}");
+    println!(
+        "handshake messages on the relay wire: {handshake_sizes:?} (bytes: count); their MLS \
+         messages (as carol's app opened them) were {plain_sizes:?} bytes; group id in \
+         neither view"
+    );
 
     // ---- QUIC ----
     // Every member's connection was accepted once, after a Retry proved its address; it
