@@ -2,7 +2,8 @@
 //! (`common/call_net.rs`): anyone who knows a KeyPackage reference forging Welcomes, the
 //! relay replaying every handshake it ever carried, an on-path forger of handshake numbers,
 //! an app that
-//! never drains the call, and a removed member's own engine.
+//! never drains the call, a removed member's own engine, and a relay that is an MLS
+//! external sender trying to slip its proposals in outside the current epoch.
 #![cfg(feature = "opus")]
 
 #[path = "common/call_net.rs"]
@@ -13,10 +14,13 @@ use std::time::{Duration, Instant};
 use call_net::{CallNet, Impairment};
 use sotto::call::{CallConfig, CallError, CallEvent, TransportError};
 use sotto::keys::MemberId;
-use sotto::relay::{ClientMessage, MailboxId, RelayMessage};
+use sotto::relay::{ChannelHandle, ClientMessage, MailboxId, RelayMessage};
 
 fn room(net: &mut CallNet, n: usize) {
-    let config = CallConfig::default();
+    room_with(net, n, CallConfig::default());
+}
+
+fn room_with(net: &mut CallNet, n: usize, config: CallConfig) {
     let creator = net.create("m0", config.clone());
     for k in 1..n {
         let (j, kp) = net.joiner(&format!("m{k}"), config.clone());
@@ -361,4 +365,129 @@ fn a_member_restored_from_an_old_snapshot_never_reuses_a_nonce() {
         0,
         "a (KID, CTR) sealed twice"
     );
+}
+
+fn encode_client(msg: ClientMessage<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; msg.encoded_len()];
+    msg.encode(&mut buf).unwrap();
+    buf
+}
+
+/// A connection of the test's own on the relay, subscribed to `token`: its handle.
+fn outside_subscriber(net: &mut CallNet, conn: u64, token: sotto::media::ChannelToken) -> ChannelHandle {
+    net.relay_inject(conn, &encode_client(ClientMessage::Hello));
+    let answers = net.relay_inject(conn, &encode_client(ClientMessage::Subscribe { token }));
+    answers
+        .iter()
+        .find_map(|(_, b)| match RelayMessage::parse(b) {
+            Ok(RelayMessage::Subscribed { token: t, handle, .. }) if t == token => Some(handle),
+            _ => None,
+        })
+        .expect("the relay confirmed the subscription")
+}
+
+/// The relay is the room's MLS external sender, so its removal proposals travel bare (they
+/// are MLS PublicMessages it wrote itself). A member accepts a bare message only on the
+/// channel of its current epoch: the relay's valid proposal for the current epoch,
+/// published on the previous epoch's channel (which the members still hear), is refused by
+/// every member and queues nothing; the same bytes on the current channel queue the removal
+/// at every member, and a commit carries it out.
+#[test]
+fn an_external_proposal_counts_only_on_the_current_epochs_channel() {
+    use openmls::prelude::{
+        ExternalProposal, GroupEpoch, GroupId, LeafNodeIndex, SenderExtensionIndex,
+        SignatureScheme,
+    };
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use sotto::room::{ProposalKind, ProposalSender};
+
+    let relay_key = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+    let mut config = CallConfig::default();
+    config.room.external_senders = vec![(relay_key.public().to_vec(), b"relay".to_vec())];
+    let mut net = CallNet::new(14, Impairment::default(), Instant::now());
+    room_with(&mut net, 3, config);
+    let old = net.nodes[0].call.sending_token().unwrap();
+    net.nodes[1].call.self_update(net.now).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), CallNet::converged));
+    let current = net.nodes[0].call.sending_token().unwrap();
+    assert_ne!(old, current);
+    let epoch = net.nodes[0].call.epoch().unwrap();
+    let (group, target) = {
+        let room = net.nodes[2].call.room().unwrap();
+        (room.group_id().to_vec(), room.own_leaf())
+    };
+    let proposal = ExternalProposal::new_remove::<OpenMlsRustCrypto>(
+        LeafNodeIndex::new(target),
+        GroupId::from_slice(&group),
+        GroupEpoch::from(epoch),
+        &relay_key,
+        SenderExtensionIndex::new(0),
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    let queued = |net: &CallNet, i: usize| {
+        net.nodes[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                CallEvent::ProposalQueued(info) => Some(info.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let refused = |net: &CallNet| -> Vec<u64> {
+        (0..3)
+            .map(|i| net.nodes[i].call.stats().handshakes_refused)
+            .collect()
+    };
+
+    // On the previous epoch's channel: heard and refused by every member.
+    let before = refused(&net);
+    let handle = outside_subscriber(&mut net, 1000, old);
+    net.relay_inject(
+        1000,
+        &encode_client(ClientMessage::Handshake {
+            handle,
+            message: &proposal,
+        }),
+    );
+    net.run(Duration::from_millis(300));
+    let after = refused(&net);
+    for i in 0..3 {
+        assert_eq!(after[i], before[i] + 1, "member {i} refused it: {after:?}");
+        assert!(queued(&net, i).is_empty(), "member {i} queued it");
+    }
+    assert_eq!(net.nodes[0].call.epoch(), Some(epoch));
+
+    // The same bytes on the current channel: queued everywhere as the relay's removal.
+    let handle = outside_subscriber(&mut net, 1001, current);
+    net.relay_inject(
+        1001,
+        &encode_client(ClientMessage::Handshake {
+            handle,
+            message: &proposal,
+        }),
+    );
+    net.run(Duration::from_millis(300));
+    for i in 0..3 {
+        let infos = queued(&net, i);
+        assert_eq!(infos.len(), 1, "member {i}: {infos:?}");
+        assert_eq!(
+            (infos[0].kind, infos[0].sender, infos[0].target),
+            (ProposalKind::Remove, ProposalSender::External(0), Some(target))
+        );
+    }
+    // A member's next commit carries it out.
+    net.nodes[0].call.self_update(net.now).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), |net| net.nodes[2]
+        .call
+        .room()
+        .is_none()
+        || net.nodes[2].call.is_removed()));
+    assert!(net.run_until(Duration::from_secs(10), |net| {
+        net.nodes[0].call.room().map(|r| r.members().len()) == Some(2)
+            && net.nodes[0].call.safety_code() == net.nodes[1].call.safety_code()
+    }));
 }

@@ -208,17 +208,27 @@ impl CallNet {
         if self.record {
             self.recording.push((from, bytes.to_vec()));
         }
+        let _ = self.relay_inject(from as u64, bytes);
+    }
+
+    /// Hands the relay `bytes` from connection `conn` (a node's index, or any other number
+    /// for a connection of the test's own); the relay's answers to nodes go on the wire,
+    /// those to other connections are returned.
+    pub fn relay_inject(&mut self, conn: u64, bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
         let now = self.now;
-        let mut out: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
         let _ = self.router.receive(
-            ConnId(from as u64),
+            ConnId(conn),
             bytes,
             now,
-            &mut |to: ConnId, b: &[u8]| out.push((to.0 as usize, b.to_vec())),
+            &mut |to: ConnId, b: &[u8]| out.push((to.0, b.to_vec())),
         );
-        for (to, b) in out {
-            self.send(To::Node(to), &b);
+        let nodes = self.nodes.len() as u64;
+        let (to_nodes, others): (Vec<_>, Vec<_>) = out.into_iter().partition(|(to, _)| *to < nodes);
+        for (to, b) in to_nodes {
+            self.send(To::Node(to as usize), &b);
         }
+        others
     }
 
     /// Delivers everything due, runs due timeouts, and every 20 ms moves one frame of
