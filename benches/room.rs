@@ -23,6 +23,12 @@
 //! the tree has blank parent nodes and a commit with an update path encrypts to every other
 //! leaf: the worst case for the committer, the same for sotto and openmls.
 //!
+//! `room/sealed_process/{bare,sealed}/N` (N = 2, 16, 64): one member processing a
+//! self-update commit bare (`Room::process`) against the way the call engine carries it
+//! (seal under the epoch's handshake key with 4 KiB buckets, open, process); only that is
+//! timed, the commit is made and confirmed untimed; and `seal_open_only`, what sealing adds
+//! alone (seal + open of a commit of that room). It prints the bytes sealing adds.
+//!
 //! `media/apply_epoch_keys/N`: `MediaSession::apply` of the next epoch's `Current` keys
 //! (N member leaves, random 48-byte base key, AES_128_CTR_HMAC_SHA256_80, default KID layout)
 //! on a session whose 16 epoch slots are already full, 100 ms of caller time per epoch (well
@@ -49,9 +55,13 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider;
 use ring::rand::{SecureRandom, SystemRandom};
+#[cfg(feature = "opus")]
+use sotto::call::sealed;
 use sotto::frame::CipherSuite;
 use sotto::keys::{KidLayout, MemberId};
 use sotto::media::{ChannelToken, EpochKeys, EpochStatus, MediaConfig, MediaSession};
+#[cfg(feature = "opus")]
+use sotto::relay::MAX_HANDSHAKE;
 use sotto::room::{Identity, Room, RoomConfig, RoomEvent};
 
 const SIZES: [usize; 4] = [2, 16, 64, 256];
@@ -521,5 +531,113 @@ fn media(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------------------
+// sealed handshake messages
+
+/// A self-update commit processed by one member, bare (`Room::process`) against sealed the
+/// way the call engine carries it (`sealed::seal` under the epoch's handshake key by the
+/// committer, `sealed::open` by the member, then `Room::process`); the commit is made and
+/// confirmed untimed. Prints the bytes each adds. (The sealing is the call engine's: feature
+/// `opus`.)
+#[cfg(feature = "opus")]
+fn sealed_process(c: &mut Criterion) {
+    let mut group = c.benchmark_group("room/sealed_process");
+    for n in [2usize, 16, 64] {
+        configure(&mut group, n);
+        let mut fixture = SottoFixture::new(n);
+        let mut wire = Vec::new();
+        let mut scratch = Vec::new();
+        // One commit of each size, for the byte report.
+        {
+            let keys = fixture.committer.receive_keys().unwrap();
+            let commit = fixture.committer.self_update().unwrap();
+            sealed::seal(
+                keys.handshake_key().unwrap(),
+                &keys.token(),
+                &commit.message,
+                4096,
+                MAX_HANDSHAKE,
+                &mut wire,
+            )
+            .unwrap();
+            eprintln!(
+                "room/sealed_process/{n}: self-update commit {} B bare, {} B sealed (+{} B)",
+                commit.message.len(),
+                wire.len(),
+                wire.len() - commit.message.len()
+            );
+            fixture.committer.confirm_pending().unwrap();
+            fixture.processor.process(&commit.message).unwrap();
+        }
+        group.bench_function(BenchmarkId::new("bare", n), |b| {
+            b.iter_custom(|iters| {
+                sum(iters, || {
+                    let commit = fixture.committer.self_update().unwrap();
+                    fixture.committer.confirm_pending().unwrap();
+                    let start = Instant::now();
+                    let processed = fixture.processor.process(&commit.message).unwrap();
+                    let elapsed = start.elapsed();
+                    black_box(processed);
+                    elapsed
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("sealed", n), |b| {
+            b.iter_custom(|iters| {
+                sum(iters, || {
+                    let keys = fixture.processor.receive_keys().unwrap();
+                    let commit = fixture.committer.self_update().unwrap();
+                    fixture.committer.confirm_pending().unwrap();
+                    let start = Instant::now();
+                    let key = keys.handshake_key().unwrap();
+                    sealed::seal(
+                        key,
+                        &keys.token(),
+                        &commit.message,
+                        4096,
+                        MAX_HANDSHAKE,
+                        &mut wire,
+                    )
+                    .unwrap();
+                    let opened = sealed::open(key, &keys.token(), &wire, &mut scratch).unwrap();
+                    let processed = fixture.processor.process(opened).unwrap();
+                    let elapsed = start.elapsed();
+                    black_box(processed);
+                    elapsed
+                })
+            })
+        });
+        // What sealing adds, alone: seal + open of a commit of this room's size.
+        let keys = fixture.processor.receive_keys().unwrap();
+        let commit = fixture.committer.self_update().unwrap();
+        group.bench_function(BenchmarkId::new("seal_open_only", n), |b| {
+            let key = keys.handshake_key().unwrap();
+            b.iter(|| {
+                sealed::seal(
+                    key,
+                    &keys.token(),
+                    &commit.message,
+                    4096,
+                    MAX_HANDSHAKE,
+                    &mut wire,
+                )
+                .unwrap();
+                black_box(
+                    sealed::open(key, &keys.token(), &wire, &mut scratch)
+                        .unwrap()
+                        .len(),
+                )
+            })
+        });
+        fixture.committer.confirm_pending().unwrap();
+        fixture.processor.process(&commit.message).unwrap();
+        fixture.check(n);
+    }
+    group.finish();
+}
+
+#[cfg(feature = "opus")]
+criterion_group!(benches, room, sealed_process, media);
+#[cfg(not(feature = "opus"))]
 criterion_group!(benches, room, media);
 criterion_main!(benches);

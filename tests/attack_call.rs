@@ -374,13 +374,19 @@ fn encode_client(msg: ClientMessage<'_>) -> Vec<u8> {
 }
 
 /// A connection of the test's own on the relay, subscribed to `token`: its handle.
-fn outside_subscriber(net: &mut CallNet, conn: u64, token: sotto::media::ChannelToken) -> ChannelHandle {
+fn outside_subscriber(
+    net: &mut CallNet,
+    conn: u64,
+    token: sotto::media::ChannelToken,
+) -> ChannelHandle {
     net.relay_inject(conn, &encode_client(ClientMessage::Hello));
     let answers = net.relay_inject(conn, &encode_client(ClientMessage::Subscribe { token }));
     answers
         .iter()
         .find_map(|(_, b)| match RelayMessage::parse(b) {
-            Ok(RelayMessage::Subscribed { token: t, handle, .. }) if t == token => Some(handle),
+            Ok(RelayMessage::Subscribed {
+                token: t, handle, ..
+            }) if t == token => Some(handle),
             _ => None,
         })
         .expect("the relay confirmed the subscription")
@@ -395,8 +401,7 @@ fn outside_subscriber(net: &mut CallNet, conn: u64, token: sotto::media::Channel
 #[test]
 fn an_external_proposal_counts_only_on_the_current_epochs_channel() {
     use openmls::prelude::{
-        ExternalProposal, GroupEpoch, GroupId, LeafNodeIndex, SenderExtensionIndex,
-        SignatureScheme,
+        ExternalProposal, GroupEpoch, GroupId, LeafNodeIndex, SenderExtensionIndex, SignatureScheme,
     };
     use openmls_basic_credential::SignatureKeyPair;
     use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -476,7 +481,11 @@ fn an_external_proposal_counts_only_on_the_current_epochs_channel() {
         assert_eq!(infos.len(), 1, "member {i}: {infos:?}");
         assert_eq!(
             (infos[0].kind, infos[0].sender, infos[0].target),
-            (ProposalKind::Remove, ProposalSender::External(0), Some(target))
+            (
+                ProposalKind::Remove,
+                ProposalSender::External(0),
+                Some(target)
+            )
         );
     }
     // A member's next commit carries it out.

@@ -1174,6 +1174,22 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
             note_handshake(message);
         }
     }
+    // Welcomes travel padded to the same buckets (they cannot be sealed: the invitee has no
+    // key yet): each is 0xA2, a length, the MLS Welcome and zeros, 4,096 bytes in all.
+    let mut welcome_sizes: BTreeMap<usize, usize> = BTreeMap::new();
+    for m in &relay_view {
+        if let Ok(ClientMessage::DeliverWelcome { welcome, .. }) = ClientMessage::parse(m) {
+            assert_eq!(welcome.first(), Some(&sealed::PADDED_WELCOME));
+            let inner = sealed::unpad_welcome(welcome).unwrap();
+            assert!(inner.len() < welcome.len());
+            *welcome_sizes.entry(welcome.len()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        welcome_sizes.keys().copied().collect::<Vec<_>>(),
+        vec![4096],
+        "{welcome_sizes:?}"
+    );
     // One bucket for everything this room sent: self-updates, adds, a removal, proposals.
     assert_eq!(
         handshake_sizes.keys().copied().collect::<Vec<_>>(),
@@ -1185,8 +1201,8 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
     assert!(plain_sizes.len() > 1, "{plain_sizes:?}");
     println!(
         "handshake messages on the relay wire: {handshake_sizes:?} (bytes: count); their MLS \
-         messages (as carol's app opened them) were {plain_sizes:?} bytes; group id in \
-         neither view"
+         messages (as carol's app opened them) were {plain_sizes:?} bytes; Welcomes \
+         {welcome_sizes:?}; group id in neither view"
     );
 
     // ---- QUIC ----

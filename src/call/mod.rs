@@ -105,6 +105,13 @@
 //! proposing a removal: a PublicMessage the relay wrote itself, so it learns nothing), and
 //! only on the channel of the member's current epoch. [`Room`] still takes and gives plain
 //! MLS messages: sealing is the engine's, on the transport side.
+//!
+//! Welcomes cannot be sealed (the invitee shares no key with the room before it joins);
+//! they travel padded to the same buckets, `0xA2 ‖ length (4 bytes, big-endian) ‖ the MLS
+//! Welcome ‖ zero bytes` ([`sealed::pad_welcome`]), which hides the exact size of the
+//! room's ratchet tree. What a Welcome still shows whoever holds the mailbox: the mailbox
+//! id (the invitee's KeyPackage reference, which routes it), the cipher suite, the
+//! KeyPackage references of every invitee of the same commit, and its bucket.
 
 #[cfg(feature = "webrtc")]
 mod janus;
@@ -129,7 +136,11 @@ use crate::audio::{AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, 
 use crate::frame::Header;
 use crate::keys::{KeyError, MemberId};
 use crate::media::{ChannelToken, EpochKeys, MediaConfig, MediaSession};
-use crate::relay::MAX_HANDSHAKE;
+use crate::relay::{MailboxId, MAX_HANDSHAKE, MAX_MESSAGE};
+
+/// The largest padded Welcome: it fits the relay's Welcome messages (type byte, mailbox id
+/// of at most [`MailboxId::MAX_LEN`] bytes with its length byte) in [`MAX_MESSAGE`].
+const MAX_WELCOME: usize = MAX_MESSAGE - 2 - MailboxId::MAX_LEN;
 use crate::room::{
     Commit, Identity, ProposalId, ProposalInfo, PublishedKeyPackage, Rejection, Room, RoomConfig,
     RoomError, RoomEvent, SafetyCode,
@@ -215,7 +226,8 @@ pub struct CallConfig {
     /// The smallest size a sealed handshake message is padded to, in bytes; larger ones go
     /// to the next power of two (see [sealed handshakes](self#sealed-handshake-messages)).
     /// Default 4,096: a self-update, an add and a remove of a room of 2 to about 40 members
-    /// all travel as 4,096 bytes. 0 pads to powers of two only.
+    /// all travel as 4,096 bytes. 0 pads to powers of two only. Welcomes are padded to the
+    /// same buckets (4,096 bytes hold the Welcome of a room of up to about 16 members).
     pub handshake_padding: usize,
 }
 
@@ -1668,6 +1680,20 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     /// Puts a confirmed commit's Welcome into each invitee's mailbox (and keeps it for
     /// delivery again until stored).
     fn deliver_welcomes(&mut self, welcome: Vec<u8>, invited: Vec<Vec<u8>>, now: Instant) {
+        let mut padded = Vec::new();
+        if sealed::pad_welcome(
+            &welcome,
+            self.config.handshake_padding,
+            MAX_WELCOME,
+            &mut padded,
+        )
+        .is_err()
+        {
+            // Larger than the wire carries: no invitee could get it.
+            self.event(CallEvent::Warning(Warning::WelcomeUndelivered));
+            return;
+        }
+        let welcome = padded;
         for mailbox in invited {
             let mut out = self.buffer();
             if self
@@ -2110,6 +2136,11 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     }
 
     fn on_welcome(&mut self, mailbox: &[u8], welcome: &[u8], now: Instant) {
+        // Welcomes travel padded (see `deliver_welcomes`); anything else is not one.
+        let Ok(welcome) = sealed::unpad_welcome(welcome) else {
+            self.stats.welcomes_ignored += 1;
+            return;
+        };
         let Some(joining) = self
             .joining
             .take_if(|j| j.key_package.reference.as_slice() == mailbox)

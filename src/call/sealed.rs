@@ -50,7 +50,10 @@ pub enum SealError {
 /// `min_bucket` holding it with its overhead, `max` if only that holds it, or `None`
 /// above `max`.
 pub fn bucket(len: usize, min_bucket: usize, max: usize) -> Option<usize> {
-    let need = len.checked_add(SEALED_OVERHEAD)?;
+    padded_size(len.checked_add(SEALED_OVERHEAD)?, min_bucket, max)
+}
+
+fn padded_size(need: usize, min_bucket: usize, max: usize) -> Option<usize> {
     let size = need.checked_next_power_of_two()?.max(min_bucket);
     if size <= max {
         Some(size)
@@ -142,6 +145,55 @@ pub fn open<'s>(
     scratch.get(start..end).ok_or(SealError::Unopenable)
 }
 
+/// The first byte of a padded Welcome.
+pub const PADDED_WELCOME: u8 = 0xA2;
+
+/// Bytes a padded Welcome adds before padding: marker and length.
+pub const PADDED_WELCOME_OVERHEAD: usize = 1 + 4;
+
+/// Pads the MLS Welcome `welcome` into `out` (replaced) to the smallest power of two at
+/// least `min_bucket` that holds it with its [`PADDED_WELCOME_OVERHEAD`] (or to `max`):
+/// `0xA2 ‖ length (4 bytes, big-endian) ‖ the Welcome ‖ zero bytes`. Not encrypted (the
+/// invitee shares no key with the inviter before it joins): the padding hides the
+/// Welcome's exact size, which tells the size of the room's ratchet tree.
+pub fn pad_welcome(
+    welcome: &[u8],
+    min_bucket: usize,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), SealError> {
+    let need = welcome
+        .len()
+        .checked_add(PADDED_WELCOME_OVERHEAD)
+        .ok_or(SealError::TooLarge)?;
+    let size = padded_size(need, min_bucket, max).ok_or(SealError::TooLarge)?;
+    let len = u32::try_from(welcome.len()).map_err(|_| SealError::TooLarge)?;
+    out.clear();
+    out.push(PADDED_WELCOME);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(welcome);
+    out.resize(size, 0);
+    Ok(())
+}
+
+/// The MLS Welcome inside a padded one; [`SealError::Unopenable`] for anything else
+/// (another marker, a length beyond the end, padding that is not all zero).
+pub fn unpad_welcome(padded: &[u8]) -> Result<&[u8], SealError> {
+    let (&marker, rest) = padded.split_first().ok_or(SealError::Unopenable)?;
+    if marker != PADDED_WELCOME {
+        return Err(SealError::Unopenable);
+    }
+    let (len, tail) = rest.split_at_checked(4).ok_or(SealError::Unopenable)?;
+    let mut be = [0u8; 4];
+    be.copy_from_slice(len);
+    let len = usize::try_from(u32::from_be_bytes(be)).map_err(|_| SealError::Unopenable)?;
+    let (welcome, padding) = tail.split_at_checked(len).ok_or(SealError::Unopenable)?;
+    if padding.iter().any(|b| *b != 0) {
+        return Err(SealError::Unopenable);
+    }
+    Ok(welcome)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +261,46 @@ mod tests {
         for len in 0..64 {
             let junk = vec![SEALED_HANDSHAKE; len];
             assert!(open(&key(1), &token, &junk, &mut scratch).is_err());
+        }
+    }
+
+    #[test]
+    fn welcomes_pad_to_buckets_and_unpad_exactly() {
+        let mut out = Vec::new();
+        for len in [
+            0usize,
+            1,
+            1043,
+            4096 - PADDED_WELCOME_OVERHEAD,
+            4092,
+            12_543,
+        ] {
+            let welcome: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+            pad_welcome(&welcome, 4096, 61_000, &mut out).unwrap();
+            let expected = (len + PADDED_WELCOME_OVERHEAD)
+                .next_power_of_two()
+                .max(4096);
+            assert_eq!(out.len(), expected, "{len}");
+            assert_eq!(unpad_welcome(&out).unwrap(), &welcome[..]);
+            // A non-zero padding byte, a length past the end, another marker: refused.
+            if out.len() > len + PADDED_WELCOME_OVERHEAD {
+                let mut bad = out.clone();
+                *bad.last_mut().unwrap() = 1;
+                assert_eq!(unpad_welcome(&bad), Err(SealError::Unopenable));
+            }
+            let mut bad = out.clone();
+            bad[1..5].copy_from_slice(&(out.len() as u32).to_be_bytes());
+            assert_eq!(unpad_welcome(&bad), Err(SealError::Unopenable));
+            let mut bad = out.clone();
+            bad[0] = 0;
+            assert_eq!(unpad_welcome(&bad), Err(SealError::Unopenable));
+        }
+        assert_eq!(
+            pad_welcome(&[1; 61_000], 4096, 61_000, &mut out),
+            Err(SealError::TooLarge)
+        );
+        for len in 0..8 {
+            assert!(unpad_welcome(&vec![PADDED_WELCOME; len]).is_err());
         }
     }
 }

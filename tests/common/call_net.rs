@@ -217,12 +217,11 @@ impl CallNet {
     pub fn relay_inject(&mut self, conn: u64, bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
         let now = self.now;
         let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
-        let _ = self.router.receive(
-            ConnId(conn),
-            bytes,
-            now,
-            &mut |to: ConnId, b: &[u8]| out.push((to.0, b.to_vec())),
-        );
+        let _ = self
+            .router
+            .receive(ConnId(conn), bytes, now, &mut |to: ConnId, b: &[u8]| {
+                out.push((to.0, b.to_vec()))
+            });
         let nodes = self.nodes.len() as u64;
         let (to_nodes, others): (Vec<_>, Vec<_>) = out.into_iter().partition(|(to, _)| *to < nodes);
         for (to, b) in to_nodes {
