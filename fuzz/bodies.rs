@@ -854,3 +854,44 @@ pub fn quic_stream(data: &[u8]) {
         assert_eq!(again.len() + reader.buffered(), stream.len());
     }
 }
+
+/// The `sealed` target: `data` as a sealed handshake message (under a fixed key and
+/// channel) and as a padded Welcome. Neither ever panics; what opens lies inside `data`;
+/// and `data` itself sealed, or padded, comes back whole (and a flipped byte of the sealed
+/// one does not open).
+#[cfg(feature = "opus")]
+pub fn sealed(data: &[u8]) {
+    use sotto::call::sealed::{self, SealError};
+    use sotto::media::{ChannelToken, HandshakeKey};
+    use sotto::relay::MAX_HANDSHAKE;
+    let key = HandshakeKey::from_exported([0x5a; 16]);
+    let token = ChannelToken([0x3c; 16]);
+    let mut scratch = Vec::new();
+    if let Ok(opened) = sealed::open(&key, &token, data, &mut scratch) {
+        assert!(opened.len() + sealed::SEALED_OVERHEAD <= data.len());
+    }
+    if let Ok(welcome) = sealed::unpad_welcome(data) {
+        assert!(welcome.len() + sealed::PADDED_WELCOME_OVERHEAD <= data.len());
+    }
+    let mut wire = Vec::new();
+    match sealed::seal(&key, &token, data, 4096, MAX_HANDSHAKE, &mut wire) {
+        Ok(()) => {
+            assert!(wire.len() >= 4096 && wire.len() <= MAX_HANDSHAKE);
+            assert_eq!(
+                sealed::open(&key, &token, &wire, &mut scratch).unwrap(),
+                data
+            );
+            let at = data.len() % wire.len();
+            wire[at] ^= 0x01;
+            assert_eq!(
+                sealed::open(&key, &token, &wire, &mut scratch),
+                Err(SealError::Unopenable)
+            );
+        }
+        Err(e) => assert_eq!(e, SealError::TooLarge),
+    }
+    match sealed::pad_welcome(data, 4096, MAX_HANDSHAKE, &mut wire) {
+        Ok(()) => assert_eq!(sealed::unpad_welcome(&wire).unwrap(), data),
+        Err(e) => assert_eq!(e, SealError::TooLarge),
+    }
+}

@@ -1174,6 +1174,44 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
             note_handshake(message);
         }
     }
+    // No epoch number either: MLS writes an epoch as 8 bytes, big-endian, right after the
+    // group id. None of the room's epochs appears in what members sent through the relay
+    // (the handshake messages and Welcomes themselves; the relay's own framing has its
+    // sequence numbers, small integers of the same shape) nor anywhere on the wire, while
+    // the same search finds them in the MLS messages carol's app opened. (Epoch 0 is eight
+    // zero bytes, which every padded Welcome holds as padding: it tells nothing and is not
+    // searched.)
+    let epoch_needles: Vec<Vec<u8>> = (1..=final_epoch)
+        .map(|e| e.to_be_bytes().to_vec())
+        .collect();
+    let mut carried: Vec<&[u8]> = Vec::new();
+    for m in &relay_view {
+        match (ClientMessage::parse(m), RelayMessage::parse(m)) {
+            (Ok(ClientMessage::Handshake { message, .. }), _)
+            | (_, Ok(RelayMessage::Handshake { message, .. })) => carried.push(message),
+            (Ok(ClientMessage::DeliverWelcome { welcome, .. }), _)
+            | (_, Ok(RelayMessage::Welcome { welcome, .. })) => carried.push(welcome),
+            _ => {}
+        }
+    }
+    assert!(
+        carried.len() > 100,
+        "{} handshakes and Welcomes",
+        carried.len()
+    );
+    assert_eq!(
+        found(&carried, &epoch_needles),
+        0,
+        "an epoch number in a handshake message or Welcome"
+    );
+    assert_eq!(
+        found(&observed, &epoch_needles),
+        0,
+        "an epoch number on the wire"
+    );
+    assert!(found(&carol_opened, &epoch_needles) >= 2);
+    let by_chance = chance(&carried, &epoch_needles) + chance(&observed, &epoch_needles);
+    assert!(by_chance < 1e-9, "{by_chance}");
     // Welcomes travel padded to the same buckets (they cannot be sealed: the invitee has no
     // key yet): each is 0xA2, a length, the MLS Welcome and zeros, 4,096 bytes in all.
     let mut welcome_sizes: BTreeMap<usize, usize> = BTreeMap::new();
