@@ -214,6 +214,7 @@ pub struct Received {
 
 struct EpochSlot {
     epoch: u64,
+    suite: CipherSuite,
     base_key: Zeroizing<Vec<u8>>,
     /// Members who may send in this epoch, sorted by leaf.
     members: Vec<MemberId>,
@@ -258,7 +259,6 @@ pub enum ReplayState {
 /// Receiving keys of a room's recent epochs (see the [module docs](self)).
 pub struct KeyRing {
     layout: KidLayout,
-    suite: CipherSuite,
     context: u64,
     grace: Duration,
     slots: Vec<Option<EpochSlot>>,
@@ -278,7 +278,6 @@ impl KeyRing {
     /// ([`FrameOpener::with_failure_budget`]).
     pub fn new(
         layout: KidLayout,
-        suite: CipherSuite,
         context: u64,
         grace: Duration,
         replay_window: usize,
@@ -287,7 +286,6 @@ impl KeyRing {
         let slots = (0..layout.epoch_slots()).map(|_| None).collect();
         KeyRing {
             layout,
-            suite,
             context,
             grace,
             slots,
@@ -301,11 +299,6 @@ impl KeyRing {
     /// The KID layout.
     pub fn layout(&self) -> KidLayout {
         self.layout
-    }
-
-    /// The SFrame suite.
-    pub fn suite(&self) -> CipherSuite {
-        self.suite
     }
 
     /// The KID context value.
@@ -341,21 +334,25 @@ impl KeyRing {
             .filter(|s| s.epoch == epoch)
     }
 
-    /// Holds `epoch` with its base key and its senders. An older epoch in the same slot is
-    /// evicted (a newer one makes this fail with [`KeyError::StaleEpoch`]); the same epoch
-    /// with the same key only updates its members; the same epoch with another key (a
-    /// commit that lost the race at the relay) is replaced.
+    /// Holds `epoch` with its SFrame suite, base key and senders. An older epoch in the same
+    /// slot is evicted (a newer one makes this fail with [`KeyError::StaleEpoch`]); the same
+    /// epoch with the same suite and key only updates its members; the same epoch with
+    /// another key (a commit that lost the race at the relay) is replaced. Each epoch has
+    /// its own suite, so a room can change suites at an epoch change while frames of the
+    /// older epochs still open under theirs.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert_epoch(
         &mut self,
         epoch: u64,
+        suite: CipherSuite,
         base_key: &[u8],
         members: &[MemberId],
         own_leaf: Option<u32>,
         replay: ReplayState,
     ) -> Result<(), KeyError> {
-        if base_key.len() != self.suite.key_len() {
+        if base_key.len() != suite.key_len() {
             return Err(KeyError::BadBaseKey {
-                expected: self.suite.key_len(),
+                expected: suite.key_len(),
             });
         }
         let mut members = members.to_vec();
@@ -370,7 +367,7 @@ impl KeyRing {
             if slot.epoch > epoch {
                 return Err(KeyError::StaleEpoch);
             }
-            if slot.epoch == epoch && slot.base_key.as_slice() == base_key {
+            if slot.epoch == epoch && slot.suite == suite && slot.base_key.as_slice() == base_key {
                 // Keep derived keys (and their replay windows) of members still present.
                 let kept =
                     |l: &u32| slot.member(*l) == members.iter().find(|m| m.leaf == *l).copied();
@@ -391,6 +388,7 @@ impl KeyRing {
         if let Some(entry) = self.slots.get_mut(index) {
             *entry = Some(EpochSlot {
                 epoch,
+                suite,
                 base_key: Zeroizing::new(base_key.to_vec()),
                 members,
                 own_leaf,
@@ -498,7 +496,7 @@ impl KeyRing {
     pub(crate) fn sealer(&self, epoch: u64, leaf: u32) -> Result<FrameSealer, KeyError> {
         let slot = self.slot(epoch).ok_or(KeyError::NoSendingKey)?;
         let kid = self.layout.compose(self.context, u64::from(leaf), epoch)?;
-        Ok(FrameSealer::new(self.suite, kid, &slot.base_key)?)
+        Ok(FrameSealer::new(slot.suite, kid, &slot.base_key)?)
     }
 
     /// Classifies epoch bits that no held epoch matches.
@@ -605,7 +603,7 @@ impl KeyRing {
         let epoch = slot.epoch;
         if let Err(at) = slot.derived.binary_search(&leaf) {
             self.opener
-                .insert_key(header.kid, self.suite, &slot.base_key)?;
+                .insert_key(header.kid, slot.suite, &slot.base_key)?;
             slot.derived.insert(at, leaf);
         }
         // A frame of an epoch a removed member may hold proves nothing about its sender:
@@ -655,7 +653,6 @@ impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRing")
             .field("layout", &self.layout)
-            .field("suite", &self.suite)
             .field("epochs", &self.epochs())
             .field("current", &self.current)
             .finish_non_exhaustive()
@@ -700,7 +697,6 @@ mod tests {
     fn ring() -> KeyRing {
         KeyRing::new(
             KidLayout::new(8, 2).unwrap(),
-            SUITE,
             0,
             Duration::from_secs(10),
             128,
@@ -731,6 +727,7 @@ mod tests {
         let mut r = ring();
         r.insert_epoch(
             0,
+            SUITE,
             &[1; 16],
             &members(&[0, 1, 2]),
             Some(0),
@@ -765,6 +762,7 @@ mod tests {
         let mut r = ring(); // 4 slots
         r.insert_epoch(
             5,
+            SUITE,
             &[5; 16],
             &members(&[0, 1, 2]),
             Some(0),
@@ -785,6 +783,7 @@ mod tests {
         );
         r.insert_epoch(
             6,
+            SUITE,
             &[6; 16],
             &members(&[0, 1, 2]),
             Some(0),
@@ -805,6 +804,7 @@ mod tests {
         // Slot takeover: epoch 10 evicts epoch 6 (same slot mod 4).
         r.insert_epoch(
             10,
+            SUITE,
             &[10; 16],
             &members(&[0, 1, 2]),
             Some(0),
@@ -824,6 +824,7 @@ mod tests {
         let mut r = ring();
         r.insert_epoch(
             5,
+            SUITE,
             &[5; 16],
             &members(&[0, 1, 2]),
             Some(0),
@@ -844,6 +845,7 @@ mod tests {
         r.open(&f5[2], &mut out, t0).unwrap();
         r.insert_epoch(
             6,
+            SUITE,
             &[6; 16],
             &members(&[0, 1, 2]),
             Some(0),
@@ -876,6 +878,7 @@ mod tests {
         let mut r = ring();
         r.insert_epoch(
             5,
+            SUITE,
             &[5; 16],
             &members(&[0, 1, 2]),
             Some(0),
@@ -885,6 +888,7 @@ mod tests {
         r.set_current(5, t0);
         r.insert_epoch(
             6,
+            SUITE,
             &[6; 16],
             &members(&[0, 1]),
             Some(0),
@@ -912,6 +916,7 @@ mod tests {
         let mut r = ring();
         r.insert_epoch(
             5,
+            SUITE,
             &[5; 16],
             &members(&[0, 1]),
             Some(0),
@@ -926,6 +931,7 @@ mod tests {
         );
         r.insert_epoch(
             6,
+            SUITE,
             &[6; 16],
             &members(&[0, 1]),
             Some(0),

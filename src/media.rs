@@ -164,7 +164,7 @@ impl EpochKeys {
         self.status
     }
 
-    /// The SFrame suite of the room.
+    /// The SFrame suite of the epoch (a room may change suites at an epoch change).
     pub fn suite(&self) -> CipherSuite {
         self.suite
     }
@@ -313,16 +313,11 @@ impl MediaSession {
     /// delay plus [`MediaConfig::removal_skew`] from `now`.
     pub fn apply(&mut self, keys: EpochKeys, now: Instant) -> Result<(), KeyError> {
         let ring = match &mut self.ring {
-            Some(ring)
-                if ring.suite() == keys.suite
-                    && ring.layout() == keys.layout
-                    && ring.context() == keys.context =>
-            {
-                ring
-            }
+            // The suite is the epoch's own; the KID layout and context are the room's for
+            // its whole life (a receiver reads a frame's epoch from its KID).
+            Some(ring) if ring.layout() == keys.layout && ring.context() == keys.context => ring,
             _ => self.ring.insert(KeyRing::new(
                 keys.layout,
-                keys.suite,
                 keys.context,
                 self.config.grace,
                 self.config.replay_window,
@@ -341,6 +336,7 @@ impl MediaSession {
         };
         ring.insert_epoch(
             keys.epoch,
+            keys.suite,
             &keys.base_key,
             &keys.members,
             Some(keys.own_leaf),

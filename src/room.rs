@@ -23,20 +23,31 @@
 //!   its own changes plus the queued removals (except of itself) and updates; queued adds and
 //!   group context extensions only when the app approves them ([`Room::commit_proposals`]).
 //!
+//! - The room's media parameters (SFrame suite, KID layout and context, [`RoomParams`])
+//!   travel in the group context as sotto's extension, listed in the required
+//!   capabilities: the creator chooses them, joiners read them from the Welcome, a member
+//!   may move the room to another suite ([`Room::change_suite`]); see [`RoomParams`] for
+//!   the layout.
+//!
 //! Per epoch, the room exports `MLS-Exporter("SFrame 1.0 Base Key", "", Nk)` (RFC 9605 §5.2)
 //! and the channel token `MLS-Exporter("sotto 1 channel token", "", 16)`. Receivers of a
 //! commit get the new epoch's keys from the staged commit, before merging it.
+
+mod params;
+
+pub use params::{ParamsError, RoomParams, PARAMS_EXTENSION_TYPE, PARAMS_VERSION};
 
 use std::collections::BTreeMap;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialWithKey, Extension, Extensions, ExternalSender,
-    GroupContext, GroupId, KeyPackage, KeyPackageBundle, KeyPackageIn, KeyPackageRef,
-    LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
-    MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProcessedWelcome,
-    Proposal, ProposalOrRefType, ProtocolVersion, QueuedProposal, Sender, StagedCommit,
-    ValidationError, WelcomeError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType,
+    Extensions, ExternalSender, GroupContext, GroupId, KeyPackage, KeyPackageBundle, KeyPackageIn,
+    KeyPackageRef, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessageContent,
+    ProcessedWelcome, Proposal, ProposalOrRefType, ProtocolVersion, QueuedProposal,
+    RequiredCapabilitiesExtension, Sender, StagedCommit, UnknownExtension, ValidationError,
+    WelcomeError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::storage::{
@@ -46,7 +57,7 @@ use openmls_traits::OpenMlsProvider;
 use ring::digest;
 
 use crate::frame::CipherSuite;
-use crate::keys::{KidLayout, MemberId};
+use crate::keys::MemberId;
 use crate::media::{
     ChannelToken, EpochKeys, EpochStatus, HandshakeKey, CHANNEL_TOKEN_LEN, HANDSHAKE_KEY_LEN,
 };
@@ -114,6 +125,9 @@ pub enum Rejection {
     /// would let any member stop any other). If it keeps appearing while the room's other
     /// traffic is for later epochs, this instance was superseded: discard it and rejoin.
     FromOwnLeaf,
+    /// A commit or proposal that would give the room parameters this build does not
+    /// support, or change the KID layout or context (fixed for the room's life).
+    Params(ParamsError),
 }
 
 /// Errors of the control plane. Carries no strings; the room stays usable after any of them.
@@ -129,6 +143,10 @@ pub enum RoomError {
     /// The bytes are not a Welcome this identity can use.
     #[error("invalid welcome")]
     InvalidWelcome,
+    /// The room's parameters (from a Welcome, storage, or [`RoomConfig::params`]) are
+    /// missing or not supported by this build: the error names the value.
+    #[error("room parameters: {0}")]
+    Params(ParamsError),
     /// A commit of this member is already pending.
     #[error("a commit is already pending")]
     CommitPending,
@@ -166,16 +184,16 @@ pub enum RoomError {
     Internal,
 }
 
-/// Configuration shared by every member of a room (the creator's and the joiners' must
-/// agree).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How a room is made and how this member treats proposals. What every member must agree
+/// on (the media parameters, the external senders) is the creator's choice and travels in
+/// the group context; a joiner's `params` and `external_senders` are not used (the
+/// Welcome's decide), so joiners need no configuration from the creator.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoomConfig {
-    /// SFrame suite of the media. Default `AES_128_CTR_HMAC_SHA256_80`.
-    pub suite: CipherSuite,
-    /// KID layout. Default S = 16, E = 4.
-    pub layout: KidLayout,
-    /// KID context value. Default 0.
-    pub context: u64,
+    /// The room's media parameters, written into the group context by [`Room::create`]
+    /// (see [`RoomParams`]). Default: `AES_128_CTR_HMAC_SHA256_80`, S = 16, E = 4,
+    /// context 0.
+    pub params: RoomParams,
     /// External senders (e.g. a relay that may propose removing a member whose connection
     /// is gone): `(signature public key, credential identity)`. Set at creation only.
     ///
@@ -187,18 +205,6 @@ pub struct RoomConfig {
     /// when allowed they are committed only once the app approves them,
     /// [`Room::commit_proposals`]). Default `false`.
     pub allow_policy_changes: bool,
-}
-
-impl Default for RoomConfig {
-    fn default() -> Self {
-        RoomConfig {
-            suite: CipherSuite::AesCtr128HmacSha256_80,
-            layout: KidLayout::default(),
-            context: 0,
-            external_senders: Vec::new(),
-            allow_policy_changes: false,
-        }
-    }
 }
 
 /// A member's identity before it is in a room: its MLS provider (storage and crypto), its
@@ -284,6 +290,7 @@ impl<P: OpenMlsProvider> Identity<P> {
     /// until a Welcome consumes them.
     pub fn key_package(&self) -> Result<PublishedKeyPackage, RoomError> {
         let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(sotto_capabilities())
             .build(
                 MLS_CIPHERSUITE,
                 &self.provider,
@@ -610,15 +617,43 @@ pub struct Room<P: OpenMlsProvider> {
     signer: SignatureKeyPair,
     group: MlsGroup,
     config: RoomConfig,
+    /// The current epoch's parameters, from the group context.
+    params: RoomParams,
     pending: Option<Pending>,
     freshness: Freshness,
 }
 
+/// The extension type of sotto's parameters, as openmls names it.
+fn params_type() -> ExtensionType {
+    ExtensionType::Unknown(PARAMS_EXTENSION_TYPE)
+}
+
+/// The capabilities of every leaf sotto makes: the default ones plus sotto's parameters.
+fn sotto_capabilities() -> Capabilities {
+    Capabilities::new(None, None, Some(&[params_type()]), None, None)
+}
+
+/// The room parameters in a group context's extensions.
+fn group_params(extensions: &Extensions<GroupContext>) -> Result<RoomParams, ParamsError> {
+    let ext = extensions
+        .unknown(PARAMS_EXTENSION_TYPE)
+        .ok_or(ParamsError::Missing)?;
+    RoomParams::decode(&ext.0)
+}
+
 fn create_config(config: &RoomConfig) -> Result<MlsGroupCreateConfig, RoomError> {
-    let mut builder = MlsGroupCreateConfig::builder()
-        .ciphersuite(MLS_CIPHERSUITE)
-        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-        .use_ratchet_tree_extension(true);
+    config.params.check().map_err(RoomError::Params)?;
+    let mut extensions = vec![
+        Extension::Unknown(
+            PARAMS_EXTENSION_TYPE,
+            UnknownExtension(config.params.encode()),
+        ),
+        Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+            &[params_type()],
+            &[],
+            &[],
+        )),
+    ];
     if !config.external_senders.is_empty() {
         let senders = config
             .external_senders
@@ -630,11 +665,16 @@ fn create_config(config: &RoomConfig) -> Result<MlsGroupCreateConfig, RoomError>
                 )
             })
             .collect();
-        let extensions = Extensions::single(Extension::ExternalSenders(senders))
-            .map_err(|_| RoomError::Internal)?;
-        builder = builder.with_group_context_extensions(extensions);
+        extensions.push(Extension::ExternalSenders(senders));
     }
-    Ok(builder.build())
+    let extensions = Extensions::from_vec(extensions).map_err(|_| RoomError::Internal)?;
+    Ok(MlsGroupCreateConfig::builder()
+        .ciphersuite(MLS_CIPHERSUITE)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .capabilities(sotto_capabilities())
+        .with_group_context_extensions(extensions)
+        .build())
 }
 
 fn join_config() -> MlsGroupJoinConfig {
@@ -774,7 +814,8 @@ impl<P: OpenMlsProvider> Room<P> {
             credential,
         )
         .map_err(|_| RoomError::Internal)?;
-        let room = Room::entered(identity, group, config, Freshness::Fresh);
+        let params = config.params;
+        let room = Room::entered(identity, group, config, params, Freshness::Fresh);
         let keys = room.current_keys(EpochStatus::Current)?;
         Ok((room, keys))
     }
@@ -784,6 +825,7 @@ impl<P: OpenMlsProvider> Room<P> {
         identity: Identity<P>,
         group: MlsGroup,
         config: RoomConfig,
+        params: RoomParams,
         freshness: Freshness,
     ) -> Room<P> {
         Room {
@@ -791,13 +833,18 @@ impl<P: OpenMlsProvider> Room<P> {
             signer: identity.signer,
             group,
             config,
+            params,
             pending: None,
             freshness,
         }
     }
 
-    /// Joins a room from a Welcome made for one of this identity's KeyPackages.
-    /// `config` must be the room's.
+    /// Joins a room from a Welcome made for one of this identity's KeyPackages. The room's
+    /// parameters come from the Welcome (its group context); of `config` only this
+    /// member's own policy ([`RoomConfig::allow_policy_changes`]) is used. A Welcome
+    /// without sotto's parameters, or with values this build does not support, fails with
+    /// [`RoomError::Params`] naming the value (the KeyPackage is used up: its group secrets
+    /// opened).
     ///
     /// The keys are `ReceiveOnly`: the member hears the room at once and seals from the
     /// epoch of its first own commit on (call [`self_update`](Self::self_update) to speak;
@@ -818,7 +865,16 @@ impl<P: OpenMlsProvider> Room<P> {
             Err(error) => return Err(JoinError { error, identity }),
         };
         let pseudonym = identity.pseudonym.clone();
-        let room = Room::entered(identity, group, config, Freshness::Joined);
+        let params = match group_params(group.extensions()) {
+            Ok(params) => params,
+            Err(e) => {
+                return Err(JoinError {
+                    error: RoomError::Params(e),
+                    identity,
+                })
+            }
+        };
+        let room = Room::entered(identity, group, config, params, Freshness::Joined);
         match room.current_keys(EpochStatus::ReceiveOnly) {
             Ok(keys) => Ok((room, keys)),
             Err(error) => Err(JoinError {
@@ -860,11 +916,13 @@ impl<P: OpenMlsProvider> Room<P> {
             .map_err(|_| RoomError::Storage)?
             .ok_or(RoomError::NotFound)?;
         let pending = restore_pending(&provider, &mut group)?;
+        let params = group_params(group.extensions()).map_err(RoomError::Params)?;
         let room = Room {
             provider,
             signer,
             group,
             config,
+            params,
             pending,
             freshness: Freshness::Reloaded,
         };
@@ -911,9 +969,15 @@ impl<P: OpenMlsProvider> Room<P> {
         self.pending.is_some()
     }
 
-    /// The room configuration.
+    /// The room configuration this member was given (for the room's parameters, see
+    /// [`params`](Self::params)).
     pub fn config(&self) -> &RoomConfig {
         &self.config
+    }
+
+    /// The current epoch's media parameters, as the group context carries them.
+    pub fn params(&self) -> RoomParams {
+        self.params
     }
 
     /// The provider (its storage holds the room's state).
@@ -980,7 +1044,7 @@ impl<P: OpenMlsProvider> Room<P> {
                 crypto,
                 SFRAME_EXPORTER_LABEL,
                 &[],
-                self.config.suite.key_len(),
+                self.params.suite.key_len(),
             )
             .map_err(|_| RoomError::NotAMember)?;
         let token = self.channel_token()?;
@@ -996,7 +1060,7 @@ impl<P: OpenMlsProvider> Room<P> {
             .map(|m| member_id(leaf_u32(m.index), &m.signature_key))
             .collect();
         Ok(self
-            .epoch_keys(self.epoch(), status, members, token, base)
+            .epoch_keys(self.epoch(), status, self.params, members, token, base)
             .with_handshake_key(handshake))
     }
 
@@ -1020,6 +1084,7 @@ impl<P: OpenMlsProvider> Room<P> {
         &self,
         epoch: u64,
         status: EpochStatus,
+        params: RoomParams,
         members: Vec<MemberId>,
         token: ChannelToken,
         base: Vec<u8>,
@@ -1027,9 +1092,9 @@ impl<P: OpenMlsProvider> Room<P> {
         EpochKeys::assume_unique_for_key(
             epoch,
             status,
-            self.config.suite,
-            self.config.layout,
-            self.config.context,
+            params.suite,
+            params.layout,
+            params.context,
             members,
             self.own_leaf(),
             token,
@@ -1042,13 +1107,9 @@ impl<P: OpenMlsProvider> Room<P> {
     /// the commit changes keeps its old tag until the merged keys replace these.)
     fn staged_keys(&self, staged: &StagedCommit) -> Result<EpochKeys, RoomError> {
         let crypto = self.provider.crypto();
+        let params = self.next_params(staged)?;
         let base = staged
-            .export_secret(
-                crypto,
-                SFRAME_EXPORTER_LABEL,
-                &[],
-                self.config.suite.key_len(),
-            )
+            .export_secret(crypto, SFRAME_EXPORTER_LABEL, &[], params.suite.key_len())
             .map_err(|_| RoomError::Internal)?;
         let token =
             token_from(staged.export_secret(crypto, TOKEN_EXPORTER_LABEL, &[], CHANNEL_TOKEN_LEN))?;
@@ -1088,11 +1149,33 @@ impl<P: OpenMlsProvider> Room<P> {
             .epoch_keys(
                 staged.epoch().as_u64(),
                 EpochStatus::Staged,
+                params,
                 members,
                 token,
                 base,
             )
             .with_handshake_key(handshake))
+    }
+
+    /// The parameters of a staged commit's epoch, refused if this build does not support
+    /// them or they change the KID layout or context.
+    fn next_params(&self, staged: &StagedCommit) -> Result<RoomParams, RoomError> {
+        self.allowed_params(staged.group_context().extensions())
+            .map_err(|e| RoomError::Rejected(Rejection::Params(e)))
+    }
+
+    /// Parameters the room may move to from its current ones: supported, and with the same
+    /// KID layout and context (a receiver reads a frame's epoch from its KID, so the
+    /// layout cannot change with the epoch).
+    fn allowed_params(
+        &self,
+        extensions: &Extensions<GroupContext>,
+    ) -> Result<RoomParams, ParamsError> {
+        let next = group_params(extensions)?;
+        if next.layout != self.params.layout || next.context != self.params.context {
+            return Err(ParamsError::Fixed);
+        }
+        Ok(next)
     }
 
     fn ensure_can_commit(&self) -> Result<(), RoomError> {
@@ -1192,7 +1275,7 @@ impl<P: OpenMlsProvider> Room<P> {
             packages.push(validate_key_package(kp, &self.provider)?);
         }
         let (commit, welcome) = self
-            .build_commit(packages, Vec::new(), &[])
+            .build_commit(packages, Vec::new(), &[], None)
             .map_err(|_| RoomError::InvalidKeyPackage)?;
         self.finish_commit(&commit, welcome.as_ref())
     }
@@ -1208,7 +1291,7 @@ impl<P: OpenMlsProvider> Room<P> {
             return Err(RoomError::NoSuchMember);
         }
         let indices: Vec<LeafNodeIndex> = leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect();
-        let (commit, welcome) = self.build_commit(Vec::new(), indices, &[])?;
+        let (commit, welcome) = self.build_commit(Vec::new(), indices, &[], None)?;
         self.finish_commit(&commit, welcome.as_ref())
     }
 
@@ -1217,7 +1300,32 @@ impl<P: OpenMlsProvider> Room<P> {
     /// context extension. The commit is pending until confirmed.
     pub fn self_update(&mut self) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
-        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), &[])?;
+        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), &[], None)?;
+        self.finish_commit(&commit, welcome.as_ref())
+    }
+
+    /// Moves the room to another SFrame suite from the next epoch on: a commit (with a
+    /// GroupContextExtensions proposal of this member's own, and an update path) that every
+    /// member applies at the epoch change like any key change, so the switch delay and the
+    /// grace period of the older epochs work as always (frames sealed under the old suite
+    /// still open). Only a member can make it; an external sender's proposal of group
+    /// context extensions is always refused. Members whose build does not support the
+    /// suite refuse the commit ([`Rejection::Params`]) and fall out of the room. The commit
+    /// also covers the queued removals and updates. Pending until confirmed.
+    pub fn change_suite(&mut self, suite: CipherSuite) -> Result<Commit, RoomError> {
+        self.ensure_can_commit()?;
+        let params = RoomParams {
+            suite,
+            ..self.params
+        };
+        let mut extensions = self.group.extensions().clone();
+        extensions
+            .add_or_replace(Extension::Unknown(
+                PARAMS_EXTENSION_TYPE,
+                UnknownExtension(params.encode()),
+            ))
+            .map_err(|_| RoomError::Internal)?;
+        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), &[], Some(extensions))?;
         self.finish_commit(&commit, welcome.as_ref())
     }
 
@@ -1254,7 +1362,7 @@ impl<P: OpenMlsProvider> Room<P> {
                 return Err(RoomError::NoSuchProposal);
             }
         }
-        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), approved)?;
+        let (commit, welcome) = self.build_commit(Vec::new(), Vec::new(), approved, None)?;
         self.finish_commit(&commit, welcome.as_ref())
     }
 
@@ -1271,14 +1379,21 @@ impl<P: OpenMlsProvider> Room<P> {
         adds: Vec<KeyPackage>,
         removes: Vec<LeafNodeIndex>,
         approved: &[ProposalId],
+        extensions: Option<Extensions<GroupContext>>,
     ) -> Result<(MlsMessageOut, Option<MlsMessageOut>), RoomError> {
         let own = self.group.own_leaf_index();
-        let bundle = self
+        let mut builder = self
             .group
             .commit_builder()
             .consume_proposal_store(true)
             .propose_adds(adds)
-            .propose_removals(removes)
+            .propose_removals(removes);
+        if let Some(extensions) = extensions {
+            builder = builder
+                .propose_group_context_extensions(extensions)
+                .map_err(|_| RoomError::Internal)?;
+        }
+        let bundle = builder
             .force_self_update(true)
             .load_psks(self.provider.storage())
             .map_err(|_| RoomError::Internal)?
@@ -1304,7 +1419,8 @@ impl<P: OpenMlsProvider> Room<P> {
                 true
             }
             (Sender::Member(_), Proposal::GroupContextExtensions(gce)) => {
-                self.config.allow_policy_changes || !self.changes_policy(gce.extensions())
+                (self.config.allow_policy_changes || !self.changes_policy(gce.extensions()))
+                    && self.allowed_params(gce.extensions()).is_ok()
             }
             _ => false,
         }
@@ -1426,9 +1542,12 @@ impl<P: OpenMlsProvider> Room<P> {
 
     /// Events for a merge: membership changes, the new epoch, and its `Current` keys.
     fn after_merge(
-        &self,
+        &mut self,
         before: BTreeMap<u32, (Vec<u8>, Vec<u8>)>,
     ) -> Result<Vec<RoomEvent>, RoomError> {
+        // Checked before the merge (a commit with parameters this build cannot use is
+        // refused, and this member's own commits only make allowed ones).
+        self.params = group_params(self.group.extensions()).map_err(RoomError::Params)?;
         let after = self.member_map();
         let mut events = Vec::new();
         for (leaf, (key, _)) in &before {
@@ -1515,6 +1634,8 @@ impl<P: OpenMlsProvider> Room<P> {
         staged: StagedCommit,
         from_own_leaf: bool,
     ) -> Result<Vec<RoomEvent>, RoomError> {
+        // Parameters this build cannot use: refused before anything changes.
+        self.next_params(&staged)?;
         if from_own_leaf {
             self.freshness = Freshness::Reloaded;
         }
@@ -1585,6 +1706,16 @@ fn validate_key_package<P: OpenMlsProvider>(
         .validate(provider.crypto(), ProtocolVersion::Mls10)
         .map_err(|_| RoomError::InvalidKeyPackage)?;
     if kp.ciphersuite() != MLS_CIPHERSUITE {
+        return Err(RoomError::InvalidKeyPackage);
+    }
+    // The room requires sotto's parameters extension: a client that does not declare it
+    // could not read the room's media parameters.
+    if !kp
+        .leaf_node()
+        .capabilities()
+        .extensions()
+        .contains(&params_type())
+    {
         return Err(RoomError::InvalidKeyPackage);
     }
     Ok(kp)

@@ -42,8 +42,8 @@ struct Seen {
 fn counters_restart_every_epoch_and_overhead_stays_small() {
     let t0 = Instant::now();
     let config = RoomConfig::default();
-    assert_eq!(config.suite, CipherSuite::AesCtr128HmacSha256_80);
-    let tag = config.suite.tag_len();
+    assert_eq!(config.params.suite, CipherSuite::AesCtr128HmacSha256_80);
+    let tag = config.params.suite.tag_len();
     let mut m = room_of(&["a", "b", "c", "d"], config, MediaConfig::default(), t0);
     let e = m[0].room.epoch();
     let start = t0 + Duration::from_secs(1);

@@ -49,7 +49,10 @@ fn forgeries_retire_the_key_after_the_failure_budget() {
     let suite = CipherSuite::AesCtr128HmacSha256_32;
     assert_eq!(suite.tag_len(), 4);
     let room = RoomConfig {
-        suite,
+        params: sotto::room::RoomParams {
+            suite,
+            ..Default::default()
+        },
         ..RoomConfig::default()
     };
     let mut m = room_of(&["alice", "bob", "carol"], room, MediaConfig::default(), t0);
@@ -133,7 +136,10 @@ fn forgeries_retire_the_key_after_the_failure_budget() {
     let mut fresh = room_of(
         &["x", "y"],
         RoomConfig {
-            suite,
+            params: sotto::room::RoomParams {
+                suite,
+                ..Default::default()
+            },
             ..RoomConfig::default()
         },
         MediaConfig {

@@ -556,7 +556,7 @@ impl Sim {
         }
         let active = self.net.active();
         let pairs = active.len() * (active.len() - 1);
-        let layout = self.config.room.layout;
+        let layout = self.config.room.params.layout;
         let mut opened: BTreeMap<(usize, usize), (Instant, u64)> = BTreeMap::new();
         let mut decoded: BTreeMap<(usize, usize), Instant> = BTreeMap::new();
         let mut settled: BTreeMap<usize, Instant> = BTreeMap::new();

@@ -216,7 +216,10 @@ fn soak(p: &Soak) -> Counts {
     let mut rng = Rng(p.seed);
     let t0 = Instant::now();
     let config = RoomConfig {
-        layout: p.layout,
+        params: sotto::room::RoomParams {
+            layout: p.layout,
+            ..Default::default()
+        },
         ..RoomConfig::default()
     };
     let mut nodes: Vec<Node> = Vec::new();
@@ -388,14 +391,15 @@ fn soak(p: &Soak) -> Counts {
                 let at = match n.forgers.iter().position(|(l, _)| *l == leaf) {
                     Some(at) => at,
                     None => {
-                        let sealer = FrameSealer::new(config.suite, kid, &base).unwrap();
+                        let sealer = FrameSealer::new(config.params.suite, kid, &base).unwrap();
                         n.forgers.push((leaf, sealer));
                         n.forgers.len() - 1
                     }
                 };
                 let forger = &mut n.forgers[at].1;
                 if forger.next_counter().unwrap() < ctr {
-                    *forger = FrameSealer::starting_at(config.suite, kid, &base, ctr).unwrap();
+                    *forger =
+                        FrameSealer::starting_at(config.params.suite, kid, &base, ctr).unwrap();
                 }
                 let mut packet = BytesMut::new();
                 forger.seal(b"", b"forged audio", &mut packet).unwrap();

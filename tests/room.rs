@@ -165,7 +165,10 @@ fn reused_leaf_gets_different_keys() {
     // E = 2: epochs 3 and 7 share KID bits, so carol (leaf 2, epoch 3) and dave (leaf 2,
     // epoch 7) seal under the very same KID — but with different keys.
     let config = RoomConfig {
-        layout: KidLayout::new(8, 2).unwrap(),
+        params: sotto::room::RoomParams {
+            layout: KidLayout::new(8, 2).unwrap(),
+            ..Default::default()
+        },
         ..RoomConfig::default()
     };
     let t0 = Instant::now();
@@ -221,7 +224,7 @@ fn reused_leaf_gets_different_keys() {
         m[1].open(&carol_frame, t2).unwrap_err(),
         KeyError::Frame(sotto::frame::FrameError::AuthenticationFailed)
     );
-    let suite = config.suite;
+    let suite = config.params.suite;
     let k_dave = KeyMaterial::derive(suite, dave_kid, &dave_base).unwrap();
     let mut opener = sotto::frame::FrameOpener::new();
     opener.insert_key(dave_kid, suite, &dave_base).unwrap();
@@ -686,7 +689,10 @@ impl RawClient {
             credential: BasicCredential::new(name.to_vec()).into(),
             signature_key: signer.public().into(),
         };
+        // It declares sotto's parameters extension, as any client that joins sotto rooms
+        // must.
         let key_package = KeyPackage::builder()
+            .leaf_node_capabilities(sotto_capabilities())
             .build(sotto::room::MLS_CIPHERSUITE, &provider, &signer, credential)
             .unwrap()
             .key_package()
@@ -955,17 +961,48 @@ fn commit_proposals_refuses_unknown_ids() {
     assert!(!m[0].room.has_pending_commit());
 }
 
+/// The capabilities a client needs to join a sotto room.
+fn sotto_capabilities() -> openmls::prelude::Capabilities {
+    openmls::prelude::Capabilities::new(
+        None,
+        None,
+        Some(&[openmls::prelude::ExtensionType::Unknown(
+            sotto::room::PARAMS_EXTENSION_TYPE,
+        )]),
+        None,
+        None,
+    )
+}
+
+/// A sotto room's group context extensions (default parameters) with these external
+/// senders.
 fn external_senders(
     keys: &[(&[u8], &[u8])],
 ) -> openmls::prelude::Extensions<openmls::prelude::GroupContext> {
-    use openmls::prelude::{BasicCredential, Extension, Extensions, ExternalSender};
+    use openmls::prelude::{
+        BasicCredential, Extension, ExtensionType, Extensions, ExternalSender,
+        RequiredCapabilitiesExtension, UnknownExtension,
+    };
+    use sotto::room::{RoomParams, PARAMS_EXTENSION_TYPE};
     let senders = keys
         .iter()
         .map(|(key, name)| {
             ExternalSender::new((*key).into(), BasicCredential::new(name.to_vec()).into())
         })
         .collect();
-    Extensions::single(Extension::ExternalSenders(senders)).unwrap()
+    Extensions::from_vec(vec![
+        Extension::Unknown(
+            PARAMS_EXTENSION_TYPE,
+            UnknownExtension(RoomParams::default().encode()),
+        ),
+        Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+            &[ExtensionType::Unknown(PARAMS_EXTENSION_TYPE)],
+            &[],
+            &[],
+        )),
+        Extension::ExternalSenders(senders),
+    ])
+    .unwrap()
 }
 
 /// Finding 1 (issue 10): an external sender's GroupContextExtensions proposal (here the

@@ -43,8 +43,11 @@ impl MlsExporter for RoomExporter {
 fn sframe_crate_derives_the_same_keys_and_opens_our_frames() {
     // The ring backend of sframe 2.1 has the GCM suites.
     let config = RoomConfig {
-        suite: CipherSuite::AesGcm128Sha256,
-        layout: KidLayout::new(16, 4).unwrap(),
+        params: sotto::room::RoomParams {
+            suite: CipherSuite::AesGcm128Sha256,
+            layout: KidLayout::new(16, 4).unwrap(),
+            context: 0,
+        },
         ..RoomConfig::default()
     };
     let t0 = Instant::now();
@@ -93,8 +96,8 @@ fn sframe_crate_derives_the_same_keys_and_opens_our_frames() {
             .unwrap();
         let keys = m[i].room.receive_keys().unwrap();
         let base = keys.expose_base_key();
-        assert_eq!(base.len(), config.suite.key_len());
-        let mut ours = FrameSealer::starting_at(config.suite, kid, base, 77).unwrap();
+        assert_eq!(base.len(), config.params.suite.key_len());
+        let mut ours = FrameSealer::starting_at(config.params.suite, kid, base, 77).unwrap();
         let mut out = bytes::BytesMut::new();
         ours.seal(b"", b"same input", &mut out).unwrap();
         assert_eq!(&out[..], theirs.sframe_cipher_text());

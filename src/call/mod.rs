@@ -198,7 +198,9 @@ pub enum Committer {
 /// How a [`Call`] behaves. The defaults are safe; each field says what it trades.
 #[derive(Clone, Debug)]
 pub struct CallConfig {
-    /// The room's parameters (every member must use the same).
+    /// The room: its media parameters and external senders when this member creates it
+    /// (a joiner reads them from its Welcome, see [`RoomParams`](crate::room::RoomParams)),
+    /// and this member's proposal policy.
     pub room: RoomConfig,
     /// The data plane: switch delay, grace period, replay window, forgery budget.
     pub media: MediaConfig,
@@ -932,7 +934,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         if !self.ready_to_commit() || self.media.sending_epoch() != Some(epoch) {
             return false;
         }
-        let bits = epoch % room.config().layout.epoch_slots();
+        let bits = epoch % room.params().layout.epoch_slots();
         self.peers.values().all(|p| p.heard == Some(bits))
     }
 
@@ -1831,7 +1833,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         let Some(room) = self.room.as_ref().filter(|_| !self.removed) else {
             return;
         };
-        let bits = room.epoch() % room.config().layout.epoch_slots();
+        let bits = room.epoch() % room.params().layout.epoch_slots();
         if self.peers.is_empty()
             || self.peers.values().any(|p| p.heard == Some(bits))
             || now.saturating_duration_since(self.epoch_since) < CATCH_UP
@@ -1880,8 +1882,11 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             && after.held == before.held;
         if opened {
             // A late frame of an older epoch does not undo having heard the current one.
-            let layout = self.config.room.layout;
-            let current = self.room.as_ref().map(|r| r.epoch() % layout.epoch_slots());
+            let Some(room) = self.room.as_ref() else {
+                return;
+            };
+            let layout = room.params().layout;
+            let current = Some(room.epoch() % layout.epoch_slots());
             if let Ok((header, _)) = Header::parse(frame) {
                 if peer.heard.is_none() || peer.heard != current {
                     peer.heard = Some(layout.decompose(header.kid).epoch_bits);
