@@ -534,6 +534,20 @@ fn media(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------
 // sealed handshake messages
 
+/// `message` sealed the way the call engine does (4 KiB buckets) on `keys`' channel.
+#[cfg(feature = "opus")]
+fn seal(keys: &EpochKeys, message: &[u8], wire: &mut Vec<u8>) {
+    sealed::seal(
+        keys.handshake_key().unwrap(),
+        &keys.token(),
+        message,
+        4096,
+        MAX_HANDSHAKE,
+        wire,
+    )
+    .unwrap();
+}
+
 /// A self-update commit processed by one member, bare (`Room::process`) against sealed the
 /// way the call engine carries it (`sealed::seal` under the epoch's handshake key by the
 /// committer, `sealed::open` by the member, then `Room::process`); the commit is made and
@@ -551,15 +565,7 @@ fn sealed_process(c: &mut Criterion) {
         {
             let keys = fixture.committer.receive_keys().unwrap();
             let commit = fixture.committer.self_update().unwrap();
-            sealed::seal(
-                keys.handshake_key().unwrap(),
-                &keys.token(),
-                &commit.message,
-                4096,
-                MAX_HANDSHAKE,
-                &mut wire,
-            )
-            .unwrap();
+            seal(&keys, &commit.message, &mut wire);
             eprintln!(
                 "room/sealed_process/{n}: self-update commit {} B bare, {} B sealed (+{} B)",
                 commit.message.len(),
@@ -590,15 +596,7 @@ fn sealed_process(c: &mut Criterion) {
                     fixture.committer.confirm_pending().unwrap();
                     let start = Instant::now();
                     let key = keys.handshake_key().unwrap();
-                    sealed::seal(
-                        key,
-                        &keys.token(),
-                        &commit.message,
-                        4096,
-                        MAX_HANDSHAKE,
-                        &mut wire,
-                    )
-                    .unwrap();
+                    seal(&keys, &commit.message, &mut wire);
                     let opened = sealed::open(key, &keys.token(), &wire, &mut scratch).unwrap();
                     let processed = fixture.processor.process(opened).unwrap();
                     let elapsed = start.elapsed();
@@ -613,15 +611,7 @@ fn sealed_process(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("seal_open_only", n), |b| {
             let key = keys.handshake_key().unwrap();
             b.iter(|| {
-                sealed::seal(
-                    key,
-                    &keys.token(),
-                    &commit.message,
-                    4096,
-                    MAX_HANDSHAKE,
-                    &mut wire,
-                )
-                .unwrap();
+                seal(&keys, &commit.message, &mut wire);
                 black_box(
                     sealed::open(key, &keys.token(), &wire, &mut scratch)
                         .unwrap()

@@ -1664,6 +1664,7 @@ impl<P: OpenMlsProvider> Room<P> {
         if let Some(RoomEvent::Keys(keys)) = merged.last() {
             if keys.expose_base_key() != staged_keys.expose_base_key()
                 || keys.token() != staged_keys.token()
+                || keys.suite() != staged_keys.suite()
             {
                 return Err(RoomError::Internal);
             }

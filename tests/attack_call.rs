@@ -392,6 +392,22 @@ fn outside_subscriber(
         .expect("the relay confirmed the subscription")
 }
 
+/// A connection of the test's own publishes `message` on `token`'s channel (as the relay
+/// itself could); the network then runs 300 ms.
+fn publish_outside(
+    net: &mut CallNet,
+    conn: u64,
+    token: sotto::media::ChannelToken,
+    message: &[u8],
+) {
+    let handle = outside_subscriber(net, conn, token);
+    net.relay_inject(
+        conn,
+        &encode_client(ClientMessage::Handshake { handle, message }),
+    );
+    net.run(Duration::from_millis(300));
+}
+
 /// The relay is the room's MLS external sender, so its removal proposals travel bare (they
 /// are MLS PublicMessages it wrote itself). A member accepts a bare message only on the
 /// channel of its current epoch: the relay's valid proposal for the current epoch,
@@ -450,15 +466,7 @@ fn an_external_proposal_counts_only_on_the_current_epochs_channel() {
 
     // On the previous epoch's channel: heard and refused by every member.
     let before = refused(&net);
-    let handle = outside_subscriber(&mut net, 1000, old);
-    net.relay_inject(
-        1000,
-        &encode_client(ClientMessage::Handshake {
-            handle,
-            message: &proposal,
-        }),
-    );
-    net.run(Duration::from_millis(300));
+    publish_outside(&mut net, 1000, old, &proposal);
     let after = refused(&net);
     for i in 0..3 {
         assert_eq!(after[i], before[i] + 1, "member {i} refused it: {after:?}");
@@ -467,15 +475,7 @@ fn an_external_proposal_counts_only_on_the_current_epochs_channel() {
     assert_eq!(net.nodes[0].call.epoch(), Some(epoch));
 
     // The same bytes on the current channel: queued everywhere as the relay's removal.
-    let handle = outside_subscriber(&mut net, 1001, current);
-    net.relay_inject(
-        1001,
-        &encode_client(ClientMessage::Handshake {
-            handle,
-            message: &proposal,
-        }),
-    );
-    net.run(Duration::from_millis(300));
+    publish_outside(&mut net, 1001, current, &proposal);
     for i in 0..3 {
         let infos = queued(&net, i);
         assert_eq!(infos.len(), 1, "member {i}: {infos:?}");

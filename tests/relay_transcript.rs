@@ -1216,7 +1216,12 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
     // key yet): each is 0xA2, a length, the MLS Welcome and zeros, 4,096 bytes in all.
     let mut welcome_sizes: BTreeMap<usize, usize> = BTreeMap::new();
     for m in &relay_view {
-        if let Ok(ClientMessage::DeliverWelcome { welcome, .. }) = ClientMessage::parse(m) {
+        let welcome = match (ClientMessage::parse(m), RelayMessage::parse(m)) {
+            (Ok(ClientMessage::DeliverWelcome { welcome, .. }), _)
+            | (_, Ok(RelayMessage::Welcome { welcome, .. })) => Some(welcome),
+            _ => None,
+        };
+        if let Some(welcome) = welcome {
             assert_eq!(welcome.first(), Some(&sealed::PADDED_WELCOME));
             let inner = sealed::unpad_welcome(welcome).unwrap();
             assert!(inner.len() < welcome.len());

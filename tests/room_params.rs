@@ -292,6 +292,19 @@ impl RawMember {
         }
     }
 
+    /// The group's current extensions (external senders and all) with these parameter
+    /// bytes.
+    fn with_params(&self, content: Vec<u8>) -> Extensions<GroupContext> {
+        let mut extensions = self.group.extensions().clone();
+        extensions
+            .add_or_replace(Extension::Unknown(
+                PARAMS_EXTENSION_TYPE,
+                UnknownExtension(content),
+            ))
+            .unwrap();
+        extensions
+    }
+
     fn propose(&mut self, extensions: Extensions<GroupContext>) -> Vec<u8> {
         let (proposal, _) = self
             .group
@@ -346,18 +359,18 @@ fn parameters_cannot_be_changed_from_outside_or_to_what_cannot_work() {
     use openmls::prelude::{ExternalProposal, GroupEpoch, GroupId, SenderExtensionIndex};
     let t0 = Instant::now();
     let relay = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
-    let mut m = room_of(
-        &["alice", "bob"],
-        RoomConfig::default(),
-        MediaConfig::default(),
-        t0,
-    );
+    // The relay is the room's external sender: openmls takes its proposal, sotto's policy
+    // refuses it.
+    let config = RoomConfig {
+        external_senders: vec![(relay.public().to_vec(), b"relay".to_vec())],
+        ..RoomConfig::default()
+    };
+    let mut m = room_of(&["alice", "bob"], config, MediaConfig::default(), t0);
     let mut erin = RawMember::join(&mut m, t0);
     let gcm = RoomParams {
         suite: CipherSuite::AesGcm128Sha256,
         ..RoomParams::default()
     };
-    // The relay (not even an external sender of this room) and a forged external proposal.
     let proposal = ExternalProposal::new_group_context_extensions::<OpenMlsRustCrypto>(
         with_params(gcm.encode()),
         GroupId::from_slice(m[0].room.group_id()),
@@ -369,7 +382,10 @@ fn parameters_cannot_be_changed_from_outside_or_to_what_cannot_work() {
     .to_bytes()
     .unwrap();
     for x in m.iter_mut() {
-        assert!(x.room.process(&proposal).is_err());
+        assert_eq!(
+            x.room.process(&proposal).map(|_| ()),
+            Err(RoomError::Rejected(Rejection::ProposalNotAllowed))
+        );
     }
 
     let relayout = RoomParams {
@@ -380,8 +396,8 @@ fn parameters_cannot_be_changed_from_outside_or_to_what_cannot_work() {
     unknown_suite[1..3].copy_from_slice(&0x0042u16.to_be_bytes());
     let no_params = Extensions::<GroupContext>::empty();
     let bad = [
-        with_params(relayout.encode()),
-        with_params(unknown_suite),
+        erin.with_params(relayout.encode()),
+        erin.with_params(unknown_suite),
         no_params,
     ];
     for extensions in bad.iter().cloned() {
@@ -412,7 +428,7 @@ fn parameters_cannot_be_changed_from_outside_or_to_what_cannot_work() {
         }
     }
     // A valid change from a member: queued, and only the app's approval commits it.
-    let proposal = erin.propose(with_params(gcm.encode()));
+    let proposal = erin.propose(erin.with_params(gcm.encode()));
     for x in m.iter_mut() {
         let events = x.room.process(&proposal).unwrap();
         let info = events
@@ -429,7 +445,7 @@ fn parameters_cannot_be_changed_from_outside_or_to_what_cannot_work() {
     deliver_commit(&mut m, 0, commit, t0);
     erin.take(&message);
     assert_eq!(m[1].room.params(), RoomParams::default());
-    let proposal = erin.propose(with_params(gcm.encode()));
+    let proposal = erin.propose(erin.with_params(gcm.encode()));
     for x in m.iter_mut() {
         x.room.process(&proposal).unwrap();
     }
@@ -450,4 +466,43 @@ fn parameters_cannot_be_changed_from_outside_or_to_what_cannot_work() {
         ),
         Ok(gcm)
     );
+}
+
+/// A client whose KeyPackage does not declare sotto's parameters extension could not read
+/// the room's media parameters: inviting it is refused with a typed error, and nothing is
+/// committed.
+#[test]
+fn a_key_package_without_the_parameters_capability_is_refused() {
+    let t0 = Instant::now();
+    let mut m = [Member::create(
+        "alice",
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    )];
+    let provider = OpenMlsRustCrypto::default();
+    let signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
+    let credential = || CredentialWithKey {
+        credential: BasicCredential::new(b"plain mls".to_vec()).into(),
+        signature_key: signer.public().into(),
+    };
+    let published = |kp: openmls::prelude::KeyPackageBundle| {
+        openmls::prelude::MlsMessageOut::from(kp.key_package().clone())
+            .to_bytes()
+            .unwrap()
+    };
+    let without = KeyPackage::builder()
+        .build(MLS_CIPHERSUITE, &provider, &signer, credential())
+        .unwrap();
+    assert_eq!(
+        m[0].room.invite(&[&published(without)]).map(|_| ()),
+        Err(RoomError::InvalidKeyPackage)
+    );
+    assert!(!m[0].room.has_pending_commit());
+    // The same client declaring the extension is invited.
+    let with = KeyPackage::builder()
+        .leaf_node_capabilities(sotto_capabilities())
+        .build(MLS_CIPHERSUITE, &provider, &signer, credential())
+        .unwrap();
+    assert!(m[0].room.invite(&[&published(with)]).is_ok());
 }

@@ -102,8 +102,9 @@
 //! each epoch comes with its token in [`EpochKeys`]). A message that does not open is
 //! refused like a bad MLS message (it still takes its place in the channel's order). The
 //! one bare MLS message a member accepts is a proposal of an external sender (the relay
-//! proposing a removal: a PublicMessage the relay wrote itself, so it learns nothing), and
-//! only on the channel of the member's current epoch. [`Room`] still takes and gives plain
+//! proposing a removal: a PublicMessage the relay wrote itself), and only for the epoch
+//! whose channel carries it (a rule of the message and channel alone, so every member
+//! decides alike whenever it arrives). [`Room`] still takes and gives plain
 //! MLS messages: sealing is the engine's, on the transport side.
 //!
 //! Welcomes cannot be sealed (the invitee shares no key with the room before it joins);
@@ -142,8 +143,8 @@ use crate::relay::{MailboxId, MAX_HANDSHAKE, MAX_MESSAGE};
 /// of at most [`MailboxId::MAX_LEN`] bytes with its length byte) in [`MAX_MESSAGE`].
 const MAX_WELCOME: usize = MAX_MESSAGE - 2 - MailboxId::MAX_LEN;
 use crate::room::{
-    Commit, Identity, ProposalId, ProposalInfo, PublishedKeyPackage, Rejection, Room, RoomConfig,
-    RoomError, RoomEvent, SafetyCode,
+    Commit, Identity, ParamsError, ProposalId, ProposalInfo, PublishedKeyPackage, Rejection, Room,
+    RoomConfig, RoomError, RoomEvent, SafetyCode,
 };
 
 /// Datagrams queued for [`Call::poll_transmit`] at most; beyond, new ones are dropped and
@@ -343,6 +344,10 @@ pub enum Warning {
     /// A commit naming this member's own leaf that this instance did not make
     /// ([`Rejection::FromOwnLeaf`]): another instance of this member may be running.
     OwnLeafCommit,
+    /// A Welcome for this member's KeyPackage opened but names room parameters this build
+    /// does not support (or none): the KeyPackage is used up, so this member cannot join
+    /// from it; publish a new one (and a build that supports the room's parameters).
+    UnsupportedRoom(ParamsError),
 }
 
 /// Counters of a call.
@@ -1658,8 +1663,12 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     }
 
     /// The MLS message of a handshake message received on `token`'s channel: a sealed one
-    /// opened under that epoch's key, or an external sender's proposal on the channel of
-    /// the current epoch. `None` for anything else.
+    /// opened under that epoch's key, or an external sender's proposal for the very epoch
+    /// whose channel carries it. `None` for anything else. The rule depends on the message
+    /// and the channel only, never on when it arrives, so every member decides alike
+    /// (whether it holds the message behind a gap or for a later epoch first); members
+    /// process a channel in the relay's order, so a proposal numbered after the epoch's
+    /// commit is refused by all as stale.
     fn open_handshake<'s>(
         &self,
         token: &ChannelToken,
@@ -1670,13 +1679,15 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             let key = self.media.handshake_key(token)?;
             return sealed::open(key, token, message, scratch).ok();
         }
-        let current = self.room.as_ref().and_then(|room| {
-            self.media
-                .tokens()
-                .find(|(e, _)| *e == room.epoch())
-                .map(|(_, t)| t)
-        });
-        (current == Some(*token) && is_external_proposal(message)).then_some(message)
+        let channel_epoch = self
+            .media
+            .tokens()
+            .find(|(_, t)| t == token)
+            .map(|(e, _)| e);
+        (channel_epoch.is_some()
+            && channel_epoch == handshake_epoch(message)
+            && is_external_proposal(message))
+        .then_some(message)
     }
 
     /// Puts a confirmed commit's Welcome into each invitee's mailbox (and keeps it for
@@ -2168,6 +2179,9 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             // Not for this member, or forged: keep waiting.
             Err(e) => {
                 self.stats.welcomes_ignored += 1;
+                if let RoomError::Params(params) = e.error {
+                    self.event(CallEvent::Warning(Warning::UnsupportedRoom(params)));
+                }
                 self.joining = Some(Joining {
                     identity: e.identity,
                     key_package,

@@ -132,7 +132,14 @@ pub fn open<'s>(
     let plain = aead_key(key)?
         .open_in_place(nonce, Aad::from(aad(token)), scratch)
         .map_err(|_| SealError::Unopenable)?;
-    let (len, tail) = plain.split_at_checked(4).ok_or(SealError::Unopenable)?;
+    let len = unpad(plain)?.len();
+    scratch.get(4..4 + len).ok_or(SealError::Unopenable)
+}
+
+/// The message in `length (4 bytes, big-endian) ‖ message ‖ zero bytes`; anything else
+/// (a length past the end, padding that is not all zero) is [`SealError::Unopenable`].
+fn unpad(padded: &[u8]) -> Result<&[u8], SealError> {
+    let (len, tail) = padded.split_at_checked(4).ok_or(SealError::Unopenable)?;
     let mut be = [0u8; 4];
     be.copy_from_slice(len);
     let len = usize::try_from(u32::from_be_bytes(be)).map_err(|_| SealError::Unopenable)?;
@@ -140,9 +147,7 @@ pub fn open<'s>(
     if padding.iter().any(|b| *b != 0) {
         return Err(SealError::Unopenable);
     }
-    let start = 4;
-    let end = start + message.len();
-    scratch.get(start..end).ok_or(SealError::Unopenable)
+    Ok(message)
 }
 
 /// The first byte of a padded Welcome.
@@ -183,15 +188,7 @@ pub fn unpad_welcome(padded: &[u8]) -> Result<&[u8], SealError> {
     if marker != PADDED_WELCOME {
         return Err(SealError::Unopenable);
     }
-    let (len, tail) = rest.split_at_checked(4).ok_or(SealError::Unopenable)?;
-    let mut be = [0u8; 4];
-    be.copy_from_slice(len);
-    let len = usize::try_from(u32::from_be_bytes(be)).map_err(|_| SealError::Unopenable)?;
-    let (welcome, padding) = tail.split_at_checked(len).ok_or(SealError::Unopenable)?;
-    if padding.iter().any(|b| *b != 0) {
-        return Err(SealError::Unopenable);
-    }
-    Ok(welcome)
+    unpad(rest)
 }
 
 #[cfg(test)]
