@@ -506,3 +506,53 @@ fn a_key_package_without_the_parameters_capability_is_refused() {
         .unwrap();
     assert!(m[0].room.invite(&[&published(with)]).is_ok());
 }
+
+/// A crashed-and-restored member: a room reloaded from storage after a suite change has
+/// the changed suite, whatever the loader's configuration says, and its keys open what
+/// the others seal in it once it has made its own commit.
+#[test]
+fn a_restored_member_reads_the_parameters_from_its_storage() {
+    let t0 = Instant::now();
+    let mut m = room_of(
+        &["alice", "bob"],
+        RoomConfig::default(),
+        MediaConfig::default(),
+        t0,
+    );
+    let commit = m[0]
+        .room
+        .change_suite(CipherSuite::AesGcm128Sha256)
+        .unwrap();
+    deliver_commit(&mut m, 0, commit, t0);
+    let provider = OpenMlsRustCrypto::default();
+    *provider.storage().values.write().unwrap() = m[1]
+        .room
+        .provider()
+        .storage()
+        .values
+        .read()
+        .unwrap()
+        .clone();
+    let key = m[1].room.signature_key().to_vec();
+    let group = m[1].room.group_id().to_vec();
+    // The loader's configuration names another suite: not used.
+    let local = RoomConfig {
+        params: RoomParams {
+            suite: CipherSuite::AesCtr128HmacSha256_32,
+            ..RoomParams::default()
+        },
+        ..RoomConfig::default()
+    };
+    let (room, keys) = Room::load(provider, &key, &group, local).unwrap();
+    assert_eq!(room.params().suite, CipherSuite::AesGcm128Sha256);
+    assert_eq!(keys.suite(), CipherSuite::AesGcm128Sha256);
+    let mut media = sotto::media::MediaSession::new(MediaConfig::default());
+    media.apply(keys, t0).unwrap();
+    m[1].room = room;
+    m[1].media = media;
+    // Its own commit makes it speak again; everyone opens everyone under the suite.
+    let commit = m[1].room.self_update().unwrap();
+    deliver_commit(&mut m, 1, commit, t0);
+    assert_eq!(m[0].room.params().suite, CipherSuite::AesGcm128Sha256);
+    assert_eq!(exchange(&mut m, t0 + Duration::from_secs(1)), 2);
+}
