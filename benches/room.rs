@@ -35,6 +35,7 @@
 //! within the 10 s grace), so every apply evicts the oldest epoch from its slot. Building
 //! the `EpochKeys` value is not timed.
 
+use sotto::room::MlsSuite;
 use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -83,7 +84,7 @@ type SottoRoom = Room<OpenMlsRustCrypto>;
 /// KeyPackage bytes of a throwaway identity that never joins.
 fn sotto_key_package(counter: &mut u64) -> Vec<u8> {
     let identity = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(counter)).unwrap();
-    identity.key_package().unwrap().bytes
+    identity.key_package(MlsSuite::Classic).unwrap().bytes
 }
 
 struct SottoFixture {
@@ -107,7 +108,7 @@ impl SottoFixture {
             committer.confirm_pending().unwrap();
         }
         let joiner = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap();
-        let kp = joiner.key_package().unwrap();
+        let kp = joiner.key_package(MlsSuite::Classic).unwrap();
         let commit = committer.invite(&[&kp.bytes]).unwrap();
         committer.confirm_pending().unwrap();
         let (processor, _) =

@@ -19,6 +19,7 @@ mod janus;
 #[path = "common/voice.rs"]
 mod voice;
 
+use sotto::room::MlsSuite;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -99,7 +100,7 @@ fn main() -> ExitCode {
     let mut key_packages = Vec::new();
     for name in &PSEUDONYMS[1..n] {
         let id = identity(name);
-        let kp = id.key_package().unwrap();
+        let kp = id.key_package(MlsSuite::Classic).unwrap();
         key_packages.push(kp.bytes.clone());
         calls.push(Call::join_with(id, kp, config.clone(), JanusTransport::new(), now).unwrap());
     }

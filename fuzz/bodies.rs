@@ -151,8 +151,13 @@ mod room_fixture {
             let bob = Identity::new(SnapProvider::new(HashMap::new()), b"bob").expect("id");
             let carol = Identity::new(SnapProvider::new(HashMap::new()), b"carol").expect("id");
             let kps = [
-                bob.key_package().expect("kp").bytes,
-                carol.key_package().expect("kp").bytes,
+                bob.key_package(sotto::room::MlsSuite::Classic)
+                    .expect("kp")
+                    .bytes,
+                carol
+                    .key_package(sotto::room::MlsSuite::Classic)
+                    .expect("kp")
+                    .bytes,
             ];
             let commit = room
                 .invite(&[kps[0].as_slice(), kps[1].as_slice()])
@@ -663,7 +668,7 @@ mod call_body {
             let creator = Identity::new(OpenMlsRustCrypto::default(), b"creator").unwrap();
             let creator = Call::create(creator, config.clone(), now).unwrap();
             let joiner = Identity::new(OpenMlsRustCrypto::default(), b"joiner").unwrap();
-            let kp = joiner.key_package().unwrap();
+            let kp = joiner.key_package(sotto::room::MlsSuite::Classic).unwrap();
             let kp_bytes = kp.bytes.clone();
             let joiner = Call::join(joiner, kp, config, now).unwrap();
             let mut state = CallFuzz {

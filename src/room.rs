@@ -53,6 +53,7 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::storage::{
     traits as storage_traits, Entity, Key, StorageProvider as _, CURRENT_VERSION,
 };
+use openmls_traits::types::SignatureScheme;
 use openmls_traits::OpenMlsProvider;
 use ring::digest;
 
@@ -63,8 +64,62 @@ use crate::media::{
 };
 use zeroize::Zeroizing;
 
-/// The MLS ciphersuite of every room.
-pub const MLS_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// The MLS cipher suite of a room: chosen by its creator ([`RoomConfig::mls_suite`]), read
+/// by joiners from their Welcome, fixed for the room's life. Every suite signs with
+/// Ed25519, so one [`Identity`] serves rooms of every suite; its KeyPackages are made per
+/// suite ([`Identity::key_package`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MlsSuite {
+    /// `MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519` (0x0001, RFC 9420).
+    #[default]
+    Classic,
+    /// `MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519` (0x004F): the classic suite with
+    /// its X25519 KEM replaced by X-Wing (X25519 + ML-KEM-768, draft-connolly-cfrg-xwing-kem
+    /// -06), so a recording of the handshake cannot be opened later by breaking X25519
+    /// alone (harvest now, decrypt later). Feature `pq`.
+    ///
+    /// **Provisional.** The code point and the KEM come from
+    /// draft-ietf-mls-pq-ciphersuites as implemented by openmls 0.9, not from a final IANA
+    /// registration. If the draft changes either, rooms of this build will not
+    /// interoperate with implementations of the new draft, and a sotto build following it
+    /// will not load rooms stored by this one (a new room is needed). Signatures stay
+    /// Ed25519: an attacker with a quantum computer *during* the call could still forge
+    /// them; the suite protects recordings, not live authentication.
+    #[cfg(feature = "pq")]
+    HybridPq,
+}
+
+impl MlsSuite {
+    /// Every suite this build supports.
+    pub const ALL: &'static [MlsSuite] = &[
+        MlsSuite::Classic,
+        #[cfg(feature = "pq")]
+        MlsSuite::HybridPq,
+    ];
+
+    /// The openmls cipher suite.
+    pub fn ciphersuite(self) -> Ciphersuite {
+        match self {
+            MlsSuite::Classic => Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
+            #[cfg(feature = "pq")]
+            MlsSuite::HybridPq => Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519,
+        }
+    }
+
+    /// The RFC 9420 code point.
+    pub fn id(self) -> u16 {
+        u16::from(self.ciphersuite())
+    }
+
+    /// The suite of an RFC 9420 code point, if this build supports it.
+    pub fn from_id(id: u16) -> Option<MlsSuite> {
+        MlsSuite::ALL.iter().copied().find(|s| s.id() == id)
+    }
+}
+
+/// Every room signs with Ed25519, whatever its [`MlsSuite`].
+const SIGNATURE_SCHEME: SignatureScheme = SignatureScheme::ED25519;
 
 /// Exporter label of the SFrame base key (RFC 9605 §5.2).
 pub const SFRAME_EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
@@ -140,6 +195,19 @@ pub enum RoomError {
     /// The bytes are not a valid KeyPackage for this room's ciphersuite.
     #[error("invalid key package")]
     InvalidKeyPackage,
+    /// A KeyPackage (or a joiner's Welcome) of another MLS cipher suite than the room's:
+    /// the invitee must make one for the room's suite ([`Identity::key_package`]).
+    #[error("key package for MLS suite {key_package:#06x}, the room's is {room:#06x}")]
+    WrongMlsSuite {
+        /// The room's suite (RFC 9420 code point).
+        room: u16,
+        /// The KeyPackage's suite.
+        key_package: u16,
+    },
+    /// A Welcome or KeyPackage of an MLS cipher suite this build does not support (e.g. a
+    /// post-quantum room's, in a build without feature `pq`).
+    #[error("MLS cipher suite {0:#06x} not supported by this build")]
+    UnsupportedMlsSuite(u16),
     /// The bytes are not a Welcome this identity can use.
     #[error("invalid welcome")]
     InvalidWelcome,
@@ -194,6 +262,10 @@ pub struct RoomConfig {
     /// (see [`RoomParams`]). Default: `AES_128_CTR_HMAC_SHA256_80`, S = 16, E = 4,
     /// context 0.
     pub params: RoomParams,
+    /// The room's MLS cipher suite, when this member creates it. Default
+    /// [`MlsSuite::Classic`]. A joiner's is not used: the Welcome's decides, and the
+    /// joiner's KeyPackage must be of that suite ([`Identity::key_package`]).
+    pub mls_suite: MlsSuite,
     /// External senders (e.g. a relay that may propose removing a member whose connection
     /// is gone): `(signature public key, credential identity)`. Set at creation only.
     ///
@@ -229,8 +301,7 @@ impl<P: OpenMlsProvider> Identity<P> {
     /// A new identity with a fresh Ed25519 signature key, stored in the provider's storage
     /// so the room can be reloaded later ([`Room::load`]).
     pub fn new(provider: P, pseudonym: &[u8]) -> Result<Identity<P>, RoomError> {
-        let signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm())
-            .map_err(|_| RoomError::Internal)?;
+        let signer = SignatureKeyPair::new(SIGNATURE_SCHEME).map_err(|_| RoomError::Internal)?;
         signer
             .store(provider.storage())
             .map_err(|_| RoomError::Storage)?;
@@ -251,12 +322,8 @@ impl<P: OpenMlsProvider> Identity<P> {
         signature_key: &[u8],
         pseudonym: &[u8],
     ) -> Result<Identity<P>, RoomError> {
-        let signer = SignatureKeyPair::read(
-            provider.storage(),
-            signature_key,
-            MLS_CIPHERSUITE.signature_algorithm(),
-        )
-        .ok_or(RoomError::NotFound)?;
+        let signer = SignatureKeyPair::read(provider.storage(), signature_key, SIGNATURE_SCHEME)
+            .ok_or(RoomError::NotFound)?;
         Ok(Identity {
             provider,
             signer,
@@ -286,13 +353,14 @@ impl<P: OpenMlsProvider> Identity<P> {
         }
     }
 
-    /// Makes a KeyPackage for an inviter; its private keys stay in this identity's storage
-    /// until a Welcome consumes them.
-    pub fn key_package(&self) -> Result<PublishedKeyPackage, RoomError> {
+    /// Makes a KeyPackage for an inviter to a room of MLS suite `suite` (an invite with a
+    /// KeyPackage of another suite is refused, [`RoomError::WrongMlsSuite`]); its private
+    /// keys stay in this identity's storage until a Welcome consumes them.
+    pub fn key_package(&self, suite: MlsSuite) -> Result<PublishedKeyPackage, RoomError> {
         let bundle = KeyPackage::builder()
             .leaf_node_capabilities(sotto_capabilities())
             .build(
-                MLS_CIPHERSUITE,
+                suite.ciphersuite(),
                 &self.provider,
                 &self.signer,
                 self.credential(),
@@ -619,6 +687,7 @@ pub struct Room<P: OpenMlsProvider> {
     config: RoomConfig,
     /// The current epoch's parameters, from the group context.
     params: RoomParams,
+    mls_suite: MlsSuite,
     pending: Option<Pending>,
     freshness: Freshness,
 }
@@ -631,6 +700,12 @@ fn params_type() -> ExtensionType {
 /// The capabilities of every leaf sotto makes: the default ones plus sotto's parameters.
 fn sotto_capabilities() -> Capabilities {
     Capabilities::new(None, None, Some(&[params_type()]), None, None)
+}
+
+/// The group's MLS suite, if this build supports it.
+fn group_suite(group: &MlsGroup) -> Result<MlsSuite, RoomError> {
+    let id = u16::from(group.ciphersuite());
+    MlsSuite::from_id(id).ok_or(RoomError::UnsupportedMlsSuite(id))
 }
 
 /// The room parameters in a group context's extensions.
@@ -669,7 +744,7 @@ fn create_config(config: &RoomConfig) -> Result<MlsGroupCreateConfig, RoomError>
     }
     let extensions = Extensions::from_vec(extensions).map_err(|_| RoomError::Internal)?;
     Ok(MlsGroupCreateConfig::builder()
-        .ciphersuite(MLS_CIPHERSUITE)
+        .ciphersuite(config.mls_suite.ciphersuite())
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .capabilities(sotto_capabilities())
@@ -714,6 +789,7 @@ fn parse_message(bytes: &[u8]) -> Result<MlsMessageBodyIn, RoomError> {
 /// deleted even if joining fails later: it has decrypted what may be a genuine joiner
 /// secret, and keeping it would let a later compromise read a recorded Welcome.
 fn join_group<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, RoomError> {
+    check_message_suite(welcome)?;
     let MlsMessageBodyIn::Welcome(welcome) =
         parse_message(welcome).map_err(|_| RoomError::InvalidWelcome)?
     else {
@@ -815,7 +891,7 @@ impl<P: OpenMlsProvider> Room<P> {
         )
         .map_err(|_| RoomError::Internal)?;
         let params = config.params;
-        let room = Room::entered(identity, group, config, params, Freshness::Fresh);
+        let room = Room::entered(identity, group, config, params, Freshness::Fresh)?;
         let keys = room.current_keys(EpochStatus::Current)?;
         Ok((room, keys))
     }
@@ -827,16 +903,21 @@ impl<P: OpenMlsProvider> Room<P> {
         config: RoomConfig,
         params: RoomParams,
         freshness: Freshness,
-    ) -> Room<P> {
-        Room {
+    ) -> Result<Room<P>, JoinError<P>> {
+        let mls_suite = match group_suite(&group) {
+            Ok(suite) => suite,
+            Err(error) => return Err(JoinError { error, identity }),
+        };
+        Ok(Room {
             provider: identity.provider,
             signer: identity.signer,
             group,
             config,
             params,
+            mls_suite,
             pending: None,
             freshness,
-        }
+        })
     }
 
     /// Joins a room from a Welcome made for one of this identity's KeyPackages. The room's
@@ -874,7 +955,7 @@ impl<P: OpenMlsProvider> Room<P> {
                 })
             }
         };
-        let room = Room::entered(identity, group, config, params, Freshness::Joined);
+        let room = Room::entered(identity, group, config, params, Freshness::Joined)?;
         match room.current_keys(EpochStatus::ReceiveOnly) {
             Ok(keys) => Ok((room, keys)),
             Err(error) => Err(JoinError {
@@ -906,23 +987,21 @@ impl<P: OpenMlsProvider> Room<P> {
         group_id: &[u8],
         config: RoomConfig,
     ) -> Result<(Room<P>, EpochKeys), RoomError> {
-        let signer = SignatureKeyPair::read(
-            provider.storage(),
-            signature_key,
-            MLS_CIPHERSUITE.signature_algorithm(),
-        )
-        .ok_or(RoomError::NotFound)?;
+        let signer = SignatureKeyPair::read(provider.storage(), signature_key, SIGNATURE_SCHEME)
+            .ok_or(RoomError::NotFound)?;
         let mut group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map_err(|_| RoomError::Storage)?
             .ok_or(RoomError::NotFound)?;
         let pending = restore_pending(&provider, &mut group)?;
         let params = group_params(group.extensions()).map_err(RoomError::Params)?;
+        let mls_suite = group_suite(&group)?;
         let room = Room {
             provider,
             signer,
             group,
             config,
             params,
+            mls_suite,
             pending,
             freshness: Freshness::Reloaded,
         };
@@ -978,6 +1057,11 @@ impl<P: OpenMlsProvider> Room<P> {
     /// The current epoch's media parameters, as the group context carries them.
     pub fn params(&self) -> RoomParams {
         self.params
+    }
+
+    /// The room's MLS cipher suite (fixed for its life).
+    pub fn mls_suite(&self) -> MlsSuite {
+        self.mls_suite
     }
 
     /// The provider (its storage holds the room's state).
@@ -1266,13 +1350,23 @@ impl<P: OpenMlsProvider> Room<P> {
     pub fn invite(&mut self, key_packages: &[&[u8]]) -> Result<Commit, RoomError> {
         self.ensure_can_commit()?;
         let mut packages = Vec::with_capacity(key_packages.len());
+        let room = self.group.ciphersuite();
         for bytes in key_packages {
+            match message_suite(bytes) {
+                Some(id) if id != u16::from(room) => {
+                    return Err(RoomError::WrongMlsSuite {
+                        room: u16::from(room),
+                        key_package: id,
+                    })
+                }
+                _ => {}
+            }
             let MlsMessageBodyIn::KeyPackage(kp) =
                 parse_message(bytes).map_err(|_| RoomError::InvalidKeyPackage)?
             else {
                 return Err(RoomError::InvalidKeyPackage);
             };
-            packages.push(validate_key_package(kp, &self.provider)?);
+            packages.push(validate_key_package(kp, room, &self.provider)?);
         }
         let (commit, welcome) = self
             .build_commit(packages, Vec::new(), &[], None)
@@ -1699,15 +1793,40 @@ fn committable(proposal: &QueuedProposal, own: LeafNodeIndex, approved: &[Propos
     }
 }
 
+/// The MLS cipher suite named by a serialized Welcome or KeyPackage message, read from its
+/// fixed position (RFC 9420 §6: version, wire format, then the suite of a Welcome, or the
+/// KeyPackage's version and suite), so a suite this build cannot parse is still named.
+fn message_suite(bytes: &[u8]) -> Option<u16> {
+    let wire_format = u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?);
+    let at = match wire_format {
+        3 => 4, // mls_welcome: cipher_suite first
+        5 => 6, // mls_key_package: version, then cipher_suite
+        _ => return None,
+    };
+    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// Refuses a Welcome or KeyPackage message whose MLS suite this build does not support.
+fn check_message_suite(bytes: &[u8]) -> Result<(), RoomError> {
+    match message_suite(bytes) {
+        Some(id) if MlsSuite::from_id(id).is_none() => Err(RoomError::UnsupportedMlsSuite(id)),
+        _ => Ok(()),
+    }
+}
+
 fn validate_key_package<P: OpenMlsProvider>(
     kp: KeyPackageIn,
+    room: Ciphersuite,
     provider: &P,
 ) -> Result<KeyPackage, RoomError> {
     let kp = kp
         .validate(provider.crypto(), ProtocolVersion::Mls10)
         .map_err(|_| RoomError::InvalidKeyPackage)?;
-    if kp.ciphersuite() != MLS_CIPHERSUITE {
-        return Err(RoomError::InvalidKeyPackage);
+    if kp.ciphersuite() != room {
+        return Err(RoomError::WrongMlsSuite {
+            room: u16::from(room),
+            key_package: u16::from(kp.ciphersuite()),
+        });
     }
     // The room requires sotto's parameters extension: a client that does not declare it
     // could not read the room's media parameters.

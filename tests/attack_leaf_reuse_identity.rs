@@ -10,6 +10,7 @@
 
 mod common;
 
+use sotto::room::MlsSuite;
 use std::collections::{HashMap, HashSet};
 use std::f32::consts::TAU;
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ fn departed_members_frames_never_play_as_the_newcomer_at_its_leaf() {
     deliver_commit(&mut m, 0, removal, t1);
     assert!(m[2].removed);
     let dave = identity("dave");
-    let kp = dave.key_package().unwrap();
+    let kp = dave.key_package(MlsSuite::Classic).unwrap();
     let invite = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = invite.welcome.clone().unwrap();
     m[0].apply_staged(invite.keys, t1);

@@ -12,6 +12,7 @@ use common::identity;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use sotto::media::EpochStatus;
+use sotto::room::MlsSuite;
 use sotto::room::{Room, RoomConfig, RoomEvent};
 
 fn provider_from(snapshot: &std::collections::HashMap<Vec<u8>, Vec<u8>>) -> OpenMlsRustCrypto {
@@ -43,7 +44,7 @@ fn re_inviting_after_a_rollback_reaches_another_epoch() {
     let snapshot = alice.provider().storage().values.read().unwrap().clone();
 
     let carol = identity("carol");
-    let kp = carol.key_package().unwrap();
+    let kp = carol.key_package(MlsSuite::Classic).unwrap();
     let first = alice.invite(&[&kp.bytes]).unwrap();
     let first_key = confirmed_keys(&mut alice);
 

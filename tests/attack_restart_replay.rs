@@ -6,6 +6,7 @@
 
 mod common;
 
+use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -127,7 +128,7 @@ fn loaded_room_refuses_replays_of_the_loaded_epoch() {
         removed: false,
     };
     let bob_id = common::identity("bob");
-    let kp = bob_id.key_package().unwrap();
+    let kp = bob_id.key_package(MlsSuite::Classic).unwrap();
     let mut m = vec![alice];
     let invite = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = invite.welcome.clone().unwrap();

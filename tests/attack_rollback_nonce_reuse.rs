@@ -13,6 +13,7 @@
 //! Storage snapshots are copies of `openmls_memory_storage`'s map (its `values` field is
 //! public), which is what a file-level backup of a persistent provider amounts to.
 
+use sotto::room::MlsSuite;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -179,7 +180,7 @@ fn alice_and_bob(t: Instant) -> (Inst, Inst, Vec<u8>) {
     let (room, keys) = Room::create(alice_id, RoomConfig::default()).unwrap();
     let mut alice = Inst::new("alice", room, keys, t);
     let bob_id = Identity::new(Provider::default(), b"bob").unwrap();
-    let kp = bob_id.key_package().unwrap();
+    let kp = bob_id.key_package(MlsSuite::Classic).unwrap();
     let invite = alice.room.invite(&[&kp.bytes]).unwrap();
     alice.apply(invite.keys, t).unwrap();
     alice.confirm(t);
@@ -355,7 +356,7 @@ fn refetched_welcome(ledger: &mut Ledger) -> usize {
     let (room, keys) = Room::create(alice_id, RoomConfig::default()).unwrap();
     let mut alice = Inst::new("alice", room, keys, t0);
     let dave_id = Identity::new(Provider::default(), b"dave").unwrap();
-    let kp = dave_id.key_package().unwrap();
+    let kp = dave_id.key_package(MlsSuite::Classic).unwrap();
     let backup = snapshot(dave_id.provider());
     let invite = alice.room.invite(&[&kp.bytes]).unwrap();
     let welcome = invite.welcome.clone().unwrap();

@@ -12,6 +12,7 @@
 //!   other way to get one is from a `Room`. `with_departed` consumes the value it changes.
 //! - `FrameSealer` is not `Clone`, and `KeyRing::sealer` is crate-private.
 
+use sotto::room::MlsSuite;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
@@ -170,7 +171,7 @@ fn two_loads_of_one_stored_room_never_seal_the_same_key_and_counter() {
     let (room, keys) = Room::create(alice_id, RoomConfig::default()).unwrap();
     let mut alice = Inst::new("alice", room, keys, t0);
     let bob_id = Identity::new(Provider::default(), b"bob").unwrap();
-    let kp = bob_id.key_package().unwrap();
+    let kp = bob_id.key_package(MlsSuite::Classic).unwrap();
     let invite = alice.room.invite(&[&kp.bytes]).unwrap();
     alice.apply(invite.keys, t0);
     alice.confirm(t0);

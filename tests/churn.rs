@@ -28,6 +28,7 @@
 
 mod common;
 
+use sotto::room::MlsSuite;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,7 @@ use sotto::keys::{KeyError, KidLayout};
 use sotto::media::{ChannelToken, MediaConfig, MediaSession};
 use sotto::room::{Identity, Room, RoomConfig, RoomEvent, SafetyCode};
 
+/// Most members at once of the soaks (a Soak may set fewer).
 const MAX_MEMBERS: usize = 32;
 const TICK: Duration = Duration::from_millis(20);
 const SWITCH: Duration = Duration::from_secs(1);
@@ -171,6 +173,13 @@ struct Soak {
     layout: KidLayout,
     /// Fewest ticks between two commits.
     spacing: u64,
+    /// Most members at once.
+    max_members: usize,
+    /// Chance of a join (per cent) when neither the fewest nor the most members are in
+    /// the room; removals have 30, self-updates the rest.
+    join_percent: u64,
+    /// The room's MLS suite.
+    mls_suite: MlsSuite,
 }
 
 #[derive(Debug, Default)]
@@ -220,6 +229,7 @@ fn soak(p: &Soak) -> Counts {
             layout: p.layout,
             ..Default::default()
         },
+        mls_suite: p.mls_suite,
         ..RoomConfig::default()
     };
     let mut nodes: Vec<Node> = Vec::new();
@@ -229,6 +239,7 @@ fn soak(p: &Soak) -> Counts {
 
     let mut founder = Node::new(identity("n0"), t0);
     let (room, keys) = Room::create(founder.id.take().unwrap(), config.clone()).unwrap();
+    assert_eq!(room.mls_suite(), p.mls_suite);
     founder.join_epoch = Some(keys.epoch());
     founder.room = Some(room);
     founder.merged(&keys, t0, &mut agreed);
@@ -255,6 +266,7 @@ fn soak(p: &Soak) -> Counts {
                     Msg::Welcome(w) => {
                         let id = node.id.take().unwrap();
                         let (room, keys) = Room::join(id, config.clone(), &w).unwrap();
+                        assert_eq!(room.mls_suite(), p.mls_suite);
                         node.join_epoch = Some(keys.epoch());
                         node.room = Some(room);
                         node.needs_voice = true;
@@ -299,11 +311,11 @@ fn soak(p: &Soak) -> Counts {
                 2
             } else if members < 4 {
                 0
-            } else if members >= MAX_MEMBERS {
+            } else if members >= p.max_members {
                 1 + roll % 2
-            } else if roll < 36 {
+            } else if roll < p.join_percent {
                 0
-            } else if roll < 66 {
+            } else if roll < p.join_percent + 30 {
                 1
             } else {
                 2
@@ -312,7 +324,7 @@ fn soak(p: &Soak) -> Counts {
             let (commit, newcomer) = match kind {
                 0 => {
                     let id = identity(&format!("n{}", nodes.len()));
-                    let kp = id.key_package().unwrap();
+                    let kp = id.key_package(p.mls_suite).unwrap();
                     let room = nodes[committer].room.as_mut().unwrap();
                     c.joins += 1;
                     (room.invite(&[&kp.bytes]).unwrap(), Some(Node::new(id, now)))
@@ -598,6 +610,9 @@ fn churn_soak_500_events() {
         events: 500,
         layout: KidLayout::new(16, 6).unwrap(),
         spacing: 3,
+        max_members: MAX_MEMBERS,
+        join_percent: 36,
+        mls_suite: MlsSuite::Classic,
     };
     let c = soak(&p);
     // Joiners seal only after their first own commit, which they can make only when up to
@@ -616,7 +631,31 @@ fn churn_soak_default_layout() {
         events: 100,
         layout: KidLayout::default(),
         spacing: 15,
+        max_members: MAX_MEMBERS,
+        join_percent: 36,
+        mls_suite: MlsSuite::Classic,
     };
     let c = soak(&p);
     check(&c, p.events, 40_000);
+}
+
+/// A post-quantum room (X-Wing KEM) of up to 16 members through the same churn: joins,
+/// removals (every fourth removed member rogue) and self-updates, 0 frames of current
+/// members lost, the same guarantees as the classic soaks.
+#[cfg(feature = "pq")]
+#[test]
+fn churn_soak_post_quantum_16_members() {
+    let p = Soak {
+        seed: 0x0009_0a11_7000_0016,
+        events: 120,
+        layout: KidLayout::new(16, 6).unwrap(),
+        spacing: 15,
+        max_members: 16,
+        join_percent: 50,
+        mls_suite: MlsSuite::HybridPq,
+    };
+    let c = soak(&p);
+    check(&c, p.events, 20_000);
+    assert!(c.joins > 20 && c.removes > 20 && c.updates > 20, "{c:?}");
+    assert_eq!(c.max_members, 16, "{c:?}");
 }

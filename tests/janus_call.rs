@@ -13,6 +13,7 @@ mod janus;
 #[path = "../examples/common/voice.rs"]
 mod voice;
 
+use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use janus::{Member, World};
@@ -72,7 +73,7 @@ fn calls_run_over_janus_textroom_and_videoroom() {
     let mut calls = vec![alice];
     for name in &NAMES[1..] {
         let id = identity(name);
-        let kp = id.key_package().unwrap();
+        let kp = id.key_package(MlsSuite::Classic).unwrap();
         kps.push(kp.bytes.clone());
         calls.push(Call::join_with(id, kp, config.clone(), JanusTransport::new(), now).unwrap());
     }

@@ -40,6 +40,7 @@
 #[path = "../examples/common/voice.rs"]
 mod voice;
 
+use sotto::room::MlsSuite;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -1461,7 +1462,7 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
 
 fn joiner(who: usize, config: &CallConfig, now: Instant) -> Call {
     let identity = Identity::new(OpenMlsRustCrypto::default(), PEOPLE[who].0.as_bytes()).unwrap();
-    let key_package = identity.key_package().unwrap();
+    let key_package = identity.key_package(MlsSuite::Classic).unwrap();
     Call::join(identity, key_package, config.clone(), now).unwrap()
 }
 

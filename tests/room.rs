@@ -2,6 +2,7 @@
 
 mod common;
 
+use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use common::{deliver_commit, identity, ms, room_of, Member};
@@ -139,7 +140,7 @@ fn removal_cuts_off_and_newcomer_cannot_read_the_past() {
 
     // A newcomer cannot open frames from before it joined.
     let dave = identity("dave");
-    let kp = dave.key_package().unwrap();
+    let kp = dave.key_package(MlsSuite::Classic).unwrap();
     let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = commit.welcome.clone().unwrap();
     m.truncate(2);
@@ -191,7 +192,7 @@ fn reused_leaf_gets_different_keys() {
     m.truncate(2);
 
     let dave = identity("dave");
-    let kp = dave.key_package().unwrap();
+    let kp = dave.key_package(MlsSuite::Classic).unwrap();
     let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = commit.welcome.clone().unwrap();
     deliver_commit(&mut m, 0, commit, t1);
@@ -468,7 +469,7 @@ fn bad_handshake_bytes_are_typed_errors_and_change_nothing() {
         assert_eq!(m[0].room.epoch(), epoch);
     }
     // A KeyPackage is not a handshake message; a Welcome is not a KeyPackage.
-    let kp = identity("x").key_package().unwrap();
+    let kp = identity("x").key_package(MlsSuite::Classic).unwrap();
     assert!(m[0].room.process(&kp.bytes).is_err());
     assert_eq!(
         m[0].room.invite(&[b"nope"]).unwrap_err(),
@@ -555,7 +556,7 @@ fn failed_welcome_gives_the_identity_back_with_its_key_package() {
     let config = RoomConfig::default();
     let (mut alice, _) = Room::create(common::identity("alice"), config.clone()).unwrap();
     let bob = common::identity("bob");
-    let kp = bob.key_package().unwrap();
+    let kp = bob.key_package(MlsSuite::Classic).unwrap();
     let commit = alice.invite(&[&kp.bytes]).unwrap();
     alice.confirm_pending().unwrap();
     let welcome = commit.welcome.unwrap();
@@ -572,7 +573,7 @@ fn failed_welcome_gives_the_identity_back_with_its_key_package() {
     assert_eq!(failed.error, RoomError::InvalidWelcome);
     let carol = common::identity("carol");
     let other = alice
-        .invite(&[&carol.key_package().unwrap().bytes])
+        .invite(&[&carol.key_package(MlsSuite::Classic).unwrap().bytes])
         .unwrap();
     alice.discard_pending().unwrap();
     let failed = Room::join(failed.identity, config.clone(), &other.welcome.unwrap()).unwrap_err();
@@ -629,20 +630,20 @@ fn a_welcome_that_opened_uses_the_key_package_up() {
     use openmls_basic_credential::SignatureKeyPair;
     use openmls_rust_crypto::OpenMlsRustCrypto;
     use openmls_traits::OpenMlsProvider as _;
-    use sotto::room::MLS_CIPHERSUITE;
 
     let bob = common::identity("bob");
-    let kp = bob.key_package().unwrap();
+    let kp = bob.key_package(MlsSuite::Classic).unwrap();
     assert!(holds_key_package(&bob, &kp.bytes));
 
     let provider = OpenMlsRustCrypto::default();
-    let signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
+    let signer =
+        SignatureKeyPair::new(MlsSuite::Classic.ciphersuite().signature_algorithm()).unwrap();
     let credential = CredentialWithKey {
         credential: BasicCredential::new(b"mallory".to_vec()).into(),
         signature_key: signer.public().into(),
     };
     let config = MlsGroupCreateConfig::builder()
-        .ciphersuite(MLS_CIPHERSUITE)
+        .ciphersuite(MlsSuite::Classic.ciphersuite())
         .use_ratchet_tree_extension(false)
         .build();
     let mut group = MlsGroup::new(&provider, &signer, &config, credential).unwrap();
@@ -693,7 +694,12 @@ impl RawClient {
         // must.
         let key_package = KeyPackage::builder()
             .leaf_node_capabilities(sotto_capabilities())
-            .build(sotto::room::MLS_CIPHERSUITE, &provider, &signer, credential)
+            .build(
+                sotto::room::MlsSuite::Classic.ciphersuite(),
+                &provider,
+                &signer,
+                credential,
+            )
             .unwrap()
             .key_package()
             .clone();
@@ -706,7 +712,9 @@ impl RawClient {
 
     fn fresh(name: &[u8]) -> RawClient {
         let signer = openmls_basic_credential::SignatureKeyPair::new(
-            sotto::room::MLS_CIPHERSUITE.signature_algorithm(),
+            sotto::room::MlsSuite::Classic
+                .ciphersuite()
+                .signature_algorithm(),
         )
         .unwrap();
         RawClient::new(name, signer)
@@ -804,7 +812,7 @@ fn external_sender_cannot_add_itself() {
         let commit = match path {
             "invite" => m[0]
                 .room
-                .invite(&[&dave.key_package().unwrap().bytes])
+                .invite(&[&dave.key_package(MlsSuite::Classic).unwrap().bytes])
                 .unwrap(),
             "remove" => {
                 let carol = m[2].room.own_leaf();
@@ -913,7 +921,7 @@ fn member_add_proposal_is_not_committed_silently() {
         let commit = match path {
             "invite" => m[0]
                 .room
-                .invite(&[&dave.key_package().unwrap().bytes])
+                .invite(&[&dave.key_package(MlsSuite::Classic).unwrap().bytes])
                 .unwrap(),
             "remove" => {
                 let bob = m[1].room.own_leaf();

@@ -3,6 +3,7 @@
 
 mod common;
 
+use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use common::{deliver_commit, identity, speak, Member};
@@ -20,7 +21,10 @@ fn sixty_four_members() {
         let ids: Vec<_> = (0..9)
             .map(|i| identity(&format!("m{:02}", 1 + batch * 9 + i)))
             .collect();
-        let kps: Vec<_> = ids.iter().map(|i| i.key_package().unwrap().bytes).collect();
+        let kps: Vec<_> = ids
+            .iter()
+            .map(|i| i.key_package(MlsSuite::Classic).unwrap().bytes)
+            .collect();
         let refs: Vec<&[u8]> = kps.iter().map(|k| k.as_slice()).collect();
         let inviter = batch % m.len();
         let commit = m[inviter].room.invite(&refs).unwrap();

@@ -4,9 +4,10 @@
 
 mod common;
 
+use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
-use common::{deliver_commit, identity, room_of, Member};
+use common::{deliver_commit, exchange_all, identity, room_of, Member};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
     BasicCredential, Capabilities, CredentialWithKey, Extension, ExtensionType, Extensions,
@@ -21,35 +22,11 @@ use sotto::frame::CipherSuite;
 use sotto::keys::KidLayout;
 use sotto::media::MediaConfig;
 use sotto::room::{
-    ParamsError, Rejection, Room, RoomConfig, RoomError, RoomParams, MLS_CIPHERSUITE,
-    PARAMS_EXTENSION_TYPE,
+    ParamsError, Rejection, Room, RoomConfig, RoomError, RoomParams, PARAMS_EXTENSION_TYPE,
 };
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Every member seals a frame at `now`; every other member must open it. Returns how many
-/// opened.
-fn exchange(m: &mut [Member], now: Instant) -> usize {
-    let mut opened = 0;
-    for i in 0..m.len() {
-        m[i].media.expire(now);
-        if m[i].media.sending_epoch().is_none() {
-            continue;
-        }
-        let frame = m[i].seal(b"twenty ms of audio", now);
-        for j in 0..m.len() {
-            if i != j {
-                let (_, payload) = m[j]
-                    .open(&frame, now)
-                    .unwrap_or_else(|e| panic!("{} -> {}: {e:?}", m[i].name, m[j].name));
-                assert_eq!(payload, b"twenty ms of audio");
-                opened += 1;
-            }
-        }
-    }
-    opened
 }
 
 /// The creator's parameters reach a joiner whose own configuration says something else
@@ -68,7 +45,7 @@ fn a_joiner_with_another_local_config_still_joins_and_opens() {
     };
     let mut m = vec![Member::create("alice", creator, MediaConfig::default(), t0)];
     let bob = identity("bob");
-    let kp = bob.key_package().unwrap();
+    let kp = bob.key_package(MlsSuite::Classic).unwrap();
     let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = commit.welcome.clone().unwrap();
     deliver_commit(&mut m, 0, commit, t0);
@@ -92,7 +69,7 @@ fn a_joiner_with_another_local_config_still_joins_and_opens() {
     let commit = m[1].room.self_update().unwrap();
     deliver_commit(&mut m, 1, commit, t0);
     let t1 = t0 + Duration::from_secs(1);
-    assert_eq!(exchange(&mut m, t1), 2);
+    assert_eq!(exchange_all(&mut m, t1), 2);
     // The KID carries the room's context above S + E = 14 bits.
     let kid = m[1].media.sending_kid().unwrap();
     assert_eq!(kid >> 14, 5);
@@ -114,7 +91,8 @@ fn a_welcome_with_unsupported_or_missing_params_is_refused_by_name() {
     ];
     for (content, expected) in cases {
         let provider = OpenMlsRustCrypto::default();
-        let signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
+        let signer =
+            SignatureKeyPair::new(MlsSuite::Classic.ciphersuite().signature_algorithm()).unwrap();
         let credential = CredentialWithKey {
             credential: BasicCredential::new(b"other build".to_vec()).into(),
             signature_key: signer.public().into(),
@@ -134,7 +112,7 @@ fn a_welcome_with_unsupported_or_missing_params_is_refused_by_name() {
             ));
         }
         let mut group = MlsGroup::builder()
-            .ciphersuite(MLS_CIPHERSUITE)
+            .ciphersuite(MlsSuite::Classic.ciphersuite())
             .use_ratchet_tree_extension(true)
             .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .with_capabilities(Capabilities::new(
@@ -150,7 +128,7 @@ fn a_welcome_with_unsupported_or_missing_params_is_refused_by_name() {
             .build(&provider, &signer, credential)
             .unwrap();
         let joiner = identity("bob");
-        let published = joiner.key_package().unwrap();
+        let published = joiner.key_package(MlsSuite::Classic).unwrap();
         let MlsMessageBodyIn::KeyPackage(kp) =
             MlsMessageIn::tls_deserialize_exact(&published.bytes)
                 .unwrap()
@@ -186,7 +164,7 @@ fn a_member_changes_the_suite_mid_call_and_no_frame_is_lost() {
     let mut now = t0 + Duration::from_secs(1);
     let mut opened = 0;
     for _ in 0..20 {
-        opened += exchange(&mut m, now);
+        opened += exchange_all(&mut m, now);
         now += ms(20);
     }
     let before = m[0].room.epoch();
@@ -206,7 +184,7 @@ fn a_member_changes_the_suite_mid_call_and_no_frame_is_lost() {
         if now == carol_at {
             m[2].process(&late, now);
         }
-        opened += exchange(&mut m, now);
+        opened += exchange_all(&mut m, now);
         now += ms(20);
     }
     assert_eq!(opened, 120 * 6);
@@ -256,14 +234,20 @@ impl RawMember {
     /// Invited by `m[0]` and joined from the Welcome.
     fn join(m: &mut [Member], now: Instant) -> RawMember {
         let provider = OpenMlsRustCrypto::default();
-        let signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
+        let signer =
+            SignatureKeyPair::new(MlsSuite::Classic.ciphersuite().signature_algorithm()).unwrap();
         let credential = CredentialWithKey {
             credential: BasicCredential::new(b"erin".to_vec()).into(),
             signature_key: signer.public().into(),
         };
         let kp = KeyPackage::builder()
             .leaf_node_capabilities(sotto_capabilities())
-            .build(MLS_CIPHERSUITE, &provider, &signer, credential)
+            .build(
+                MlsSuite::Classic.ciphersuite(),
+                &provider,
+                &signer,
+                credential,
+            )
             .unwrap();
         let bytes = openmls::prelude::MlsMessageOut::from(kp.key_package().clone())
             .to_bytes()
@@ -358,7 +342,8 @@ impl RawMember {
 fn parameters_cannot_be_changed_from_outside_or_to_what_cannot_work() {
     use openmls::prelude::{ExternalProposal, GroupEpoch, GroupId, SenderExtensionIndex};
     let t0 = Instant::now();
-    let relay = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
+    let relay =
+        SignatureKeyPair::new(MlsSuite::Classic.ciphersuite().signature_algorithm()).unwrap();
     // The relay is the room's external sender: openmls takes its proposal, sotto's policy
     // refuses it.
     let config = RoomConfig {
@@ -481,7 +466,8 @@ fn a_key_package_without_the_parameters_capability_is_refused() {
         t0,
     )];
     let provider = OpenMlsRustCrypto::default();
-    let signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
+    let signer =
+        SignatureKeyPair::new(MlsSuite::Classic.ciphersuite().signature_algorithm()).unwrap();
     let credential = || CredentialWithKey {
         credential: BasicCredential::new(b"plain mls".to_vec()).into(),
         signature_key: signer.public().into(),
@@ -492,7 +478,12 @@ fn a_key_package_without_the_parameters_capability_is_refused() {
             .unwrap()
     };
     let without = KeyPackage::builder()
-        .build(MLS_CIPHERSUITE, &provider, &signer, credential())
+        .build(
+            MlsSuite::Classic.ciphersuite(),
+            &provider,
+            &signer,
+            credential(),
+        )
         .unwrap();
     assert_eq!(
         m[0].room.invite(&[&published(without)]).map(|_| ()),
@@ -502,7 +493,12 @@ fn a_key_package_without_the_parameters_capability_is_refused() {
     // The same client declaring the extension is invited.
     let with = KeyPackage::builder()
         .leaf_node_capabilities(sotto_capabilities())
-        .build(MLS_CIPHERSUITE, &provider, &signer, credential())
+        .build(
+            MlsSuite::Classic.ciphersuite(),
+            &provider,
+            &signer,
+            credential(),
+        )
         .unwrap();
     assert!(m[0].room.invite(&[&published(with)]).is_ok());
 }
@@ -554,5 +550,5 @@ fn a_restored_member_reads_the_parameters_from_its_storage() {
     let commit = m[1].room.self_update().unwrap();
     deliver_commit(&mut m, 1, commit, t0);
     assert_eq!(m[0].room.params().suite, CipherSuite::AesGcm128Sha256);
-    assert_eq!(exchange(&mut m, t0 + Duration::from_secs(1)), 2);
+    assert_eq!(exchange_all(&mut m, t0 + Duration::from_secs(1)), 2);
 }

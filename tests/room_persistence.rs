@@ -4,6 +4,7 @@
 
 mod common;
 
+use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -80,7 +81,7 @@ fn reload_from_sqlite_and_continue() {
     let mut alice_media = MediaSession::new(MediaConfig::default());
     alice_media.apply(keys, t0).unwrap();
     let bob_id = identity("bob");
-    let kp = bob_id.key_package().unwrap();
+    let kp = bob_id.key_package(MlsSuite::Classic).unwrap();
     let commit = alice.invite(&[&kp.bytes]).unwrap();
     alice_media.apply(commit.keys, t0).unwrap();
     for e in alice.confirm_pending().unwrap() {
@@ -204,7 +205,7 @@ fn reloaded_pending_commit_is_merged_by_its_echo() {
     let alice_key = alice_id.signature_key().to_vec();
     let (mut alice, _) = Room::create(alice_id, config.clone()).unwrap();
     let bob_id = identity("bob");
-    let kp = bob_id.key_package().unwrap();
+    let kp = bob_id.key_package(MlsSuite::Classic).unwrap();
     let commit = alice.invite(&[&kp.bytes]).unwrap();
     alice.confirm_pending().unwrap();
     let mut bob = Member::join(
@@ -268,7 +269,7 @@ fn identity_reloaded_before_its_welcome_joins_and_speaks() {
 
     let bob_id = Identity::new(SqliteProvider::open(&db), b"bob").unwrap();
     let bob_key = bob_id.signature_key().to_vec();
-    let kp = bob_id.key_package().unwrap();
+    let kp = bob_id.key_package(MlsSuite::Classic).unwrap();
     drop(bob_id);
     assert!(matches!(
         Identity::load(SqliteProvider::open(&db), b"not a stored key", b"bob"),

@@ -5,6 +5,7 @@
 //! behind an impairing proxy.
 #![allow(dead_code)]
 
+use sotto::room::MlsSuite;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -266,7 +267,7 @@ pub fn run(options: &Options) -> Result<Finished, String> {
         .and_then(|identity| match options.role {
             Role::Create => Call::create(identity, config, start),
             Role::Join => {
-                let key_package = identity.key_package()?;
+                let key_package = identity.key_package(MlsSuite::Classic)?;
                 Call::join(identity, key_package, config, start)
             }
         });

@@ -3,6 +3,7 @@
 //! relay (sotto's `Router`) that records everything it is given.
 #![allow(dead_code)]
 
+use sotto::room::MlsSuite;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -199,7 +200,9 @@ pub fn run(options: &Options) -> Report {
     let joiner = |i: usize, now: Instant| {
         let identity =
             Identity::new(OpenMlsRustCrypto::default(), pseudonym(i).as_bytes()).expect("identity");
-        let kp = identity.key_package().expect("key package");
+        let kp = identity
+            .key_package(MlsSuite::Classic)
+            .expect("key package");
         let bytes = kp.bytes.clone();
         let call = Call::join(identity, kp, config.clone(), now).expect("join");
         (call, bytes)

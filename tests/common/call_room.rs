@@ -10,6 +10,7 @@
 //! inbox.
 #![allow(dead_code)]
 
+use sotto::room::MlsSuite;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -74,7 +75,7 @@ impl CallRoom {
                 let identity =
                     Identity::new(OpenMlsRustCrypto::default(), format!("m{k:02}").as_bytes())
                         .unwrap();
-                let kp = identity.key_package().unwrap();
+                let kp = identity.key_package(MlsSuite::Classic).unwrap();
                 kps.push(kp.bytes.clone());
                 room.add(Call::join(identity, kp, config.clone(), room.now).unwrap());
             }

@@ -1,6 +1,7 @@
 //! Test helpers: members with a room and a media session, and a virtual clock.
 #![allow(dead_code)]
 
+use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -122,7 +123,10 @@ pub fn room_of(
 ) -> Vec<Member> {
     let mut creator = Member::create(names[0], config.clone(), media, now);
     let ids: Vec<_> = names[1..].iter().map(|n| identity(n)).collect();
-    let kps: Vec<_> = ids.iter().map(|i| i.key_package().unwrap().bytes).collect();
+    let kps: Vec<_> = ids
+        .iter()
+        .map(|i| i.key_package(MlsSuite::Classic).unwrap().bytes)
+        .collect();
     let refs: Vec<&[u8]> = kps.iter().map(|k| k.as_slice()).collect();
     let commit = creator.room.invite(&refs).unwrap();
     let welcome = commit.welcome.clone().unwrap();
@@ -169,4 +173,27 @@ impl Rng {
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
+}
+
+/// Every member seals a frame at `now`; every other member must open it. Returns how many
+/// opened.
+pub fn exchange_all(m: &mut [Member], now: Instant) -> usize {
+    let mut opened = 0;
+    for i in 0..m.len() {
+        m[i].media.expire(now);
+        if m[i].media.sending_epoch().is_none() {
+            continue;
+        }
+        let frame = m[i].seal(b"twenty ms of audio", now);
+        for j in 0..m.len() {
+            if i != j {
+                let (_, payload) = m[j]
+                    .open(&frame, now)
+                    .unwrap_or_else(|e| panic!("{} -> {}: {e:?}", m[i].name, m[j].name));
+                assert_eq!(payload, b"twenty ms of audio");
+                opened += 1;
+            }
+        }
+    }
+    opened
 }
