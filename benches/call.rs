@@ -142,7 +142,7 @@ impl Parts {
             EpochStatus::Current,
             keys.suite(),
             keys.layout(),
-            keys.context(),
+            keys.stream_bits(),
             members,
             leaf,
             keys.token(),
@@ -201,7 +201,7 @@ impl Parts {
     fn tick(&mut self, t: &Tick, mic: &[i16]) {
         for d in &t.datagrams {
             if let Ok(ClientEvent::Media { frame, .. }) = self.client.receive(d) {
-                if let Ok(member) = self.media.member_of(frame) {
+                if let Ok(member) = self.media.sender_of(frame).map(|(member, _)| member) {
                     if let Some((_, r, _)) = self.receivers.iter_mut().find(|(m, ..)| *m == member)
                     {
                         r.push(frame, &mut self.media, t.now);
@@ -211,7 +211,7 @@ impl Parts {
         }
         let opus = self.sender.encode_i16(mic).unwrap();
         self.frame.clear();
-        self.media.seal(opus, &mut self.frame, t.now).unwrap();
+        self.media.seal(sotto::keys::StreamId::MICROPHONE, opus, &mut self.frame, t.now).unwrap();
         self.datagram.clear();
         self.client
             .media(&self.token, &self.frame, &mut self.datagram)

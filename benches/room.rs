@@ -29,6 +29,13 @@
 //! timed, the commit is made and confirmed untimed; and `seal_open_only`, what sealing adds
 //! alone (seal + open of a commit of that room). It prints the bytes sealing adds.
 //!
+//! `room/pq/…` (feature `pq`): a classic and a post-quantum room (X-Wing KEM) of N = 2, 16,
+//! 64, 256 members built the same way, in one run: `commit` (self-update + confirm), `process`
+//! (the other member), `join` (`Room::join` from a Welcome); the sizes of a KeyPackage, a
+//! self-update commit, an add commit and its Welcome are printed. `room/pq/healthy_…` (N = 16,
+//! 64): the same self-update after every member joined and the members at odd leaves updated,
+//! so every parent node is set and a commit encrypts to one node per level.
+//!
 //! `media/apply_epoch_keys/N`: `MediaSession::apply` of the next epoch's `Current` keys
 //! (N member leaves, random 48-byte base key, AES_128_CTR_HMAC_SHA256_80, default KID layout)
 //! on a session whose 16 epoch slots are already full, 100 ms of caller time per epoch (well
@@ -82,9 +89,9 @@ fn pseudonym(counter: &mut u64) -> Vec<u8> {
 type SottoRoom = Room<OpenMlsRustCrypto>;
 
 /// KeyPackage bytes of a throwaway identity that never joins.
-fn sotto_key_package(counter: &mut u64) -> Vec<u8> {
+fn sotto_key_package(counter: &mut u64, suite: MlsSuite) -> Vec<u8> {
     let identity = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(counter)).unwrap();
-    identity.key_package(MlsSuite::Classic).unwrap().bytes
+    identity.key_package(suite).unwrap().bytes
 }
 
 struct SottoFixture {
@@ -94,13 +101,17 @@ struct SottoFixture {
 }
 
 impl SottoFixture {
-    fn new(size: usize) -> SottoFixture {
+    fn new(size: usize, suite: MlsSuite) -> SottoFixture {
         let mut counter = 0;
         let creator =
             Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap();
-        let (mut committer, _) = Room::create(creator, RoomConfig::default()).unwrap();
+        let config = RoomConfig {
+            mls_suite: suite,
+            ..RoomConfig::default()
+        };
+        let (mut committer, _) = Room::create(creator, config).unwrap();
         let throwaway: Vec<Vec<u8>> = (0..size - 2)
-            .map(|_| sotto_key_package(&mut counter))
+            .map(|_| sotto_key_package(&mut counter, suite))
             .collect();
         for batch in throwaway.chunks(SETUP_BATCH) {
             let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
@@ -108,7 +119,7 @@ impl SottoFixture {
             committer.confirm_pending().unwrap();
         }
         let joiner = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap();
-        let kp = joiner.key_package(MlsSuite::Classic).unwrap();
+        let kp = joiner.key_package(suite).unwrap();
         let commit = committer.invite(&[&kp.bytes]).unwrap();
         committer.confirm_pending().unwrap();
         let (processor, _) =
@@ -130,7 +141,7 @@ impl SottoFixture {
 
     /// Adds a fresh member; returns its leaf and the time of invite + confirm + process.
     fn add(&mut self) -> (u32, Duration) {
-        let kp = sotto_key_package(&mut self.counter);
+        let kp = sotto_key_package(&mut self.counter, self.committer.mls_suite());
         let start = Instant::now();
         let commit = self.committer.invite(&[&kp]).unwrap();
         let confirmed = self.committer.confirm_pending().unwrap();
@@ -395,7 +406,13 @@ fn sum(iters: u64, mut once: impl FnMut() -> Duration) -> Duration {
 fn room(c: &mut Criterion) {
     let mut fixtures: Vec<(usize, SottoFixture, MlsFixture)> = SIZES
         .iter()
-        .map(|&n| (n, SottoFixture::new(n), MlsFixture::new(n)))
+        .map(|&n| {
+            (
+                n,
+                SottoFixture::new(n, MlsSuite::Classic),
+                MlsFixture::new(n),
+            )
+        })
         .collect();
 
     let mut group = c.benchmark_group("room/add");
@@ -559,7 +576,7 @@ fn sealed_process(c: &mut Criterion) {
     let mut group = c.benchmark_group("room/sealed_process");
     for n in [2usize, 16, 64] {
         configure(&mut group, n);
-        let mut fixture = SottoFixture::new(n);
+        let mut fixture = SottoFixture::new(n, MlsSuite::Classic);
         let mut wire = Vec::new();
         let mut scratch = Vec::new();
         // One commit of each size, for the byte report.
@@ -627,8 +644,207 @@ fn sealed_process(c: &mut Criterion) {
     group.finish();
 }
 
-#[cfg(feature = "opus")]
+// ---------------------------------------------------------------------------------------
+// post-quantum rooms
+
+/// A self-update commit, timed: made and confirmed by the committer (`commit`), or
+/// processed by the other member (`process`); the other half untimed.
+#[cfg(feature = "pq")]
+fn timed_self_update(f: &mut SottoFixture, time_commit: bool) -> Duration {
+    let start = Instant::now();
+    let commit = f.committer.self_update().unwrap();
+    let confirmed = f.committer.confirm_pending().unwrap();
+    let committed = start.elapsed();
+    let start = Instant::now();
+    let processed = f.processor.process(&commit.message).unwrap();
+    let process = start.elapsed();
+    black_box((commit, confirmed, processed));
+    if time_commit {
+        committed
+    } else {
+        process
+    }
+}
+
+/// A newcomer joining from its Welcome (`Room::join`, timed); its invite and removal
+/// untimed, so the room keeps its size.
+#[cfg(feature = "pq")]
+fn timed_join(f: &mut SottoFixture) -> Duration {
+    let suite = f.committer.mls_suite();
+    let joiner = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut f.counter)).unwrap();
+    let kp = joiner.key_package(suite).unwrap();
+    let commit = f.committer.invite(&[&kp.bytes]).unwrap();
+    f.committer.confirm_pending().unwrap();
+    f.processor.process(&commit.message).unwrap();
+    let welcome = commit.welcome.unwrap();
+    let start = Instant::now();
+    let (joined, keys) = Room::join(joiner, RoomConfig::default(), &welcome).unwrap();
+    let elapsed = start.elapsed();
+    let leaf = joined.own_leaf();
+    black_box((joined, keys));
+    f.remove(leaf);
+    elapsed
+}
+
+/// A room of `size` members who all joined and whose members at odd leaves each made a
+/// self-update that every member processed, so every parent node of the tree is set (the
+/// state of a room whose members update periodically): a commit then encrypts to one node
+/// per level. The fixture keeps the creator (leaf 0) and the member at leaf 1.
+#[cfg(feature = "pq")]
+fn healthy_fixture(size: usize, suite: MlsSuite) -> SottoFixture {
+    let mut counter = 0;
+    let config = RoomConfig {
+        mls_suite: suite,
+        ..RoomConfig::default()
+    };
+    let creator = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap();
+    let (committer, _) = Room::create(creator, config).unwrap();
+    let mut rooms = vec![committer];
+    let joiners: Vec<_> = (1..size)
+        .map(|_| Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap())
+        .collect();
+    let kps: Vec<Vec<u8>> = joiners
+        .iter()
+        .map(|j| j.key_package(suite).unwrap().bytes)
+        .collect();
+    let refs: Vec<&[u8]> = kps.iter().map(Vec::as_slice).collect();
+    let commit = rooms[0].invite(&refs).unwrap();
+    rooms[0].confirm_pending().unwrap();
+    let welcome = commit.welcome.unwrap();
+    for j in joiners {
+        rooms.push(Room::join(j, RoomConfig::default(), &welcome).unwrap().0);
+    }
+    let odd: Vec<usize> = (0..rooms.len())
+        .filter(|&i| rooms[i].own_leaf() % 2 == 1)
+        .collect();
+    for i in odd {
+        let commit = rooms[i].self_update().unwrap();
+        rooms[i].confirm_pending().unwrap();
+        for (k, other) in rooms.iter_mut().enumerate() {
+            if k != i {
+                other.process(&commit.message).unwrap();
+            }
+        }
+    }
+    let processor = rooms
+        .iter()
+        .position(|r| r.own_leaf() == 1)
+        .unwrap();
+    let processor = rooms.swap_remove(processor);
+    let committer = rooms.swap_remove(0);
+    let fixture = SottoFixture {
+        committer,
+        processor,
+        counter,
+    };
+    fixture.check(size);
+    fixture
+}
+
+/// `room/pq/healthy_{commit,process}/{classic,pq}/N` (N = 16, 64): the same self-update
+/// in a healthy tree ([`healthy_fixture`]), with the commit's size printed.
+#[cfg(feature = "pq")]
+fn post_quantum_healthy(c: &mut Criterion) {
+    let suites = [("classic", MlsSuite::Classic), ("pq", MlsSuite::HybridPq)];
+    for n in [16, 64] {
+        let mut fixtures: Vec<(&str, SottoFixture)> = suites
+            .iter()
+            .map(|&(name, suite)| (name, healthy_fixture(n, suite)))
+            .collect();
+        for (name, f) in &mut fixtures {
+            let update = f.committer.self_update().unwrap();
+            f.committer.confirm_pending().unwrap();
+            f.processor.process(&update.message).unwrap();
+            println!(
+                "room/pq/healthy_sizes/{name}/{n}: self_update commit {} B",
+                update.message.len()
+            );
+        }
+        for (op, time_commit) in [("healthy_commit", true), ("healthy_process", false)] {
+            let mut group = c.benchmark_group(format!("room/pq/{op}"));
+            configure(&mut group, n);
+            for (name, f) in &mut fixtures {
+                group.bench_function(BenchmarkId::new(*name, n), |b| {
+                    b.iter_custom(|iters| sum(iters, || timed_self_update(f, time_commit)))
+                });
+                f.check(n);
+            }
+            group.finish();
+        }
+    }
+}
+
+/// `room/pq/{commit,process,join}/{classic,pq}/N`: the same operations in a classic and a
+/// post-quantum room of N members, built the same way, in one run; the sizes of a
+/// KeyPackage, a self-update commit, an add commit and its Welcome printed per N.
+#[cfg(feature = "pq")]
+fn post_quantum(c: &mut Criterion) {
+    let suites = [("classic", MlsSuite::Classic), ("pq", MlsSuite::HybridPq)];
+    for &n in &SIZES {
+        let mut fixtures: Vec<(&str, SottoFixture)> = suites
+            .iter()
+            .map(|&(name, suite)| (name, SottoFixture::new(n, suite)))
+            .collect();
+        for (name, f) in &mut fixtures {
+            let suite = f.committer.mls_suite();
+            let kp = sotto_key_package(&mut f.counter, suite);
+            let update = f.committer.self_update().unwrap();
+            f.committer.confirm_pending().unwrap();
+            f.processor.process(&update.message).unwrap();
+            let add = f.committer.invite(&[&kp]).unwrap();
+            let confirmed = f.committer.confirm_pending().unwrap();
+            f.processor.process(&add.message).unwrap();
+            let leaf = confirmed
+                .iter()
+                .find_map(|e| match e {
+                    RoomEvent::MemberAdded { leaf, .. } => Some(*leaf),
+                    _ => None,
+                })
+                .unwrap();
+            f.remove(leaf);
+            f.check(n);
+            println!(
+                "room/pq/sizes/{name}/{n}: key_package {} B, self_update commit {} B, \
+                 add commit {} B, welcome {} B",
+                kp.len(),
+                update.message.len(),
+                add.message.len(),
+                add.welcome.as_ref().map_or(0, Vec::len),
+            );
+        }
+        for (op, which) in [("commit", 0), ("process", 1), ("join", 2)] {
+            let mut group = c.benchmark_group(format!("room/pq/{op}"));
+            configure(&mut group, n);
+            for (name, f) in &mut fixtures {
+                group.bench_function(BenchmarkId::new(*name, n), |b| {
+                    b.iter_custom(|iters| {
+                        sum(iters, || match which {
+                            0 => timed_self_update(f, true),
+                            1 => timed_self_update(f, false),
+                            _ => timed_join(f),
+                        })
+                    })
+                });
+                f.check(n);
+            }
+            group.finish();
+        }
+    }
+}
+
+#[cfg(all(feature = "opus", feature = "pq"))]
+criterion_group!(
+    benches,
+    room,
+    sealed_process,
+    media,
+    post_quantum,
+    post_quantum_healthy
+);
+#[cfg(all(feature = "opus", not(feature = "pq")))]
 criterion_group!(benches, room, sealed_process, media);
-#[cfg(not(feature = "opus"))]
+#[cfg(all(not(feature = "opus"), feature = "pq"))]
+criterion_group!(benches, room, media, post_quantum, post_quantum_healthy);
+#[cfg(not(any(feature = "opus", feature = "pq")))]
 criterion_group!(benches, room, media);
 criterion_main!(benches);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::frame::FrameError;
-use crate::keys::{KeyError, MemberId};
+use crate::keys::{KeyError, MemberId, Received, StreamId};
 use crate::media::MediaSession;
 
 /// Sample rate of every stream, in Hz.
@@ -179,13 +179,14 @@ impl AudioConfig {
 pub struct AudioSender {
     encoder: opus::Encoder,
     config: AudioConfig,
+    stream: StreamId,
     opus: Vec<u8>,
     opus_len: usize,
     out: BytesMut,
 }
 
 impl AudioSender {
-    /// An encoder for `config`.
+    /// An encoder for `config`, sealing on the microphone stream.
     pub fn new(config: &AudioConfig) -> Result<AudioSender, AudioError> {
         config.validate()?;
         let mut encoder =
@@ -205,10 +206,24 @@ impl AudioSender {
                 padding_buckets: buckets,
                 ..config.clone()
             },
+            stream: StreamId::MICROPHONE,
             opus: vec![0; MAX_OPUS],
             opus_len: 0,
             out: BytesMut::new(),
         })
+    }
+
+    /// This sender sealing on `stream` instead (shared system audio, music): each stream
+    /// has its own Opus encoder (this one), key and counter, and receivers keep one
+    /// [`AudioReceiver`] per (member, stream).
+    pub fn with_stream(mut self, stream: StreamId) -> AudioSender {
+        self.stream = stream;
+        self
+    }
+
+    /// The stream it seals on.
+    pub fn stream(&self) -> StreamId {
+        self.stream
     }
 
     /// The configuration.
@@ -260,7 +275,7 @@ impl AudioSender {
             self.out.reserve(64 * (self.opus_len + 64));
         }
         let payload = self.opus.get(..self.opus_len).unwrap_or(&[]);
-        media.seal(payload, &mut self.out, now)?;
+        media.seal(self.stream, payload, &mut self.out, now)?;
         Ok(self.out.split().freeze())
     }
 
@@ -343,12 +358,12 @@ struct Slot {
     data: Vec<u8>,
 }
 
-/// Sealed packets of one remote member → PCM, one frame per [`pull`](Self::pull_i16).
+/// Sealed packets of one remote member's stream → PCM, one frame per [`pull`](Self::pull_i16).
 pub struct AudioReceiver {
     decoder: opus::Decoder,
     config: AudioConfig,
-    /// The member whose packets this receiver plays: the first one that opened.
-    member: Option<MemberId>,
+    /// The member and stream whose packets this receiver plays: the first that opened.
+    sender: Option<(MemberId, StreamId)>,
     slots: Vec<Slot>,
     /// Next position to play, once playing.
     next: Option<Position>,
@@ -369,7 +384,7 @@ impl AudioReceiver {
         Ok(AudioReceiver {
             decoder,
             config: config.clone(),
-            member: None,
+            sender: None,
             // A slot grows to the packets it holds (60 bytes at 24 kbit/s, not the 1,275 of
             // the largest Opus packet) on first use, and keeps that capacity: 64 slots
             // cost ~4 KiB, not 80 KiB, per receiver.
@@ -395,14 +410,19 @@ impl AudioReceiver {
 
     /// The member this receiver plays, once its first packet opened.
     pub fn member(&self) -> Option<MemberId> {
-        self.member
+        self.sender.map(|(member, _)| member)
+    }
+
+    /// The stream this receiver plays, once its first packet opened.
+    pub fn stream(&self) -> Option<StreamId> {
+        self.sender.map(|(_, stream)| stream)
     }
 
     /// Takes one sealed packet from the network.
     pub fn push(&mut self, packet: &[u8], media: &mut MediaSession, now: Instant) {
         self.scratch.clear();
         match media.open(packet, &mut self.scratch, now) {
-            Ok(received) => self.store(received.member, (received.epoch, received.ctr), now),
+            Ok(received) => self.store(&received, now),
             Err(KeyError::EpochNotYetKnown { .. }) => {
                 self.stats.held += 1;
                 if self.held.len() == MAX_HELD {
@@ -425,13 +445,16 @@ impl AudioReceiver {
     }
 
     /// Puts the opened Opus packet (in `scratch`) into the reorder queue at `pos`.
-    fn store(&mut self, member: MemberId, pos: Position, now: Instant) {
-        if self.member.is_some_and(|m| m != member) {
-            // Another member's packet (a newcomer at a departed member's leaf): not ours.
+    fn store(&mut self, received: &Received, now: Instant) {
+        let sender = (received.member, received.stream);
+        let pos = (received.epoch, received.ctr);
+        if self.sender.is_some_and(|s| s != sender) {
+            // Another member's packet (a newcomer at a departed member's leaf), or another
+            // stream's (its own counter: its positions mean nothing here): not ours.
             self.stats.rejected += 1;
             return;
         }
-        self.member = Some(member);
+        self.sender = Some(sender);
         if let Some(next) = self.next {
             if pos < next {
                 self.stats.late += 1;
@@ -478,7 +501,7 @@ impl AudioReceiver {
             };
             self.scratch.clear();
             match media.open(&packet, &mut self.scratch, now) {
-                Ok(received) => self.store(received.member, (received.epoch, received.ctr), now),
+                Ok(received) => self.store(&received, now),
                 Err(KeyError::EpochNotYetKnown { .. }) => {
                     if now.saturating_duration_since(since) > HOLD_LIMIT {
                         self.stats.late += 1;

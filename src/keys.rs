@@ -5,18 +5,22 @@
 //! and every member seals under its own KID:
 //!
 //! ```text
-//! KID = (context << (S + E)) | (leaf << E) | (epoch mod 2^E)
+//! KID = (stream << (S + E)) | (leaf << E) | (epoch mod 2^E)
 //! ```
 //!
-//! so each (epoch, leaf, context) has its own `sframe_key` and `sframe_salt`. Nothing is
+//! where the context bits (RFC 9605 §5.2) name the member's stream ([`StreamId`], fewer than
+//! `2^T`, T the room's stream bits), so each (epoch, leaf, stream) has its own
+//! `sframe_key`, `sframe_salt`, counter and replay window. Nothing is
 //! keyed by leaf alone: MLS reuses leaf indices after removals, but a reused leaf in a later
 //! epoch has a different base key.
 //!
 //! The [`KeyRing`] holds the base keys of up to `2^E` epochs (one per slot) and derives the
-//! per-sender keys lazily, on the first frame of each (epoch, leaf). Epochs that are no longer
-//! current are kept for a grace period, and are evicted early when a newer epoch takes their
-//! slot. Memory is bounded by members × retained epochs, whatever frames arrive: only leaves
-//! that are members of a held epoch ever get a key.
+//! per-sender keys lazily, on the first frame of each (epoch, leaf, stream). Epochs that are
+//! no longer current are kept for a grace period, and are evicted early when a newer epoch
+//! takes their slot. Memory is bounded by members × streams × retained epochs, whatever
+//! frames arrive: only leaves that are members of a held epoch ever get a key, and only for
+//! the room's `2^T` streams (at most [`MAX_STREAM_BITS`](crate::room::MAX_STREAM_BITS)
+//! bits).
 
 use std::time::{Duration, Instant};
 
@@ -48,9 +52,13 @@ pub enum KeyError {
         /// The leaf named by the KID.
         leaf: u64,
     },
-    /// The KID carries another context than this ring's.
-    #[error("KID context does not match")]
-    WrongContext,
+    /// The KID names a stream the room does not have (its context bits are not below
+    /// `2^T`).
+    #[error("stream {stream} is not a stream of this room")]
+    UnknownStream {
+        /// The KID's context bits.
+        stream: u64,
+    },
     /// The frame was sealed by this member (e.g. reflected back by a relay).
     #[error("frame sealed by this member")]
     OwnFrame,
@@ -197,6 +205,19 @@ pub struct MemberId {
     pub tag: u64,
 }
 
+/// A member's stream: the KID context value its frames carry (RFC 9605 §5.2). Each stream
+/// of a member has its own key, counter and replay window, so a member may send several
+/// at once (a microphone and shared system audio, say). A room has `2^T` streams
+/// ([`RoomParams::stream_bits`](crate::room::RoomParams::stream_bits)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u8);
+
+impl StreamId {
+    /// Stream 0, the microphone: its KIDs are those of a room without streams, so its
+    /// frames are as short as they can be.
+    pub const MICROPHONE: StreamId = StreamId(0);
+}
+
 /// What [`KeyRing::open`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Received {
@@ -204,6 +225,8 @@ pub struct Received {
     pub member: MemberId,
     /// The sender's leaf index (`member.leaf`).
     pub leaf: u32,
+    /// The sender's stream.
+    pub stream: StreamId,
     /// The full epoch the frame was sealed in.
     pub epoch: u64,
     /// The frame counter.
@@ -220,18 +243,19 @@ struct EpochSlot {
     members: Vec<MemberId>,
     /// This member's leaf in this epoch (its own frames are refused).
     own_leaf: Option<u32>,
-    /// Leaves whose opening key has been derived into the opener.
-    derived: Vec<u32>,
-    /// Leaves with at least one frame authenticated in this epoch (sorted): their
+    /// (leaf, stream) whose opening key has been derived into the opener (sorted).
+    derived: Vec<(u32, u8)>,
+    /// (leaf, stream) with at least one frame authenticated in this epoch (sorted): their
     /// frames in older epochs have been superseded.
-    opened: Vec<u32>,
+    opened: Vec<(u32, u8)>,
     /// Set once a newer epoch became current: the epoch is dropped at this instant.
     expires_at: Option<Instant>,
     /// Senders who left in a later epoch, and when their frames stop being accepted here.
     retired: Vec<(u32, Instant)>,
-    /// Senders who already sealed in a newer epoch, with the highest counter of this
-    /// epoch that had opened by then (`None`: none had): nothing above it opens any more.
-    superseded: Vec<(u32, Option<u64>)>,
+    /// (leaf, stream) that already sealed in a newer epoch, with the highest counter of
+    /// this epoch that had opened by then (`None`: none had): nothing above it opens any
+    /// more.
+    superseded: Vec<((u32, u8), Option<u64>)>,
     /// The epoch was under way before this ring got it: its frames are refused.
     replay_unknown: bool,
 }
@@ -259,7 +283,7 @@ pub enum ReplayState {
 /// Receiving keys of a room's recent epochs (see the [module docs](self)).
 pub struct KeyRing {
     layout: KidLayout,
-    context: u64,
+    stream_bits: u8,
     grace: Duration,
     slots: Vec<Option<EpochSlot>>,
     current: Option<u64>,
@@ -272,13 +296,14 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// A ring for one room. `grace` is how long an epoch stays after a newer one became
-    /// current; `replay_window` is the per-sender replay window in counters;
-    /// `failure_budget` the authentication failures each sender key tolerates
+    /// A ring for one room with `stream_bits` (T) stream bits above the layout's S + E.
+    /// `grace` is how long an epoch stays after a newer one became current;
+    /// `replay_window` is the per-sender replay window in counters; `failure_budget` the
+    /// authentication failures each sender key tolerates
     /// ([`FrameOpener::with_failure_budget`]).
     pub fn new(
         layout: KidLayout,
-        context: u64,
+        stream_bits: u8,
         grace: Duration,
         replay_window: usize,
         failure_budget: u32,
@@ -286,7 +311,7 @@ impl KeyRing {
         let slots = (0..layout.epoch_slots()).map(|_| None).collect();
         KeyRing {
             layout,
-            context,
+            stream_bits,
             grace,
             slots,
             current: None,
@@ -301,9 +326,20 @@ impl KeyRing {
         self.layout
     }
 
-    /// The KID context value.
-    pub fn context(&self) -> u64 {
-        self.context
+    /// The stream bits (T).
+    pub fn stream_bits(&self) -> u8 {
+        self.stream_bits
+    }
+
+    /// The KID of (`leaf`, `stream`) in `epoch`.
+    fn kid(&self, leaf: u32, stream: u8, epoch: u64) -> Result<u64, KeyError> {
+        if u32::from(stream) >> self.stream_bits != 0 {
+            return Err(KeyError::UnknownStream {
+                stream: u64::from(stream),
+            });
+        }
+        self.layout
+            .compose(u64::from(stream), u64::from(leaf), epoch)
     }
 
     /// The newest epoch made current with [`set_current`](Self::set_current).
@@ -359,8 +395,7 @@ impl KeyRing {
         members.sort_unstable();
         members.dedup_by_key(|m| m.leaf);
         for m in &members {
-            self.layout
-                .compose(self.context, u64::from(m.leaf), epoch)?;
+            self.kid(m.leaf, 0, epoch)?;
         }
         let index = self.slot_index(epoch);
         if let Some(Some(slot)) = self.slots.get_mut(index) {
@@ -371,13 +406,18 @@ impl KeyRing {
                 // Keep derived keys (and their replay windows) of members still present.
                 let kept =
                     |l: &u32| slot.member(*l) == members.iter().find(|m| m.leaf == *l).copied();
-                let dropped: Vec<u32> = slot.derived.iter().copied().filter(|l| !kept(l)).collect();
-                slot.derived.retain(|l| !dropped.contains(l));
-                slot.opened.retain(|l| !dropped.contains(l));
+                let dropped: Vec<(u32, u8)> = slot
+                    .derived
+                    .iter()
+                    .copied()
+                    .filter(|(l, _)| !kept(l))
+                    .collect();
+                slot.derived.retain(|d| !dropped.contains(d));
+                slot.opened.retain(|d| !dropped.contains(d));
                 slot.members = members;
                 slot.own_leaf = own_leaf;
-                for leaf in dropped {
-                    if let Ok(kid) = self.layout.compose(self.context, u64::from(leaf), epoch) {
+                for (leaf, stream) in dropped {
+                    if let Ok(kid) = self.kid(leaf, stream, epoch) {
                         self.opener.remove_key(kid);
                     }
                 }
@@ -478,24 +518,26 @@ impl KeyRing {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else {
             return;
         };
-        for leaf in &slot.derived {
-            if let Ok(kid) = self
-                .layout
-                .compose(self.context, u64::from(*leaf), slot.epoch)
-            {
+        for (leaf, stream) in &slot.derived {
+            if let Ok(kid) = self.kid(*leaf, *stream, slot.epoch) {
                 self.opener.remove_key(kid);
             }
         }
     }
 
-    /// A sealer for this member's own key in `epoch`, starting at counter 0.
+    /// A sealer for this member's own key of `stream` in `epoch`, starting at counter 0.
     ///
-    /// Crate-internal: the media session makes at most one per epoch, from `Current` keys
-    /// the control plane gives at most once per epoch, so no (key, counter) is ever used
-    /// twice.
-    pub(crate) fn sealer(&self, epoch: u64, leaf: u32) -> Result<FrameSealer, KeyError> {
+    /// Crate-internal: the media session makes at most one per (epoch, stream), from
+    /// `Current` keys the control plane gives at most once per epoch, so no (key, counter)
+    /// is ever used twice.
+    pub(crate) fn sealer(
+        &self,
+        epoch: u64,
+        leaf: u32,
+        stream: StreamId,
+    ) -> Result<FrameSealer, KeyError> {
         let slot = self.slot(epoch).ok_or(KeyError::NoSendingKey)?;
-        let kid = self.layout.compose(self.context, u64::from(leaf), epoch)?;
+        let kid = self.kid(leaf, stream.0, epoch)?;
         Ok(FrameSealer::new(slot.suite, kid, &slot.base_key)?)
     }
 
@@ -513,14 +555,21 @@ impl KeyRing {
         }
     }
 
-    /// The sender a frame claims, read from its KID without opening it: for routing the
-    /// frame to the right receiver before it is opened. Not authenticated until it opens.
-    pub fn member_of(&self, frame: &[u8]) -> Result<MemberId, KeyError> {
+    /// The stream a KID's context bits name, if the room has it.
+    fn stream_of(&self, context: u64) -> Result<u8, KeyError> {
+        u8::try_from(context)
+            .ok()
+            .filter(|s| u32::from(*s) >> self.stream_bits == 0)
+            .ok_or(KeyError::UnknownStream { stream: context })
+    }
+
+    /// The sender and stream a frame claims, read from its KID without opening it: for
+    /// routing the frame to the right receiver before it is opened. Not authenticated until
+    /// it opens.
+    pub fn sender_of(&self, frame: &[u8]) -> Result<(MemberId, StreamId), KeyError> {
         let (header, _) = Header::parse(frame)?;
         let parts = self.layout.decompose(header.kid);
-        if parts.context != self.context {
-            return Err(KeyError::WrongContext);
-        }
+        let stream = StreamId(self.stream_of(parts.context)?);
         let slot = match self
             .slots
             .get(usize::try_from(parts.epoch_bits).unwrap_or(usize::MAX))
@@ -531,6 +580,7 @@ impl KeyRing {
         u32::try_from(parts.leaf)
             .ok()
             .and_then(|leaf| slot.member(leaf))
+            .map(|member| (member, stream))
             .ok_or(KeyError::UnknownSender { leaf: parts.leaf })
     }
 
@@ -558,9 +608,7 @@ impl KeyRing {
     ) -> Result<Received, KeyError> {
         let (header, _) = Header::parse(frame)?;
         let parts = self.layout.decompose(header.kid);
-        if parts.context != self.context {
-            return Err(KeyError::WrongContext);
-        }
+        let stream = self.stream_of(parts.context)?;
         let index = usize::try_from(parts.epoch_bits).unwrap_or(usize::MAX);
         // Epoch bits are read relative to the current epoch: the half of the slots ahead
         // of it name epochs to come. A slot there still holding an old epoch (kept for its
@@ -595,56 +643,61 @@ impl KeyRing {
         if slot.replay_unknown {
             return Err(KeyError::ReplayStateUnknown);
         }
-        if let Some((_, top)) = slot.superseded.iter().find(|(l, _)| *l == leaf) {
+        let sender = (leaf, stream);
+        if let Some((_, top)) = slot.superseded.iter().find(|(s, _)| *s == sender) {
             if top.is_none_or(|top| header.ctr > top) {
                 return Err(KeyError::Superseded);
             }
         }
         let epoch = slot.epoch;
-        if let Err(at) = slot.derived.binary_search(&leaf) {
+        if let Err(at) = slot.derived.binary_search(&sender) {
             self.opener
                 .insert_key(header.kid, slot.suite, &slot.base_key)?;
-            slot.derived.insert(at, leaf);
+            slot.derived.insert(at, sender);
         }
         // A frame of an epoch a removed member may hold proves nothing about its sender:
         // the removed member could have forged it to cut a slow sender's genuine frames off.
         let trusted = self.removal_epoch.is_some_and(|r| epoch >= r);
-        let first_here = slot.opened.binary_search(&leaf).err().filter(|_| trusted);
+        let first_here = slot.opened.binary_search(&sender).err().filter(|_| trusted);
         let opened = self.opener.open(metadata, frame, out)?;
         if let Some(at) = first_here {
             // Recorded only once a frame authenticated, so forged frames cannot supersede
             // anything.
             if let Some(Some(slot)) = self.slots.get_mut(index) {
-                slot.opened.insert(at, leaf);
+                slot.opened.insert(at, sender);
             }
-            self.supersede_before(epoch, member);
+            self.supersede_before(epoch, member, stream);
         }
         Ok(Received {
             member,
             leaf,
+            stream: StreamId(stream),
             epoch,
             ctr: opened.ctr,
             len: opened.len,
         })
     }
 
-    /// `member` sealed in `epoch`, an epoch no removed member holds: its frames of older
-    /// epochs above what opened so far would play after that, so they are refused from now
-    /// on (a removed member holding those epochs' keys could have sealed them).
-    fn supersede_before(&mut self, epoch: u64, member: MemberId) {
+    /// `member` sealed on `stream` in `epoch`, an epoch no removed member holds: its
+    /// frames of that stream in older epochs above what opened so far would play after
+    /// that, so they are refused from now on (a removed member holding those epochs' keys
+    /// could have sealed them). Each stream has its own counter, so each is superseded on
+    /// its own.
+    fn supersede_before(&mut self, epoch: u64, member: MemberId, stream: u8) {
+        let sender = (member.leaf, stream);
+        let layout = self.layout;
         for slot in self.slots.iter_mut().flatten() {
             if slot.epoch >= epoch
                 || slot.member(member.leaf) != Some(member)
-                || slot.superseded.iter().any(|(l, _)| *l == member.leaf)
+                || slot.superseded.iter().any(|(s, _)| *s == sender)
             {
                 continue;
             }
-            let top = self
-                .layout
-                .compose(self.context, u64::from(member.leaf), slot.epoch)
+            let top = layout
+                .compose(u64::from(stream), u64::from(member.leaf), slot.epoch)
                 .ok()
                 .and_then(|kid| self.opener.highest_counter(kid));
-            slot.superseded.push((member.leaf, top));
+            slot.superseded.push((sender, top));
         }
     }
 }
@@ -715,7 +768,7 @@ mod tests {
     }
 
     fn frame(ring: &KeyRing, epoch: u64, leaf: u32) -> BytesMut {
-        let mut s = ring.sealer(epoch, leaf).unwrap();
+        let mut s = ring.sealer(epoch, leaf, StreamId::MICROPHONE).unwrap();
         let mut out = BytesMut::new();
         s.seal(b"", b"audio", &mut out).unwrap();
         out
@@ -832,7 +885,7 @@ mod tests {
         )
         .unwrap();
         r.set_current(5, t0);
-        let mut s5 = r.sealer(5, 1).unwrap();
+        let mut s5 = r.sealer(5, 1, StreamId::MICROPHONE).unwrap();
         let seal = |s: &mut FrameSealer| {
             let mut f = BytesMut::new();
             s.seal(b"", b"a", &mut f).unwrap();
@@ -859,14 +912,14 @@ mod tests {
         let mut forged =
             FrameSealer::new(SUITE, r.layout().compose(0, 1, 6).unwrap(), &[9; 16]).unwrap();
         assert!(r.open(&seal(&mut forged), &mut out, t0).is_err());
-        let mut s6 = r.sealer(6, 1).unwrap();
+        let mut s6 = r.sealer(6, 1, StreamId::MICROPHONE).unwrap();
         r.open(&seal(&mut s6), &mut out, t0).unwrap();
         // Below the highest counter that had opened: still accepted (a late genuine frame).
         assert!(r.open(&f5[1], &mut out, t0).is_ok());
         // Above it: superseded.
         assert_eq!(r.open(&f5[3], &mut out, t0), Err(KeyError::Superseded));
         // Another member of epoch 5 is not affected.
-        let mut s5_2 = r.sealer(5, 2).unwrap();
+        let mut s5_2 = r.sealer(5, 2, StreamId::MICROPHONE).unwrap();
         assert!(r.open(&seal(&mut s5_2), &mut out, t0).is_ok());
     }
 
@@ -902,7 +955,7 @@ mod tests {
         assert!(r
             .open(&frame(&r, 5, 1), &mut out, cut - Duration::from_millis(1))
             .is_ok());
-        let mut s = r.sealer(5, 1).unwrap();
+        let mut s = r.sealer(5, 1, StreamId::MICROPHONE).unwrap();
         s.seal(b"", b"x", &mut BytesMut::new()).unwrap();
         let mut late = BytesMut::new();
         s.seal(b"", b"y", &mut late).unwrap();

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use zeroize::Zeroizing;
 
 use crate::frame::{CipherSuite, FrameSealer, DEFAULT_FAILURE_BUDGET, DEFAULT_REPLAY_WINDOW};
-use crate::keys::{KeyError, KeyRing, KidLayout, MemberId, Received, ReplayState};
+use crate::keys::{KeyError, KeyRing, KidLayout, MemberId, Received, ReplayState, StreamId};
 
 /// Length of a channel token.
 pub const CHANNEL_TOKEN_LEN: usize = 16;
@@ -88,7 +88,7 @@ pub struct EpochKeys {
     status: EpochStatus,
     suite: CipherSuite,
     layout: KidLayout,
-    context: u64,
+    stream_bits: u8,
     members: Vec<MemberId>,
     own_leaf: u32,
     token: ChannelToken,
@@ -114,7 +114,7 @@ impl EpochKeys {
         status: EpochStatus,
         suite: CipherSuite,
         layout: KidLayout,
-        context: u64,
+        stream_bits: u8,
         members: Vec<MemberId>,
         own_leaf: u32,
         token: ChannelToken,
@@ -125,7 +125,7 @@ impl EpochKeys {
             status,
             suite,
             layout,
-            context,
+            stream_bits,
             members,
             own_leaf,
             token,
@@ -174,9 +174,9 @@ impl EpochKeys {
         self.layout
     }
 
-    /// The KID context value of the room.
-    pub fn context(&self) -> u64 {
-        self.context
+    /// The room's stream bits (T): each member may send `2^T` streams.
+    pub fn stream_bits(&self) -> u8 {
+        self.stream_bits
     }
 
     /// The members who may send in this epoch.
@@ -261,9 +261,12 @@ impl Default for MediaConfig {
     }
 }
 
+/// The epoch this member seals in, with one sealer per stream used so far (each made once,
+/// on the stream's first frame in the epoch: a fresh key, counter from 0).
 struct Sending {
     epoch: u64,
-    sealer: FrameSealer,
+    leaf: u32,
+    sealers: Vec<(StreamId, FrameSealer)>,
 }
 
 /// One member's data plane for one room (see the [module docs](self)).
@@ -313,12 +316,16 @@ impl MediaSession {
     /// delay plus [`MediaConfig::removal_skew`] from `now`.
     pub fn apply(&mut self, keys: EpochKeys, now: Instant) -> Result<(), KeyError> {
         let ring = match &mut self.ring {
-            // The suite is the epoch's own; the KID layout and context are the room's for
-            // its whole life (a receiver reads a frame's epoch from its KID).
-            Some(ring) if ring.layout() == keys.layout && ring.context() == keys.context => ring,
+            // The suite is the epoch's own; the KID layout and stream bits are the room's
+            // for its whole life (a receiver reads a frame's epoch from its KID).
+            Some(ring)
+                if ring.layout() == keys.layout && ring.stream_bits() == keys.stream_bits =>
+            {
+                ring
+            }
             _ => self.ring.insert(KeyRing::new(
                 keys.layout,
-                keys.context,
+                keys.stream_bits,
                 self.config.grace,
                 self.config.replay_window,
                 self.config.failure_budget,
@@ -371,7 +378,7 @@ impl MediaSession {
         }
         if keys.status == EpochStatus::Current && self.sealed_up_to.is_none_or(|e| keys.epoch > e) {
             ring.layout()
-                .compose(keys.context, u64::from(keys.own_leaf), keys.epoch)?;
+                .compose(0, u64::from(keys.own_leaf), keys.epoch)?;
             // Reserve the epoch: no second sealer is ever made for it.
             self.sealed_up_to = Some(keys.epoch);
             // Even a member's first epoch (a newcomer's) waits the switch delay: the other
@@ -397,8 +404,12 @@ impl MediaSession {
             // sender's frames are ordered by (epoch, counter). An epoch already evicted (a
             // newer one took its slot) is skipped: the member keeps sealing with what it
             // has until a later epoch is due.
-            if let Ok(sealer) = ring.sealer(epoch, leaf) {
-                self.sending = Some(Sending { epoch, sealer });
+            if let Ok(sealer) = ring.sealer(epoch, leaf, StreamId::MICROPHONE) {
+                self.sending = Some(Sending {
+                    epoch,
+                    leaf,
+                    sealers: vec![(StreamId::MICROPHONE, sealer)],
+                });
             }
         }
         if let Some(ring) = &mut self.ring {
@@ -432,33 +443,43 @@ impl MediaSession {
         self.sending.as_ref().map(|s| s.epoch)
     }
 
-    /// The KID this member seals with, if any.
+    /// The KID this member seals its microphone stream with, if any.
     pub fn sending_kid(&self) -> Option<u64> {
-        self.sending.as_ref().map(|s| s.sealer.kid())
+        self.sending
+            .as_ref()
+            .and_then(|s| s.sealers.first())
+            .map(|(_, sealer)| sealer.kid())
     }
 
-    /// Size of a sealed frame for a payload of `payload_len` bytes right now.
+    /// Size of a sealed frame of the microphone stream for a payload of `payload_len`
+    /// bytes right now (other streams' KIDs are longer, see the README's overhead table).
     pub fn sealed_len(&self, payload_len: usize) -> Option<usize> {
         self.sending
             .as_ref()
-            .map(|s| s.sealer.sealed_len(payload_len))
+            .and_then(|s| s.sealers.first())
+            .map(|(_, sealer)| sealer.sealed_len(payload_len))
     }
 
-    /// Seals `payload` with this member's current key and appends the frame to `out`;
-    /// returns the frame length.
+    /// Seals `payload` on `stream` with this member's current key of that stream and
+    /// appends the frame to `out`; returns the frame length. Each stream has its own key
+    /// and counter (a stream's first frame in an epoch starts at 0);
+    /// [`StreamId::MICROPHONE`] is the default stream. A stream the room does not have
+    /// fails with [`KeyError::UnknownStream`].
     pub fn seal(
         &mut self,
+        stream: StreamId,
         payload: &[u8],
         out: &mut BytesMut,
         now: Instant,
     ) -> Result<usize, KeyError> {
-        self.seal_bound(&[], payload, out, now)
+        self.seal_bound(stream, &[], payload, out, now)
     }
 
     /// [`seal`](Self::seal) with `metadata` bound to the frame (RFC 9605 §4.4.3): sent
     /// alongside it in the clear, it cannot be changed without the frame failing to open.
     pub fn seal_bound(
         &mut self,
+        stream: StreamId,
         metadata: &[u8],
         payload: &[u8],
         out: &mut BytesMut,
@@ -466,7 +487,23 @@ impl MediaSession {
     ) -> Result<usize, KeyError> {
         self.expire(now);
         let sending = self.sending.as_mut().ok_or(KeyError::NoSendingKey)?;
-        Ok(sending.sealer.seal(metadata, payload, out)?)
+        let at = match sending.sealers.iter().position(|(s, _)| *s == stream) {
+            Some(at) => at,
+            None => {
+                // The stream's first frame in this epoch: its sealer is made once, here,
+                // and lives as long as the epoch is the sending one (never made again:
+                // sending epochs only move forward).
+                let ring = self.ring.as_ref().ok_or(KeyError::NoSendingKey)?;
+                let sealer = ring.sealer(sending.epoch, sending.leaf, stream)?;
+                sending.sealers.push((stream, sealer));
+                sending.sealers.len() - 1
+            }
+        };
+        let (_, sealer) = sending
+            .sealers
+            .get_mut(at)
+            .ok_or(KeyError::NoSendingKey)?;
+        Ok(sealer.seal(metadata, payload, out)?)
     }
 
     /// Opens a frame from another member and appends its plaintext to `out`.
@@ -499,12 +536,12 @@ impl MediaSession {
         ring.open_bound(metadata, frame, out, now)
     }
 
-    /// The member a frame claims in its KID, read without opening it: for routing a packet
-    /// to its [`AudioReceiver`](crate::audio) before it is opened. Not authenticated until
-    /// the frame opens (and [`Received::member`] says who it really was).
-    pub fn member_of(&self, frame: &[u8]) -> Result<MemberId, KeyError> {
+    /// The member and stream a frame claims in its KID, read without opening it: for
+    /// routing a packet to its [`AudioReceiver`](crate::audio) before it is opened. Not
+    /// authenticated until the frame opens (and [`Received`] says who it really was).
+    pub fn sender_of(&self, frame: &[u8]) -> Result<(MemberId, StreamId), KeyError> {
         let ring = self.ring.as_ref().ok_or(KeyError::NoSendingKey)?;
-        ring.member_of(frame)
+        ring.sender_of(frame)
     }
 
     /// Channel tokens of the epochs held, oldest first: subscribe to all of them; drop a

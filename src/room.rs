@@ -23,7 +23,7 @@
 //!   its own changes plus the queued removals (except of itself) and updates; queued adds and
 //!   group context extensions only when the app approves them ([`Room::commit_proposals`]).
 //!
-//! - The room's media parameters (SFrame suite, KID layout and context, [`RoomParams`])
+//! - The room's media parameters (SFrame suite, KID layout and stream bits, [`RoomParams`])
 //!   travel in the group context as sotto's extension, listed in the required
 //!   capabilities: the creator chooses them, joiners read them from the Welcome, a member
 //!   may move the room to another suite ([`Room::change_suite`]); see [`RoomParams`] for
@@ -35,7 +35,9 @@
 
 mod params;
 
-pub use params::{ParamsError, RoomParams, PARAMS_EXTENSION_TYPE, PARAMS_VERSION};
+pub use params::{
+    ParamsError, RoomParams, MAX_STREAM_BITS, PARAMS_EXTENSION_TYPE, PARAMS_VERSION,
+};
 
 use std::collections::BTreeMap;
 
@@ -181,7 +183,7 @@ pub enum Rejection {
     /// traffic is for later epochs, this instance was superseded: discard it and rejoin.
     FromOwnLeaf,
     /// A commit or proposal that would give the room parameters this build does not
-    /// support, or change the KID layout or context (fixed for the room's life).
+    /// support, or change the KID layout or stream bits (fixed for the room's life).
     Params(ParamsError),
 }
 
@@ -260,7 +262,7 @@ pub enum RoomError {
 pub struct RoomConfig {
     /// The room's media parameters, written into the group context by [`Room::create`]
     /// (see [`RoomParams`]). Default: `AES_128_CTR_HMAC_SHA256_80`, S = 16, E = 4,
-    /// context 0.
+    /// 2 stream bits (4 streams per member).
     pub params: RoomParams,
     /// The room's MLS cipher suite, when this member creates it. Default
     /// [`MlsSuite::Classic`]. A joiner's is not used: the Welcome's decides, and the
@@ -1178,7 +1180,7 @@ impl<P: OpenMlsProvider> Room<P> {
             status,
             params.suite,
             params.layout,
-            params.context,
+            params.stream_bits,
             members,
             self.own_leaf(),
             token,
@@ -1256,7 +1258,7 @@ impl<P: OpenMlsProvider> Room<P> {
         extensions: &Extensions<GroupContext>,
     ) -> Result<RoomParams, ParamsError> {
         let next = group_params(extensions)?;
-        if next.layout != self.params.layout || next.context != self.params.context {
+        if next.layout != self.params.layout || next.stream_bits != self.params.stream_bits {
             return Err(ParamsError::Fixed);
         }
         Ok(next)

@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::keys::{KeyError, Received};
+use crate::keys::{KeyError, Received, StreamId};
 use crate::media::MediaSession;
 
 /// The RTP clock rate of Opus (RFC 7587): 48 kHz, whatever the sampling rate.
@@ -213,7 +213,7 @@ pub fn write_packet(header: &RtpHeader, payload: &[u8], out: &mut BytesMut) -> u
     HEADER_LEN + payload.len()
 }
 
-/// Seals one Opus packet with this member's current key and appends the RTP payload of
+/// Seals one Opus packet with this member's current microphone key and appends the RTP payload of
 /// `mode` to `out`; returns its length.
 pub fn seal_payload(
     mode: PayloadMode,
@@ -223,12 +223,12 @@ pub fn seal_payload(
     now: Instant,
 ) -> Result<usize, RtpError> {
     match mode {
-        PayloadMode::Sframe => Ok(media.seal(opus, out, now)?),
+        PayloadMode::Sframe => Ok(media.seal(StreamId::MICROPHONE, opus, out, now)?),
         #[cfg(feature = "rtp-sframe")]
         PayloadMode::Draft => {
             let start = out.len();
             out.extend_from_slice(&[DRAFT_DESCRIPTOR]);
-            match media.seal(opus, out, now) {
+            match media.seal(StreamId::MICROPHONE, opus, out, now) {
                 Ok(n) => Ok(n + 1),
                 Err(e) => {
                     out.truncate(start);
@@ -240,7 +240,13 @@ pub fn seal_payload(
             let (toc, rest) = opus.split_first().ok_or(RtpError::Empty)?;
             let start = out.len();
             out.extend_from_slice(&[*toc]);
-            match media.seal_bound(std::slice::from_ref(toc), rest, out, now) {
+            match media.seal_bound(
+                StreamId::MICROPHONE,
+                std::slice::from_ref(toc),
+                rest,
+                out,
+                now,
+            ) {
                 Ok(n) => Ok(n + 1),
                 Err(e) => {
                     out.truncate(start);

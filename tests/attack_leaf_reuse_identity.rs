@@ -139,7 +139,7 @@ fn departed_members_frames_never_play_as_the_newcomer_at_its_leaf() {
         dave_opened += 1;
         // bob routes by the member each frame claims (an expired epoch names no one).
         for packet in [&d, &c] {
-            let Ok(who) = m[1].media.member_of(packet) else {
+            let Ok(who) = m[1].media.sender_of(packet).map(|(member, _)| member) else {
                 unroutable += 1;
                 continue;
             };

@@ -134,7 +134,7 @@ impl Inst {
             let mut out = BytesMut::new();
             match self
                 .media
-                .seal(b"20 ms of audio", &mut out, from + FRAME * i)
+                .seal(sotto::keys::StreamId::MICROPHONE, b"20 ms of audio", &mut out, from + FRAME * i)
             {
                 Ok(_) => {
                     let epoch = self.media.sending_epoch().unwrap();

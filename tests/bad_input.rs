@@ -190,7 +190,7 @@ fn floods_of_unknown_kids_and_future_epochs_stay_bounded() {
                 "UnknownSender",
                 "EpochNotYetKnown",
                 "EpochExpired",
-                "WrongContext",
+                "UnknownStream",
                 "Frame",
                 "OwnFrame"
             ]

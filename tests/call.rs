@@ -52,6 +52,42 @@ fn a_room_forms_converges_and_everyone_hears_everyone() {
     }
 }
 
+/// A member sending its microphone and a second stream is heard as two voices by every
+/// other member, both decoded; a stream the room does not have is not sent.
+#[test]
+fn a_second_stream_is_heard_as_its_own_voice() {
+    use sotto::keys::StreamId;
+    let mut net = CallNet::new(3, Impairment::default(), Instant::now());
+    room_of(&mut net, 3);
+    net.nodes[0].second_stream = true;
+    net.run(Duration::from_secs(2));
+    let alice = net.nodes[1]
+        .call
+        .members()
+        .find(|(_, p)| *p == b"m0")
+        .map(|(id, _)| id)
+        .unwrap();
+    for node in &net.nodes[1..] {
+        let voices: Vec<_> = node.call.voices().collect();
+        assert_eq!(voices.len(), 3, "{}: m0's two streams and one more", node.name);
+        for stream in [StreamId::MICROPHONE, StreamId(1)] {
+            let v = voices
+                .iter()
+                .find(|v| v.member == alice && v.stream == stream)
+                .unwrap();
+            assert_eq!(v.stats.auth_failures, 0);
+            assert!(v.stats.decoded > 80, "{} decoded {:?}", node.name, v.stats);
+        }
+        assert_eq!(node.refused, 0);
+    }
+    // Stream 4 is outside the room's 2^2 streams: counted as unsent, nothing on the wire.
+    let unsent = net.nodes[0].call.stats().frames_unsent;
+    let pcm = vec![0i16; net.nodes[0].call.frame_samples()];
+    let now = net.now;
+    net.nodes[0].call.send_stream(StreamId(4), &pcm, now).unwrap();
+    assert_eq!(net.nodes[0].call.stats().frames_unsent, unsent + 1);
+}
+
 #[test]
 fn removal_and_leave_reach_everyone() {
     let mut net = CallNet::new(2, Impairment::default(), Instant::now());

@@ -19,7 +19,7 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use sotto::frame::CipherSuite;
-use sotto::keys::KidLayout;
+use sotto::keys::{KidLayout, StreamId};
 use sotto::media::MediaConfig;
 use sotto::room::{
     ParamsError, Rejection, Room, RoomConfig, RoomError, RoomParams, PARAMS_EXTENSION_TYPE,
@@ -36,7 +36,7 @@ fn a_joiner_with_another_local_config_still_joins_and_opens() {
     let params = RoomParams {
         suite: CipherSuite::AesGcm128Sha256,
         layout: KidLayout::new(8, 6).unwrap(),
-        context: 5,
+        stream_bits: 3,
     };
     let t0 = Instant::now();
     let creator = RoomConfig {
@@ -49,12 +49,12 @@ fn a_joiner_with_another_local_config_still_joins_and_opens() {
     let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
     let welcome = commit.welcome.clone().unwrap();
     deliver_commit(&mut m, 0, commit, t0);
-    // Bob's configuration names another suite, layout and context: not used.
+    // Bob's configuration names another suite, layout and stream bits: not used.
     let local = RoomConfig {
         params: RoomParams {
             suite: CipherSuite::AesCtr128HmacSha256_32,
             layout: KidLayout::new(16, 4).unwrap(),
-            context: 0,
+            stream_bits: 0,
         },
         ..RoomConfig::default()
     };
@@ -70,9 +70,16 @@ fn a_joiner_with_another_local_config_still_joins_and_opens() {
     deliver_commit(&mut m, 1, commit, t0);
     let t1 = t0 + Duration::from_secs(1);
     assert_eq!(exchange_all(&mut m, t1), 2);
-    // The KID carries the room's context above S + E = 14 bits.
-    let kid = m[1].media.sending_kid().unwrap();
-    assert_eq!(kid >> 14, 5);
+    // Bob may send the room's 2^3 streams (his own configuration said 1): stream 5's KID
+    // carries 5 above S + E = 14 bits, and alice opens it as stream 5.
+    let mut frame = bytes::BytesMut::new();
+    m[1].media
+        .seal(StreamId(5), b"stream five", &mut frame, t1)
+        .unwrap();
+    let (header, _) = sotto::frame::Header::parse(&frame).unwrap();
+    assert_eq!(header.kid >> 14, 5);
+    let (received, payload) = m[0].open(&frame, t1).unwrap();
+    assert_eq!((received.stream, payload.as_slice()), (StreamId(5), &b"stream five"[..]));
 }
 
 /// A client of another build, speaking openmls directly, makes a room whose parameters

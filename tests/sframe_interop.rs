@@ -46,7 +46,7 @@ fn sframe_crate_derives_the_same_keys_and_opens_our_frames() {
         params: sotto::room::RoomParams {
             suite: CipherSuite::AesGcm128Sha256,
             layout: KidLayout::new(16, 4).unwrap(),
-            context: 0,
+            stream_bits: 2,
         },
         ..RoomConfig::default()
     };

@@ -135,7 +135,7 @@ use openmls_traits::OpenMlsProvider;
 
 use crate::audio::{AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, ReceiverStats};
 use crate::frame::Header;
-use crate::keys::{KeyError, MemberId};
+use crate::keys::{KeyError, MemberId, StreamId};
 use crate::media::{ChannelToken, EpochKeys, MediaConfig, MediaSession};
 use crate::relay::{MailboxId, MAX_HANDSHAKE, MAX_MESSAGE};
 
@@ -417,6 +417,8 @@ pub struct CallStats {
 pub struct Voice<'a> {
     /// The member.
     pub member: MemberId,
+    /// Which of its streams ([`StreamId::MICROPHONE`] unless it sends others).
+    pub stream: StreamId,
     /// The pseudonym in its credential.
     pub pseudonym: &'a [u8],
     /// Its frame of the last [`Call::pull_audio`].
@@ -438,12 +440,32 @@ pub struct CallParts<P: OpenMlsProvider, T: Transport> {
 }
 
 struct Peer {
-    receiver: AudioReceiver,
     pseudonym: Vec<u8>,
-    pcm: Vec<i16>,
-    pulled: Pulled,
+    /// One receiver per stream the member sends: the microphone's from the start, the
+    /// others from their first frame (at most the room's `2^T`, sorted).
+    streams: Vec<PeerStream>,
     /// Epoch bits of the newest frame of it that opened.
     heard: Option<u64>,
+}
+
+struct PeerStream {
+    stream: StreamId,
+    receiver: AudioReceiver,
+    pcm: Vec<i16>,
+    pulled: Pulled,
+}
+
+impl PeerStream {
+    fn new(stream: StreamId, config: &AudioConfig) -> Option<PeerStream> {
+        // The configuration was checked when the sender was made.
+        let receiver = AudioReceiver::new(config).ok()?;
+        Some(PeerStream {
+            stream,
+            receiver,
+            pcm: vec![0; config.frame_samples()],
+            pulled: Pulled::Idle,
+        })
+    }
 }
 
 struct Joining<P: OpenMlsProvider> {
@@ -562,7 +584,8 @@ pub struct Call<P: OpenMlsProvider = OpenMlsRustCrypto, T: Transport = RelayTran
     /// A leave proposal waiting to be committed by another member: (token, message, sent).
     leaving: Option<(ChannelToken, Vec<u8>, Instant)>,
     media: MediaSession,
-    sender: AudioSender,
+    /// One Opus encoder per stream this member sends, the microphone's first.
+    senders: Vec<AudioSender>,
     peers: BTreeMap<MemberId, Peer>,
     transport: T,
     /// When a change of each channel's subscription was last asked.
@@ -679,7 +702,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     fn new(config: CallConfig, transport: T, now: Instant) -> Result<Self, CallError> {
         let samples = config.audio.frame_samples();
         Ok(Call {
-            sender: AudioSender::new(&config.audio)?,
+            senders: vec![AudioSender::new(&config.audio)?],
             media: MediaSession::new(config.media),
             config,
             room: None,
@@ -882,15 +905,19 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             .map(|(id, p)| (*id, p.pseudonym.as_slice()))
     }
 
-    /// Each other member's frame of the last [`pull_audio`](Self::pull_audio), for apps
-    /// that render members separately (spatial audio, level meters).
+    /// Each other member's frame of the last [`pull_audio`](Self::pull_audio), one per
+    /// stream it sends, for apps that render members separately (spatial audio, level
+    /// meters).
     pub fn voices(&self) -> impl Iterator<Item = Voice<'_>> + '_ {
-        self.peers.iter().map(|(id, p)| Voice {
-            member: *id,
-            pseudonym: &p.pseudonym,
-            pcm: &p.pcm,
-            pulled: p.pulled,
-            stats: p.receiver.stats(),
+        self.peers.iter().flat_map(|(id, p)| {
+            p.streams.iter().map(move |s| Voice {
+                member: *id,
+                stream: s.stream,
+                pseudonym: &p.pseudonym,
+                pcm: &s.pcm,
+                pulled: s.pulled,
+                stats: s.receiver.stats(),
+            })
         })
     }
 
@@ -1127,10 +1154,26 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     }
 
     /// Encodes and seals one frame of microphone PCM ([`frame_samples`](Self::frame_samples)
-    /// samples, interleaved) and queues it. Sends nothing (and counts it) before this
-    /// member can speak ([`can_speak`](Self::can_speak)). Call it once per frame interval,
-    /// also in silence: a constant cadence hides who speaks.
+    /// samples, interleaved) and queues it: [`send_stream`](Self::send_stream) on
+    /// [`StreamId::MICROPHONE`]. Sends nothing (and counts it) before this member can speak
+    /// ([`can_speak`](Self::can_speak)). Call it once per frame interval, also in silence:
+    /// a constant cadence hides who speaks.
     pub fn send_audio(&mut self, pcm: &[i16], now: Instant) -> Result<(), CallError> {
+        self.send_stream(StreamId::MICROPHONE, pcm, now)
+    }
+
+    /// Encodes and seals one frame of PCM on `stream` (shared system audio, music) and
+    /// queues it. Each stream has its own Opus encoder (made on its first frame), key and
+    /// counter; other members hear it as its own [`Voice`], mixed into
+    /// [`pull_audio`](Self::pull_audio). The room has `2^T` streams
+    /// ([`RoomParams::stream_bits`](crate::room::RoomParams::stream_bits)); a frame on
+    /// another is not sent (counted in [`CallStats::frames_unsent`]).
+    pub fn send_stream(
+        &mut self,
+        stream: StreamId,
+        pcm: &[i16],
+        now: Instant,
+    ) -> Result<(), CallError> {
         let token = match self.sending_token() {
             Some(t) if self.can_speak() => t,
             _ => {
@@ -1145,9 +1188,26 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 return Ok(());
             }
         };
-        let opus = self.sender.encode_i16(pcm)?;
+        let at = match self.senders.iter().position(|s| s.stream() == stream) {
+            Some(at) => at,
+            None => {
+                let streams = self.room.as_ref().map_or(1, |r| r.params().streams());
+                if u16::from(stream.0) >= streams {
+                    // Not a stream of this room: no encoder is made for it.
+                    self.stats.frames_unsent += 1;
+                    return Ok(());
+                }
+                self.senders
+                    .push(AudioSender::new(&self.config.audio)?.with_stream(stream));
+                self.senders.len() - 1
+            }
+        };
+        let Some(sender) = self.senders.get_mut(at) else {
+            return Ok(());
+        };
+        let opus = sender.encode_i16(pcm)?;
         self.frame.clear();
-        if self.media.seal(opus, &mut self.frame, now).is_err() {
+        if self.media.seal(stream, opus, &mut self.frame, now).is_err() {
             self.stats.frames_unsent += 1;
             return Ok(());
         }
@@ -1180,17 +1240,19 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
         self.mix.fill(0);
         let mut heard = 0;
         for peer in self.peers.values_mut() {
-            peer.pulled = peer
-                .receiver
-                .pull_i16(&mut self.media, &mut peer.pcm, now)
-                .unwrap_or(Pulled::Idle);
-            if peer.pulled == Pulled::Idle {
-                peer.pcm.fill(0);
-                continue;
-            }
-            heard += 1;
-            for (acc, s) in self.mix.iter_mut().zip(&peer.pcm) {
-                *acc += i32::from(*s);
+            for stream in &mut peer.streams {
+                stream.pulled = stream
+                    .receiver
+                    .pull_i16(&mut self.media, &mut stream.pcm, now)
+                    .unwrap_or(Pulled::Idle);
+                if stream.pulled == Pulled::Idle {
+                    stream.pcm.fill(0);
+                    continue;
+                }
+                heard += 1;
+                for (acc, s) in self.mix.iter_mut().zip(&stream.pcm) {
+                    *acc += i32::from(*s);
+                }
             }
         }
         for (o, s) in out.iter_mut().zip(&self.mix) {
@@ -1876,7 +1938,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             self.stats.media_unrouted += 1;
             return;
         }
-        let Ok(member) = self.media.member_of(frame) else {
+        let Ok((member, stream)) = self.media.sender_of(frame) else {
             self.stats.media_unrouted += 1;
             return;
         };
@@ -1884,9 +1946,25 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             self.stats.media_unrouted += 1;
             return;
         };
-        let before = peer.receiver.stats();
-        peer.receiver.push(frame, &mut self.media, now);
-        let after = peer.receiver.stats();
+        let at = match peer.streams.binary_search_by_key(&stream, |s| s.stream) {
+            Ok(at) => at,
+            Err(at) => {
+                // The member's first frame on another stream (the key ring bounds streams
+                // to the room's 2^T).
+                let Some(new) = PeerStream::new(stream, &self.config.audio) else {
+                    self.stats.media_unrouted += 1;
+                    return;
+                };
+                peer.streams.insert(at, new);
+                at
+            }
+        };
+        let Some(receiver) = peer.streams.get_mut(at).map(|s| &mut s.receiver) else {
+            return;
+        };
+        let before = receiver.stats();
+        receiver.push(frame, &mut self.media, now);
+        let after = receiver.stats();
         let opened = after.auth_failures == before.auth_failures
             && after.replays == before.replays
             && after.rejected == before.rejected
@@ -2118,22 +2196,19 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             self.peers.remove(&member);
             self.event(CallEvent::MemberLeft { member });
         }
-        let samples = self.config.audio.frame_samples();
         for m in members {
             if self.peers.contains_key(&m.id) {
                 continue;
             }
-            // The configuration was checked when the sender was made.
-            let Ok(receiver) = AudioReceiver::new(&self.config.audio) else {
+            let Some(microphone) = PeerStream::new(StreamId::MICROPHONE, &self.config.audio)
+            else {
                 continue;
             };
             self.peers.insert(
                 m.id,
                 Peer {
-                    receiver,
+                    streams: vec![microphone],
                     pseudonym: m.pseudonym.clone(),
-                    pcm: vec![0; samples],
-                    pulled: Pulled::Idle,
                     heard: None,
                 },
             );

@@ -11,8 +11,12 @@
 //! bytes 1-2   SFrame cipher suite (RFC 9605 §8.1 code point, big-endian)
 //! byte 3      S: KID sender (leaf) bits, 1..=32
 //! byte 4      E: KID epoch bits, 2..=8
-//! bytes 5-12  KID context value (big-endian); it must fit in the 64 − S − E high bits
+//! byte 5      T: KID stream (context) bits, 0..=4
 //! ```
+//!
+//! A member's stream `s` (0 ≤ s < 2^T) seals under
+//! `KID = (s << (S + E)) | (leaf << E) | (epoch mod 2^E)` (RFC 9605 §5.2's context bits),
+//! so stream 0's KIDs are those of a room without streams.
 //!
 //! Nothing follows. A version this build does not know, or a value it does not support, is
 //! refused with a [`ParamsError`] naming it.
@@ -26,7 +30,12 @@ pub const PARAMS_EXTENSION_TYPE: u16 = 0xF5A0;
 /// The layout version this build writes and reads.
 pub const PARAMS_VERSION: u8 = 1;
 
-const ENCODED_LEN: usize = 13;
+const ENCODED_LEN: usize = 6;
+
+/// The most stream bits a room may have (16 streams per member). Each stream of each member
+/// costs receivers a key per epoch held, derived on the stream's first frame (forged or
+/// not), so the bound keeps a forger's reach to 16 × members × epochs keys.
+pub const MAX_STREAM_BITS: u8 = 4;
 
 /// What every member of a room must agree on to open each other's frames. The creator
 /// chooses them ([`RoomConfig::params`](super::RoomConfig::params)); joiners read them from
@@ -37,8 +46,10 @@ pub struct RoomParams {
     pub suite: CipherSuite,
     /// KID layout. Default S = 16, E = 4. Fixed for the room's life.
     pub layout: KidLayout,
-    /// KID context value. Default 0. Fixed for the room's life.
-    pub context: u64,
+    /// T: how many KID context bits name a member's stream, so each member may send
+    /// `2^T` streams ([`StreamId`](crate::keys::StreamId)), each with its own key and
+    /// counter. Default 2 (4 streams). Fixed for the room's life.
+    pub stream_bits: u8,
 }
 
 impl Default for RoomParams {
@@ -46,7 +57,7 @@ impl Default for RoomParams {
         RoomParams {
             suite: CipherSuite::AesCtr128HmacSha256_80,
             layout: KidLayout::default(),
-            context: 0,
+            stream_bits: 2,
         }
     }
 }
@@ -76,11 +87,12 @@ pub enum ParamsError {
         /// E.
         epoch_bits: u8,
     },
-    /// A context value that does not fit above the layout's S + E bits.
-    #[error("KID context {0} does not fit the layout")]
-    ContextTooLarge(u64),
-    /// A change of the KID layout or context after creation (only the suite may change).
-    #[error("the KID layout and context are fixed for the room's life")]
+    /// Stream bits above [`MAX_STREAM_BITS`].
+    #[error("{0} KID stream bits not supported")]
+    UnsupportedStreamBits(u8),
+    /// A change of the KID layout or stream bits after creation (only the suite may
+    /// change).
+    #[error("the KID layout and stream bits are fixed for the room's life")]
     Fixed,
 }
 
@@ -92,7 +104,7 @@ impl RoomParams {
         out.extend_from_slice(&self.suite.id().to_be_bytes());
         out.push(self.layout.sender_bits());
         out.push(self.layout.epoch_bits());
-        out.extend_from_slice(&self.context.to_be_bytes());
+        out.push(self.stream_bits);
         out
     }
 
@@ -106,7 +118,7 @@ impl RoomParams {
         let fields: &[u8; ENCODED_LEN - 1] = rest
             .try_into()
             .map_err(|_| ParamsError::Malformed(bytes.len()))?;
-        let [s0, s1, sender_bits, epoch_bits, c @ ..] = *fields;
+        let [s0, s1, sender_bits, epoch_bits, stream_bits] = *fields;
         let suite_id = u16::from_be_bytes([s0, s1]);
         let suite =
             CipherSuite::from_id(suite_id).map_err(|_| ParamsError::UnsupportedSuite(suite_id))?;
@@ -119,18 +131,24 @@ impl RoomParams {
         let params = RoomParams {
             suite,
             layout,
-            context: u64::from_be_bytes(c),
+            stream_bits,
         };
         params.check()?;
         Ok(params)
     }
 
-    /// Whether this build supports the parameters (the context fits the layout).
+    /// Whether this build supports the parameters. (S ≤ 32, E ≤ 8 and T ≤ 4 always fit a
+    /// 64-bit KID.)
     pub fn check(&self) -> Result<(), ParamsError> {
-        self.layout
-            .compose(self.context, 0, 0)
-            .map(|_| ())
-            .map_err(|_| ParamsError::ContextTooLarge(self.context))
+        if self.stream_bits > MAX_STREAM_BITS {
+            return Err(ParamsError::UnsupportedStreamBits(self.stream_bits));
+        }
+        Ok(())
+    }
+
+    /// How many streams each member may send (`2^T`).
+    pub fn streams(&self) -> u16 {
+        1 << self.stream_bits.min(MAX_STREAM_BITS)
     }
 }
 
@@ -144,7 +162,7 @@ mod tests {
             let params = RoomParams {
                 suite,
                 layout: KidLayout::new(8, 6).unwrap(),
-                context: 3,
+                stream_bits: 3,
             };
             let bytes = params.encode();
             assert_eq!(bytes.len(), ENCODED_LEN);
@@ -153,7 +171,7 @@ mod tests {
         let good = RoomParams::default().encode();
         assert_eq!(
             good,
-            [1, 0, 1, 16, 4, 0, 0, 0, 0, 0, 0, 0, 0],
+            [1, 0, 1, 16, 4, 2],
             "the documented layout"
         );
         let with = |at: usize, value: &[u8]| {
@@ -177,17 +195,16 @@ mod tests {
                 epoch_bits: 1
             })
         );
+        assert_eq!(with(5, &[5]), Err(ParamsError::UnsupportedStreamBits(5)));
+        // The widest layout with the most streams.
+        assert!(with(3, &[32, 8, 4]).is_ok());
         assert_eq!(
-            with(5, &u64::MAX.to_be_bytes()),
-            Err(ParamsError::ContextTooLarge(u64::MAX))
-        );
-        assert_eq!(
-            RoomParams::decode(&good[..12]),
-            Err(ParamsError::Malformed(12))
+            RoomParams::decode(&good[..5]),
+            Err(ParamsError::Malformed(5))
         );
         assert_eq!(
             RoomParams::decode(&[good.as_slice(), &[0]].concat()),
-            Err(ParamsError::Malformed(14))
+            Err(ParamsError::Malformed(7))
         );
         assert_eq!(RoomParams::decode(&[]), Err(ParamsError::Malformed(0)));
     }

@@ -72,6 +72,8 @@ pub struct Node {
     pub refused: u64,
     /// Stop feeding this node (crashed or gone).
     pub offline: bool,
+    /// Also sends a second stream (`sotto::keys::StreamId(1)`), a tone of its own.
+    pub second_stream: bool,
 }
 
 pub struct CallNet {
@@ -148,6 +150,7 @@ impl CallNet {
             pulled_frames: 0,
             refused: 0,
             offline: false,
+            second_stream: false,
         });
         self.nodes.len() - 1
     }
@@ -285,6 +288,11 @@ impl CallNet {
                     self.pcm.fill(0);
                 }
                 self.nodes[n].call.send_audio(&self.pcm, now).unwrap();
+                if self.nodes[n].second_stream {
+                    tone(n + 100, frame, &mut self.pcm);
+                    let music = sotto::keys::StreamId(1);
+                    self.nodes[n].call.send_stream(music, &self.pcm, now).unwrap();
+                }
                 let heard = self.nodes[n].call.pull_audio(&mut self.out, now).unwrap();
                 self.nodes[n].pulled_frames += 1;
                 if heard > 0 {
