@@ -47,7 +47,9 @@ fn session(own_leaf: u32, members: u32, now: Instant) -> MediaSession {
 fn seal_next(sealer: &mut MediaSession, opus: &[Vec<u8>], i: &mut usize, now: Instant) -> BytesMut {
     *i = (*i + 1) % opus.len();
     let mut p = BytesMut::new();
-    sealer.seal(sotto::keys::StreamId::MICROPHONE, &opus[*i], &mut p, now).unwrap();
+    sealer
+        .seal(sotto::keys::StreamId::MICROPHONE, &opus[*i], &mut p, now)
+        .unwrap();
     p
 }
 
@@ -108,7 +110,11 @@ fn per_frame(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % opus.len();
             wire.clear();
-            black_box(media.seal(sotto::keys::StreamId::MICROPHONE, &opus[i], &mut wire, now).unwrap())
+            black_box(
+                media
+                    .seal(sotto::keys::StreamId::MICROPHONE, &opus[i], &mut wire, now)
+                    .unwrap(),
+            )
         })
     });
     let mut sealer = session(1, 2, now);

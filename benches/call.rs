@@ -211,7 +211,14 @@ impl Parts {
         }
         let opus = self.sender.encode_i16(mic).unwrap();
         self.frame.clear();
-        self.media.seal(sotto::keys::StreamId::MICROPHONE, opus, &mut self.frame, t.now).unwrap();
+        self.media
+            .seal(
+                sotto::keys::StreamId::MICROPHONE,
+                opus,
+                &mut self.frame,
+                t.now,
+            )
+            .unwrap();
         self.datagram.clear();
         self.client
             .media(&self.token, &self.frame, &mut self.datagram)

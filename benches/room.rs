@@ -726,10 +726,7 @@ fn healthy_fixture(size: usize, suite: MlsSuite) -> SottoFixture {
             }
         }
     }
-    let processor = rooms
-        .iter()
-        .position(|r| r.own_leaf() == 1)
-        .unwrap();
+    let processor = rooms.iter().position(|r| r.own_leaf() == 1).unwrap();
     let processor = rooms.swap_remove(processor);
     let committer = rooms.swap_remove(0);
     let fixture = SottoFixture {

@@ -78,7 +78,12 @@ impl Trip {
         self.payload.clear();
         self.plain.clear();
         self.alice
-            .seal(sotto::keys::StreamId::MICROPHONE, black_box(&self.opus), &mut self.payload, self.now)
+            .seal(
+                sotto::keys::StreamId::MICROPHONE,
+                black_box(&self.opus),
+                &mut self.payload,
+                self.now,
+            )
             .unwrap();
         self.bob
             .open(&self.payload, &mut self.plain, self.now)

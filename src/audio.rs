@@ -6,9 +6,9 @@
 //! on, so a lost packet is usually rebuilt from the next one; otherwise Opus' packet-loss
 //! concealment fills the gap.
 //!
-//! An [`AudioReceiver`] per remote member ([`MemberId`]: route packets with
-//! [`MediaSession::member_of`]) orders packets by (epoch, SFrame counter) — a sender's
-//! counter starts at 0 in each epoch —, holds packets of an epoch whose keys have not
+//! An [`AudioReceiver`] per remote member and stream ([`MemberId`], [`StreamId`]: route
+//! packets with [`MediaSession::sender_of`]) orders packets by (epoch, SFrame counter) — a
+//! stream's counter starts at 0 in each epoch —, holds packets of an epoch whose keys have not
 //! arrived yet (at most [`HOLD_LIMIT`]), and treats packets that fail authentication, are
 //! replayed, or do not decode as lost: they are concealed, never played. A queued packet is
 //! never replaced by a later one claiming the same position.

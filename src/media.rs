@@ -499,10 +499,7 @@ impl MediaSession {
                 sending.sealers.len() - 1
             }
         };
-        let (_, sealer) = sending
-            .sealers
-            .get_mut(at)
-            .ok_or(KeyError::NoSendingKey)?;
+        let (_, sealer) = sending.sealers.get_mut(at).ok_or(KeyError::NoSendingKey)?;
         Ok(sealer.seal(metadata, payload, out)?)
     }
 

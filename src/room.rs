@@ -35,9 +35,7 @@
 
 mod params;
 
-pub use params::{
-    ParamsError, RoomParams, MAX_STREAM_BITS, PARAMS_EXTENSION_TYPE, PARAMS_VERSION,
-};
+pub use params::{ParamsError, RoomParams, MAX_STREAM_BITS, PARAMS_EXTENSION_TYPE, PARAMS_VERSION};
 
 use std::collections::BTreeMap;
 

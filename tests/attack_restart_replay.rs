@@ -88,8 +88,12 @@ fn restarted_media_session_refuses_replays_of_the_running_epoch() {
     assert_eq!(count(&refused_rev, KeyError::ReplayStateUnknown), 200);
     // The restarted session does not seal in the running epoch either.
     assert_eq!(
-        m[0].media
-            .seal(sotto::keys::StreamId::MICROPHONE, b"x", &mut BytesMut::new(), t2 + Duration::from_secs(2)),
+        m[0].media.seal(
+            sotto::keys::StreamId::MICROPHONE,
+            b"x",
+            &mut BytesMut::new(),
+            t2 + Duration::from_secs(2)
+        ),
         Err(KeyError::NoSendingKey)
     );
 

@@ -159,7 +159,12 @@ impl Inst {
         for i in 0..n {
             let now = from + FRAME * u32::try_from(i).unwrap();
             let mut out = BytesMut::new();
-            match self.media.seal(sotto::keys::StreamId::MICROPHONE, b"20 ms of audio", &mut out, now) {
+            match self.media.seal(
+                sotto::keys::StreamId::MICROPHONE,
+                b"20 ms of audio",
+                &mut out,
+                now,
+            ) {
                 Ok(_) => {
                     let epoch = self.media.sending_epoch().unwrap();
                     ledger.record(&self.name, &self.bases[&epoch], &out);

@@ -132,10 +132,12 @@ impl Inst {
         let mut refused = 0;
         for i in 0..n {
             let mut out = BytesMut::new();
-            match self
-                .media
-                .seal(sotto::keys::StreamId::MICROPHONE, b"20 ms of audio", &mut out, from + FRAME * i)
-            {
+            match self.media.seal(
+                sotto::keys::StreamId::MICROPHONE,
+                b"20 ms of audio",
+                &mut out,
+                from + FRAME * i,
+            ) {
                 Ok(_) => {
                     let epoch = self.media.sending_epoch().unwrap();
                     ledger.record(&self.name, &self.bases[&epoch], &out);

@@ -66,7 +66,14 @@ fn undecodable_authenticated_packets_are_concealed_and_the_stream_goes_on() {
                     .unwrap()
             } else if step == garbage {
                 let mut sealed = BytesMut::new();
-                m[1].media.seal(sotto::keys::StreamId::MICROPHONE, &[0xff; 60], &mut sealed, now).unwrap();
+                m[1].media
+                    .seal(
+                        sotto::keys::StreamId::MICROPHONE,
+                        &[0xff; 60],
+                        &mut sealed,
+                        now,
+                    )
+                    .unwrap();
                 sealed.freeze()
             } else {
                 good.send_i16(&tone(step as usize * frame, frame), &mut m[1].media, now)

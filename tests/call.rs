@@ -69,7 +69,12 @@ fn a_second_stream_is_heard_as_its_own_voice() {
         .unwrap();
     for node in &net.nodes[1..] {
         let voices: Vec<_> = node.call.voices().collect();
-        assert_eq!(voices.len(), 3, "{}: m0's two streams and one more", node.name);
+        assert_eq!(
+            voices.len(),
+            3,
+            "{}: m0's two streams and one more",
+            node.name
+        );
         for stream in [StreamId::MICROPHONE, StreamId(1)] {
             let v = voices
                 .iter()
@@ -84,7 +89,10 @@ fn a_second_stream_is_heard_as_its_own_voice() {
     let unsent = net.nodes[0].call.stats().frames_unsent;
     let pcm = vec![0i16; net.nodes[0].call.frame_samples()];
     let now = net.now;
-    net.nodes[0].call.send_stream(StreamId(4), &pcm, now).unwrap();
+    net.nodes[0]
+        .call
+        .send_stream(StreamId(4), &pcm, now)
+        .unwrap();
     assert_eq!(net.nodes[0].call.stats().frames_unsent, unsent + 1);
 }
 

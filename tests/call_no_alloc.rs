@@ -187,7 +187,8 @@ fn media_bytes(members: u32, heard: u32) -> isize {
     let mut frames = Vec::new();
     for s in &mut senders {
         let mut f = BytesMut::new();
-        s.seal(sotto::keys::StreamId::MICROPHONE, &[0x11; 80], &mut f, now).unwrap();
+        s.seal(sotto::keys::StreamId::MICROPHONE, &[0x11; 80], &mut f, now)
+            .unwrap();
         frames.push(f);
     }
     let (session, bytes) = heap_change_in(|| {
@@ -199,7 +200,13 @@ fn media_bytes(members: u32, heard: u32) -> isize {
             m.open(f, &mut plain, now).unwrap();
         }
         let mut sealed = BytesMut::with_capacity(256);
-        m.seal(sotto::keys::StreamId::MICROPHONE, &[0x22; 80], &mut sealed, now).unwrap();
+        m.seal(
+            sotto::keys::StreamId::MICROPHONE,
+            &[0x22; 80],
+            &mut sealed,
+            now,
+        )
+        .unwrap();
         drop((plain, sealed));
         m
     });

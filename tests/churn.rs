@@ -428,7 +428,12 @@ fn soak(p: &Soak) -> Counts {
                 continue;
             }
             let mut packet = BytesMut::new();
-            match n.media.seal(sotto::keys::StreamId::MICROPHONE, b"20 ms of audio", &mut packet, now) {
+            match n.media.seal(
+                sotto::keys::StreamId::MICROPHONE,
+                b"20 ms of audio",
+                &mut packet,
+                now,
+            ) {
                 Ok(_) => {}
                 Err(KeyError::NoSendingKey) => continue, // a newcomer's first switch delay
                 Err(e) => panic!("seal: {e:?}"),

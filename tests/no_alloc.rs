@@ -74,7 +74,9 @@ fn media_session_seal_and_open_do_not_allocate() {
         let now = t0 + Duration::from_millis(20 * k);
         wire.clear();
         plain.clear();
-        alice.seal(sotto::keys::StreamId::MICROPHONE, &payload, wire, now).unwrap();
+        alice
+            .seal(sotto::keys::StreamId::MICROPHONE, &payload, wire, now)
+            .unwrap();
         bob.open(wire, plain, now).unwrap();
     };
     // Sealing starts after the switch delay (1 s = 50 frames); the first frame derives

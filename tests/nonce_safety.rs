@@ -110,14 +110,24 @@ fn no_path_reuses_a_key_and_counter() {
         .apply(keys(6, EpochStatus::Restored, 6), t0)
         .unwrap();
     assert_eq!(
-        restored.seal(sotto::keys::StreamId::MICROPHONE, b"x", &mut BytesMut::new(), t0),
+        restored.seal(
+            sotto::keys::StreamId::MICROPHONE,
+            b"x",
+            &mut BytesMut::new(),
+            t0
+        ),
         Err(KeyError::NoSendingKey)
     );
     // Staged keys never seal either.
     let mut staged = MediaSession::new(config);
     staged.apply(keys(7, EpochStatus::Staged, 7), t0).unwrap();
     assert_eq!(
-        staged.seal(sotto::keys::StreamId::MICROPHONE, b"x", &mut BytesMut::new(), t0),
+        staged.seal(
+            sotto::keys::StreamId::MICROPHONE,
+            b"x",
+            &mut BytesMut::new(),
+            t0
+        ),
         Err(KeyError::NoSendingKey)
     );
     assert_eq!(seen.len(), 5 + 5 + 5 * 3 + 3);

@@ -43,7 +43,9 @@ fn overhead_per_stream() {
     for stream in 0..4u64 {
         let worst = (0..16u64)
             .flat_map(|leaf| (0..16u64).map(move |epoch| (leaf, epoch)))
-            .map(|(leaf, epoch)| overhead(suite, layout.compose(stream, leaf, epoch).unwrap(), 60_000))
+            .map(|(leaf, epoch)| {
+                overhead(suite, layout.compose(stream, leaf, epoch).unwrap(), 60_000)
+            })
             .max()
             .unwrap();
         println!("{stream:>6}  {worst:>8}");

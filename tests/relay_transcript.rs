@@ -408,7 +408,9 @@ impl Net {
                 };
                 let opus = r.sender.encode_i16(&pcm).unwrap().to_vec();
                 let mut frame = BytesMut::new();
-                r.media.seal(sotto::keys::StreamId::MICROPHONE, &opus, &mut frame, now).unwrap();
+                r.media
+                    .seal(sotto::keys::StreamId::MICROPHONE, &opus, &mut frame, now)
+                    .unwrap();
                 if r.transport.media(&r.token, &frame, &mut out).is_ok() {
                     let d = out.split().to_vec();
                     self.nodes[i].opus_sent.push(opus);

@@ -212,7 +212,12 @@ fn reused_leaf_gets_different_keys() {
     // A newcomer, too, starts sealing after the switch delay.
     assert!(dave
         .media
-        .seal(sotto::keys::StreamId::MICROPHONE, b"dave", &mut bytes::BytesMut::new(), t1)
+        .seal(
+            sotto::keys::StreamId::MICROPHONE,
+            b"dave",
+            &mut bytes::BytesMut::new(),
+            t1
+        )
         .is_err());
     let dave_frame = dave.seal(b"dave", t1 + ms(1000));
     let dave_kid = dave.media.sending_kid().unwrap();

@@ -79,7 +79,10 @@ fn a_joiner_with_another_local_config_still_joins_and_opens() {
     let (header, _) = sotto::frame::Header::parse(&frame).unwrap();
     assert_eq!(header.kid >> 14, 5);
     let (received, payload) = m[0].open(&frame, t1).unwrap();
-    assert_eq!((received.stream, payload.as_slice()), (StreamId(5), &b"stream five"[..]));
+    assert_eq!(
+        (received.stream, payload.as_slice()),
+        (StreamId(5), &b"stream five"[..])
+    );
 }
 
 /// A client of another build, speaking openmls directly, makes a room whose parameters

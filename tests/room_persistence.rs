@@ -108,7 +108,12 @@ fn reload_from_sqlite_and_continue() {
     let t1 = t0 + Duration::from_secs(1);
     let mut out = BytesMut::new();
     alice_media
-        .seal(sotto::keys::StreamId::MICROPHONE, b"before the restart", &mut out, t1)
+        .seal(
+            sotto::keys::StreamId::MICROPHONE,
+            b"before the restart",
+            &mut out,
+            t1,
+        )
         .unwrap();
     assert_eq!(bob.open(&out, t1).unwrap().1, b"before the restart");
     let group_id = alice.group_id().to_vec();
@@ -147,7 +152,12 @@ fn reload_from_sqlite_and_continue() {
         Err(KeyError::ReplayStateUnknown)
     );
     assert_eq!(
-        alice_media.seal(sotto::keys::StreamId::MICROPHONE, b"x", &mut BytesMut::new(), t1),
+        alice_media.seal(
+            sotto::keys::StreamId::MICROPHONE,
+            b"x",
+            &mut BytesMut::new(),
+            t1
+        ),
         Err(KeyError::NoSendingKey)
     );
 
@@ -163,7 +173,14 @@ fn reload_from_sqlite_and_continue() {
     // The new epoch's sealing starts after the switch delay.
     let t15 = t1 + Duration::from_secs(1);
     let mut out = BytesMut::new();
-    alice_media.seal(sotto::keys::StreamId::MICROPHONE, b"alice resumed", &mut out, t15).unwrap();
+    alice_media
+        .seal(
+            sotto::keys::StreamId::MICROPHONE,
+            b"alice resumed",
+            &mut out,
+            t15,
+        )
+        .unwrap();
     assert_eq!(alice_media.sending_epoch(), Some(epoch + 1));
     assert_eq!(bob.open(&out, t15).unwrap().1, b"alice resumed");
 
@@ -300,7 +317,12 @@ fn identity_reloaded_before_its_welcome_joins_and_speaks() {
     bob_media.expire(t1);
     let mut frame = BytesMut::new();
     bob_media
-        .seal(sotto::keys::StreamId::MICROPHONE, b"hello after a restart", &mut frame, t1)
+        .seal(
+            sotto::keys::StreamId::MICROPHONE,
+            b"hello after a restart",
+            &mut frame,
+            t1,
+        )
         .unwrap();
     assert_eq!(
         open(&mut alice.media, &frame, t1).unwrap(),

@@ -27,6 +27,9 @@ const FRAME: usize = (SAMPLE_RATE / 50) as usize; // 20 ms mono
 const FRAMES: usize = 100;
 const MUSIC: StreamId = StreamId(1);
 
+/// Decoded PCM frames, in order.
+type Frames = Vec<Vec<i16>>;
+
 fn pcm(seed: usize) -> Vec<Vec<i16>> {
     let mut v = Voice::new(seed);
     (0..FRAMES)
@@ -58,6 +61,7 @@ fn room(names: &[&str], t0: Instant) -> Vec<Member> {
 }
 
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn two_streams_per_member_interleaved_decode_bit_exact_at_every_receiver() {
     let t0 = Instant::now();
     let mut m = room(&["alice", "bob", "carol"], t0);
@@ -81,7 +85,7 @@ fn two_streams_per_member_interleaved_decode_bit_exact_at_every_receiver() {
     // routed by the KID before opening (as the call engine does).
     let mut receivers: Vec<BTreeMap<(MemberId, StreamId), AudioReceiver>> =
         (0..3).map(|_| BTreeMap::new()).collect();
-    let mut heard: Vec<BTreeMap<(MemberId, StreamId), Vec<Vec<i16>>>> =
+    let mut heard: Vec<BTreeMap<(MemberId, StreamId), Frames>> =
         (0..3).map(|_| BTreeMap::new()).collect();
     let mut out = vec![0i16; FRAME];
     for k in 0..FRAMES + 2 {
@@ -154,7 +158,9 @@ fn seal(m: &mut [Member], i: usize, stream: StreamId, payload: &[u8], now: Insta
 fn moved_to(frame: &[u8], stream: u64, layout: KidLayout) -> Vec<u8> {
     let (header, len) = Header::parse(frame).unwrap();
     let parts = layout.decompose(header.kid);
-    let kid = layout.compose(stream, parts.leaf, parts.epoch_bits).unwrap();
+    let kid = layout
+        .compose(stream, parts.leaf, parts.epoch_bits)
+        .unwrap();
     let moved = Header { kid, ..header };
     let mut out = vec![0u8; 32];
     let n = moved.encode(&mut out).unwrap();
@@ -176,7 +182,10 @@ fn frames_replayed_or_moved_across_streams_are_refused() {
     assert_eq!(Header::parse(&music).unwrap().0.ctr, 0);
     let (a, pa) = m[1].open(&mic, t1).unwrap();
     let (b, pb) = m[1].open(&music, t1).unwrap();
-    assert_eq!((a.stream, pa.as_slice()), (StreamId::MICROPHONE, &b"microphone"[..]));
+    assert_eq!(
+        (a.stream, pa.as_slice()),
+        (StreamId::MICROPHONE, &b"microphone"[..])
+    );
     assert_eq!((b.stream, pb.as_slice()), (MUSIC, &b"music"[..]));
     // A replay on either stream is refused by that stream's window.
     for frame in [&mic, &music] {
@@ -273,8 +282,8 @@ fn a_new_epoch_on_one_stream_does_not_cut_the_other_streams_frames_in_flight() {
     let t2 = t1 + Duration::from_secs(1);
     let mic_new = seal(&mut m, 0, StreamId::MICROPHONE, b"new epoch", t2);
     assert_eq!(m[1].open(&mic_new, t2).unwrap().0.epoch, old_epoch + 1);
-    for k in 1..3 {
-        let (r, payload) = m[1].open(&music_old[k], t2).unwrap();
+    for (k, frame) in music_old.iter().enumerate().take(3).skip(1) {
+        let (r, payload) = m[1].open(frame, t2).unwrap();
         assert_eq!(
             (r.stream, r.epoch, payload),
             (MUSIC, old_epoch, vec![k as u8; 8])

@@ -2200,8 +2200,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             if self.peers.contains_key(&m.id) {
                 continue;
             }
-            let Some(microphone) = PeerStream::new(StreamId::MICROPHONE, &self.config.audio)
-            else {
+            let Some(microphone) = PeerStream::new(StreamId::MICROPHONE, &self.config.audio) else {
                 continue;
             };
             self.peers.insert(

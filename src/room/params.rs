@@ -169,11 +169,7 @@ mod tests {
             assert_eq!(RoomParams::decode(&bytes), Ok(params));
         }
         let good = RoomParams::default().encode();
-        assert_eq!(
-            good,
-            [1, 0, 1, 16, 4, 2],
-            "the documented layout"
-        );
+        assert_eq!(good, [1, 0, 1, 16, 4, 2], "the documented layout");
         let with = |at: usize, value: &[u8]| {
             let mut b = good.clone();
             b[at..at + value.len()].copy_from_slice(value);

@@ -291,7 +291,10 @@ impl CallNet {
                 if self.nodes[n].second_stream {
                     tone(n + 100, frame, &mut self.pcm);
                     let music = sotto::keys::StreamId(1);
-                    self.nodes[n].call.send_stream(music, &self.pcm, now).unwrap();
+                    self.nodes[n]
+                        .call
+                        .send_stream(music, &self.pcm, now)
+                        .unwrap();
                 }
                 let heard = self.nodes[n].call.pull_audio(&mut self.out, now).unwrap();
                 self.nodes[n].pulled_frames += 1;

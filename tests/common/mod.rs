@@ -90,7 +90,9 @@ impl Member {
 
     pub fn seal(&mut self, payload: &[u8], now: Instant) -> BytesMut {
         let mut out = BytesMut::new();
-        self.media.seal(sotto::keys::StreamId::MICROPHONE, payload, &mut out, now).unwrap();
+        self.media
+            .seal(sotto::keys::StreamId::MICROPHONE, payload, &mut out, now)
+            .unwrap();
         out
     }
 
