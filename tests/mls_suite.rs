@@ -187,4 +187,49 @@ mod pq {
         assert!(m[0].open(&frame, t2).is_ok());
         assert!(m[2].open(&frame, t2).is_err());
     }
+
+    /// A crashed-and-restored member of a post-quantum room: it reloads the room from its
+    /// storage (its configuration says classic: not used), still in the PQ suite, and
+    /// after its own commit everyone hears everyone again.
+    #[test]
+    fn a_restored_member_stays_in_the_post_quantum_suite() {
+        use openmls_rust_crypto::OpenMlsRustCrypto;
+        use openmls_traits::OpenMlsProvider as _;
+        use sotto::room::Room;
+        let t0 = Instant::now();
+        let pq = config(MlsSuite::HybridPq);
+        let mut m = vec![Member::create("alice", pq, MediaConfig::default(), t0)];
+        let bob = identity("bob");
+        let kp = bob.key_package(MlsSuite::HybridPq).unwrap();
+        let commit = m[0].room.invite(&[&kp.bytes]).unwrap();
+        let welcome = commit.welcome.clone().unwrap();
+        deliver_commit(&mut m, 0, commit, t0);
+        m.push(Member::join(
+            bob,
+            RoomConfig::default(),
+            MediaConfig::default(),
+            &welcome,
+            t0,
+        ));
+        let provider = OpenMlsRustCrypto::default();
+        *provider.storage().values.write().unwrap() = m[1]
+            .room
+            .provider()
+            .storage()
+            .values
+            .read()
+            .unwrap()
+            .clone();
+        let key = m[1].room.signature_key().to_vec();
+        let group = m[1].room.group_id().to_vec();
+        let (room, keys) = Room::load(provider, &key, &group, RoomConfig::default()).unwrap();
+        assert_eq!(room.mls_suite(), MlsSuite::HybridPq);
+        let mut media = sotto::media::MediaSession::new(MediaConfig::default());
+        media.apply(keys, t0).unwrap();
+        m[1].room = room;
+        m[1].media = media;
+        let commit = m[1].room.self_update().unwrap();
+        deliver_commit(&mut m, 1, commit, t0);
+        assert_eq!(exchange_all(&mut m, t0 + Duration::from_secs(1)), 2);
+    }
 }
