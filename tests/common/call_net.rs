@@ -5,7 +5,6 @@
 //! is lost).
 #![allow(dead_code)]
 
-use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -162,10 +161,11 @@ impl CallNet {
         self.add(name, call)
     }
 
-    /// A member waiting for its Welcome; returns it and its KeyPackage bytes.
+    /// A member waiting for its Welcome, with a KeyPackage of `config.room.mls_suite`;
+    /// returns it and its KeyPackage bytes.
     pub fn joiner(&mut self, name: &str, config: CallConfig) -> (usize, Vec<u8>) {
         let identity = Identity::new(OpenMlsRustCrypto::default(), name.as_bytes()).unwrap();
-        let kp = identity.key_package(MlsSuite::Classic).unwrap();
+        let kp = identity.key_package(config.room.mls_suite).unwrap();
         let bytes = kp.bytes.clone();
         let call = Call::join(identity, kp, config, self.now).unwrap();
         (self.add(name, call), bytes)
