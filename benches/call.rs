@@ -6,7 +6,7 @@
 //!   `handle_timeout` when due, `send_audio` (one 20 ms frame of PCM), `pull_audio`, and
 //!   `poll_transmit` drained.
 //! - `call/parts`: the same work done directly with the parts the engine calls:
-//!   `RelayClient::receive` + `MediaSession::member_of` + `AudioReceiver::push` × 7,
+//!   `RelayClient::receive` + `MediaSession::sender_of` + `AudioReceiver::push` × 7,
 //!   `AudioSender::encode_i16` + `MediaSession::seal` + `RelayClient::media`, and
 //!   `AudioReceiver::pull_i16` × 7 mixed into one frame. Its state is the listener's: a
 //!   relay connection subscribed to the same channel, the epoch's keys, a receiver per

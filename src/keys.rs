@@ -19,7 +19,7 @@
 //! no longer current are kept for a grace period, and are evicted early when a newer epoch
 //! takes their slot. Memory is bounded by members × streams × retained epochs, whatever
 //! frames arrive: only leaves that are members of a held epoch ever get a key, and only for
-//! the room's `2^T` streams (at most [`MAX_STREAM_BITS`](crate::room::MAX_STREAM_BITS)
+//! the room's `2^T` streams (at most [`MAX_STREAM_BITS`]
 //! bits).
 
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ pub enum KeyError {
     /// The frame was sealed by this member (e.g. reflected back by a relay).
     #[error("frame sealed by this member")]
     OwnFrame,
-    /// Invalid KID layout: needs 2 ≤ E ≤ 8, 1 ≤ S ≤ 32. (With E = 1 a frame of the next
+    /// Invalid KID layout: needs 2 ≤ E ≤ 8, 1 ≤ S ≤ 32, T ≤ [`MAX_STREAM_BITS`]. (With E = 1 a frame of the next
     /// epoch could not be told from one of the previous epoch.)
     #[error("invalid KID layout")]
     InvalidLayout,
@@ -205,6 +205,11 @@ pub struct MemberId {
     pub tag: u64,
 }
 
+/// The most stream bits a room may have (16 streams per member). Each stream of each member
+/// costs receivers a key per epoch held, derived on the stream's first frame (forged or
+/// not), so the bound keeps a forger's reach to 16 × members × epochs keys.
+pub const MAX_STREAM_BITS: u8 = 4;
+
 /// A member's stream: the KID context value its frames carry (RFC 9605 §5.2). Each stream
 /// of a member has its own key, counter and replay window, so a member may send several
 /// at once (a microphone and shared system audio, say). A room has `2^T` streams
@@ -296,9 +301,10 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// A ring for one room with `stream_bits` (T) stream bits above the layout's S + E.
+    /// A ring for one room with `stream_bits` (T) stream bits above the layout's S + E (at
+    /// most [`MAX_STREAM_BITS`]: more are taken as that many).
     /// `grace` is how long an epoch stays after a newer one became current;
-    /// `replay_window` is the per-sender replay window in counters; `failure_budget` the
+    /// `replay_window` is the replay window of each (sender, stream) in counters; `failure_budget` the
     /// authentication failures each sender key tolerates
     /// ([`FrameOpener::with_failure_budget`]).
     pub fn new(
@@ -311,7 +317,7 @@ impl KeyRing {
         let slots = (0..layout.epoch_slots()).map(|_| None).collect();
         KeyRing {
             layout,
-            stream_bits,
+            stream_bits: stream_bits.min(MAX_STREAM_BITS),
             grace,
             slots,
             current: None,
@@ -354,7 +360,8 @@ impl KeyRing {
         e
     }
 
-    /// Number of per-sender opening keys derived so far (bounded by members × epochs held).
+    /// Number of per-sender opening keys derived so far (bounded by members × streams ×
+    /// epochs held).
     pub fn derived_keys(&self) -> usize {
         self.opener.len()
     }

@@ -9,7 +9,9 @@ use bytes::BytesMut;
 use zeroize::Zeroizing;
 
 use crate::frame::{CipherSuite, FrameSealer, DEFAULT_FAILURE_BUDGET, DEFAULT_REPLAY_WINDOW};
-use crate::keys::{KeyError, KeyRing, KidLayout, MemberId, Received, ReplayState, StreamId};
+use crate::keys::{
+    KeyError, KeyRing, KidLayout, MemberId, Received, ReplayState, StreamId, MAX_STREAM_BITS,
+};
 
 /// Length of a channel token.
 pub const CHANNEL_TOKEN_LEN: usize = 16;
@@ -315,6 +317,9 @@ impl MediaSession {
     /// refused. When the keys name departed members, every older epoch closes one switch
     /// delay plus [`MediaConfig::removal_skew`] from `now`.
     pub fn apply(&mut self, keys: EpochKeys, now: Instant) -> Result<(), KeyError> {
+        if keys.stream_bits > MAX_STREAM_BITS {
+            return Err(KeyError::InvalidLayout);
+        }
         let ring = match &mut self.ring {
             // The suite is the epoch's own; the KID layout and stream bits are the room's
             // for its whole life (a receiver reads a frame's epoch from its KID).

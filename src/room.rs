@@ -3,7 +3,8 @@
 //! A room creates, invites, joins, removes, self-updates and processes handshake bytes, and
 //! hands the data plane one [`EpochKeys`] value per epoch. It never touches frames.
 //!
-//! - MLS ciphersuite `MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`; wire-format policy
+//! - MLS cipher suite [`MlsSuite::Classic`] (`MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`)
+//!   or, with feature `pq`, [`MlsSuite::HybridPq`], fixed for the room's life; wire-format policy
 //!   PURE_CIPHERTEXT (commits and proposals are MLS PrivateMessages); the ratchet tree
 //!   travels in the Welcome, and joiners use the same setting (or the next newcomer would
 //!   fail with a missing ratchet tree).
@@ -192,11 +193,13 @@ pub enum RoomError {
     /// Handshake bytes were refused.
     #[error("handshake message rejected: {0:?}")]
     Rejected(Rejection),
-    /// The bytes are not a valid KeyPackage for this room's ciphersuite.
+    /// The bytes are not a valid sotto KeyPackage (malformed, badly signed, or without
+    /// sotto's parameters capability).
     #[error("invalid key package")]
     InvalidKeyPackage,
-    /// A KeyPackage (or a joiner's Welcome) of another MLS cipher suite than the room's:
-    /// the invitee must make one for the room's suite ([`Identity::key_package`]).
+    /// A KeyPackage of another MLS cipher suite than the room's (whether this build
+    /// supports that suite or not): the invitee must make one for the room's suite
+    /// ([`Identity::key_package`]).
     #[error("key package for MLS suite {key_package:#06x}, the room's is {room:#06x}")]
     WrongMlsSuite {
         /// The room's suite (RFC 9420 code point).
@@ -204,8 +207,8 @@ pub enum RoomError {
         /// The KeyPackage's suite.
         key_package: u16,
     },
-    /// A Welcome or KeyPackage of an MLS cipher suite this build does not support (e.g. a
-    /// post-quantum room's, in a build without feature `pq`).
+    /// A Welcome (or a stored room) of an MLS cipher suite this build does not support (e.g.
+    /// a post-quantum room's, in a build without feature `pq`).
     #[error("MLS cipher suite {0:#06x} not supported by this build")]
     UnsupportedMlsSuite(u16),
     /// The bytes are not a Welcome this identity can use.
@@ -1352,7 +1355,7 @@ impl<P: OpenMlsProvider> Room<P> {
         let mut packages = Vec::with_capacity(key_packages.len());
         let room = self.group.ciphersuite();
         for bytes in key_packages {
-            match message_suite(bytes) {
+            match message_suite(bytes, WIRE_FORMAT_KEY_PACKAGE) {
                 Some(id) if id != u16::from(room) => {
                     return Err(RoomError::WrongMlsSuite {
                         room: u16::from(room),
@@ -1793,22 +1796,34 @@ fn committable(proposal: &QueuedProposal, own: LeafNodeIndex, approved: &[Propos
     }
 }
 
-/// The MLS cipher suite named by a serialized Welcome or KeyPackage message, read from its
-/// fixed position (RFC 9420 §6: version, wire format, then the suite of a Welcome, or the
-/// KeyPackage's version and suite), so a suite this build cannot parse is still named.
-fn message_suite(bytes: &[u8]) -> Option<u16> {
-    let wire_format = u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?);
-    let at = match wire_format {
-        3 => 4, // mls_welcome: cipher_suite first
-        5 => 6, // mls_key_package: version, then cipher_suite
-        _ => return None,
+/// RFC 9420 wire formats of the messages whose suite [`message_suite`] reads.
+const WIRE_FORMAT_WELCOME: u16 = 3;
+const WIRE_FORMAT_KEY_PACKAGE: u16 = 5;
+
+/// The MLS cipher suite named by a serialized MLS 1.0 message of `wire_format` (a Welcome
+/// or a KeyPackage), read from its fixed position (RFC 9420 §6: version, wire format, then
+/// the Welcome's suite, or the KeyPackage's version and suite), so a suite this build
+/// cannot parse is still named. `None` for anything else.
+fn message_suite(bytes: &[u8], wire_format: u16) -> Option<u16> {
+    let field = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_be_bytes)
     };
-    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+    if field(0)? != 1 || field(2)? != wire_format {
+        return None;
+    }
+    match wire_format {
+        WIRE_FORMAT_WELCOME => field(4),
+        WIRE_FORMAT_KEY_PACKAGE => field(6),
+        _ => None,
+    }
 }
 
-/// Refuses a Welcome or KeyPackage message whose MLS suite this build does not support.
+/// Refuses a Welcome whose MLS suite this build does not support.
 fn check_message_suite(bytes: &[u8]) -> Result<(), RoomError> {
-    match message_suite(bytes) {
+    match message_suite(bytes, WIRE_FORMAT_WELCOME) {
         Some(id) if MlsSuite::from_id(id).is_none() => Err(RoomError::UnsupportedMlsSuite(id)),
         _ => Ok(()),
     }

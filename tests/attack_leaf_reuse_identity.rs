@@ -36,7 +36,7 @@ fn tone(hz: f32, i: u64) -> Vec<i16> {
 
 /// Finding 9 (issue 10): carol removed, dave joined at her leaf. During the switch delay
 /// carol's old-epoch frames and dave's frames both open, as different members
-/// (`Received::member`); `MediaSession::member_of` routes them to different receivers; and
+/// (`Received::member`); `MediaSession::sender_of` routes them to different receivers; and
 /// a receiver that played dave — even one an app keyed by leaf, fed both streams with
 /// dave's packets first — never plays a packet of carol's: it counts them in
 /// `stats().rejected` and plays exactly what a receiver fed dave's packets alone plays.
@@ -99,7 +99,7 @@ fn departed_members_frames_never_play_as_the_newcomer_at_its_leaf() {
     let config = AudioConfig::default();
     let mut carol_tx = AudioSender::new(&config).unwrap();
     let mut dave_tx = AudioSender::new(&config).unwrap();
-    // bob routes by `member_of`; erin keys receivers by leaf (a new one for the leaf when
+    // bob routes by `sender_of`; erin keys receivers by leaf (a new one for the leaf when
     // dave was added), the naive app.
     let mut bob_rx: HashMap<MemberId, AudioReceiver> = HashMap::new();
     let mut erin_rx = AudioReceiver::new(&config).unwrap();

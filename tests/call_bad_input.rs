@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use call_net::{CallNet, Impairment};
 use sotto::call::{Call, CallConfig, CallError, TransportError};
-use sotto::keys::MemberId;
+use sotto::keys::{KidLayout, MemberId, StreamId};
 use sotto::media::ChannelToken;
 use sotto::relay::RelayMessage;
 use sotto::room::SafetyCode;
@@ -31,6 +31,8 @@ struct Shown {
     speaks: bool,
     channels: Vec<ChannelToken>,
     removed: bool,
+    /// (member, stream) voices: a forged KID must not make one.
+    voices: Vec<(MemberId, StreamId)>,
 }
 
 fn shown(call: &Call) -> Shown {
@@ -43,6 +45,7 @@ fn shown(call: &Call) -> Shown {
         speaks: call.can_speak(),
         channels,
         removed: call.is_removed(),
+        voices: call.voices().map(|v| (v.member, v.stream)).collect(),
     }
 }
 
@@ -161,6 +164,42 @@ fn cut_and_flipped_datagrams_are_refused_and_change_nothing() {
             }
         }
     }
+    // Genuine media frames moved to streams the members do not use (the KID's context bits
+    // rewritten, ciphertext kept): they do not open, and no voice is made for them.
+    let layout = KidLayout::default();
+    let mut moved = 0;
+    for d in &samples["media"] {
+        let Ok(RelayMessage::Media { handle, frame }) = RelayMessage::parse(d) else {
+            continue;
+        };
+        for stream in 1..4u64 {
+            let (header, len) = sotto::frame::Header::parse(frame).unwrap();
+            let parts = layout.decompose(header.kid);
+            let kid = layout
+                .compose(stream, parts.leaf, parts.epoch_bits)
+                .unwrap();
+            let mut forged = vec![0u8; 32];
+            let n = sotto::frame::Header { kid, ..header }
+                .encode(&mut forged)
+                .unwrap();
+            forged.truncate(n);
+            forged.extend_from_slice(&frame[len..]);
+            let mut datagram = bytes::BytesMut::new();
+            RelayMessage::Media {
+                handle,
+                frame: &forged,
+            }
+            .encode_into(&mut datagram)
+            .unwrap();
+            assert!(net.nodes[victim]
+                .call
+                .handle_datagram(&datagram, net.now)
+                .is_ok());
+            moved += 1;
+        }
+    }
+    assert!(moved >= 3);
+    assert_eq!(shown(&net.nodes[victim].call).voices, before.voices);
     assert!(fed > 4_000, "only {fed} mutants");
     assert!(malformed > 500, "only {malformed} refused as malformed");
     println!(

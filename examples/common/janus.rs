@@ -696,7 +696,11 @@ impl World {
                 let _ = m.call.send_audio(&pcm, now);
                 m.report.send_time += t.elapsed();
                 m.report.sent += m.call.stats().frames_sent - sent;
-                let before: Vec<_> = m.call.voices().map(|v| (v.member, v.stats)).collect();
+                let before: Vec<_> = m
+                    .call
+                    .voices()
+                    .map(|v| ((v.member, v.stream), v.stats))
+                    .collect();
                 let t = Instant::now();
                 let _ = m.call.pull_audio(&mut out, now);
                 m.report.pull_time += t.elapsed();
@@ -704,7 +708,7 @@ impl World {
                 for v in m.call.voices() {
                     let b = before
                         .iter()
-                        .find(|(id, _)| *id == v.member)
+                        .find(|(id, _)| *id == (v.member, v.stream))
                         .map(|(_, s)| *s)
                         .unwrap_or_default();
                     m.report.opened += v.stats.decoded - b.decoded;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioSender, ReceiverStats, SAMPLE_RATE};
 use sotto::call::{Call, CallConfig};
+use sotto::keys::StreamId;
 use sotto::media::ChannelToken;
 use sotto::relay::{ClientMessage, RelayMessage, MEDIA_OVERHEAD};
 use sotto::room::{Identity, SafetyCode};
@@ -337,7 +338,8 @@ pub fn run(options: &Options) -> Report {
             m.call.pull_audio(&mut heard, now).expect("pull");
             m.report.call_ns += began.elapsed().as_nanos();
             m.report.ticks += 1;
-            for v in m.call.voices() {
+            // The members send their microphones only; another stream would be its own voice.
+            for v in m.call.voices().filter(|v| v.stream == StreamId::MICROPHONE) {
                 m.received.insert(v.member, v.stats);
             }
             if index == 0 && options.record_audio && call_started.is_some() {

@@ -72,9 +72,10 @@
 //!   member makes its first own commit (a self-update) as soon as it can, since it seals
 //!   only in epochs that descend from its own randomness (see [`Room`]); every
 //!   [`CallConfig::self_update_every`] it refreshes its keys (post-compromise security).
-//! - **Audio.** One [`AudioReceiver`] per other member, keyed by [`MemberId`] (leaf and
-//!   signature key), made and dropped as the member list changes; [`Call::pull_audio`]
-//!   mixes them, [`Call::voices`] gives each one's frame.
+//! - **Audio.** One [`AudioReceiver`] per other member and stream, keyed by [`MemberId`]
+//!   (leaf and signature key) and [`StreamId`]: the microphone's made and dropped as the
+//!   member list changes, another stream's once a frame of it opened;
+//!   [`Call::pull_audio`] mixes them, [`Call::voices`] gives each one's frame.
 //!
 //! Everything is bounded: held handshakes, queued datagrams and events, Welcome retries.
 //! Nothing untrusted panics: a bad datagram is an error and changes nothing.
@@ -1228,7 +1229,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
     /// One frame of every other member, mixed into `out`
     /// ([`frame_samples`](Self::frame_samples) samples); each member's own frame stays
     /// available through [`voices`](Self::voices). Call it once per frame interval.
-    /// Returns how many members were heard (decoded, recovered or concealed).
+    /// Returns how many voices (member streams) were heard (decoded, recovered or concealed).
     pub fn pull_audio(&mut self, out: &mut [i16], now: Instant) -> Result<usize, CallError> {
         if out.len() != self.mix.len() {
             return Err(AudioError::FrameSize {
@@ -1946,29 +1947,31 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             self.stats.media_unrouted += 1;
             return;
         };
-        let at = match peer.streams.binary_search_by_key(&stream, |s| s.stream) {
-            Ok(at) => at,
+        let (opened, known) = match peer.streams.binary_search_by_key(&stream, |s| s.stream) {
+            Ok(at) => {
+                let Some(receiver) = peer.streams.get_mut(at).map(|s| &mut s.receiver) else {
+                    return;
+                };
+                (push_opened(receiver, frame, &mut self.media, now), true)
+            }
             Err(at) => {
-                // The member's first frame on another stream (the key ring bounds streams
-                // to the room's 2^T).
-                let Some(new) = PeerStream::new(stream, &self.config.audio) else {
+                // The member's first frame on another stream: its receiver is kept only if
+                // the frame opens (a KID alone is not authenticated), so forged KIDs make
+                // no voices; the key ring bounds streams to the room's 2^T.
+                let Some(mut new) = PeerStream::new(stream, &self.config.audio) else {
                     self.stats.media_unrouted += 1;
                     return;
                 };
-                peer.streams.insert(at, new);
-                at
+                let opened = push_opened(&mut new.receiver, frame, &mut self.media, now);
+                if opened {
+                    peer.streams.insert(at, new);
+                }
+                (opened, opened)
             }
         };
-        let Some(receiver) = peer.streams.get_mut(at).map(|s| &mut s.receiver) else {
-            return;
-        };
-        let before = receiver.stats();
-        receiver.push(frame, &mut self.media, now);
-        let after = receiver.stats();
-        let opened = after.auth_failures == before.auth_failures
-            && after.replays == before.replays
-            && after.rejected == before.rejected
-            && after.held == before.held;
+        if !known {
+            self.stats.media_unrouted += 1;
+        }
         if opened {
             // A late frame of an older epoch does not undo having heard the current one.
             let Some(room) = self.room.as_ref() else {
@@ -2264,4 +2267,21 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
             }
         }
     }
+}
+
+/// Pushes `frame` into `receiver`; whether it opened (no authentication failure, replay,
+/// refusal, or hold).
+fn push_opened(
+    receiver: &mut AudioReceiver,
+    frame: &[u8],
+    media: &mut MediaSession,
+    now: Instant,
+) -> bool {
+    let before = receiver.stats();
+    receiver.push(frame, media, now);
+    let after = receiver.stats();
+    after.auth_failures == before.auth_failures
+        && after.replays == before.replays
+        && after.rejected == before.rejected
+        && after.held == before.held
 }

@@ -7,7 +7,7 @@
 //! implementations:
 //!
 //! ```text
-//! byte 0      version: 1
+//! byte 0      version: 2
 //! bytes 1-2   SFrame cipher suite (RFC 9605 §8.1 code point, big-endian)
 //! byte 3      S: KID sender (leaf) bits, 1..=32
 //! byte 4      E: KID epoch bits, 2..=8
@@ -28,14 +28,11 @@ use crate::keys::KidLayout;
 pub const PARAMS_EXTENSION_TYPE: u16 = 0xF5A0;
 
 /// The layout version this build writes and reads.
-pub const PARAMS_VERSION: u8 = 1;
+pub const PARAMS_VERSION: u8 = 2;
 
 const ENCODED_LEN: usize = 6;
 
-/// The most stream bits a room may have (16 streams per member). Each stream of each member
-/// costs receivers a key per epoch held, derived on the stream's first frame (forged or
-/// not), so the bound keeps a forger's reach to 16 × members × epochs keys.
-pub const MAX_STREAM_BITS: u8 = 4;
+pub use crate::keys::MAX_STREAM_BITS;
 
 /// What every member of a room must agree on to open each other's frames. The creator
 /// chooses them ([`RoomConfig::params`](super::RoomConfig::params)); joiners read them from
@@ -169,13 +166,16 @@ mod tests {
             assert_eq!(RoomParams::decode(&bytes), Ok(params));
         }
         let good = RoomParams::default().encode();
-        assert_eq!(good, [1, 0, 1, 16, 4, 2], "the documented layout");
+        assert_eq!(good, [2, 0, 1, 16, 4, 2], "the documented layout");
         let with = |at: usize, value: &[u8]| {
             let mut b = good.clone();
             b[at..at + value.len()].copy_from_slice(value);
             RoomParams::decode(&b)
         };
-        assert_eq!(with(0, &[2]), Err(ParamsError::UnsupportedVersion(2)));
+        assert_eq!(with(0, &[3]), Err(ParamsError::UnsupportedVersion(3)));
+        // Version 1 (a room-wide KID context instead of stream bits, builds of 2026-12-02)
+        // is refused by its version, not misread.
+        assert_eq!(with(0, &[1]), Err(ParamsError::UnsupportedVersion(1)));
         assert_eq!(with(1, &[0, 9]), Err(ParamsError::UnsupportedSuite(9)));
         assert_eq!(
             with(3, &[40, 4]),
