@@ -193,8 +193,6 @@ mod pq {
     /// after its own commit everyone hears everyone again.
     #[test]
     fn a_restored_member_stays_in_the_post_quantum_suite() {
-        use openmls_rust_crypto::OpenMlsRustCrypto;
-        use openmls_traits::OpenMlsProvider as _;
         use sotto::room::Room;
         let t0 = Instant::now();
         let pq = config(MlsSuite::HybridPq);
@@ -211,15 +209,7 @@ mod pq {
             &welcome,
             t0,
         ));
-        let provider = OpenMlsRustCrypto::default();
-        *provider.storage().values.write().unwrap() = m[1]
-            .room
-            .provider()
-            .storage()
-            .values
-            .read()
-            .unwrap()
-            .clone();
+        let provider = common::storage_copy(&m[1].room);
         let key = m[1].room.signature_key().to_vec();
         let group = m[1].room.group_id().to_vec();
         let (room, keys) = Room::load(provider, &key, &group, RoomConfig::default()).unwrap();

@@ -530,15 +530,7 @@ fn a_restored_member_reads_the_parameters_from_its_storage() {
         .change_suite(CipherSuite::AesGcm128Sha256)
         .unwrap();
     deliver_commit(&mut m, 0, commit, t0);
-    let provider = OpenMlsRustCrypto::default();
-    *provider.storage().values.write().unwrap() = m[1]
-        .room
-        .provider()
-        .storage()
-        .values
-        .read()
-        .unwrap()
-        .clone();
+    let provider = common::storage_copy(&m[1].room);
     let key = m[1].room.signature_key().to_vec();
     let group = m[1].room.group_id().to_vec();
     // The loader's configuration names another suite: not used.

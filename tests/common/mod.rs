@@ -199,3 +199,12 @@ pub fn exchange_all(m: &mut [Member], now: Instant) -> usize {
     }
     opened
 }
+
+/// A provider holding a copy of `room`'s storage: the state a crashed member restarts from.
+pub fn storage_copy(room: &MemRoom) -> OpenMlsRustCrypto {
+    use openmls_traits::OpenMlsProvider as _;
+    let provider = OpenMlsRustCrypto::default();
+    *provider.storage().values.write().unwrap() =
+        room.provider().storage().values.read().unwrap().clone();
+    provider
+}
