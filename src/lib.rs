@@ -24,7 +24,7 @@
 //! - `webrtc` (feature `webrtc`): a WebRTC peer connection on `str0m` carrying sealed
 //!   audio as RTP and handshake bytes on a data channel, through an SFU such as Janus.
 //!
-//! - `call` (feature `opus`, default): the call engine, [`call::Call`]: one member of one
+//! - `call` (feature `opus`, default): the call engine, `call::Call`: one member of one
 //!   room, sans-IO, doing all of the above plus the relay protocol. Start here.
 //!
 //! Every untrusted input (frames, handshake messages, relay messages) is parsed without

@@ -36,7 +36,7 @@ pub const HANDSHAKE_KEY_LEN: usize = 16;
 
 /// The key that hides an epoch's handshake messages from the relay
 /// (`MLS-Exporter("sotto 1 handshake key", "", 16)`, AES-128-GCM; see
-/// [`crate::call`]'s sealed handshakes). Only members of the epoch can compute it.
+/// `crate::call`'s sealed handshakes). Only members of the epoch can compute it.
 /// Zeroized on drop; its `Debug` shows nothing.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HandshakeKey(Zeroizing<[u8; HANDSHAKE_KEY_LEN]>);
@@ -539,7 +539,7 @@ impl MediaSession {
     }
 
     /// The member and stream a frame claims in its KID, read without opening it: for
-    /// routing a packet to its [`AudioReceiver`](crate::audio) before it is opened. Not
+    /// routing a packet to its `AudioReceiver` (`crate::audio`) before it is opened. Not
     /// authenticated until the frame opens (and [`Received`] says who it really was).
     pub fn sender_of(&self, frame: &[u8]) -> Result<(MemberId, StreamId), KeyError> {
         let ring = self.ring.as_ref().ok_or(KeyError::NoSendingKey)?;

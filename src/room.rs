@@ -4,7 +4,7 @@
 //! hands the data plane one [`EpochKeys`] value per epoch. It never touches frames.
 //!
 //! - MLS cipher suite [`MlsSuite::Classic`] (`MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`)
-//!   or, with feature `pq`, [`MlsSuite::HybridPq`], fixed for the room's life; wire-format policy
+//!   or, with feature `pq`, `MlsSuite::HybridPq`, fixed for the room's life; wire-format policy
 //!   PURE_CIPHERTEXT (commits and proposals are MLS PrivateMessages); the ratchet tree
 //!   travels in the Welcome, and joiners use the same setting (or the next newcomer would
 //!   fail with a missing ratchet tree).
