@@ -900,3 +900,38 @@ pub fn sealed(data: &[u8]) {
         Err(e) => assert_eq!(e, SealError::TooLarge),
     }
 }
+
+/// Stage messages: `data` as a rekey and a Welcome on the wire of a stage member (refused
+/// before or at decryption), and as the signed bodies behind them, parsed directly (what a
+/// host's signature would otherwise keep out): never a panic, counts within the bytes.
+pub fn stage(data: &[u8]) {
+    use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
+    use sotto::room::{Identity, MlsSuite};
+    use sotto::stage::{fuzzing, StageConfig, StageHost, StageMember};
+    use std::cell::RefCell;
+    thread_local! {
+        static MEMBER: RefCell<(StageMember, Identity<OpenMlsRustCrypto>, Vec<u8>)> = {
+            let (mut host, _) = StageHost::new(StageConfig { capacity: 16, ..StageConfig::default() }).unwrap();
+            let id = Identity::new(OpenMlsRustCrypto::default(), b"fuzz").unwrap();
+            host.add(&RustCrypto::default(), &id.key_package(MlsSuite::Classic).unwrap().bytes).unwrap();
+            let commit = host.commit(&RustCrypto::default()).unwrap();
+            let (member, _) = StageMember::join(&id, host.signature_key(), &commit.welcomes[0].bytes).unwrap();
+            // A second KeyPackage for Welcomes made of `data`.
+            id.key_package(MlsSuite::Classic).unwrap();
+            RefCell::new((member, id, host.signature_key().to_vec()))
+        };
+    }
+    MEMBER.with(|m| {
+        let (member, id, host_key) = &mut *m.borrow_mut();
+        let epoch = member.epoch();
+        assert!(member.process(data).is_err());
+        assert_eq!(member.epoch(), epoch);
+        assert!(StageMember::join(id, host_key, data).is_err());
+    });
+    if let Ok(n) = fuzzing::rekey_body(data, 1 << 14) {
+        assert!(n * 36 <= data.len());
+    }
+    if let Ok((slot, path)) = fuzzing::welcome_body(data) {
+        assert!(path * 32 <= data.len() && path <= 17 && slot < 1 << 16);
+    }
+}

@@ -18,6 +18,9 @@
 //! - [`room`]: the control plane, [`room::Room`], one MLS group (RFC 9420 via `openmls`)
 //!   that emits [`media::EpochKeys`], channel tokens and safety codes.
 //!
+//! - [`stage`]: stage rooms — a host, a few speakers and up to 65,536 listeners keyed by a
+//!   logical key hierarchy instead of a full MLS tree.
+//!
 //! - [`rtp`]: sealed Opus frames as RTP payloads (for SFUs that forward RTP), without
 //!   I/O.
 //!
@@ -54,6 +57,7 @@ pub mod quic;
 pub mod relay;
 pub mod room;
 pub mod rtp;
+pub mod stage;
 #[cfg(feature = "webrtc")]
 pub mod webrtc;
 

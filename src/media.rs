@@ -96,6 +96,7 @@ pub struct EpochKeys {
     token: ChannelToken,
     handshake_key: Option<HandshakeKey>,
     departed: Vec<u32>,
+    removal: bool,
     base_key: Zeroizing<Vec<u8>>,
 }
 
@@ -133,6 +134,7 @@ impl EpochKeys {
             token,
             handshake_key: None,
             departed: Vec::new(),
+            removal: false,
             base_key: Zeroizing::new(base_key),
         }
     }
@@ -152,7 +154,16 @@ impl EpochKeys {
     /// These keys with the leaves whose member left in this epoch (see
     /// [`departed`](Self::departed)).
     pub fn with_departed(mut self, leaves: Vec<u32>) -> EpochKeys {
+        self.removal |= !leaves.is_empty();
         self.departed = leaves;
+        self
+    }
+
+    /// These keys mark a removal although no sender left: someone who held the older
+    /// epochs' keys did (a stage listener), so older epochs close one switch delay plus
+    /// [`MediaConfig::removal_skew`] after they are applied, as after a sender's removal.
+    pub fn with_removal(mut self) -> EpochKeys {
+        self.removal = true;
         self
     }
 
@@ -374,7 +385,7 @@ impl MediaSession {
             ring.set_current(keys.epoch, now);
             let switch = now.checked_add(self.config.switch_delay).unwrap_or(now);
             ring.retire_senders(keys.epoch, &keys.departed, switch);
-            if !keys.departed.is_empty() {
+            if keys.removal {
                 let cut = switch
                     .checked_add(self.config.removal_skew)
                     .unwrap_or(switch);

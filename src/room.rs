@@ -43,14 +43,15 @@ use std::collections::BTreeMap;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType,
-    Extensions, ExternalSender, GroupContext, GroupId, KeyPackage, KeyPackageBundle, KeyPackageIn,
-    KeyPackageRef, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
-    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessageContent,
-    ProcessedWelcome, Proposal, ProposalOrRefType, ProtocolVersion, QueuedProposal,
-    RequiredCapabilitiesExtension, Sender, StagedCommit, UnknownExtension, ValidationError,
-    WelcomeError, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    Extensions, ExternalSender, GroupContext, GroupId, KeyPackage, KeyPackageBundle, KeyPackageRef,
+    LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
+    MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProcessedWelcome,
+    Proposal, ProposalOrRefType, ProtocolVersion, QueuedProposal, RequiredCapabilitiesExtension,
+    Sender, StagedCommit, UnknownExtension, ValidationError, WelcomeError,
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::storage::{
     traits as storage_traits, Entity, Key, StorageProvider as _, CURRENT_VERSION,
 };
@@ -138,7 +139,7 @@ const FINGERPRINT_LABEL: &[u8] = b"sotto 1 member fingerprint";
 const MEMBER_ID_LABEL: &[u8] = b"sotto 1 member id";
 
 /// The data plane's name for the member at `leaf` with `signature_key`.
-fn member_id(leaf: u32, signature_key: &[u8]) -> MemberId {
+pub(crate) fn member_id(leaf: u32, signature_key: &[u8]) -> MemberId {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(MEMBER_ID_LABEL);
     ctx.update(signature_key);
@@ -1364,12 +1365,7 @@ impl<P: OpenMlsProvider> Room<P> {
                 }
                 _ => {}
             }
-            let MlsMessageBodyIn::KeyPackage(kp) =
-                parse_message(bytes).map_err(|_| RoomError::InvalidKeyPackage)?
-            else {
-                return Err(RoomError::InvalidKeyPackage);
-            };
-            packages.push(validate_key_package(kp, room, &self.provider)?);
+            packages.push(parse_key_package(bytes, room, self.provider.crypto())?);
         }
         let (commit, welcome) = self
             .build_commit(packages, Vec::new(), &[], None)
@@ -1829,13 +1825,20 @@ fn check_message_suite(bytes: &[u8]) -> Result<(), RoomError> {
     }
 }
 
-fn validate_key_package<P: OpenMlsProvider>(
-    kp: KeyPackageIn,
+/// Parses and validates a KeyPackage message for a group of MLS suite `room`: signature,
+/// lifetime, suite, and sotto's parameters capability.
+pub(crate) fn parse_key_package(
+    bytes: &[u8],
     room: Ciphersuite,
-    provider: &P,
+    crypto: &impl OpenMlsCrypto,
 ) -> Result<KeyPackage, RoomError> {
+    let MlsMessageBodyIn::KeyPackage(kp) =
+        parse_message(bytes).map_err(|_| RoomError::InvalidKeyPackage)?
+    else {
+        return Err(RoomError::InvalidKeyPackage);
+    };
     let kp = kp
-        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .validate(crypto, ProtocolVersion::Mls10)
         .map_err(|_| RoomError::InvalidKeyPackage)?;
     if kp.ciphersuite() != room {
         return Err(RoomError::WrongMlsSuite {

@@ -590,3 +590,46 @@ fn write_quic_stream_seeds() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+#[test]
+fn stage_corpus() {
+    use sotto::stage::{fuzzing, StageError};
+    let inputs = corpus("stage");
+    assert!(
+        inputs.len() >= 8,
+        "stage corpus has {} inputs",
+        inputs.len()
+    );
+    for (_, data) in &inputs {
+        bodies::stage(data);
+    }
+    // The seeds reach past the parsers' first checks: valid bodies parse, broken ones are
+    // refused for what they break.
+    let seed = |name: &str| {
+        inputs
+            .iter()
+            .find(|(p, _)| p.file_name().unwrap() == name)
+            .map(|(_, d)| d.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        fuzzing::rekey_body(&seed("rekey_departure"), 1 << 14),
+        Ok(6)
+    );
+    assert_eq!(fuzzing::rekey_body(&seed("rekey_empty"), 1 << 14), Ok(0));
+    for bad in ["rekey_unsorted", "rekey_bad_count"] {
+        assert_eq!(
+            fuzzing::rekey_body(&seed(bad), 1 << 14),
+            Err(StageError::Malformed)
+        );
+    }
+    assert_eq!(fuzzing::welcome_body(&seed("welcome_16")), Ok((3, 5)));
+    assert_eq!(
+        fuzzing::welcome_body(&seed("welcome_16384_speakers")),
+        Ok((16383, 15))
+    );
+    assert_eq!(
+        fuzzing::welcome_body(&seed("welcome_bad_capacity")),
+        Err(StageError::Malformed)
+    );
+}
