@@ -82,17 +82,18 @@ impl Stage {
     /// back to its size (untimed for callers that time only this step's commit).
     fn commit(&mut self, kps: &[Vec<u8>]) -> StageCommit {
         let crypto = RustCrypto::default();
-        for kp in kps {
-            self.bulk.push(self.host.add(&crypto, kp).unwrap());
-        }
+        // Departures first, from listeners already in (never a newcomer of this commit).
         for _ in 0..DEPARTURES {
             self.rng = self
                 .rng
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let k = (self.rng >> 33) as usize % (self.bulk.len() - JOINS);
+            let k = (self.rng >> 33) as usize % self.bulk.len();
             let slot = self.bulk.swap_remove(k);
             self.host.remove(slot).unwrap();
+        }
+        for kp in kps {
+            self.bulk.push(self.host.add(&crypto, kp).unwrap());
         }
         self.host.commit(&crypto).unwrap()
     }

@@ -901,32 +901,41 @@ pub fn sealed(data: &[u8]) {
     }
 }
 
-/// Stage messages: `data` as a rekey and a Welcome on the wire of a stage member (refused
-/// before or at decryption), and as the signed bodies behind them, parsed directly (what a
+/// Stage messages: `data` as a rekey and a Welcome on the wire of a stage member, and as a
+/// Welcome for a KeyPackage the member holds (all refused, at the latest at decryption), and as the signed bodies behind them, parsed directly (what a
 /// host's signature would otherwise keep out): never a panic, counts within the bytes.
 pub fn stage(data: &[u8]) {
     use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
     use sotto::room::{Identity, MlsSuite};
     use sotto::stage::{fuzzing, StageConfig, StageHost, StageMember};
     use std::cell::RefCell;
+    /// A member, its identity, the host's key, and a KeyPackage reference it holds.
+    type Fixture = (StageMember, Identity<OpenMlsRustCrypto>, Vec<u8>, Vec<u8>);
     thread_local! {
-        static MEMBER: RefCell<(StageMember, Identity<OpenMlsRustCrypto>, Vec<u8>)> = {
+        static MEMBER: RefCell<Fixture> = {
             let (mut host, _) = StageHost::new(StageConfig { capacity: 16, ..StageConfig::default() }).unwrap();
             let id = Identity::new(OpenMlsRustCrypto::default(), b"fuzz").unwrap();
             host.add(&RustCrypto::default(), &id.key_package(MlsSuite::Classic).unwrap().bytes).unwrap();
             let commit = host.commit(&RustCrypto::default()).unwrap();
             let (member, _) = StageMember::join(&id, host.signature_key(), &commit.welcomes[0].bytes).unwrap();
-            // A second KeyPackage for Welcomes made of `data`.
-            id.key_package(MlsSuite::Classic).unwrap();
-            RefCell::new((member, id, host.signature_key().to_vec()))
+            // A second KeyPackage, whose reference leads Welcomes made of `data` to HPKE.
+            let reference = id.key_package(MlsSuite::Classic).unwrap().reference;
+            RefCell::new((member, id, host.signature_key().to_vec(), reference))
         };
     }
     MEMBER.with(|m| {
-        let (member, id, host_key) = &mut *m.borrow_mut();
+        let (member, id, host_key, reference) = &mut *m.borrow_mut();
         let epoch = member.epoch();
         assert!(member.process(data).is_err());
         assert_eq!(member.epoch(), epoch);
         assert!(StageMember::join(id, host_key, data).is_err());
+        // The same bytes behind the held KeyPackage's reference: refused at decryption
+        // (the KeyPackage is kept for a genuine Welcome).
+        let mut welcome = vec![1u8];
+        welcome.extend_from_slice(&(reference.len() as u16).to_be_bytes());
+        welcome.extend_from_slice(reference);
+        welcome.extend_from_slice(data);
+        assert!(StageMember::join(id, host_key, &welcome).is_err());
     });
     if let Ok(n) = fuzzing::rekey_body(data, 1 << 14) {
         assert!(n * 36 <= data.len());

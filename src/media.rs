@@ -325,8 +325,9 @@ impl MediaSession {
     /// late must be able to open its first frame), with a counter starting at 0 (a fresh
     /// key). `ReceiveOnly` keys are installed and become current, for opening only.
     /// `Restored` keys become current and give the epoch's token, but its frames are
-    /// refused. When the keys name departed members, every older epoch closes one switch
-    /// delay plus [`MediaConfig::removal_skew`] from `now`.
+    /// refused. When the keys mark a removal (departed members, or
+    /// [`EpochKeys::with_removal`]), every older epoch closes one switch delay plus
+    /// [`MediaConfig::removal_skew`] from `now`.
     pub fn apply(&mut self, keys: EpochKeys, now: Instant) -> Result<(), KeyError> {
         if keys.stream_bits > MAX_STREAM_BITS {
             return Err(KeyError::InvalidLayout);

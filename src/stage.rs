@@ -28,11 +28,13 @@
 //!
 //! What this trades away against a room (README, "Stage rooms", threat model): the host
 //! holds every listener's keys (it is trusted for confidentiality, like an MLS committer
-//! that could always add an eavesdropper, but also knows every key of the tree); a
-//! listener gets no post-compromise security of its own beyond the refresh of its path
-//! when a listener near it departs; and, as in a room, sender keys are symmetric, so any
-//! holder of an epoch's keys — here any listener — can forge a frame under a speaker's KID
-//! for receivers of that epoch.
+//! that could always add an eavesdropper, but it can also read without adding anyone; and
+//! as it ratchets node keys lazily, a copy of its memory holds some older epochs' keys); a
+//! listener's leaf key is only ratcheted, never replaced, so a copy of a listener's state
+//! follows the stage until that listener leaves (no post-compromise security for
+//! listeners); and, as in a room, sender keys are symmetric, so any holder of an epoch's
+//! keys — here any listener — can forge a frame under a speaker's KID for receivers of
+//! that epoch.
 //!
 //! Sans-IO: the host and members return bytes to send and take bytes received; time is a
 //! parameter of the media session only.
@@ -74,6 +76,8 @@ const LABEL_WRAP: &[u8] = b"sotto stage wrap";
 const LABEL_BASE_KEY: &[u8] = b"sotto stage base key";
 const LABEL_TOKEN: &[u8] = b"sotto stage token";
 const LABEL_HANDSHAKE: &[u8] = b"sotto stage handshake";
+const LABEL_CONFIRM: &[u8] = b"sotto stage confirm";
+const CONFIRM_LEN: usize = 16;
 const CONTEXT_REKEY: &[u8] = b"sotto stage rekey v1";
 const CONTEXT_WELCOME: &[u8] = b"sotto stage welcome v1";
 const HPKE_INFO: &[u8] = b"sotto stage welcome";
@@ -86,10 +90,13 @@ pub enum StageError {
     /// The capacity is not a power of two in `2..=MAX_CAPACITY`.
     #[error("stage capacity {0} is not a power of two in 2..=65536")]
     InvalidCapacity(u32),
+    /// The media parameters are not supported by this build.
+    #[error("stage parameters refused: {0}")]
+    Params(crate::room::ParamsError),
     /// Every leaf of the audience tree is taken.
     #[error("the stage is full")]
     Full,
-    /// The KeyPackage was refused (see the room error).
+    /// The KeyPackage was refused (see the room error), or its HPKE init key is unusable.
     #[error("key package refused: {0}")]
     KeyPackage(RoomError),
     /// No listener (or pending newcomer) at this slot.
@@ -98,7 +105,11 @@ pub enum StageError {
     /// The slot already has a change pending in this commit.
     #[error("slot {0} already has a change pending")]
     AlreadyPending(u32),
-    /// Promoting would exceed [`MAX_SPEAKERS`].
+    /// This KeyPackage was added before (KeyPackages are single-use).
+    #[error("key package already used")]
+    DuplicateKeyPackage,
+    /// Promoting would exceed [`MAX_SPEAKERS`], or every speaker index the KID layout has
+    /// was used (indices are never reused while the stage lives).
     #[error("the stage already has the most speakers it may have")]
     TooManySpeakers,
     /// Nothing to commit.
@@ -109,7 +120,9 @@ pub enum StageError {
     #[error("malformed stage message")]
     Malformed,
     /// The message is not for this member's epoch: `expected` is the epoch this member can
-    /// read.
+    /// read. `got` is read before authentication (a relay can make it up): treat it as a
+    /// hint only. A member that missed a rekey cannot catch up (rekeys carry changes
+    /// only): it needs a new Welcome.
     #[error("stage message for epoch {got}, this member is at {expected}")]
     WrongEpoch {
         /// The epoch this member can process a rekey from.
@@ -127,7 +140,8 @@ pub enum StageError {
     /// used).
     #[error("no key package for this welcome")]
     UnknownKeyPackage,
-    /// This member's path was refreshed without it: the host removed it.
+    /// This member's path was refreshed without it, or the new root does not match the
+    /// host's confirmation: the host removed it.
     #[error("removed from the stage")]
     Removed,
     /// The storage failed.
@@ -259,6 +273,10 @@ pub struct StageHost {
     /// Speaker index → slot, for index 1.. (the host is index 0).
     speakers: Vec<Option<u32>>,
     roles_changed: bool,
+    /// Speaker indices demoted or removed since the last commit.
+    retired: Vec<u32>,
+    /// References of every KeyPackage ever added (each is single-use).
+    seen: std::collections::BTreeSet<Vec<u8>>,
 }
 
 fn random_key(rng: &SystemRandom) -> Result<Zeroizing<[u8; NODE_KEY_LEN]>, StageError> {
@@ -313,9 +331,12 @@ fn wrap(
 
 /// Keys of an epoch derived from its root key.
 struct EpochSecrets {
+    epoch: u64,
     base_key: Zeroizing<Vec<u8>>,
     token: ChannelToken,
-    handshake: [u8; HANDSHAKE_KEY_LEN],
+    handshake: Zeroizing<[u8; HANDSHAKE_KEY_LEN]>,
+    /// Key confirmation: members check the root they computed against the host's.
+    confirm: [u8; CONFIRM_LEN],
 }
 
 fn epoch_secrets(
@@ -328,26 +349,30 @@ fn epoch_secrets(
     expand(root, &[LABEL_BASE_KEY, &e], base_key.as_mut_slice())?;
     let mut token = [0u8; CHANNEL_TOKEN_LEN];
     expand(root, &[LABEL_TOKEN, &e], &mut token)?;
-    let mut handshake = [0u8; HANDSHAKE_KEY_LEN];
-    expand(root, &[LABEL_HANDSHAKE, &e], &mut handshake)?;
+    let mut handshake = Zeroizing::new([0u8; HANDSHAKE_KEY_LEN]);
+    expand(root, &[LABEL_HANDSHAKE, &e], handshake.as_mut())?;
+    let mut confirm = [0u8; CONFIRM_LEN];
+    expand(root, &[LABEL_CONFIRM, &e], &mut confirm)?;
     Ok(EpochSecrets {
+        epoch,
         base_key,
         token: ChannelToken(token),
         handshake,
+        confirm,
     })
 }
 
 fn epoch_keys(
     secrets: EpochSecrets,
-    epoch: u64,
     status: EpochStatus,
     params: &RoomParams,
     speakers: &[Speaker],
     own_index: u32,
+    retired: &[u32],
     removal: bool,
 ) -> EpochKeys {
     let keys = EpochKeys::assume_unique_for_key(
-        epoch,
+        secrets.epoch,
         status,
         params.suite,
         params.layout,
@@ -357,7 +382,8 @@ fn epoch_keys(
         secrets.token,
         secrets.base_key.to_vec(),
     )
-    .with_handshake_key(HandshakeKey::from_exported(secrets.handshake));
+    .with_handshake_key(HandshakeKey::from_exported(*secrets.handshake))
+    .with_departed(retired.to_vec());
     if removal {
         keys.with_removal()
     } else {
@@ -489,7 +515,10 @@ fn read_speakers(r: &mut Reader<'_>, capacity: u32) -> Result<Vec<Speaker>, Stag
 /// Reads the body of a rekey whose signature has been checked.
 struct Rekey {
     epoch: u64,
+    confirm: [u8; CONFIRM_LEN],
     speakers: Vec<Speaker>,
+    /// Speaker indices demoted or removed by this commit.
+    retired: Vec<u32>,
     /// (child node, wrapped parent key), strictly increasing by child.
     entries: Vec<(u32, [u8; NODE_KEY_LEN])>,
     removal: bool,
@@ -509,7 +538,24 @@ fn parse_rekey_body(body: &[u8], capacity: u32) -> Result<Rekey, StageError> {
         1 => true,
         _ => return Err(StageError::Malformed),
     };
+    let confirm: [u8; CONFIRM_LEN] = r
+        .take(CONFIRM_LEN)?
+        .try_into()
+        .map_err(|_| StageError::Malformed)?;
     let speakers = read_speakers(&mut r, capacity)?;
+    let n_retired = usize::from(r.u8()?);
+    let mut retired: Vec<u32> = Vec::with_capacity(n_retired);
+    for _ in 0..n_retired {
+        let index = r.u32()?;
+        // Never the host, never a current speaker, strictly increasing.
+        if index == HOST_SPEAKER
+            || retired.last().is_some_and(|l| *l >= index)
+            || speakers.iter().any(|s| s.index == index)
+        {
+            return Err(StageError::Malformed);
+        }
+        retired.push(index);
+    }
     let n = usize::try_from(r.u32()?).map_err(|_| StageError::Malformed)?;
     // Each entry is 36 bytes: a count beyond what the bytes hold is refused before any
     // allocation.
@@ -533,7 +579,9 @@ fn parse_rekey_body(body: &[u8], capacity: u32) -> Result<Rekey, StageError> {
     }
     Ok(Rekey {
         epoch,
+        confirm,
         speakers,
+        retired,
         entries,
         removal,
     })
@@ -600,6 +648,27 @@ pub mod fuzzing {
     }
 }
 
+/// What the host signs: `context ‖ len(prefix) u16 ‖ prefix ‖ body` (zeroized: a Welcome's
+/// body holds path keys).
+fn signed_message(
+    context: &[u8],
+    prefix: &[u8],
+    body: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, StageError> {
+    let mut message = Zeroizing::new(Vec::with_capacity(
+        context.len() + 2 + prefix.len() + body.len(),
+    ));
+    message.extend_from_slice(context);
+    message.extend_from_slice(
+        &u16::try_from(prefix.len())
+            .map_err(|_| StageError::Malformed)?
+            .to_be_bytes(),
+    );
+    message.extend_from_slice(prefix);
+    message.extend_from_slice(body);
+    Ok(message)
+}
+
 /// Splits `signed` into (body, signature) and verifies the host's signature.
 fn verify<'a>(
     host_key: &[u8],
@@ -612,10 +681,7 @@ fn verify<'a>(
         .checked_sub(SIGNATURE_LEN)
         .ok_or(StageError::Malformed)?;
     let (body, sig) = signed.split_at(at);
-    let mut message = Vec::with_capacity(context.len() + prefix.len() + body.len());
-    message.extend_from_slice(context);
-    message.extend_from_slice(prefix);
-    message.extend_from_slice(body);
+    let message = signed_message(context, prefix, body)?;
     signature::UnparsedPublicKey::new(&signature::ED25519, host_key)
         .verify(&message, sig)
         .map_err(|_| StageError::BadSignature)?;
@@ -631,6 +697,7 @@ impl StageHost {
         if !config.capacity.is_power_of_two() || !(2..=MAX_CAPACITY).contains(&config.capacity) {
             return Err(StageError::InvalidCapacity(config.capacity));
         }
+        config.params.check().map_err(StageError::Params)?;
         let rng = SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| StageError::Internal)?;
         let signer =
@@ -658,8 +725,10 @@ impl StageHost {
             departing: Vec::new(),
             speakers: Vec::new(),
             roles_changed: false,
+            retired: Vec::new(),
+            seen: std::collections::BTreeSet::new(),
         };
-        let keys = host.own_keys(false)?;
+        let keys = host.own_keys(&[], false)?;
         Ok((host, keys))
     }
 
@@ -706,19 +775,41 @@ impl StageHost {
     }
 
     /// Admits the holder of `key_package` (an MLS KeyPackage message of the stage's MLS
-    /// suite, validated: signature, lifetime, suite) at the next commit; returns its slot.
+    /// suite, validated: signature, lifetime, suite, and an init key HPKE can seal to) at
+    /// the next commit; returns its slot.
     pub fn add(
         &mut self,
         crypto: &impl OpenMlsCrypto,
         key_package: &[u8],
     ) -> Result<u32, StageError> {
-        let kp = crate::room::parse_key_package(
-            key_package,
-            self.config.mls_suite.ciphersuite(),
-            crypto,
-        )
-        .map_err(StageError::KeyPackage)?;
+        let suite = self.config.mls_suite.ciphersuite();
+        let kp = crate::room::parse_key_package(key_package, suite, crypto)
+            .map_err(StageError::KeyPackage)?;
+        let reference = kp
+            .hash_ref(crypto)
+            .map_err(|_| StageError::Internal)?
+            .as_slice()
+            .to_vec();
+        if self.seen.contains(&reference) {
+            return Err(StageError::DuplicateKeyPackage);
+        }
+        // The signature does not vouch for the init key: one HPKE cannot seal to (a bad
+        // length, a low-order point) would otherwise fail the commit after it changed the
+        // tree. Refused here, before anything changes.
+        crypto
+            .hpke_seal(
+                suite.hpke_config(),
+                kp.hpke_init_key().as_slice(),
+                HPKE_INFO,
+                &reference,
+                &[],
+            )
+            .map_err(|_| StageError::KeyPackage(RoomError::InvalidKeyPackage))?;
+        if self.free.is_empty() {
+            return Err(StageError::Full);
+        }
         let slot = self.free.pop().ok_or(StageError::Full)?;
+        self.seen.insert(reference);
         if let Some(s) = self.slots.get_mut(slot as usize) {
             *s = Slot::Joining(Box::new(kp));
         }
@@ -782,6 +873,8 @@ impl StageHost {
         if let Some(s) = self.speakers.get_mut(at) {
             *s = None;
         }
+        self.retired
+            .push(u32::try_from(at + 1).map_err(|_| StageError::Internal)?);
         self.roles_changed = true;
         Ok(())
     }
@@ -839,9 +932,17 @@ impl StageHost {
         }
         let mut entries: Vec<(u32, [u8; NODE_KEY_LEN])> = Vec::new();
         for &p in &refresh {
-            let parent_key = *self.key(p, epoch)?;
+            let parent_key = self.key(p, epoch)?;
             for child in [2 * p, 2 * p + 1] {
-                if self.occupied.get(child as usize).copied().unwrap_or(0) == 0 {
+                // Only subtrees with a member of the previous epoch need the key: the
+                // newcomers of this commit get their path in their Welcome.
+                let level = capacity.ilog2() - child.ilog2();
+                let fresh = joining
+                    .iter()
+                    .filter(|s| (capacity + **s) >> level == child)
+                    .count();
+                let under = self.occupied.get(child as usize).copied().unwrap_or(0) as usize;
+                if under <= fresh {
                     continue;
                 }
                 let child_key = self.key(child, epoch)?;
@@ -851,8 +952,12 @@ impl StageHost {
         entries.sort_unstable_by_key(|(c, _)| *c);
         // Speakers whose slot departed were demoted in `remove`.
         self.roles_changed = false;
+        let mut retired = std::mem::take(&mut self.retired);
+        retired.sort_unstable();
+        retired.dedup();
         self.epoch = epoch;
         let speakers = self.speakers();
+        let confirm = self.own_secrets()?.confirm;
         let removal = !departing.is_empty();
         // The rekey.
         let mut body = Vec::with_capacity(32 + speakers.len() * 16 + entries.len() * 36);
@@ -860,7 +965,16 @@ impl StageHost {
         body.extend_from_slice(&epoch.to_be_bytes());
         body.extend_from_slice(&capacity.to_be_bytes());
         body.push(u8::from(removal));
+        body.extend_from_slice(&confirm);
         write_speakers(&mut body, &speakers);
+        // A commit names at most 255 retired indices (more only if the host promoted and
+        // demoted over 255 times in one interval); any beyond are still cut off with the
+        // older epochs, one switch delay plus the skew after the rekey.
+        let shown = retired.len().min(usize::from(u8::MAX));
+        body.push(u8::try_from(shown).unwrap_or(u8::MAX));
+        for index in retired.iter().take(shown) {
+            body.extend_from_slice(&index.to_be_bytes());
+        }
         body.extend_from_slice(
             &u32::try_from(entries.len())
                 .map_err(|_| StageError::Internal)?
@@ -870,14 +984,14 @@ impl StageHost {
             body.extend_from_slice(&child.to_be_bytes());
             body.extend_from_slice(key);
         }
-        self.sign_into(CONTEXT_REKEY, &[], &mut body);
+        self.sign_into(CONTEXT_REKEY, &[], &mut body)?;
         let rekey = seal_rekey(&self.rng, &old_handshake, epoch - 1, &body)?;
         // Welcomes.
         let mut welcomes = Vec::with_capacity(newcomers.len());
         for (slot, kp) in newcomers {
             welcomes.push(self.welcome(crypto, slot, &kp, &speakers)?);
         }
-        let keys = self.own_keys(removal)?;
+        let keys = self.own_keys(&retired, removal)?;
         Ok(StageCommit {
             epoch,
             rekey,
@@ -899,7 +1013,7 @@ impl StageHost {
             .as_slice()
             .to_vec();
         let mut body = Zeroizing::new(Vec::with_capacity(
-            64 + (self.config.depth() + 1) * NODE_KEY_LEN,
+            32 + 1 + speakers.len() * 16 + (self.config.depth() + 1) * NODE_KEY_LEN + SIGNATURE_LEN,
         ));
         body.push(VERSION);
         body.extend_from_slice(&self.config.params.encode());
@@ -914,7 +1028,7 @@ impl StageHost {
             body.extend_from_slice(key.as_ref());
             n /= 2;
         }
-        self.sign_into(CONTEXT_WELCOME, &reference, &mut body);
+        self.sign_into(CONTEXT_WELCOME, &reference, &mut body)?;
         let suite = self.config.mls_suite.ciphersuite();
         let sealed = crypto
             .hpke_seal(
@@ -945,13 +1059,16 @@ impl StageHost {
         })
     }
 
-    /// Appends the host's signature over `context ‖ prefix ‖ body` to `body`.
-    fn sign_into(&self, context: &[u8], prefix: &[u8], body: &mut Vec<u8>) {
-        let mut message = Vec::with_capacity(context.len() + prefix.len() + body.len());
-        message.extend_from_slice(context);
-        message.extend_from_slice(prefix);
-        message.extend_from_slice(body);
+    /// Appends the host's signature over [`signed_message`] to `body`.
+    fn sign_into(
+        &self,
+        context: &[u8],
+        prefix: &[u8],
+        body: &mut Vec<u8>,
+    ) -> Result<(), StageError> {
+        let message = signed_message(context, prefix, body)?;
         body.extend_from_slice(self.signer.sign(&message).as_ref());
+        Ok(())
     }
 
     fn own_secrets(&mut self) -> Result<EpochSecrets, StageError> {
@@ -959,16 +1076,16 @@ impl StageHost {
         epoch_secrets(&root, self.epoch, &self.config.params)
     }
 
-    fn own_keys(&self, removal: bool) -> Result<EpochKeys, StageError> {
+    fn own_keys(&self, retired: &[u32], removal: bool) -> Result<EpochKeys, StageError> {
         let root = self.peek(1)?;
         let secrets = epoch_secrets(&root, self.epoch, &self.config.params)?;
         Ok(epoch_keys(
             secrets,
-            self.epoch,
             EpochStatus::Current,
             &self.config.params,
             &self.speakers(),
             HOST_SPEAKER,
+            retired,
             removal,
         ))
     }
@@ -1048,7 +1165,7 @@ pub struct StageMember {
     /// Keys of the leaf and every node above it, leaf first.
     path: Vec<Zeroizing<[u8; NODE_KEY_LEN]>>,
     speakers: Vec<Speaker>,
-    handshake: [u8; HANDSHAKE_KEY_LEN],
+    handshake: Zeroizing<[u8; HANDSHAKE_KEY_LEN]>,
 }
 
 impl StageMember {
@@ -1116,14 +1233,20 @@ impl StageMember {
             slot,
             path,
             speakers,
-            handshake: [0; HANDSHAKE_KEY_LEN],
+            handshake: Zeroizing::new([0; HANDSHAKE_KEY_LEN]),
         };
-        let keys = member.keys(false)?;
+        let keys = member.keys(&[], false)?;
         Ok((member, keys))
     }
 
     /// Processes the host's rekey out of this member's epoch; returns the new epoch's
     /// keys. [`StageError::Removed`] when the host refreshed this member's path without it.
+    ///
+    /// Rekeys must be processed in order, each exactly once: one missed leaves the member
+    /// unable to follow ([`StageError::WrongEpoch`]); it then needs a new Welcome. A member
+    /// whose [`role`](Self::role) became [`Role::Listener`] should call
+    /// [`MediaSession::stop_sending`](crate::media::MediaSession::stop_sending): receivers
+    /// refuse its older-epoch frames one switch delay after they apply these keys anyway.
     pub fn process(&mut self, rekey: &[u8]) -> Result<EpochKeys, StageError> {
         let mut r = Reader(rekey);
         if r.u8()? != VERSION {
@@ -1141,7 +1264,7 @@ impl StageMember {
             .try_into()
             .map_err(|_| StageError::Malformed)?;
         let key = aead::LessSafeKey::new(
-            aead::UnboundKey::new(&aead::AES_128_GCM, &self.handshake)
+            aead::UnboundKey::new(&aead::AES_128_GCM, self.handshake.as_ref())
                 .map_err(|_| StageError::Internal)?,
         );
         let mut body = r.rest().to_vec();
@@ -1185,16 +1308,26 @@ impl StageMember {
             path.push(next);
             n = parent;
         }
+        // Key confirmation: a member whose path was refreshed without it in a way the
+        // entries do not show (it was the last listener under every refreshed node) gets
+        // a root that does not match.
+        let root = path.last().ok_or(StageError::Internal)?;
+        let secrets = epoch_secrets(root, expected, &self.params)?;
+        if !subtle_eq(&secrets.confirm, &rekey.confirm) {
+            return Err(StageError::Removed);
+        }
         self.path = path;
         self.epoch = expected;
         self.speakers = rekey.speakers;
-        self.keys(rekey.removal)
+        self.keys(&rekey.retired, rekey.removal)
     }
 
-    fn keys(&mut self, removal: bool) -> Result<EpochKeys, StageError> {
+    /// The keys of the current epoch; `retired` speakers' frames of older epochs are
+    /// refused one switch delay after they are applied.
+    fn keys(&mut self, retired: &[u32], removal: bool) -> Result<EpochKeys, StageError> {
         let root = self.path.last().ok_or(StageError::Internal)?;
         let secrets = epoch_secrets(root, self.epoch, &self.params)?;
-        self.handshake = secrets.handshake;
+        self.handshake = secrets.handshake.clone();
         let (status, own) = match self.role() {
             Role::Speaker(i) => (EpochStatus::Current, i),
             // A listener seals nothing; its "own" index names no speaker.
@@ -1202,11 +1335,11 @@ impl StageMember {
         };
         Ok(epoch_keys(
             secrets,
-            self.epoch,
             status,
             &self.params,
             &self.speakers,
             own,
+            retired,
             removal,
         ))
     }
@@ -1248,6 +1381,11 @@ impl std::fmt::Debug for StageMember {
             .field("role", &self.role())
             .finish_non_exhaustive()
     }
+}
+
+/// Constant-time equality of two confirmation tags.
+fn subtle_eq(a: &[u8; CONFIRM_LEN], b: &[u8; CONFIRM_LEN]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The KeyPackage reference named by a Welcome's bytes.

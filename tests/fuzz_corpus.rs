@@ -617,7 +617,7 @@ fn stage_corpus() {
         Ok(6)
     );
     assert_eq!(fuzzing::rekey_body(&seed("rekey_empty"), 1 << 14), Ok(0));
-    for bad in ["rekey_unsorted", "rekey_bad_count"] {
+    for bad in ["rekey_unsorted", "rekey_bad_count", "rekey_retired_speaker"] {
         assert_eq!(
             fuzzing::rekey_body(&seed(bad), 1 << 14),
             Err(StageError::Malformed)
