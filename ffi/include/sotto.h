@@ -6,6 +6,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * sotto's C ABI. Conventions, for every function:
+ * - It returns a SottoStatus (SOTTO_OK = 0); on any other status sotto_last_error gives a
+ *   message for the calling thread. Status values are never reused.
+ * - Handles are opaque, each made by one function and released by its own _free (which
+ *   takes NULL). No function frees a handle it was given, even on error. A function that
+ *   takes over a handle's content (an identity given to sotto_room_create) leaves it empty:
+ *   later calls return SOTTO_CONSUMED; free it as usual. After a _free the handle is gone
+ *   whatever the status; using it again is undefined behaviour.
+ * - Outputs go to caller-owned buffers (out, cap, written): *written is the output's size;
+ *   with cap too small (e.g. out NULL and cap 0: a size query) nothing is written to out
+ *   and the status is SOTTO_BUFFER_TOO_SMALL. Output buffers must not overlap a handle.
+ *   Nothing the library returns is freed by the caller except handles.
+ * - NULL and misaligned pointers, empty inputs, and a handle of the wrong kind (any live
+ *   sotto handle, or NULL) are reported as errors; other pointers are undefined behaviour.
+ * - No panic crosses the boundary: it becomes SOTTO_PANIC and poisons the handles of that
+ *   call (SOTTO_POISONED from then on; only _free works). A build with panic=abort aborts.
+ * - Time is now_ms, milliseconds of a monotonic clock of the app's choice, the same for
+ *   every call on a handle.
+ * - Threads: a handle may move between threads but is used by one at a time; each
+ *   function says which thread it belongs on. The media handle (data plane) is separate
+ *   from the room (control plane) so it can live on the audio thread: SottoKeys carry each
+ *   epoch's keys from one to the other.
+ * - Process-wide: openmls runs tree operations on rayon's global thread pool, which starts
+ *   on first use and lives until exit; the only other global state is each thread's last
+ *   error message.
+ */
+
 /* Opaque handles: each is made by one function and released by its own _free. */
 typedef struct SottoIdentity SottoIdentity;
 typedef struct SottoRoom SottoRoom;
@@ -14,8 +42,20 @@ typedef struct SottoMedia SottoMedia;
 typedef struct SottoCall SottoCall;
 
 
-// Status of every call. Values are never reused for another meaning.
-typedef enum SottoStatus {
+// The version of this ABI: bumped whenever a signature, a struct or the meaning of a
+// status changes incompatibly.
+#define SOTTO_ABI_VERSION 1
+
+// How many bytes longer than the microphone's a frame of another stream may be (its KID
+// carries the stream bits).
+#define SOTTO_STREAM_KID_EXTRA 2
+
+// Status of every call: a 32-bit integer. Values are never reused for another meaning.
+enum SottoStatus
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
   // Success.
   SOTTO_OK = 0,
   // A required pointer was NULL.
@@ -32,8 +72,10 @@ typedef enum SottoStatus {
   SOTTO_INVALID_ARGUMENT = 6,
   // A panic inside the library was caught; free the handle.
   SOTTO_PANIC = 7,
-  // Nothing to take (no keys queued, no commit made).
+  // Nothing to take (no keys queued, no commit made, no datagram to send).
   SOTTO_EMPTY = 8,
+  // A panic inside the library left this handle inconsistent: only its `_free` works.
+  SOTTO_POISONED = 9,
   // Handshake bytes (commit, proposal, Welcome) were refused.
   SOTTO_REJECTED = 20,
   // A KeyPackage is malformed, badly signed, or of another MLS suite.
@@ -62,7 +104,14 @@ typedef enum SottoStatus {
   SOTTO_MEDIA_ERROR = 39,
   // Another error of the call engine: transport, audio (see the message).
   SOTTO_CALL_ERROR = 40,
-} SottoStatus;
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum SottoStatus SottoStatus;
+#else
+typedef int32_t SottoStatus;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 // Counters of a call.
 typedef struct SottoCallStats {
@@ -82,352 +131,462 @@ typedef struct SottoCallStats {
 extern "C" {
 #endif // __cplusplus
 
+// The ABI version the library implements ([`SOTTO_ABI_VERSION`] of the header it was
+// built with). Thread: any.
+uint32_t sotto_abi_version(void);
+
 // Copies the calling thread's last error message (UTF-8, NUL-terminated; `*written`
-// counts the NUL) to `out`. Thread-safe; never fails on an empty message (gives "").
+// counts the NUL) to `out`; "" when there was none. Thread: any; the message is the
+// calling thread's.
 //
 // # Safety
 // `out` is NULL or valid for writing `cap` bytes; `written` is valid for writing.
-enum SottoStatus sotto_last_error(char *out, size_t cap, size_t *written);
+SottoStatus sotto_last_error(char *out, size_t cap, size_t *written);
 
 // Makes an identity with a fresh Ed25519 key; `pseudonym` goes into its credential (what
 // other members see: not a user id, unless the app puts one there).
 //
+// Thread: any; one thread at a time per handle.
+//
 // # Safety
 // `pseudonym` is valid for reading `len` bytes (or NULL with `len` 0); `out` is valid for
 // writing a pointer.
-enum SottoStatus sotto_identity_new(const uint8_t *pseudonym, size_t len, SottoIdentity **out);
+SottoStatus sotto_identity_new(const uint8_t *pseudonym, size_t len, SottoIdentity **out);
 
 // Copies this identity's KeyPackage (an MLS message to hand to an inviter out of band),
 // making it on the first call; later calls give the same one. Its private keys stay in
 // the identity until a Welcome for it is joined.
 //
+// Thread: any; one thread at a time per handle.
+//
 // # Safety
 // `identity` is a live identity handle; `out`/`cap`/`written` as in the conventions.
-enum SottoStatus sotto_identity_key_package(SottoIdentity *identity,
-                                            uint8_t *out,
-                                            size_t cap,
-                                            size_t *written);
+SottoStatus sotto_identity_key_package(SottoIdentity *identity,
+                                       uint8_t *out,
+                                       size_t cap,
+                                       size_t *written);
 
 // Frees an identity (NULL is fine).
 //
+// Thread: any; one thread at a time per handle.
+//
 // # Safety
 // `identity` is NULL or a live identity handle, not used afterwards.
-enum SottoStatus sotto_identity_free(SottoIdentity *identity);
+SottoStatus sotto_identity_free(SottoIdentity *identity);
 
 // Creates a room with the identity as its first member. The identity's content moves
 // into the room (the handle becomes empty; free it as usual).
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `identity` is a live identity handle; `out` is valid for writing a pointer.
-enum SottoStatus sotto_room_create(SottoIdentity *identity, SottoRoom **out);
+SottoStatus sotto_room_create(SottoIdentity *identity, SottoRoom **out);
 
 // Joins a room with a Welcome sealed to the identity's KeyPackage. The identity's content
 // moves into the room on success only (on error it stays usable).
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `identity` is a live identity handle; `welcome` is valid for reading `len` bytes; `out`
 // is valid for writing a pointer.
-enum SottoStatus sotto_room_join(SottoIdentity *identity,
-                                 const uint8_t *welcome,
-                                 size_t len,
-                                 SottoRoom **out);
+SottoStatus sotto_room_join(SottoIdentity *identity,
+                            const uint8_t *welcome,
+                            size_t len,
+                            SottoRoom **out);
 
 // Invites the holders of `count` KeyPackages (`key_packages[i]` of `lens[i]` bytes) in
 // one commit, pending until [`sotto_room_confirm`]. Take the commit with
 // [`sotto_room_commit`] (for every member) and the Welcome with [`sotto_room_welcome`]
 // (for the invitees).
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `room` is a live room handle; `key_packages` and `lens` are valid for reading `count`
 // elements, each `key_packages[i]` for reading `lens[i]` bytes.
-enum SottoStatus sotto_room_invite(SottoRoom *room,
-                                   const uint8_t *const *key_packages,
-                                   const size_t *lens,
-                                   size_t count);
+SottoStatus sotto_room_invite(SottoRoom *room,
+                              const uint8_t *const *key_packages,
+                              const size_t *lens,
+                              size_t count);
 
 // Removes the member at `leaf` in one commit, pending until [`sotto_room_confirm`].
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `room` is a live room handle.
-enum SottoStatus sotto_room_remove(SottoRoom *room, uint32_t leaf);
+SottoStatus sotto_room_remove(SottoRoom *room, uint32_t leaf);
 
 // Updates this member's own keys in one commit (post-compromise security), pending until
 // [`sotto_room_confirm`].
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `room` is a live room handle.
-enum SottoStatus sotto_room_self_update(SottoRoom *room);
+SottoStatus sotto_room_self_update(SottoRoom *room);
 
 // Merges this member's pending commit once the relay (or whoever orders handshake
 // messages) accepted it.
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `room` is a live room handle.
-enum SottoStatus sotto_room_confirm(SottoRoom *room);
+SottoStatus sotto_room_confirm(SottoRoom *room);
 
 // Processes another member's handshake message (a commit or proposal).
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `room` is a live room handle; `message` is valid for reading `len` bytes.
-enum SottoStatus sotto_room_process(SottoRoom *room, const uint8_t *message, size_t len);
+SottoStatus sotto_room_process(SottoRoom *room, const uint8_t *message, size_t len);
 
 // Copies the last commit this member made (to send to every member).
 //
-// # Safety
-// `room` is a live room handle; `out`/`cap`/`written` as in the conventions.
-enum SottoStatus sotto_room_commit(SottoRoom *room, uint8_t *out, size_t cap, size_t *written);
-
-// Copies the Welcome of the last commit this member made (for its invitees).
+// Thread: the room's (control plane); one thread at a time.
 //
 // # Safety
 // `room` is a live room handle; `out`/`cap`/`written` as in the conventions.
-enum SottoStatus sotto_room_welcome(SottoRoom *room, uint8_t *out, size_t cap, size_t *written);
+SottoStatus sotto_room_commit(SottoRoom *room, uint8_t *out, size_t cap, size_t *written);
+
+// Copies the Welcome of the last commit this member made (for its invitees).
+//
+// Thread: the room's (control plane); one thread at a time.
+//
+// # Safety
+// `room` is a live room handle; `out`/`cap`/`written` as in the conventions.
+SottoStatus sotto_room_welcome(SottoRoom *room, uint8_t *out, size_t cap, size_t *written);
 
 // Takes the oldest epoch keys waiting for the data plane (`SOTTO_EMPTY` when none). Apply
 // each, in order, with [`sotto_media_apply`]; keys of a commit this member made come
 // first as *staged* (open only), then again as current once it is confirmed.
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `room` is a live room handle; `out` is valid for writing a pointer.
-enum SottoStatus sotto_room_take_keys(SottoRoom *room, SottoKeys **out);
+SottoStatus sotto_room_take_keys(SottoRoom *room, SottoKeys **out);
 
 // The room's epoch.
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `room` is a live room handle; `out` is valid for writing.
-enum SottoStatus sotto_room_epoch(SottoRoom *room, uint64_t *out);
+SottoStatus sotto_room_epoch(SottoRoom *room, uint64_t *out);
 
 // This member's leaf index (what others pass to [`sotto_room_remove`]).
 //
-// # Safety
-// `room` is a live room handle; `out` is valid for writing.
-enum SottoStatus sotto_room_own_leaf(SottoRoom *room, uint32_t *out);
-
-// Whether a processed commit removed this member (1) or not (0).
+// Thread: the room's (control plane); one thread at a time.
 //
 // # Safety
 // `room` is a live room handle; `out` is valid for writing.
-enum SottoStatus sotto_room_is_removed(SottoRoom *room, uint8_t *out);
+SottoStatus sotto_room_own_leaf(SottoRoom *room, uint32_t *out);
+
+// Whether a processed commit removed this member (1) or not (0).
+//
+// Thread: the room's (control plane); one thread at a time.
+//
+// # Safety
+// `room` is a live room handle; `out` is valid for writing.
+SottoStatus sotto_room_is_removed(SottoRoom *room, uint8_t *out);
 
 // Copies the epoch's safety code: 30 digits in six groups of five, space-separated,
 // NUL-terminated (36 bytes). Members compare it out of band: equal codes mean the same
 // room and epoch, with no one in the middle.
 //
+// Thread: the room's (control plane); one thread at a time.
+//
 // # Safety
 // `room` is a live room handle; `out`/`cap`/`written` as in the conventions.
-enum SottoStatus sotto_room_safety_code(SottoRoom *room, char *out, size_t cap, size_t *written);
+SottoStatus sotto_room_safety_code(SottoRoom *room, char *out, size_t cap, size_t *written);
 
 // Frees a room (NULL is fine).
 //
+// Thread: any (keys travel from the room's thread to the media's).
+//
 // # Safety
 // `room` is NULL or a live room handle, not used afterwards.
-enum SottoStatus sotto_room_free(SottoRoom *room);
+SottoStatus sotto_room_free(SottoRoom *room);
 
 // The epoch these keys are for.
 //
+// Thread: any (keys travel from the room's thread to the media's).
+//
 // # Safety
 // `keys` is a live keys handle; `out` is valid for writing.
-enum SottoStatus sotto_keys_epoch(SottoKeys *keys, uint64_t *out);
+SottoStatus sotto_keys_epoch(SottoKeys *keys, uint64_t *out);
 
 // Frees keys (NULL is fine).
 //
+// Thread: any (keys travel from the room's thread to the media's).
+//
 // # Safety
 // `keys` is NULL or a live keys handle, not used afterwards.
-enum SottoStatus sotto_keys_free(SottoKeys *keys);
+SottoStatus sotto_keys_free(SottoKeys *keys);
 
 // Makes a data plane with the default timing (1 s switch delay, 10 s grace, 128-frame
 // replay window).
 //
+// Thread: the media handle's (e.g. the audio thread); one at a time.
+//
 // # Safety
 // `out` is valid for writing a pointer.
-enum SottoStatus sotto_media_new(SottoMedia **out);
+SottoStatus sotto_media_new(SottoMedia **out);
 
 // Applies epoch keys taken from the room (the keys handle becomes empty; free it).
 //
+// Thread: the media handle's (e.g. the audio thread); one at a time.
+//
 // # Safety
 // `media` is a live media handle; `keys` a live keys handle.
-enum SottoStatus sotto_media_apply(SottoMedia *media, SottoKeys *keys, uint64_t now_ms);
+SottoStatus sotto_media_apply(SottoMedia *media, SottoKeys *keys, uint64_t now_ms);
 
-// Seals `payload` (e.g. one Opus packet) on `stream` (0 = microphone) into `out`. The
-// sealed frame is `payload_len` plus the header and tag (see [`sotto_media_sealed_len`]).
+// Seals `payload` (e.g. one Opus packet, at least 1 byte) on `stream` (0 = microphone)
+// into `out`, which must hold [`sotto_media_sealed_len`] bytes (plus
+// `SOTTO_STREAM_KID_EXTRA` for other streams): the size is checked before sealing, so a
+// too-small buffer never costs a frame. `out` may be `payload` (sealing in place).
+// Thread: the media handle's (e.g. the audio thread).
 //
 // # Safety
 // `media` is a live media handle; `payload` valid for reading `len` bytes;
 // `out`/`cap`/`written` as in the conventions.
-enum SottoStatus sotto_media_seal(SottoMedia *media,
-                                  uint8_t stream,
-                                  const uint8_t *payload,
-                                  size_t len,
-                                  uint8_t *out,
-                                  size_t cap,
-                                  size_t *written,
-                                  uint64_t now_ms);
+SottoStatus sotto_media_seal(SottoMedia *media,
+                             uint8_t stream,
+                             const uint8_t *payload,
+                             size_t len,
+                             uint8_t *out,
+                             size_t cap,
+                             size_t *written,
+                             uint64_t now_ms);
 
 // The size of a sealed frame for a payload of `payload_len` bytes in the sending epoch
 // at `now_ms` (`SOTTO_NO_SENDING_KEY` before the first keys' switch delay).
 //
+// Thread: the media handle's (e.g. the audio thread); one at a time.
+//
 // # Safety
 // `media` is a live media handle; `out` is valid for writing.
-enum SottoStatus sotto_media_sealed_len(SottoMedia *media,
-                                        size_t payload_len,
-                                        size_t *out,
-                                        uint64_t now_ms);
+SottoStatus sotto_media_sealed_len(SottoMedia *media,
+                                   size_t payload_len,
+                                   size_t *out,
+                                   uint64_t now_ms);
 
 // Opens a sealed frame into `out` (the payload); `*sender_leaf` (if not NULL) gets the
-// sender's leaf index. A frame that does not open leaves nothing behind.
+// sender's leaf index. `cap` must be at least the frame's length `len` (the payload is
+// shorter; `*written` is then set to `len`); `out` may be `frame` (opening in place). A
+// frame that does not open leaves nothing behind, and reporting why allocates nothing.
+// Thread: the media handle's (e.g. the audio thread).
 //
 // # Safety
 // `media` is a live media handle; `frame` valid for reading `len` bytes;
 // `out`/`cap`/`written` as in the conventions; `sender_leaf` NULL or writable.
-enum SottoStatus sotto_media_open(SottoMedia *media,
-                                  const uint8_t *frame,
-                                  size_t len,
-                                  uint8_t *out,
-                                  size_t cap,
-                                  size_t *written,
-                                  uint32_t *sender_leaf,
-                                  uint64_t now_ms);
+SottoStatus sotto_media_open(SottoMedia *media,
+                             const uint8_t *frame,
+                             size_t len,
+                             uint8_t *out,
+                             size_t cap,
+                             size_t *written,
+                             uint32_t *sender_leaf,
+                             uint64_t now_ms);
 
 // Frees a data plane (NULL is fine).
 //
+// Thread: the media handle's (e.g. the audio thread); one at a time.
+//
 // # Safety
 // `media` is NULL or a live media handle, not used afterwards.
-enum SottoStatus sotto_media_free(SottoMedia *media);
+SottoStatus sotto_media_free(SottoMedia *media);
 
 // Creates a room with the identity as its first member (the identity's content moves in;
 // free the handle as usual), over sotto's relay wire, with the default configuration.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `identity` is a live identity handle; `out` is valid for writing a pointer.
-enum SottoStatus sotto_call_create(SottoIdentity *identity, uint64_t now_ms, SottoCall **out);
+SottoStatus sotto_call_create(SottoIdentity *identity, uint64_t now_ms, SottoCall **out);
 
 // Waits for a Welcome for the identity's KeyPackage (the one
 // [`sotto_identity_key_package`] gives; made now if it never was), fetched from the
 // relay's mailbox. The identity's content moves in.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `identity` is a live identity handle; `out` is valid for writing a pointer.
-enum SottoStatus sotto_call_join(SottoIdentity *identity, uint64_t now_ms, SottoCall **out);
+SottoStatus sotto_call_join(SottoIdentity *identity, uint64_t now_ms, SottoCall **out);
 
 // Hands in a datagram received from the relay.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `datagram` valid for reading `len` bytes.
-enum SottoStatus sotto_call_handle_datagram(SottoCall *call,
-                                            const uint8_t *datagram,
-                                            size_t len,
-                                            uint64_t now_ms);
+SottoStatus sotto_call_handle_datagram(SottoCall *call,
+                                       const uint8_t *datagram,
+                                       size_t len,
+                                       uint64_t now_ms);
 
 // Copies the next datagram to send to the relay (`SOTTO_EMPTY` when none). On
 // `SOTTO_BUFFER_TOO_SMALL` the datagram is kept for the next call.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `out`/`cap`/`written` as in the conventions.
-enum SottoStatus sotto_call_poll_transmit(SottoCall *call,
-                                          uint8_t *out,
-                                          size_t cap,
-                                          size_t *written);
+SottoStatus sotto_call_poll_transmit(SottoCall *call, uint8_t *out, size_t cap, size_t *written);
 
 // When [`sotto_call_handle_timeout`] is next due, in the handle's `now_ms` clock
 // (`SOTTO_EMPTY` when nothing is scheduled).
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `out_ms` is valid for writing.
-enum SottoStatus sotto_call_poll_timeout(SottoCall *call, uint64_t *out_ms);
+SottoStatus sotto_call_poll_timeout(SottoCall *call, uint64_t *out_ms);
 
 // Runs what is due at `now_ms` (retries, switches, scheduled commits).
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle.
-enum SottoStatus sotto_call_handle_timeout(SottoCall *call, uint64_t now_ms);
+SottoStatus sotto_call_handle_timeout(SottoCall *call, uint64_t now_ms);
 
 // Samples per frame (mono, 48 kHz, 20 ms: 960) for send and pull.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `out` is valid for writing.
-enum SottoStatus sotto_call_frame_samples(SottoCall *call, size_t *out);
+SottoStatus sotto_call_frame_samples(SottoCall *call, size_t *out);
 
 // Encodes, seals and queues one frame of microphone PCM (`samples` must be the frame
 // size). Before this member may speak (its first own commit) the frame is dropped and
 // counted, not an error.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `pcm` valid for reading `samples` values.
-enum SottoStatus sotto_call_send_audio(SottoCall *call,
-                                       const int16_t *pcm,
-                                       size_t samples,
-                                       uint64_t now_ms);
+SottoStatus sotto_call_send_audio(SottoCall *call,
+                                  const int16_t *pcm,
+                                  size_t samples,
+                                  uint64_t now_ms);
 
 // Mixes one frame of every other member into `out` (`samples` = the frame size);
 // `*voices` (if not NULL) gets how many were heard. Call once per frame interval.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `out` valid for writing `samples` values; `voices` NULL
 // or writable.
-enum SottoStatus sotto_call_pull_audio(SottoCall *call,
-                                       int16_t *out,
-                                       size_t samples,
-                                       size_t *voices,
-                                       uint64_t now_ms);
+SottoStatus sotto_call_pull_audio(SottoCall *call,
+                                  int16_t *out,
+                                  size_t samples,
+                                  size_t *voices,
+                                  uint64_t now_ms);
 
 // Invites the holders of `count` KeyPackages (as [`sotto_room_invite`]); their Welcomes
 // go through the relay's mailboxes.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // As [`sotto_room_invite`], with `call` a live call handle.
-enum SottoStatus sotto_call_invite(SottoCall *call,
-                                   const uint8_t *const *key_packages,
-                                   const size_t *lens,
-                                   size_t count,
-                                   uint64_t now_ms);
+SottoStatus sotto_call_invite(SottoCall *call,
+                              const uint8_t *const *key_packages,
+                              const size_t *lens,
+                              size_t count,
+                              uint64_t now_ms);
 
 // Removes the member at `leaf`.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle.
-enum SottoStatus sotto_call_remove(SottoCall *call, uint32_t leaf, uint64_t now_ms);
+SottoStatus sotto_call_remove(SottoCall *call, uint32_t leaf, uint64_t now_ms);
 
 // Updates this member's keys (the engine also does so on its own schedule).
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle.
-enum SottoStatus sotto_call_self_update(SottoCall *call, uint64_t now_ms);
+SottoStatus sotto_call_self_update(SottoCall *call, uint64_t now_ms);
 
 // Leaves the room (proposes this member's removal; others commit it).
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle.
-enum SottoStatus sotto_call_leave(SottoCall *call, uint64_t now_ms);
+SottoStatus sotto_call_leave(SottoCall *call, uint64_t now_ms);
 
 // The room's epoch (`SOTTO_NOT_A_MEMBER` before joining).
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `out` is valid for writing.
-enum SottoStatus sotto_call_epoch(SottoCall *call, uint64_t *out);
+SottoStatus sotto_call_epoch(SottoCall *call, uint64_t *out);
 
 // The safety code, as [`sotto_room_safety_code`] (`SOTTO_NOT_A_MEMBER` before joining).
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `out`/`cap`/`written` as in the conventions.
-enum SottoStatus sotto_call_safety_code(SottoCall *call, char *out, size_t cap, size_t *written);
+SottoStatus sotto_call_safety_code(SottoCall *call, char *out, size_t cap, size_t *written);
 
 // Whether this member was removed (1) or not (0).
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `out` is valid for writing.
-enum SottoStatus sotto_call_is_removed(SottoCall *call, uint8_t *out);
+SottoStatus sotto_call_is_removed(SottoCall *call, uint8_t *out);
 
 // The call's counters.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is a live call handle; `out` is valid for writing.
-enum SottoStatus sotto_call_stats(SottoCall *call, struct SottoCallStats *out);
+SottoStatus sotto_call_stats(SottoCall *call, struct SottoCallStats *out);
 
 // Frees a call (NULL is fine). Hang up first with [`sotto_call_leave`] to tell the room.
 //
+// Thread: the call's; one at a time. It runs both planes (MLS commits too, a few ms), so
+// drive it from a thread that may block that long, not a real-time audio callback.
+//
 // # Safety
 // `call` is NULL or a live call handle, not used afterwards.
-enum SottoStatus sotto_call_free(SottoCall *call);
+SottoStatus sotto_call_free(SottoCall *call);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -134,3 +134,39 @@ fn the_python_example_runs() {
     assert!(output.status.success(), "python failed: {stderr}");
     assert!(stdout.contains("python: ok"), "{stdout}");
 }
+
+/// Status values are part of the ABI: pinned here, so renumbering fails even when the
+/// header is regenerated with it.
+#[test]
+fn status_values_never_change() {
+    use sotto_ffi::SottoStatus::*;
+    let pinned = [
+        (SOTTO_OK, 0),
+        (SOTTO_NULL_POINTER, 1),
+        (SOTTO_MISALIGNED, 2),
+        (SOTTO_WRONG_HANDLE, 3),
+        (SOTTO_CONSUMED, 4),
+        (SOTTO_BUFFER_TOO_SMALL, 5),
+        (SOTTO_INVALID_ARGUMENT, 6),
+        (SOTTO_PANIC, 7),
+        (SOTTO_EMPTY, 8),
+        (SOTTO_POISONED, 9),
+        (SOTTO_REJECTED, 20),
+        (SOTTO_INVALID_KEY_PACKAGE, 21),
+        (SOTTO_NOT_A_MEMBER, 22),
+        (SOTTO_COMMIT_PENDING, 23),
+        (SOTTO_NO_PENDING_COMMIT, 24),
+        (SOTTO_NO_SUCH_MEMBER, 25),
+        (SOTTO_ROOM_ERROR, 29),
+        (SOTTO_AUTHENTICATION_FAILED, 30),
+        (SOTTO_REPLAYED, 31),
+        (SOTTO_UNKNOWN_KEY, 32),
+        (SOTTO_MALFORMED_FRAME, 33),
+        (SOTTO_NO_SENDING_KEY, 34),
+        (SOTTO_MEDIA_ERROR, 39),
+        (SOTTO_CALL_ERROR, 40),
+    ];
+    for (status, value) in pinned {
+        assert_eq!(status as i32, value, "{status:?}");
+    }
+}

@@ -104,7 +104,7 @@ impl Net {
                     &mut voices,
                     self.now_ms,
                 );
-                assert!(s == OK || s == SottoStatus::SOTTO_NOT_A_MEMBER, "{s:?}");
+                assert_eq!(s, OK);
                 heard.push((
                     voices,
                     out.iter().map(|v| v.saturating_abs()).max().unwrap_or(0),

@@ -58,6 +58,50 @@ fn seal_and_open_through_the_c_abi_allocate_nothing() {
         }
     });
     assert_eq!(n, 0, "{n} allocations in 1,000 frames");
+    // The error path too: a replayed frame is refused, and reporting it allocates nothing
+    // once the thread's message buffer has grown (the first refusal).
+    let mut sealed_len = 0;
+    let mut opened_len = 0;
+    let t = now_ms + 1010 * 20;
+    // SAFETY: live handles; buffers of the stated sizes.
+    unsafe {
+        assert_eq!(
+            sotto_media_seal(
+                a,
+                0,
+                payload.as_ptr(),
+                60,
+                sealed.as_mut_ptr(),
+                256,
+                &mut sealed_len,
+                t
+            ),
+            SottoStatus::SOTTO_OK
+        );
+    }
+    let mut replay = || {
+        // SAFETY: live handles; buffers of the stated sizes.
+        unsafe {
+            sotto_media_open(
+                b,
+                sealed.as_ptr(),
+                sealed_len,
+                opened.as_mut_ptr(),
+                256,
+                &mut opened_len,
+                std::ptr::null_mut(),
+                t,
+            )
+        }
+    };
+    assert_eq!(replay(), SottoStatus::SOTTO_OK);
+    assert_eq!(replay(), SottoStatus::SOTTO_REPLAYED);
+    let n = allocations_in(|| {
+        for _ in 0..1000 {
+            assert_eq!(replay(), SottoStatus::SOTTO_REPLAYED);
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 1,000 refused replays");
     // SAFETY: live handles, freed once.
     unsafe {
         sotto_media_free(a);

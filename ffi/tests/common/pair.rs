@@ -21,7 +21,10 @@ pub fn c_pair() -> (*mut SottoMedia, *mut SottoMedia, [*mut SottoRoom; 2], u64) 
         );
         let mut kp = vec![0u8; 4096];
         let mut kp_len = 0;
-        sotto_identity_key_package(bob, kp.as_mut_ptr(), kp.len(), &mut kp_len);
+        assert_eq!(
+            sotto_identity_key_package(bob, kp.as_mut_ptr(), kp.len(), &mut kp_len),
+            SottoStatus::SOTTO_OK
+        );
         let mut room_a = std::ptr::null_mut();
         assert_eq!(sotto_room_create(alice, &mut room_a), SottoStatus::SOTTO_OK);
         let kps = [kp.as_ptr()];
