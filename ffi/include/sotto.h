@@ -46,9 +46,10 @@ typedef struct SottoCall SottoCall;
 // status changes incompatibly.
 #define SOTTO_ABI_VERSION 1
 
-// How many bytes longer than the microphone's a frame of another stream may be (its KID
-// carries the stream bits).
-#define SOTTO_STREAM_KID_EXTRA 2
+// How many bytes longer than the microphone's a frame of another stream may be: its KID
+// carries the stream bits, and an SFrame KID takes at most 8 bytes (the microphone's may
+// take none).
+#define SOTTO_STREAM_KID_EXTRA 8
 
 // Status of every call: a 32-bit integer. Values are never reused for another meaning.
 enum SottoStatus

@@ -1143,9 +1143,10 @@ pub unsafe extern "C" fn sotto_media_apply(
     })
 }
 
-/// How many bytes longer than the microphone's a frame of another stream may be (its KID
-/// carries the stream bits).
-pub const SOTTO_STREAM_KID_EXTRA: usize = 2;
+/// How many bytes longer than the microphone's a frame of another stream may be: its KID
+/// carries the stream bits, and an SFrame KID takes at most 8 bytes (the microphone's may
+/// take none).
+pub const SOTTO_STREAM_KID_EXTRA: usize = 8;
 
 /// Seals `payload` (e.g. one Opus packet, at least 1 byte) on `stream` (0 = microphone)
 /// into `out`, which must hold [`sotto_media_sealed_len`] bytes (plus
