@@ -306,6 +306,30 @@ SottoStatus sotto_room_is_removed(SottoRoom *room, uint8_t *out);
 // `room` is a live room handle; `out`/`cap`/`written` as in the conventions.
 SottoStatus sotto_room_safety_code(SottoRoom *room, char *out, size_t cap, size_t *written);
 
+// Copies the leaf indices of the room's members (this one included) to `out`; `cap` and
+// `*written` count leaves. Pass a leaf to [`sotto_room_member_pseudonym`] to tell members
+// apart and to [`sotto_room_remove`] to remove one.
+//
+// Thread: the room's (control plane); one thread at a time.
+//
+// # Safety
+// `room` is a live room handle; `out` NULL or valid for writing `cap` values; `written`
+// valid for writing.
+SottoStatus sotto_room_members(SottoRoom *room, uint32_t *out, size_t cap, size_t *written);
+
+// Copies the pseudonym in the credential of the member at `leaf` (as that member chose
+// it; not authenticated beyond its signature key — compare safety codes).
+//
+// Thread: the room's (control plane); one thread at a time.
+//
+// # Safety
+// `room` is a live room handle; `out`/`cap`/`written` as in the conventions.
+SottoStatus sotto_room_member_pseudonym(SottoRoom *room,
+                                        uint32_t leaf,
+                                        uint8_t *out,
+                                        size_t cap,
+                                        size_t *written);
+
 // Frees a room (NULL is fine).
 //
 // Thread: any (keys travel from the room's thread to the media's).
@@ -579,6 +603,28 @@ SottoStatus sotto_call_is_removed(SottoCall *call, uint8_t *out);
 // # Safety
 // `call` is a live call handle; `out` is valid for writing.
 SottoStatus sotto_call_stats(SottoCall *call, struct SottoCallStats *out);
+
+// Copies the leaf indices of the other members the call knows to `out`; `cap` and
+// `*written` count leaves (see [`sotto_call_member_pseudonym`], [`sotto_call_remove`]).
+//
+// Thread: the call's; one at a time.
+//
+// # Safety
+// `call` is a live call handle; `out` NULL or valid for writing `cap` values; `written`
+// valid for writing.
+SottoStatus sotto_call_members(SottoCall *call, uint32_t *out, size_t cap, size_t *written);
+
+// Copies the pseudonym of the other member at `leaf`.
+//
+// Thread: the call's; one at a time.
+//
+// # Safety
+// `call` is a live call handle; `out`/`cap`/`written` as in the conventions.
+SottoStatus sotto_call_member_pseudonym(SottoCall *call,
+                                        uint32_t leaf,
+                                        uint8_t *out,
+                                        size_t cap,
+                                        size_t *written);
 
 // Frees a call (NULL is fine). Hang up first with [`sotto_call_leave`] to tell the room.
 //

@@ -443,6 +443,37 @@ unsafe fn output(
     Ok(())
 }
 
+/// Copies leaf indices to the caller's array (`cap` and `*written` count elements).
+///
+/// # Safety
+/// `out` is NULL or valid for writing `cap` values; `written` is NULL or writable.
+unsafe fn output_leaves(
+    leaves: &[u32],
+    out: *mut u32,
+    cap: usize,
+    written: *mut usize,
+) -> Result<(), Failure> {
+    check_written(written)?;
+    if out.is_null() && cap > 0 {
+        return Err(Failure::new(SOTTO_NULL_POINTER, "out"));
+    }
+    if !out.is_null() && !out.is_aligned() {
+        return Err(Failure::new(SOTTO_MISALIGNED, "out"));
+    }
+    if leaves.len() > cap {
+        // SAFETY: forwarded from the caller's contract.
+        return Err(unsafe { too_small(written, leaves.len()) });
+    }
+    if !leaves.is_empty() {
+        // SAFETY: `out` is non-NULL (cap >= len > 0), aligned, with `cap` writable values
+        // not overlapping `leaves` (the library's memory).
+        unsafe { std::ptr::copy_nonoverlapping(leaves.as_ptr(), out, leaves.len()) };
+    }
+    // SAFETY: checked non-NULL and aligned; writable per the caller.
+    unsafe { written.write(leaves.len()) };
+    Ok(())
+}
+
 /// Writes a scalar out-parameter.
 ///
 /// # Safety
@@ -1002,6 +1033,60 @@ pub unsafe extern "C" fn sotto_room_safety_code(
         code.push(0);
         // SAFETY: forwarded from the caller's contract.
         unsafe { output(&code, out.cast::<u8>(), cap, written) }
+    })
+}
+
+/// Copies the leaf indices of the room's members (this one included) to `out`; `cap` and
+/// `*written` count leaves. Pass a leaf to [`sotto_room_member_pseudonym`] to tell members
+/// apart and to [`sotto_room_remove`] to remove one.
+///
+/// Thread: the room's (control plane); one thread at a time.
+///
+/// # Safety
+/// `room` is a live room handle; `out` NULL or valid for writing `cap` values; `written`
+/// valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn sotto_room_members(
+    room: *mut SottoRoom,
+    out: *mut u32,
+    cap: usize,
+    written: *mut usize,
+) -> SottoStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let h = unsafe { handle(room) }?;
+        let leaves: Vec<u32> = h.room.members().iter().map(|m| m.leaf).collect();
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { output_leaves(&leaves, out, cap, written) }
+    })
+}
+
+/// Copies the pseudonym in the credential of the member at `leaf` (as that member chose
+/// it; not authenticated beyond its signature key — compare safety codes).
+///
+/// Thread: the room's (control plane); one thread at a time.
+///
+/// # Safety
+/// `room` is a live room handle; `out`/`cap`/`written` as in the conventions.
+#[no_mangle]
+pub unsafe extern "C" fn sotto_room_member_pseudonym(
+    room: *mut SottoRoom,
+    leaf: u32,
+    out: *mut u8,
+    cap: usize,
+    written: *mut usize,
+) -> SottoStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let h = unsafe { handle(room) }?;
+        let member = h
+            .room
+            .members()
+            .into_iter()
+            .find(|m| m.leaf == leaf)
+            .ok_or_else(|| Failure::new(SOTTO_NO_SUCH_MEMBER, "no member at that leaf"))?;
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { output(&member.pseudonym, out, cap, written) }
     })
 }
 
@@ -1821,6 +1906,58 @@ pub unsafe extern "C" fn sotto_call_stats(
         };
         // SAFETY: forwarded from the caller's contract.
         unsafe { scalar(out, stats) }
+    })
+}
+
+/// Copies the leaf indices of the other members the call knows to `out`; `cap` and
+/// `*written` count leaves (see [`sotto_call_member_pseudonym`], [`sotto_call_remove`]).
+///
+/// Thread: the call's; one at a time.
+///
+/// # Safety
+/// `call` is a live call handle; `out` NULL or valid for writing `cap` values; `written`
+/// valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn sotto_call_members(
+    call: *mut SottoCall,
+    out: *mut u32,
+    cap: usize,
+    written: *mut usize,
+) -> SottoStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let c = unsafe { handle(call) }?;
+        let leaves: Vec<u32> = c.call.members().map(|(m, _)| m.leaf).collect();
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { output_leaves(&leaves, out, cap, written) }
+    })
+}
+
+/// Copies the pseudonym of the other member at `leaf`.
+///
+/// Thread: the call's; one at a time.
+///
+/// # Safety
+/// `call` is a live call handle; `out`/`cap`/`written` as in the conventions.
+#[no_mangle]
+pub unsafe extern "C" fn sotto_call_member_pseudonym(
+    call: *mut SottoCall,
+    leaf: u32,
+    out: *mut u8,
+    cap: usize,
+    written: *mut usize,
+) -> SottoStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let c = unsafe { handle(call) }?;
+        let pseudonym = c
+            .call
+            .members()
+            .find(|(m, _)| m.leaf == leaf)
+            .map(|(_, p)| p.to_vec())
+            .ok_or_else(|| Failure::new(SOTTO_NO_SUCH_MEMBER, "no member at that leaf"))?;
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { output(&pseudonym, out, cap, written) }
     })
 }
 

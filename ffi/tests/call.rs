@@ -199,9 +199,33 @@ fn a_call_runs_through_the_c_abi() {
     assert!(epochs.iter().all(|e| *e == epochs[0]), "{epochs:?}");
     println!("c abi call: epoch {} code {:?}", epochs[0], net.code(0));
 
-    // Alice removes Carol (leaf 2).
+    // Alice finds Carol among the members she knows, by pseudonym, and removes her.
+    let mut leaves = [0u32; 8];
+    let mut count = 0;
+    // SAFETY: a live call; a local array of the stated length.
+    assert_eq!(
+        unsafe { sotto_call_members(calls[0], leaves.as_mut_ptr(), 8, &mut count) },
+        OK
+    );
+    assert_eq!(count, 2, "Alice knows Bob and Carol");
+    let carol = leaves[..count]
+        .iter()
+        .copied()
+        .find(|leaf| {
+            let mut name = [0u8; 64];
+            let mut n = 0;
+            // SAFETY: a live call; a local buffer of the stated size.
+            let s = unsafe {
+                sotto_call_member_pseudonym(calls[0], *leaf, name.as_mut_ptr(), 64, &mut n)
+            };
+            s == OK && &name[..n] == b"carol"
+        })
+        .expect("Carol is a member");
     // SAFETY: a live call.
-    assert_eq!(unsafe { sotto_call_remove(calls[0], 2, net.now_ms) }, OK);
+    assert_eq!(
+        unsafe { sotto_call_remove(calls[0], carol, net.now_ms) },
+        OK
+    );
     net.pump();
     let mut removed = 0;
     let mut after = 0;

@@ -127,8 +127,22 @@ static int run(void) {
     CHECK(hear(&bob, &alice, "bob to alice", t, &leaf) == SOTTO_OK);
 
     /* Alice removes Carol. */
-    uint32_t carol_leaf = 0;
-    OK(sotto_room_own_leaf(carol.room, &carol_leaf));
+    /* Alice finds Carol among the members by her pseudonym (size query first). */
+    uint32_t leaves[8], carol_leaf = 99, own = 99;
+    size_t count = 0;
+    CHECK(sotto_room_members(alice.room, NULL, 0, &count) == SOTTO_BUFFER_TOO_SMALL &&
+          count == 3);
+    OK(sotto_room_members(alice.room, leaves, 8, &count));
+    for (size_t i = 0; i < count; i++) {
+        uint8_t name[64];
+        size_t name_len = 0;
+        OK(sotto_room_member_pseudonym(alice.room, leaves[i], name, sizeof name, &name_len));
+        if (name_len == 5 && memcmp(name, "carol", 5) == 0) carol_leaf = leaves[i];
+    }
+    OK(sotto_room_own_leaf(carol.room, &own));
+    CHECK(carol_leaf == own);
+    CHECK(sotto_room_member_pseudonym(alice.room, 77, buf, sizeof buf, &len) ==
+          SOTTO_NO_SUCH_MEMBER);
     OK(sotto_room_remove(alice.room, carol_leaf));
     OK(sotto_room_commit(alice.room, buf, sizeof buf, &len));
     OK(sotto_room_confirm(alice.room));
