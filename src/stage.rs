@@ -429,6 +429,11 @@ fn rekey_aad(epoch: u64) -> Vec<u8> {
     aad
 }
 
+/// Whether a tree of `capacity` leaves is supported: a power of two in 2..=MAX_CAPACITY.
+fn valid_capacity(capacity: u32) -> bool {
+    capacity.is_power_of_two() && (2..=MAX_CAPACITY).contains(&capacity)
+}
+
 /// A cursor over untrusted bytes: every read is bounds-checked.
 struct Reader<'a>(&'a [u8]);
 
@@ -444,31 +449,25 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, StageError> {
         self.take(1)?.first().copied().ok_or(StageError::Malformed)
     }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StageError> {
+        self.take(N)?.try_into().map_err(|_| StageError::Malformed)
+    }
     fn u16(&mut self) -> Result<u16, StageError> {
-        Ok(u16::from_be_bytes(
-            self.take(2)?
-                .try_into()
-                .map_err(|_| StageError::Malformed)?,
-        ))
+        self.array().map(u16::from_be_bytes)
     }
     fn u32(&mut self) -> Result<u32, StageError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?
-                .try_into()
-                .map_err(|_| StageError::Malformed)?,
-        ))
+        self.array().map(u32::from_be_bytes)
     }
     fn u64(&mut self) -> Result<u64, StageError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?
-                .try_into()
-                .map_err(|_| StageError::Malformed)?,
-        ))
+        self.array().map(u64::from_be_bytes)
     }
-    fn key(&mut self) -> Result<[u8; NODE_KEY_LEN], StageError> {
-        self.take(NODE_KEY_LEN)?
-            .try_into()
-            .map_err(|_| StageError::Malformed)
+    /// Refuses trailing bytes.
+    fn end(self) -> Result<(), StageError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(StageError::Malformed)
+        }
     }
     fn rest(self) -> &'a [u8] {
         self.0
@@ -538,10 +537,7 @@ fn parse_rekey_body(body: &[u8], capacity: u32) -> Result<Rekey, StageError> {
         1 => true,
         _ => return Err(StageError::Malformed),
     };
-    let confirm: [u8; CONFIRM_LEN] = r
-        .take(CONFIRM_LEN)?
-        .try_into()
-        .map_err(|_| StageError::Malformed)?;
+    let confirm: [u8; CONFIRM_LEN] = r.array()?;
     let speakers = read_speakers(&mut r, capacity)?;
     let n_retired = usize::from(r.u8()?);
     let mut retired: Vec<u32> = Vec::with_capacity(n_retired);
@@ -565,7 +561,7 @@ fn parse_rekey_body(body: &[u8], capacity: u32) -> Result<Rekey, StageError> {
     let mut entries: Vec<(u32, [u8; NODE_KEY_LEN])> = Vec::with_capacity(n);
     for _ in 0..n {
         let child = r.u32()?;
-        let key = r.key()?;
+        let key = r.array()?;
         if child < 2
             || child >= capacity.saturating_mul(2)
             || entries.last().is_some_and(|(c, _)| *c >= child)
@@ -574,9 +570,7 @@ fn parse_rekey_body(body: &[u8], capacity: u32) -> Result<Rekey, StageError> {
         }
         entries.push((child, key));
     }
-    if !r.rest().is_empty() {
-        return Err(StageError::Malformed);
-    }
+    r.end()?;
     Ok(Rekey {
         epoch,
         confirm,
@@ -605,7 +599,7 @@ fn parse_welcome_body(body: &[u8]) -> Result<WelcomeBody, StageError> {
     let params = RoomParams::decode(r.take(6)?).map_err(|_| StageError::Malformed)?;
     let epoch = r.u64()?;
     let capacity = r.u32()?;
-    if !capacity.is_power_of_two() || !(2..=MAX_CAPACITY).contains(&capacity) {
+    if !valid_capacity(capacity) {
         return Err(StageError::Malformed);
     }
     let slot = r.u32()?;
@@ -616,11 +610,9 @@ fn parse_welcome_body(body: &[u8]) -> Result<WelcomeBody, StageError> {
     let depth = capacity.trailing_zeros() as usize;
     let mut path = Vec::with_capacity(depth + 1);
     for _ in 0..=depth {
-        path.push(Zeroizing::new(r.key()?));
+        path.push(Zeroizing::new(r.array()?));
     }
-    if !r.rest().is_empty() {
-        return Err(StageError::Malformed);
-    }
+    r.end()?;
     Ok(WelcomeBody {
         params,
         epoch,
@@ -694,7 +686,7 @@ impl StageHost {
     /// ([`signature_key`](Self::signature_key)), as they learn who hosts the stage. Returns
     /// the host and its keys of epoch 0.
     pub fn new(config: StageConfig) -> Result<(StageHost, EpochKeys), StageError> {
-        if !config.capacity.is_power_of_two() || !(2..=MAX_CAPACITY).contains(&config.capacity) {
+        if !valid_capacity(config.capacity) {
             return Err(StageError::InvalidCapacity(config.capacity));
         }
         config.params.check().map_err(StageError::Params)?;
@@ -1259,10 +1251,7 @@ impl StageMember {
                 got: from,
             });
         }
-        let nonce: [u8; NONCE_LEN] = r
-            .take(NONCE_LEN)?
-            .try_into()
-            .map_err(|_| StageError::Malformed)?;
+        let nonce: [u8; NONCE_LEN] = r.array()?;
         let key = aead::LessSafeKey::new(
             aead::UnboundKey::new(&aead::AES_128_GCM, self.handshake.as_ref())
                 .map_err(|_| StageError::Internal)?,

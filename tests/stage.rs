@@ -452,6 +452,30 @@ mod simulation {
         decoded: u64,
     }
 
+    impl Full {
+        /// A full member not yet joined; `counted`: present from the start.
+        fn new(identity: Id, counted: bool) -> Full {
+            Full {
+                member: None,
+                media: None,
+                identity,
+                welcomed: None,
+                admitted: None,
+                first_open: None,
+                counted,
+                departed: None,
+                last_open: None,
+                cpu: Duration::ZERO,
+                received_rekey_bytes: 0,
+                received_audio_bytes: 0,
+                expected: 0,
+                lost: 0,
+                decoders: BTreeMap::new(),
+                decoded: 0,
+            }
+        }
+    }
+
     fn lcg(state: &mut u64) -> u64 {
         *state = state
             .wrapping_mul(6364136223846793005)
@@ -498,24 +522,7 @@ mod simulation {
             let identity = identity(&format!("sample {i}"));
             let slot = host.add(&crypto, &key_package(&identity)).unwrap();
             full_slot.insert(slot, full.len());
-            full.push(Full {
-                member: None,
-                media: None,
-                identity,
-                welcomed: None,
-                admitted: None,
-                first_open: None,
-                counted: true,
-                departed: None,
-                last_open: None,
-                cpu: Duration::ZERO,
-                received_rekey_bytes: 0,
-                received_audio_bytes: 0,
-                expected: 0,
-                lost: 0,
-                decoders: BTreeMap::new(),
-                decoded: 0,
-            });
+            full.push(Full::new(identity, true));
         }
         let mut bulk: Vec<u32> = Vec::new();
         let mut counter = 0u64;
@@ -579,24 +586,7 @@ mod simulation {
                         let identity = identity(&format!("newcomer {}", now.as_secs()));
                         let slot = host.add(&crypto, &key_package(&identity)).unwrap();
                         full_slot.insert(slot, full.len());
-                        full.push(Full {
-                            member: None,
-                            media: None,
-                            identity,
-                            welcomed: None,
-                            admitted: None,
-                            first_open: None,
-                            counted: false,
-                            departed: None,
-                            last_open: None,
-                            cpu: Duration::ZERO,
-                            received_rekey_bytes: 0,
-                            received_audio_bytes: 0,
-                            expected: 0,
-                            lost: 0,
-                            decoders: BTreeMap::new(),
-                            decoded: 0,
-                        });
+                        full.push(Full::new(identity, false));
                     } else {
                         bulk.push(host.add(&crypto, &bulk_key_package(&mut counter)).unwrap());
                     }
@@ -880,4 +870,39 @@ mod simulation {
             }));
         }
     }
+}
+
+#[test]
+fn a_crashed_and_restored_listener_rejoins_receive_only() {
+    // A listener whose device restores its storage from before the join (a backup, a
+    // crash before the deletion reached disk) gets the same Welcome again from the relay:
+    // it may listen again, but the copy never seals — a stage Welcome only ever makes
+    // listeners, and a listener's keys are receive-only.
+    use openmls_traits::OpenMlsProvider as _;
+    let mut s = small(1);
+    let newcomer = identity("restored");
+    let kp = key_package(&newcomer);
+    let backup = OpenMlsRustCrypto::default();
+    *backup.storage().values.write().unwrap() =
+        newcomer.provider().storage().values.read().unwrap().clone();
+    s.host.add(&crypto(), &kp).unwrap();
+    let commit = s.host.commit(&crypto()).unwrap();
+    let welcome = &commit.welcomes[0].bytes;
+    let (first, _) = StageMember::join(&newcomer, s.host.signature_key(), welcome).unwrap();
+    // The original instance may join only once.
+    assert_eq!(
+        StageMember::join(&newcomer, s.host.signature_key(), welcome).unwrap_err(),
+        StageError::UnknownKeyPackage
+    );
+    let restored_id = Identity::load(backup, newcomer.signature_key(), b"restored").unwrap();
+    let (copy, keys) = StageMember::join(&restored_id, s.host.signature_key(), welcome).unwrap();
+    assert_eq!((copy.slot(), copy.role()), (first.slot(), Role::Listener));
+    let t = s.t0 + Duration::from_secs(5);
+    let mut m = media(keys, s.t0);
+    let mut out = BytesMut::new();
+    assert!(m.seal(StreamId::MICROPHONE, b"x", &mut out, t).is_err());
+    // It hears what the stage seals, as the listener it is.
+    s.host_media.apply(commit.keys, s.t0).unwrap();
+    let frame = seal(&mut s.host_media, b"to the restored copy", t);
+    assert!(opens(&mut m, &frame, t).is_some());
 }
