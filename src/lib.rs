@@ -52,6 +52,7 @@ pub mod frame;
 mod hash;
 pub mod keys;
 pub mod media;
+pub mod provider;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod relay;

@@ -621,7 +621,90 @@ struct PendingCommitRecord {
     /// The epoch authenticator of the pending commit's epoch.
     binding: Vec<u8>,
     /// The commit as sent to the relay.
+    #[serde(with = "hex_bytes")]
     message: Vec<u8>,
+}
+
+/// A byte string as a byte string to binary formats (sotto's [`Storage`](crate::provider::Storage))
+/// and as a lowercase hex string to human-readable ones (JSON). A commit is up to hundreds
+/// of KB (a PQ room's UpdatePath), and serde's default for `Vec<u8>`, a sequence of
+/// numbers, costs a JSON storage about 20 ns per byte to write. Reading takes any of the
+/// three (records written before this change are sequences of numbers).
+mod hex_bytes {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    fn hex_digit(nibble: u8) -> u8 {
+        match nibble {
+            0..=9 => b'0' + nibble,
+            _ => b'a' + nibble - 10,
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        if !serializer.is_human_readable() {
+            return serializer.serialize_bytes(bytes);
+        }
+        let mut text = Vec::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            text.extend_from_slice(&[hex_digit(b >> 4), hex_digit(b & 0x0f)]);
+        }
+        let text = String::from_utf8(text).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(&text)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_any(HexVisitor)
+    }
+
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+
+    struct HexVisitor;
+
+    impl<'de> Visitor<'de> for HexVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a lowercase hex string, a byte string or a sequence of bytes")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+            let text = text.as_bytes();
+            if !text.len().is_multiple_of(2) {
+                return Err(E::custom("odd number of hex digits"));
+            }
+            text.chunks_exact(2)
+                .map(|pair| match pair {
+                    &[hi, lo] => match (digit(hi), digit(lo)) {
+                        (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
+                        _ => Err(E::custom("not a lowercase hex digit")),
+                    },
+                    _ => Err(E::custom("odd number of hex digits")),
+                })
+                .collect()
+        }
+
+        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element::<u8>()? {
+                bytes.push(b);
+            }
+            Ok(bytes)
+        }
+    }
 }
 
 impl Entity<CURRENT_VERSION> for PendingCommitRecord {}
@@ -1490,6 +1573,10 @@ impl<P: OpenMlsProvider> Room<P> {
             .force_self_update(true)
             .load_psks(self.provider.storage())
             .map_err(|_| RoomError::Internal)?
+            // openmls would also make (and sign) a GroupInfo with the whole ratchet tree
+            // for every commit, for external joins sotto does not offer; the Welcome's
+            // GroupInfo is made regardless.
+            .create_group_info(false)
             .build(
                 self.provider.rand(),
                 self.provider.crypto(),
