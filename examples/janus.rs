@@ -24,9 +24,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use janus::{Member, Report, World};
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::AudioConfig;
 use sotto::call::{Call, CallConfig, JanusTransport, Transport};
+use sotto::provider::Provider;
 use sotto::room::Identity;
 
 const PORT: u16 = 18_091;
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     // The first n - 1 members: the first creates the room and invites the others; the
     // last one joins mid-call.
     let config = CallConfig::default();
-    let identity = |n: &str| Identity::new(OpenMlsRustCrypto::default(), n.as_bytes()).unwrap();
+    let identity = |n: &str| Identity::new(Provider::new().unwrap(), n.as_bytes()).unwrap();
     let now = Instant::now();
     let mut calls = vec![Call::create_with(
         identity(PSEUDONYMS[0]),

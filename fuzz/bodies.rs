@@ -611,10 +611,10 @@ pub use call_body::{call_datagram, CallFuzz};
 mod call_body {
     use std::time::{Duration, Instant};
 
-    use openmls_rust_crypto::OpenMlsRustCrypto;
     use sotto::call::{Call, CallConfig, CallError};
     use sotto::keys::MemberId;
     use sotto::media::ChannelToken;
+    use sotto::provider::Provider;
     use sotto::relay::{ConnId, Router, RouterLimits};
     use sotto::room::{Identity, SafetyCode};
 
@@ -665,9 +665,9 @@ mod call_body {
         pub fn new() -> CallFuzz {
             let now = Instant::now();
             let config = CallConfig::default();
-            let creator = Identity::new(OpenMlsRustCrypto::default(), b"creator").unwrap();
+            let creator = Identity::new(Provider::new().unwrap(), b"creator").unwrap();
             let creator = Call::create(creator, config.clone(), now).unwrap();
-            let joiner = Identity::new(OpenMlsRustCrypto::default(), b"joiner").unwrap();
+            let joiner = Identity::new(Provider::new().unwrap(), b"joiner").unwrap();
             let kp = joiner.key_package(sotto::room::MlsSuite::Classic).unwrap();
             let kp_bytes = kp.bytes.clone();
             let joiner = Call::join(joiner, kp, config, now).unwrap();

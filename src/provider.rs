@@ -23,7 +23,7 @@
 mod codec;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::crypto::OpenMlsCrypto;
@@ -49,9 +49,16 @@ impl Provider {
     /// A provider with empty storage. Fails only if the operating system gives no
     /// randomness to seed the X-Wing provider's generator (feature `pq`).
     pub fn new() -> Result<Provider, RoomError> {
+        Provider::with_storage(Storage::default())
+    }
+
+    /// A provider over `storage`, e.g. a handle kept from an earlier provider
+    /// ([`Storage`] is a shared handle), to [`Room::load`](crate::room::Room::load) a room
+    /// again after the objects that held it were dropped.
+    pub fn with_storage(storage: Storage) -> Result<Provider, RoomError> {
         Ok(Provider {
             crypto: Crypto::new()?,
-            storage: Storage::default(),
+            storage,
         })
     }
 }
@@ -345,11 +352,12 @@ pub enum StorageError {
 
 /// openmls' state in memory, compactly encoded (see the [module docs](self)).
 ///
-/// Every record is keyed by its kind and its encoded key; lists (own leaf nodes, queued
-/// proposal references) are kept as lists of encoded items.
-#[derive(Default)]
+/// A shared handle: clones see and change the same records (so a room can be reloaded
+/// from a clone kept by the app). Every record is keyed by its kind and its encoded key;
+/// lists (own leaf nodes, queued proposal references) are kept as lists of encoded items.
+#[derive(Clone, Default)]
 pub struct Storage {
-    records: Mutex<Records>,
+    records: Arc<Mutex<Records>>,
 }
 
 #[derive(Default)]
@@ -393,6 +401,31 @@ fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<V, StorageErro
 }
 
 impl Storage {
+    /// An independent copy of every record (a checkpoint: what a member that crashed now
+    /// would restart from).
+    pub fn snapshot(&self) -> Result<Storage, StorageError> {
+        let records = self.lock()?;
+        Ok(Storage {
+            records: Arc::new(Mutex::new(Records {
+                values: records.values.clone(),
+                lists: records.lists.clone(),
+            })),
+        })
+    }
+
+    /// The bytes of every key and value held (what the records weigh, without the maps'
+    /// own overhead).
+    pub fn stored_bytes(&self) -> Result<usize, StorageError> {
+        let records = self.lock()?;
+        let values: usize = records.values.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let lists: usize = records
+            .lists
+            .iter()
+            .map(|(k, items)| k.len() + items.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        Ok(values + lists)
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Records>, StorageError> {
         self.records.lock().map_err(|_| StorageError::Poisoned)
     }

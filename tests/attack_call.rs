@@ -297,16 +297,16 @@ fn a_removed_member_goes_quiet_and_leaves_every_channel() {
 /// and is heard again; no (KID, CTR) it seals repeats one the crashed instance sealed.
 #[test]
 fn a_member_restored_from_an_old_snapshot_never_reuses_a_nonce() {
-    use openmls_rust_crypto::OpenMlsRustCrypto;
     use openmls_traits::OpenMlsProvider as _;
     use sotto::call::Call;
+    use sotto::provider::Provider;
 
     let mut net = CallNet::new(16, Impairment::default(), Instant::now());
     net.record = true;
     room(&mut net, 3);
     let victim = 1;
     let room = net.nodes[victim].call.room().unwrap();
-    let snapshot = room.provider().storage().values.read().unwrap().clone();
+    let snapshot = room.provider().storage().snapshot().unwrap();
     let signature_key = room.signature_key().to_vec();
     let group_id = room.group_id().to_vec();
     let epoch = room.epoch();
@@ -314,8 +314,7 @@ fn a_member_restored_from_an_old_snapshot_never_reuses_a_nonce() {
     assert_eq!(net.nodes[victim].call.epoch(), Some(epoch));
     // The crash.
     net.nodes[victim].offline = true;
-    let provider = OpenMlsRustCrypto::default();
-    provider.storage().values.write().unwrap().extend(snapshot);
+    let provider = Provider::with_storage(snapshot).unwrap();
     let restored = Call::load(
         provider,
         &signature_key,

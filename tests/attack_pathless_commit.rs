@@ -9,19 +9,17 @@
 mod common;
 
 use common::identity;
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use sotto::media::EpochStatus;
+use sotto::provider::{Provider, Storage};
 use sotto::room::MlsSuite;
 use sotto::room::{Room, RoomConfig, RoomEvent};
 
-fn provider_from(snapshot: &std::collections::HashMap<Vec<u8>, Vec<u8>>) -> OpenMlsRustCrypto {
-    let p = OpenMlsRustCrypto::default();
-    p.storage().values.write().unwrap().extend(snapshot.clone());
-    p
+fn provider_from(snapshot: &Storage) -> Provider {
+    Provider::with_storage(snapshot.snapshot().unwrap()).unwrap()
 }
 
-fn confirmed_keys(room: &mut Room<OpenMlsRustCrypto>) -> Vec<u8> {
+fn confirmed_keys(room: &mut Room<Provider>) -> Vec<u8> {
     room.confirm_pending()
         .unwrap()
         .into_iter()
@@ -41,7 +39,7 @@ fn re_inviting_after_a_rollback_reaches_another_epoch() {
     let (mut alice, _) = Room::create(identity("alice"), config.clone()).unwrap();
     let signature_key = alice.signature_key().to_vec();
     let group_id = alice.group_id().to_vec();
-    let snapshot = alice.provider().storage().values.read().unwrap().clone();
+    let snapshot = alice.provider().storage().snapshot().unwrap();
 
     let carol = identity("carol");
     let kp = carol.key_package(MlsSuite::Classic).unwrap();

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::{deliver_commit, room_of, Member};
-use openmls_rust_crypto::OpenMlsRustCrypto;
-use openmls_traits::OpenMlsProvider as _;
 use sotto::frame::FrameError;
 use sotto::keys::KeyError;
 use sotto::media::{EpochStatus, MediaConfig, MediaSession};
@@ -153,15 +151,7 @@ fn loaded_room_refuses_replays_of_the_loaded_epoch() {
     assert_eq!(replay(&mut m[0].media, &recorded, t2).0, 150);
 
     // The app restarts: the room is loaded from its storage, a new session starts.
-    let provider = OpenMlsRustCrypto::default();
-    *provider.storage().values.write().unwrap() = m[0]
-        .room
-        .provider()
-        .storage()
-        .values
-        .read()
-        .unwrap()
-        .clone();
+    let provider = common::storage_copy(&m[0].room);
     let group_id = m[0].room.group_id().to_vec();
     let (room, keys) = Room::load(provider, &alice_key, &group_id, RoomConfig::default()).unwrap();
     let loaded = (keys.epoch(), keys.status());

@@ -242,17 +242,13 @@ fn memory_of_one_call_in_a_50_member_room() {
 
     // The openmls provider's storage (the serialized group, its secrets and this member's
     // keys), payload bytes only.
-    let storage: usize = {
-        let values = call
-            .room()
-            .unwrap()
-            .provider()
-            .storage()
-            .values
-            .read()
-            .unwrap();
-        values.iter().map(|(k, v)| k.len() + v.len()).sum()
-    };
+    let storage = call
+        .room()
+        .unwrap()
+        .provider()
+        .storage()
+        .stored_bytes()
+        .unwrap();
     // Everything the Call owns on the Rust heap is freed when it is dropped.
     let ((), freed) = heap_change_in(move || drop(call));
     let total = -freed;

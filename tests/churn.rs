@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::{identity, MemRoom, Rng};
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::frame::{FrameError, FrameSealer};
 use sotto::keys::{KeyError, KidLayout};
 use sotto::media::{ChannelToken, MediaConfig, MediaSession};
+use sotto::provider::Provider;
 use sotto::room::{Identity, Room, RoomConfig, RoomEvent, SafetyCode};
 
 /// Most members at once of the soaks (a Soak may set fewer).
@@ -62,7 +62,7 @@ enum Msg {
 
 struct Node {
     /// The identity, until the node joins.
-    id: Option<Identity<OpenMlsRustCrypto>>,
+    id: Option<Identity<Provider>>,
     room: Option<MemRoom>,
     media: MediaSession,
     inbox: VecDeque<(Instant, Msg)>,
@@ -98,7 +98,7 @@ struct Frame {
 }
 
 impl Node {
-    fn new(id: Identity<OpenMlsRustCrypto>, now: Instant) -> Node {
+    fn new(id: Identity<Provider>, now: Instant) -> Node {
         Node {
             id: Some(id),
             room: None,

@@ -17,9 +17,9 @@ use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use janus::{Member, World};
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_json::{json, Value};
 use sotto::call::{Call, CallConfig, CallEvent, JanusTransport, Transport};
+use sotto::provider::Provider;
 use sotto::room::Identity;
 use sotto::webrtc::{candidate_addresses, PeerEvent};
 
@@ -61,7 +61,7 @@ fn calls_run_over_janus_textroom_and_videoroom() {
     let mut server = janus::Janus::start(PORT);
     let now = Instant::now();
     let config = CallConfig::default();
-    let identity = |n: &str| Identity::new(OpenMlsRustCrypto::default(), n.as_bytes()).unwrap();
+    let identity = |n: &str| Identity::new(Provider::new().unwrap(), n.as_bytes()).unwrap();
     let alice = Call::create_with(
         identity(NAMES[0]),
         config.clone(),

@@ -360,11 +360,7 @@ fn the_relay_program_shuts_down_gracefully_on_sigterm() {
     let start = Instant::now();
     let mut wire = quic_member::QuicWire::connect(addr, pin, start).unwrap();
     let mut call = sotto::call::Call::create(
-        sotto::room::Identity::new(
-            openmls_rust_crypto::OpenMlsRustCrypto::default(),
-            b"owl-7f3a",
-        )
-        .unwrap(),
+        sotto::room::Identity::new(sotto::provider::Provider::new().unwrap(), b"owl-7f3a").unwrap(),
         sotto::call::CallConfig::default(),
         start,
     )

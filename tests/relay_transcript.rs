@@ -47,11 +47,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use openmls::prelude::tls_codec::Deserialize as _;
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioSender};
 use sotto::call::{sealed, Call, CallConfig, CallEvent, Inbound, RelayTransport, Transport};
 use sotto::keys::MemberId;
 use sotto::media::{ChannelToken, MediaSession};
+use sotto::provider::Provider;
 use sotto::quic::{QuicClient, QuicEvent, QuicRelay, RelayIdentity, RelayPin};
 use sotto::relay::{ChannelHandle, ClientMessage, RelayMessage, Request, Router, RouterLimits};
 use sotto::room::{Identity, Room};
@@ -94,7 +94,7 @@ const MEDIA_HEAD: usize = 16;
 
 /// Carol after she stopped playing by the rules: the parts of her call, driven by hand.
 struct Rogue {
-    room: Option<Room<OpenMlsRustCrypto>>,
+    room: Option<Room<Provider>>,
     media: MediaSession,
     transport: RelayTransport,
     sender: AudioSender,
@@ -711,7 +711,7 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
     let mut net = Net::new();
     shadow_encoding_is_faithful();
 
-    let identity = Identity::new(OpenMlsRustCrypto::default(), PEOPLE[ALICE].0.as_bytes()).unwrap();
+    let identity = Identity::new(Provider::new().unwrap(), PEOPLE[ALICE].0.as_bytes()).unwrap();
     net.add(
         Call::create(identity, config.clone(), t0).unwrap(),
         ALICE,
@@ -1463,7 +1463,7 @@ fn the_relay_sees_tokens_and_ciphertext_only_and_a_removed_member_is_cut_off() {
 }
 
 fn joiner(who: usize, config: &CallConfig, now: Instant) -> Call {
-    let identity = Identity::new(OpenMlsRustCrypto::default(), PEOPLE[who].0.as_bytes()).unwrap();
+    let identity = Identity::new(Provider::new().unwrap(), PEOPLE[who].0.as_bytes()).unwrap();
     let key_package = identity.key_package(MlsSuite::Classic).unwrap();
     Call::join(identity, key_package, config.clone(), now).unwrap()
 }

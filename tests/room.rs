@@ -591,8 +591,8 @@ fn failed_welcome_gives_the_identity_back_with_its_key_package() {
 }
 
 /// Whether the identity's storage still holds the KeyPackage published as `bytes`.
-fn holds_key_package(
-    identity: &sotto::room::Identity<openmls_rust_crypto::OpenMlsRustCrypto>,
+fn holds_key_package<P: openmls_traits::OpenMlsProvider>(
+    identity: &sotto::room::Identity<P>,
     bytes: &[u8],
 ) -> bool {
     use openmls::prelude::tls_codec::Deserialize as _;
@@ -600,7 +600,6 @@ fn holds_key_package(
         KeyPackageBundle, KeyPackageRef, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion,
     };
     use openmls_traits::storage::StorageProvider as _;
-    use openmls_traits::OpenMlsProvider as _;
     let MlsMessageBodyIn::KeyPackage(kp) = MlsMessageIn::tls_deserialize_exact(bytes)
         .unwrap()
         .extract()

@@ -391,8 +391,8 @@ impl Link {
 
 // ---- The call engine over Janus: what an app's glue does ----
 
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::call::{Call, CallEvent, JanusOutbound, JanusTransport};
+use sotto::provider::Provider;
 use sotto::webrtc::PeerEvent;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -421,7 +421,7 @@ pub trait Fill {
 
 /// One member: its call, its TextRoom link, its VideoRoom publisher and subscriptions.
 pub struct Member {
-    pub call: Call<OpenMlsRustCrypto, JanusTransport>,
+    pub call: Call<Provider, JanusTransport>,
     pub text: Link,
     /// VideoRoom publisher: handle, feed, link.
     pub publisher: Option<(u64, u64, Link)>,

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::call::{Call, CallConfig, CallError, CallEvent};
+use sotto::provider::Provider;
 use sotto::quic::RelayPin;
 use sotto::room::{Identity, RoomError};
 
@@ -262,7 +262,8 @@ pub fn run(options: &Options) -> Result<Finished, String> {
         .map_err(|e| format!("cannot open a QUIC connection to {}: {e}", options.relay))?;
     let mut voice = Voice::new(voice_of(&options.name));
     let config = CallConfig::default();
-    let made = Identity::new(OpenMlsRustCrypto::default(), options.name.as_bytes())
+    let made = Provider::new()
+        .and_then(|provider| Identity::new(provider, options.name.as_bytes()))
         .map_err(CallError::from)
         .and_then(|identity| match options.role {
             Role::Create => Call::create(identity, config, start),

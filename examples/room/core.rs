@@ -7,11 +7,11 @@ use sotto::room::MlsSuite;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::audio::{AudioConfig, AudioSender, ReceiverStats, SAMPLE_RATE};
 use sotto::call::{Call, CallConfig};
 use sotto::keys::StreamId;
 use sotto::media::ChannelToken;
+use sotto::provider::Provider;
 use sotto::relay::{ClientMessage, RelayMessage, MEDIA_OVERHEAD};
 use sotto::room::{Identity, SafetyCode};
 
@@ -199,8 +199,8 @@ pub fn run(options: &Options) -> Report {
         at_start: BTreeMap::new(),
     };
     let joiner = |i: usize, now: Instant| {
-        let identity =
-            Identity::new(OpenMlsRustCrypto::default(), pseudonym(i).as_bytes()).expect("identity");
+        let identity = Identity::new(Provider::new().expect("provider"), pseudonym(i).as_bytes())
+            .expect("identity");
         let kp = identity
             .key_package(MlsSuite::Classic)
             .expect("key package");
@@ -213,8 +213,8 @@ pub fn run(options: &Options) -> Report {
     // out of band (an invite link): they carry the pseudonym in the clear, so they never
     // pass through the relay. Welcomes go through the relay's mailboxes; each joiner makes
     // one commit of its own before it speaks (the engine does it).
-    let creator =
-        Identity::new(OpenMlsRustCrypto::default(), pseudonym(0).as_bytes()).expect("identity");
+    let creator = Identity::new(Provider::new().expect("provider"), pseudonym(0).as_bytes())
+        .expect("identity");
     members.push(new_member(
         0,
         Call::create(creator, config.clone(), start).expect("create"),

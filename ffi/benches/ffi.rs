@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion};
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::keys::StreamId;
 use sotto::media::{MediaConfig, MediaSession};
+use sotto::provider::Provider;
 use sotto::room::{Identity, MlsSuite, Room, RoomConfig, RoomEvent};
 use sotto_ffi::*;
 
@@ -21,8 +21,8 @@ const PAYLOAD: [u8; 60] = [0x5a; 60];
 /// Two members' data planes through the Rust API, sealing in epoch 1.
 fn rust_pair() -> (MediaSession, MediaSession, Instant) {
     let t0 = Instant::now();
-    let alice = Identity::new(OpenMlsRustCrypto::default(), b"alice").unwrap();
-    let bob = Identity::new(OpenMlsRustCrypto::default(), b"bob").unwrap();
+    let alice = Identity::new(Provider::new().unwrap(), b"alice").unwrap();
+    let bob = Identity::new(Provider::new().unwrap(), b"bob").unwrap();
     let kp = bob.key_package(MlsSuite::Classic).unwrap();
     let (mut room, keys) = Room::create(alice, RoomConfig::default()).unwrap();
     let mut a = MediaSession::new(MediaConfig::default());

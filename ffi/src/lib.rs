@@ -48,9 +48,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::keys::{KeyError, StreamId};
 use sotto::media::{EpochKeys, MediaConfig, MediaSession};
+use sotto::provider::Provider;
 use sotto::room::{
     Identity, MlsSuite, PublishedKeyPackage, Room, RoomConfig, RoomError, RoomEvent,
 };
@@ -553,7 +553,7 @@ pub unsafe extern "C" fn sotto_last_error(
 #[repr(C)]
 pub struct SottoIdentity {
     head: Header,
-    identity: Option<Identity<OpenMlsRustCrypto>>,
+    identity: Option<Identity<Provider>>,
     key_package: Option<PublishedKeyPackage>,
 }
 
@@ -564,7 +564,7 @@ unsafe impl Kind for SottoIdentity {
 }
 
 impl SottoIdentity {
-    fn take(&mut self) -> Result<Identity<OpenMlsRustCrypto>, Failure> {
+    fn take(&mut self) -> Result<Identity<Provider>, Failure> {
         self.identity
             .take()
             .ok_or_else(|| Failure::new(SOTTO_CONSUMED, "the identity was already used"))
@@ -588,7 +588,7 @@ pub unsafe extern "C" fn sotto_identity_new(
     guard(|| {
         // SAFETY: forwarded from the caller's contract.
         let pseudonym = unsafe { input(pseudonym, len, "pseudonym") }?;
-        let identity = Identity::new(OpenMlsRustCrypto::default(), pseudonym)?;
+        let identity = Identity::new(Provider::new()?, pseudonym)?;
         let handle = SottoIdentity {
             head: Header::new::<SottoIdentity>(),
             identity: Some(identity),
@@ -653,7 +653,7 @@ pub unsafe extern "C" fn sotto_identity_free(identity: *mut SottoIdentity) -> So
 #[repr(C)]
 pub struct SottoRoom {
     head: Header,
-    room: Room<OpenMlsRustCrypto>,
+    room: Room<Provider>,
     /// Keys to hand to the data plane, oldest first.
     keys: std::collections::VecDeque<EpochKeys>,
     /// The last commit this member made, and its Welcome.
@@ -669,7 +669,7 @@ unsafe impl Kind for SottoRoom {
 }
 
 impl SottoRoom {
-    fn new(room: Room<OpenMlsRustCrypto>, keys: EpochKeys) -> SottoRoom {
+    fn new(room: Room<Provider>, keys: EpochKeys) -> SottoRoom {
         SottoRoom {
             head: Header::new::<SottoRoom>(),
             room,
@@ -1401,7 +1401,7 @@ impl From<CallError> for Failure {
 #[repr(C)]
 pub struct SottoCall {
     head: Header,
-    call: Call<OpenMlsRustCrypto>,
+    call: Call<Provider>,
     clock: Clock,
     /// A datagram polled but not yet copied out (the caller's buffer was too small).
     pending: Vec<u8>,
@@ -1414,7 +1414,7 @@ unsafe impl Kind for SottoCall {
 }
 
 impl SottoCall {
-    fn new(call: Call<OpenMlsRustCrypto>, clock: Clock) -> SottoCall {
+    fn new(call: Call<Provider>, clock: Clock) -> SottoCall {
         SottoCall {
             head: Header::new::<SottoCall>(),
             call,

@@ -6,13 +6,13 @@
 //! # use std::time::{Duration, Instant};
 //! # use sotto::call::{Call, CallConfig, CallEvent};
 //! # use sotto::room::Identity;
-//! # use openmls_rust_crypto::OpenMlsRustCrypto;
+//! # use sotto::provider::Provider;
 //! # fn mic(_: &mut [i16]) {}
 //! # fn speaker(_: &[i16]) {}
 //! # fn socket_send(_: &[u8]) {}
 //! # fn socket_recv() -> Option<Vec<u8>> { None }
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let identity = Identity::new(OpenMlsRustCrypto::default(), b"owl-7f3a")?;
+//! let identity = Identity::new(Provider::new()?, b"owl-7f3a")?;
 //! let mut call = Call::create(identity, CallConfig::default(), Instant::now())?;
 //! let mut pcm = vec![0i16; call.frame_samples()];
 //! let mut datagram = Vec::new();
@@ -128,10 +128,10 @@ pub use transport::{Inbound, RelayTransport, Transport, TransportError};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::provider::Provider;
 use bytes::BytesMut;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn};
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider;
 
 use crate::audio::{AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, ReceiverStats};
@@ -577,7 +577,7 @@ impl Order {
 }
 
 /// One member of one room (see the [module docs](self)).
-pub struct Call<P: OpenMlsProvider = OpenMlsRustCrypto, T: Transport = RelayTransport> {
+pub struct Call<P: OpenMlsProvider = Provider, T: Transport = RelayTransport> {
     config: CallConfig,
     room: Option<Room<P>>,
     joining: Option<Joining<P>>,

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::call::{Call, CallConfig, CallEvent};
+use sotto::provider::Provider;
 use sotto::relay::{ConnId, Router, RouterLimits};
 use sotto::room::Identity;
 
@@ -156,7 +156,7 @@ impl CallNet {
 
     /// A new room's first member.
     pub fn create(&mut self, name: &str, config: CallConfig) -> usize {
-        let identity = Identity::new(OpenMlsRustCrypto::default(), name.as_bytes()).unwrap();
+        let identity = Identity::new(Provider::new().unwrap(), name.as_bytes()).unwrap();
         let call = Call::create(identity, config, self.now).unwrap();
         self.add(name, call)
     }
@@ -164,7 +164,7 @@ impl CallNet {
     /// A member waiting for its Welcome, with a KeyPackage of `config.room.mls_suite`;
     /// returns it and its KeyPackage bytes.
     pub fn joiner(&mut self, name: &str, config: CallConfig) -> (usize, Vec<u8>) {
-        let identity = Identity::new(OpenMlsRustCrypto::default(), name.as_bytes()).unwrap();
+        let identity = Identity::new(Provider::new().unwrap(), name.as_bytes()).unwrap();
         let kp = identity.key_package(config.room.mls_suite).unwrap();
         let bytes = kp.bytes.clone();
         let call = Call::join(identity, kp, config, self.now).unwrap();

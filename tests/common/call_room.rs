@@ -14,8 +14,8 @@ use sotto::room::MlsSuite;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::call::{Call, CallConfig};
+use sotto::provider::Provider;
 use sotto::relay::{ConnId, Router, RouterLimits};
 use sotto::room::Identity;
 
@@ -64,7 +64,7 @@ impl CallRoom {
         voice: &mut impl FnMut(usize, &mut [i16]),
     ) -> CallRoom {
         let mut room = CallRoom::new(now);
-        let creator = Identity::new(OpenMlsRustCrypto::default(), b"m00").unwrap();
+        let creator = Identity::new(Provider::new().unwrap(), b"m00").unwrap();
         room.add(Call::create(creator, config.clone(), now).unwrap());
         room.pump();
         let mut invited = 1;
@@ -73,8 +73,7 @@ impl CallRoom {
             let mut kps = Vec::new();
             for k in invited..invited + batch {
                 let identity =
-                    Identity::new(OpenMlsRustCrypto::default(), format!("m{k:02}").as_bytes())
-                        .unwrap();
+                    Identity::new(Provider::new().unwrap(), format!("m{k:02}").as_bytes()).unwrap();
                 let kp = identity.key_package(MlsSuite::Classic).unwrap();
                 kps.push(kp.bytes.clone());
                 room.add(Call::join(identity, kp, config.clone(), room.now).unwrap());

@@ -5,12 +5,12 @@ use sotto::room::MlsSuite;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto::keys::{KeyError, Received};
 use sotto::media::{EpochKeys, MediaConfig, MediaSession};
+use sotto::provider::Provider;
 use sotto::room::{Commit, Identity, Room, RoomConfig, RoomEvent};
 
-pub type MemRoom = Room<OpenMlsRustCrypto>;
+pub type MemRoom = Room<Provider>;
 
 /// A room member: control plane and data plane.
 pub struct Member {
@@ -21,8 +21,8 @@ pub struct Member {
     pub removed: bool,
 }
 
-pub fn identity(name: &str) -> Identity<OpenMlsRustCrypto> {
-    Identity::new(OpenMlsRustCrypto::default(), name.as_bytes()).unwrap()
+pub fn identity(name: &str) -> Identity<Provider> {
+    Identity::new(Provider::new().unwrap(), name.as_bytes()).unwrap()
 }
 
 impl Member {
@@ -39,7 +39,7 @@ impl Member {
     }
 
     pub fn join(
-        id: Identity<OpenMlsRustCrypto>,
+        id: Identity<Provider>,
         config: RoomConfig,
         media: MediaConfig,
         welcome: &[u8],
@@ -201,10 +201,7 @@ pub fn exchange_all(m: &mut [Member], now: Instant) -> usize {
 }
 
 /// A provider holding a copy of `room`'s storage: the state a crashed member restarts from.
-pub fn storage_copy(room: &MemRoom) -> OpenMlsRustCrypto {
+pub fn storage_copy(room: &MemRoom) -> Provider {
     use openmls_traits::OpenMlsProvider as _;
-    let provider = OpenMlsRustCrypto::default();
-    *provider.storage().values.write().unwrap() =
-        room.provider().storage().values.read().unwrap().clone();
-    provider
+    Provider::with_storage(room.provider().storage().snapshot().unwrap()).unwrap()
 }
