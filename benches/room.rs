@@ -9,7 +9,8 @@
 //! - openmls: the KeyPackage parsed and validated from the same bytes (add only),
 //!   `MlsGroup::add_members` / `remove_members` / `self_update`, the commit (and Welcome)
 //!   serialized, `merge_pending_commit` by the committer; the other member parses the commit
-//!   bytes, `process_message` and `merge_staged_commit`. Same ciphersuite
+//!   bytes, `process_message` and `merge_staged_commit`. Same provider (sotto's
+//!   `sotto::provider::Provider`), same ciphersuite
 //!   (MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519), PURE_CIPHERTEXT wire format, ratchet
 //!   tree extension on. sotto additionally exports the SFrame base key and channel token
 //!   (staged and merged) and builds its events: that is the overhead the ratio shows.
@@ -60,7 +61,6 @@ use openmls::prelude::{
     PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider;
 use ring::rand::{SecureRandom, SystemRandom};
 #[cfg(feature = "opus")]
@@ -68,6 +68,7 @@ use sotto::call::sealed;
 use sotto::frame::CipherSuite;
 use sotto::keys::{KidLayout, MemberId};
 use sotto::media::{ChannelToken, EpochKeys, EpochStatus, MediaConfig, MediaSession};
+use sotto::provider::Provider;
 #[cfg(feature = "opus")]
 use sotto::relay::MAX_HANDSHAKE;
 use sotto::room::{Identity, Room, RoomConfig, RoomEvent};
@@ -86,11 +87,11 @@ fn pseudonym(counter: &mut u64) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------
 // sotto
 
-type SottoRoom = Room<OpenMlsRustCrypto>;
+type SottoRoom = Room<Provider>;
 
 /// KeyPackage bytes of a throwaway identity that never joins.
 fn sotto_key_package(counter: &mut u64, suite: MlsSuite) -> Vec<u8> {
-    let identity = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(counter)).unwrap();
+    let identity = Identity::new(Provider::new().unwrap(), &pseudonym(counter)).unwrap();
     identity.key_package(suite).unwrap().bytes
 }
 
@@ -103,8 +104,7 @@ struct SottoFixture {
 impl SottoFixture {
     fn new(size: usize, suite: MlsSuite) -> SottoFixture {
         let mut counter = 0;
-        let creator =
-            Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap();
+        let creator = Identity::new(Provider::new().unwrap(), &pseudonym(&mut counter)).unwrap();
         let config = RoomConfig {
             mls_suite: suite,
             ..RoomConfig::default()
@@ -118,7 +118,7 @@ impl SottoFixture {
             committer.invite(&refs).unwrap();
             committer.confirm_pending().unwrap();
         }
-        let joiner = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap();
+        let joiner = Identity::new(Provider::new().unwrap(), &pseudonym(&mut counter)).unwrap();
         let kp = joiner.key_package(suite).unwrap();
         let commit = committer.invite(&[&kp.bytes]).unwrap();
         committer.confirm_pending().unwrap();
@@ -184,7 +184,7 @@ impl SottoFixture {
 // bare openmls
 
 struct MlsMember {
-    provider: OpenMlsRustCrypto,
+    provider: Provider,
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
 }
@@ -197,7 +197,7 @@ impl MlsMember {
             signature_key: signer.public().into(),
         };
         MlsMember {
-            provider: OpenMlsRustCrypto::default(),
+            provider: Provider::new().unwrap(),
             signer,
             credential,
         }
@@ -218,7 +218,7 @@ fn mls_key_package(counter: &mut u64) -> Vec<u8> {
     MlsMember::new(counter).key_package()
 }
 
-fn parse_key_package(bytes: &[u8], provider: &OpenMlsRustCrypto) -> KeyPackage {
+fn parse_key_package(bytes: &[u8], provider: &Provider) -> KeyPackage {
     let MlsMessageBodyIn::KeyPackage(kp) = MlsMessageIn::tls_deserialize_exact(bytes)
         .unwrap()
         .extract()
@@ -229,7 +229,7 @@ fn parse_key_package(bytes: &[u8], provider: &OpenMlsRustCrypto) -> KeyPackage {
         .unwrap()
 }
 
-fn mls_process(group: &mut MlsGroup, provider: &OpenMlsRustCrypto, bytes: &[u8]) {
+fn mls_process(group: &mut MlsGroup, provider: &Provider, bytes: &[u8]) {
     let message = MlsMessageIn::tls_deserialize_exact(bytes)
         .unwrap()
         .try_into_protocol_message()
@@ -671,7 +671,7 @@ fn timed_self_update(f: &mut SottoFixture, time_commit: bool) -> Duration {
 #[cfg(feature = "pq")]
 fn timed_join(f: &mut SottoFixture) -> Duration {
     let suite = f.committer.mls_suite();
-    let joiner = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut f.counter)).unwrap();
+    let joiner = Identity::new(Provider::new().unwrap(), &pseudonym(&mut f.counter)).unwrap();
     let kp = joiner.key_package(suite).unwrap();
     let commit = f.committer.invite(&[&kp.bytes]).unwrap();
     f.committer.confirm_pending().unwrap();
@@ -697,11 +697,11 @@ fn healthy_fixture(size: usize, suite: MlsSuite) -> SottoFixture {
         mls_suite: suite,
         ..RoomConfig::default()
     };
-    let creator = Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap();
+    let creator = Identity::new(Provider::new().unwrap(), &pseudonym(&mut counter)).unwrap();
     let (committer, _) = Room::create(creator, config).unwrap();
     let mut rooms = vec![committer];
     let joiners: Vec<_> = (1..size)
-        .map(|_| Identity::new(OpenMlsRustCrypto::default(), &pseudonym(&mut counter)).unwrap())
+        .map(|_| Identity::new(Provider::new().unwrap(), &pseudonym(&mut counter)).unwrap())
         .collect();
     let kps: Vec<Vec<u8>> = joiners
         .iter()

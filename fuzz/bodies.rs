@@ -944,3 +944,11 @@ pub fn stage(data: &[u8]) {
         assert!(path * 32 <= data.len() && path <= 17 && slot < 1 << 16);
     }
 }
+
+/// The storage codec (`sotto::provider`): `data` decoded as any value, as a KeyPackage and
+/// as a GroupContext: never a panic, and a value that decodes survives a round trip.
+pub fn storage_codec(data: &[u8]) {
+    if let Err(e) = sotto::provider::fuzzing::decode(data) {
+        panic!("{e}");
+    }
+}

@@ -34,6 +34,7 @@ use openmls_traits::types::{
 };
 use openmls_traits::OpenMlsProvider;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 pub use codec::CodecError;
 
@@ -360,10 +361,12 @@ pub struct Storage {
     records: Arc<Mutex<Records>>,
 }
 
+/// Values are zeroized when overwritten, deleted or dropped (they hold the group's secrets
+/// and this member's private keys).
 #[derive(Default)]
 struct Records {
-    values: HashMap<Vec<u8>, Vec<u8>>,
-    lists: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    values: HashMap<Vec<u8>, Zeroizing<Vec<u8>>>,
+    lists: HashMap<Vec<u8>, Vec<Zeroizing<Vec<u8>>>>,
 }
 
 /// The kinds of records (the first byte of a record's key).
@@ -421,7 +424,7 @@ impl Storage {
         let lists: usize = records
             .lists
             .iter()
-            .map(|(k, items)| k.len() + items.iter().map(Vec::len).sum::<usize>())
+            .map(|(k, items)| k.len() + items.iter().map(|i| i.len()).sum::<usize>())
             .sum();
         Ok(values + lists)
     }
@@ -437,7 +440,7 @@ impl Storage {
         value: &V,
     ) -> Result<(), StorageError> {
         let key = record_key(kind, key)?;
-        let value = codec::to_vec(value)?;
+        let value = Zeroizing::new(codec::to_vec(value)?);
         self.lock()?.values.insert(key, value);
         Ok(())
     }
@@ -465,7 +468,7 @@ impl Storage {
         item: &V,
     ) -> Result<(), StorageError> {
         let key = record_key(kind, key)?;
-        let item = codec::to_vec(item)?;
+        let item = Zeroizing::new(codec::to_vec(item)?);
         self.lock()?.lists.entry(key).or_default().push(item);
         Ok(())
     }
@@ -922,7 +925,7 @@ impl StorageProvider<CURRENT_VERSION> for Storage {
         let proposal = record_key(Kind::Proposal, &proposal_key(group_id, proposal_ref)?)?;
         let mut records = self.lock()?;
         if let Some(list) = records.lists.get_mut(&refs_key) {
-            list.retain(|r| *r != item);
+            list.retain(|r| **r != item);
         }
         records.values.remove(&proposal);
         Ok(())
@@ -1064,5 +1067,47 @@ impl StorageProvider<CURRENT_VERSION> for Storage {
         psk_id: &PskKey,
     ) -> Result<(), StorageError> {
         self.delete(Kind::Psk, psk_id)
+    }
+}
+
+/// The storage codec's decoder, for the fuzz target `storage_codec`.
+#[doc(hidden)]
+pub mod fuzzing {
+    use openmls::prelude::{GroupContext, KeyPackage};
+
+    use super::codec;
+
+    /// Decodes `data` as any value, as a KeyPackage and as a GroupContext (types openmls
+    /// stores). A typed value that decodes must encode and decode back to an equal value.
+    /// Returns how many typed decodes succeeded, or which round trip changed a value.
+    pub fn decode(data: &[u8]) -> Result<usize, &'static str> {
+        let _ = codec::from_slice::<serde::de::IgnoredAny>(data);
+        let mut decoded = 0;
+        if let Ok(kp) = codec::from_slice::<KeyPackage>(data) {
+            let again = codec::to_vec(&kp).map_err(|_| "a decoded KeyPackage does not encode")?;
+            if codec::from_slice::<KeyPackage>(&again).ok() != Some(kp) {
+                return Err("a KeyPackage changed in a round trip");
+            }
+            decoded += 1;
+        }
+        if let Ok(context) = codec::from_slice::<GroupContext>(data) {
+            let again =
+                codec::to_vec(&context).map_err(|_| "a decoded GroupContext does not encode")?;
+            if codec::from_slice::<GroupContext>(&again).ok() != Some(context) {
+                return Err("a GroupContext changed in a round trip");
+            }
+            decoded += 1;
+        }
+        Ok(decoded)
+    }
+
+    /// `value` encoded (to write seeds).
+    pub fn encode<T: serde::Serialize>(value: &T) -> Option<Vec<u8>> {
+        codec::to_vec(value).ok()
+    }
+
+    /// `data` decoded as a `T`.
+    pub fn decode_as<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
+        codec::from_slice(data).ok()
     }
 }

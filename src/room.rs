@@ -705,6 +705,47 @@ mod hex_bytes {
             Ok(bytes)
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Record {
+            #[serde(with = "super")]
+            message: Vec<u8>,
+        }
+
+        #[test]
+        fn json_gets_hex_and_sotto_storage_gets_bytes() {
+            let record = Record {
+                message: vec![0x00, 0x7f, 0xff, 0x10],
+            };
+            let json = serde_json::to_string(&record).unwrap();
+            assert_eq!(json, r#"{"message":"007fff10"}"#);
+            assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), record);
+            let binary = crate::provider::fuzzing::encode(&record).unwrap();
+            assert!(binary.windows(4).any(|w| w == [0x00, 0x7f, 0xff, 0x10]));
+            assert_eq!(
+                crate::provider::fuzzing::decode_as::<Record>(&binary).unwrap(),
+                record
+            );
+        }
+
+        #[test]
+        fn records_of_earlier_builds_still_load_and_bad_hex_is_refused() {
+            let old = r#"{"message":[0,127,255,16]}"#;
+            assert_eq!(
+                serde_json::from_str::<Record>(old).unwrap().message,
+                vec![0x00, 0x7f, 0xff, 0x10]
+            );
+            for bad in [
+                r#"{"message":"0"}"#,
+                r#"{"message":"zz"}"#,
+                r#"{"message":"7F"}"#,
+            ] {
+                assert!(serde_json::from_str::<Record>(bad).is_err(), "{bad}");
+            }
+        }
+    }
 }
 
 impl Entity<CURRENT_VERSION> for PendingCommitRecord {}

@@ -243,3 +243,42 @@ fn xwing_agrees_across_providers() {
         assert_eq!(secret_a.as_ref(), secret_b.as_ref());
     }
 }
+
+/// A record that does not decode as what openmls stored there (a corrupted or tampered
+/// storage) fails the load with a typed error, never a panic or a half-loaded room.
+#[test]
+fn a_corrupted_record_fails_the_load_with_a_storage_error() {
+    use openmls::prelude::GroupId;
+    use openmls_traits::storage::{traits, Entity, StorageProvider as _, CURRENT_VERSION};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Garbage(Vec<u8>, u64);
+    impl Entity<CURRENT_VERSION> for Garbage {}
+    impl traits::TreeSync<CURRENT_VERSION> for Garbage {}
+    impl traits::GroupContext<CURRENT_VERSION> for Garbage {}
+
+    for corrupt in ["tree", "context"] {
+        let storage = Storage::default();
+        let id = Identity::new(Provider::with_storage(storage.clone()).unwrap(), b"a").unwrap();
+        let key = id.signature_key().to_vec();
+        let (room, _) = Room::create(id, RoomConfig::default()).unwrap();
+        let group_id = GroupId::from_slice(room.group_id());
+        drop(room);
+        let garbage = Garbage(vec![0xff; 40], 7);
+        match corrupt {
+            "tree" => storage.write_tree(&group_id, &garbage).unwrap(),
+            _ => storage.write_context(&group_id, &garbage).unwrap(),
+        }
+        let loaded = Room::load(
+            Provider::with_storage(storage).unwrap(),
+            &key,
+            group_id.as_slice(),
+            RoomConfig::default(),
+        );
+        assert!(
+            matches!(loaded, Err(RoomError::Storage)),
+            "{corrupt}: {:?}",
+            loaded.err()
+        );
+    }
+}
