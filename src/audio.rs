@@ -12,6 +12,15 @@
 //! arrived yet (at most [`HOLD_LIMIT`]), and treats packets that fail authentication, are
 //! replayed, or do not decode as lost: they are concealed, never played. A queued packet is
 //! never replaced by a later one claiming the same position.
+//!
+//! The playout delay adapts to the network: a packet that arrives after its frame was
+//! played deepens the delay at once, by as many frames as it came late (a concealed frame
+//! is inserted for each), up to [`MAX_ADDED_DELAY`] above the configured
+//! [`AudioConfig::playout_delay_frames`]; once every packet of a [`RELEASE_WINDOW`] arrived
+//! at least a frame ahead of its turn, one added frame is taken back (a frame is decoded
+//! and dropped). Only authenticated packets of the playing epoch move the delay: forged or
+//! replayed packets never reach it, and whoever delays genuine packets (the relay, the
+//! network) can add at most [`MAX_ADDED_DELAY`] of latency.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -41,6 +50,14 @@ pub const STREAM_END: Duration = Duration::from_millis(500);
 
 /// Packets held at most while their epoch's keys are missing.
 const MAX_HELD: usize = 16;
+
+/// Most delay a receiver adds to its configured playout delay after late packets (rounded
+/// down to whole frames).
+pub const MAX_ADDED_DELAY: Duration = Duration::from_millis(200);
+
+/// Arrivals a receiver watches (two seconds at 20 ms frames) before it takes back one frame
+/// of added delay, if every one of them arrived at least a frame ahead of its turn.
+pub const RELEASE_WINDOW: u32 = 100;
 
 /// Errors of the audio pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -123,8 +140,8 @@ pub struct AudioConfig {
     /// For VBR users: pad each Opus packet (with Opus' own padding, which any decoder
     /// ignores) up to the smallest of these sizes that fits. Empty (default): no padding.
     pub padding_buckets: Vec<usize>,
-    /// Frames a receiver buffers before it starts playing (jitter and FEC look-ahead).
-    /// Default 2.
+    /// Frames a receiver buffers before it starts playing (jitter and FEC look-ahead):
+    /// the least playout delay; late packets add up to [`MAX_ADDED_DELAY`] to it. Default 2.
     pub playout_delay_frames: u32,
 }
 
@@ -325,6 +342,11 @@ pub struct ReceiverStats {
     pub replays: u64,
     /// Packets that arrived after their frame was played, or were held too long.
     pub late: u64,
+    /// Concealed frames inserted to deepen the playout delay after late packets (not
+    /// counted in `concealed`: no packet was lost for them).
+    pub delay_inserted: u64,
+    /// Frames decoded and dropped to take added playout delay back.
+    pub delay_removed: u64,
     /// Packets held because their epoch's keys had not arrived.
     pub held: u64,
     /// Packets refused for another reason (malformed, unknown sender, expired epoch,
@@ -346,7 +368,7 @@ pub enum Pulled {
     Decoded,
     /// Rebuilt from the next packet's FEC.
     FecRecovered,
-    /// Concealed (packet lost, late, or refused).
+    /// Concealed (packet lost, late, or refused), or inserted to deepen the playout delay.
     Concealed,
 }
 
@@ -374,6 +396,17 @@ pub struct AudioReceiver {
     held: VecDeque<(Instant, Bytes)>,
     scratch: BytesMut,
     stats: ReceiverStats,
+    /// Frames of delay added above the configured playout delay (at most `max_added`).
+    added: u32,
+    max_added: u32,
+    /// Concealed frames still to insert before the next due frame.
+    stretch: u32,
+    /// One added frame to take back at the next pull that can drop a frame.
+    shrink: bool,
+    /// Arrivals in the current release window, and the least slack (frames between a
+    /// packet's arrival and its turn) among them.
+    window: u32,
+    min_slack: u64,
 }
 
 impl AudioReceiver {
@@ -381,6 +414,7 @@ impl AudioReceiver {
     pub fn new(config: &AudioConfig) -> Result<AudioReceiver, AudioError> {
         config.validate()?;
         let decoder = opus::Decoder::new(SAMPLE_RATE, config.channels.opus())?;
+        let max_added = MAX_ADDED_DELAY.as_millis() / u128::from(config.frame_ms.max(1));
         Ok(AudioReceiver {
             decoder,
             config: config.clone(),
@@ -400,7 +434,18 @@ impl AudioReceiver {
             held: VecDeque::with_capacity(MAX_HELD),
             scratch: BytesMut::with_capacity(MAX_OPUS + 64),
             stats: ReceiverStats::default(),
+            added: 0,
+            max_added: u32::try_from(max_added).unwrap_or(0),
+            stretch: 0,
+            shrink: false,
+            window: 0,
+            min_slack: u64::MAX,
         })
+    }
+
+    /// The playout delay now: the configured one plus what late packets added.
+    pub fn playout_delay(&self) -> Duration {
+        self.config.frame_duration() * (self.config.playout_delay_frames + self.added)
     }
 
     /// The counters so far.
@@ -422,7 +467,7 @@ impl AudioReceiver {
     pub fn push(&mut self, packet: &[u8], media: &mut MediaSession, now: Instant) {
         self.scratch.clear();
         match media.open(packet, &mut self.scratch, now) {
-            Ok(received) => self.store(&received, now),
+            Ok(received) => self.store(&received, now, true),
             Err(KeyError::EpochNotYetKnown { .. }) => {
                 self.stats.held += 1;
                 if self.held.len() == MAX_HELD {
@@ -444,8 +489,10 @@ impl AudioReceiver {
         }
     }
 
-    /// Puts the opened Opus packet (in `scratch`) into the reorder queue at `pos`.
-    fn store(&mut self, received: &Received, now: Instant) {
+    /// Puts the opened Opus packet (in `scratch`) into the reorder queue at `pos`. A packet
+    /// that arrived from the network (`network`, not released from the held packets, whose
+    /// lateness is the keys') moves the playout delay.
+    fn store(&mut self, received: &Received, now: Instant, network: bool) {
         let sender = (received.member, received.stream);
         let pos = (received.epoch, received.ctr);
         if self.sender.is_some_and(|s| s != sender) {
@@ -458,11 +505,16 @@ impl AudioReceiver {
         if let Some(next) = self.next {
             if pos < next {
                 self.stats.late += 1;
+                if network && pos.0 == next.0 {
+                    self.deepen(next.1 - pos.1);
+                }
                 return;
             }
             if pos.0 == next.0 && pos.1 - next.1 >= QUEUE as u64 {
                 // Far ahead of playback in the same epoch (a long gap): restart there.
                 self.reset();
+            } else if network && pos.0 == next.0 {
+                self.observe_slack(pos.1 - next.1 + u64::from(self.stretch));
             }
         }
         if self.slots.iter().any(|s| s.pos == Some(pos)) {
@@ -491,6 +543,40 @@ impl AudioReceiver {
         for slot in &mut self.slots {
             slot.pos = None;
         }
+        // The delay learned so far stays (a restarted stream starts with it); what was
+        // still to be inserted or taken back does not.
+        self.stretch = 0;
+        self.shrink = false;
+        self.window = 0;
+        self.min_slack = u64::MAX;
+    }
+
+    /// A packet came `lateness` frames after its turn: insert frames until that much
+    /// delay is added (within `max_added`), and start watching for slack anew.
+    fn deepen(&mut self, lateness: u64) {
+        let want = u32::try_from(lateness).unwrap_or(u32::MAX);
+        if want > self.stretch {
+            let more = (want - self.stretch).min(self.max_added - self.added);
+            self.stretch += more;
+            self.added += more;
+        }
+        self.shrink = false;
+        self.window = 0;
+        self.min_slack = u64::MAX;
+    }
+
+    /// A packet arrived `slack` frames before its turn; after a whole window in which
+    /// every packet had a frame to spare, one added frame goes.
+    fn observe_slack(&mut self, slack: u64) {
+        self.min_slack = self.min_slack.min(slack);
+        self.window += 1;
+        if self.window >= RELEASE_WINDOW {
+            if self.added > 0 && self.stretch == 0 && self.min_slack >= 1 {
+                self.shrink = true;
+            }
+            self.window = 0;
+            self.min_slack = u64::MAX;
+        }
     }
 
     /// Retries held packets (their keys may have arrived); drops those held too long.
@@ -501,7 +587,7 @@ impl AudioReceiver {
             };
             self.scratch.clear();
             match media.open(&packet, &mut self.scratch, now) {
-                Ok(received) => self.store(&received, now),
+                Ok(received) => self.store(&received, now, false),
                 Err(KeyError::EpochNotYetKnown { .. }) => {
                     if now.saturating_duration_since(since) > HOLD_LIMIT {
                         self.stats.late += 1;
@@ -536,8 +622,7 @@ impl AudioReceiver {
         match self.next {
             None => {
                 let first = self.first_arrival?;
-                let delay = self.config.frame_duration() * self.config.playout_delay_frames;
-                if now.saturating_duration_since(first) < delay {
+                if now.saturating_duration_since(first) < self.playout_delay() {
                     return None;
                 }
                 self.next = self.earliest();
@@ -580,11 +665,36 @@ impl AudioReceiver {
             });
         }
         self.retry_held(media, now);
-        let Some(pos) = self.start(now) else {
+        let Some(mut pos) = self.start(now) else {
             out.silence();
             return Ok(Pulled::Idle);
         };
-        let following = pos.1.checked_add(1).map(|c| (pos.0, c));
+        if self.stretch > 0 {
+            // Deepen the delay: conceal a frame and play the due one at the next pull.
+            self.stretch -= 1;
+            out.decode(&mut self.decoder, &[], false)?;
+            self.stats.delay_inserted += 1;
+            return Ok(Pulled::Concealed);
+        }
+        let mut following = pos.1.checked_add(1).map(|c| (pos.0, c));
+        if self.shrink {
+            if let (Some(packet), Some(f)) = (
+                Self::packet(&self.slots, pos),
+                following.filter(|f| Self::packet(&self.slots, *f).is_some()),
+            ) {
+                // Take a frame of delay back: decode the due frame (the decoder's state
+                // stays continuous), drop it, and play the one after it now.
+                if out.decode(&mut self.decoder, packet, false).is_err() {
+                    self.stats.undecodable += 1;
+                }
+                self.free(pos);
+                self.shrink = false;
+                self.added -= 1;
+                self.stats.delay_removed += 1;
+                pos = f;
+                following = pos.1.checked_add(1).map(|c| (pos.0, c));
+            }
+        }
         self.next = following;
         let own = Self::packet(&self.slots, pos);
         let next = following.and_then(|f| Self::packet(&self.slots, f));
@@ -614,10 +724,14 @@ impl AudioReceiver {
                 Pulled::Concealed
             }
         };
+        self.free(pos);
+        Ok(pulled)
+    }
+
+    fn free(&mut self, pos: Position) {
         if let Some(slot) = self.slots.iter_mut().find(|s| s.pos == Some(pos)) {
             slot.pos = None;
         }
-        Ok(pulled)
     }
 
     /// Writes the next frame of interleaved `i16` PCM into `out` (one frame exactly).
