@@ -17,10 +17,17 @@
 //! played deepens the delay at once, by as many frames as it came late (a concealed frame
 //! is inserted for each), up to [`MAX_ADDED_DELAY`] above the configured
 //! [`AudioConfig::playout_delay_frames`]; once every packet of a [`RELEASE_WINDOW`] arrived
-//! at least a frame ahead of its turn, one added frame is taken back (a frame is decoded
-//! and dropped). Only authenticated packets of the playing epoch move the delay: forged or
-//! replayed packets never reach it, and whoever delays genuine packets (the relay, the
-//! network) can add at most [`MAX_ADDED_DELAY`] of latency.
+//! at least a frame ahead of its turn, one frame is taken back (a frame is decoded and
+//! dropped) if any was added, or if the packets are buffered longer than the delay asks
+//! for (the path got faster, or a burst came). Playback that starts on a burst starts at
+//! its newest packets less the delay (the older ones are stale). Only authenticated packets
+//! of the playing epoch move the delay: forged or replayed packets never reach it.
+//!
+//! What whoever delays genuine packets (the relay, the network) can do to the receiver's
+//! buffering: add at most [`MAX_ADDED_DELAY`] through late packets; and hold packets, then
+//! release them at once, which buffers the excess until it drains at one frame per release
+//! window (two seconds at 20 ms frames), or not at all when playback (re)starts on the
+//! burst. The delay of the path itself is theirs to choose.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -56,8 +63,14 @@ const MAX_HELD: usize = 16;
 pub const MAX_ADDED_DELAY: Duration = Duration::from_millis(200);
 
 /// Arrivals a receiver watches (two seconds at 20 ms frames) before it takes back one frame
-/// of added delay, if every one of them arrived at least a frame ahead of its turn.
+/// of delay, if every one of them arrived at least a frame ahead of its turn and some
+/// delay was added or the packets wait longer than the delay asks for. Only packets from
+/// the network of the playing epoch count; a late packet starts the window over.
 pub const RELEASE_WINDOW: u32 = 100;
+
+/// Most frames a receiver buffers on purpose (configured plus added delay): half its
+/// reorder queue, so packets up to as many frames further ahead still find a place.
+pub const MAX_PLAYOUT_DELAY_FRAMES: u32 = (QUEUE / 2) as u32;
 
 /// Errors of the audio pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -141,7 +154,9 @@ pub struct AudioConfig {
     /// ignores) up to the smallest of these sizes that fits. Empty (default): no padding.
     pub padding_buckets: Vec<usize>,
     /// Frames a receiver buffers before it starts playing (jitter and FEC look-ahead):
-    /// the least playout delay; late packets add up to [`MAX_ADDED_DELAY`] to it. Default 2.
+    /// the least playout delay; late packets add up to [`MAX_ADDED_DELAY`] to it (less if
+    /// the sum would pass [`MAX_PLAYOUT_DELAY_FRAMES`]). At most
+    /// [`MAX_PLAYOUT_DELAY_FRAMES`]. Default 2.
     pub playout_delay_frames: u32,
 }
 
@@ -184,6 +199,7 @@ impl AudioConfig {
         if ![10, 20, 40, 60].contains(&self.frame_ms)
             || !(6_000..=510_000).contains(&self.bitrate)
             || self.expected_loss_percent > 100
+            || self.playout_delay_frames > MAX_PLAYOUT_DELAY_FRAMES
             || !buckets_ok
         {
             return Err(AudioError::InvalidConfig);
@@ -345,7 +361,8 @@ pub struct ReceiverStats {
     /// Concealed frames inserted to deepen the playout delay after late packets (not
     /// counted in `concealed`: no packet was lost for them).
     pub delay_inserted: u64,
-    /// Frames decoded and dropped to take added playout delay back.
+    /// Frames dropped to take playout delay back: decoded and dropped while playing, or
+    /// skipped when playback started on a burst of stale packets.
     pub delay_removed: u64,
     /// Packets held because their epoch's keys had not arrived.
     pub held: u64,
@@ -414,7 +431,10 @@ impl AudioReceiver {
     pub fn new(config: &AudioConfig) -> Result<AudioReceiver, AudioError> {
         config.validate()?;
         let decoder = opus::Decoder::new(SAMPLE_RATE, config.channels.opus())?;
-        let max_added = MAX_ADDED_DELAY.as_millis() / u128::from(config.frame_ms.max(1));
+        let max_added =
+            u32::try_from(MAX_ADDED_DELAY.as_millis() / u128::from(config.frame_ms.max(1)))
+                .unwrap_or(0)
+                .min(MAX_PLAYOUT_DELAY_FRAMES.saturating_sub(config.playout_delay_frames));
         Ok(AudioReceiver {
             decoder,
             config: config.clone(),
@@ -435,7 +455,7 @@ impl AudioReceiver {
             scratch: BytesMut::with_capacity(MAX_OPUS + 64),
             stats: ReceiverStats::default(),
             added: 0,
-            max_added: u32::try_from(max_added).unwrap_or(0),
+            max_added,
             stretch: 0,
             shrink: false,
             window: 0,
@@ -445,7 +465,12 @@ impl AudioReceiver {
 
     /// The playout delay now: the configured one plus what late packets added.
     pub fn playout_delay(&self) -> Duration {
-        self.config.frame_duration() * (self.config.playout_delay_frames + self.added)
+        self.config.frame_duration() * self.delay_frames()
+    }
+
+    /// The playout delay now, in frames.
+    fn delay_frames(&self) -> u32 {
+        self.config.playout_delay_frames.saturating_add(self.added)
     }
 
     /// The counters so far.
@@ -566,12 +591,14 @@ impl AudioReceiver {
     }
 
     /// A packet arrived `slack` frames before its turn; after a whole window in which
-    /// every packet had a frame to spare, one added frame goes.
+    /// every packet had a frame to spare, one frame goes if any was added or if every
+    /// packet waited longer than the delay asks for.
     fn observe_slack(&mut self, slack: u64) {
         self.min_slack = self.min_slack.min(slack);
         self.window += 1;
         if self.window >= RELEASE_WINDOW {
-            if self.added > 0 && self.stretch == 0 && self.min_slack >= 1 {
+            let excess = self.min_slack > u64::from(self.delay_frames());
+            if (self.added > 0 || excess) && self.stretch == 0 && self.min_slack >= 1 {
                 self.shrink = true;
             }
             self.window = 0;
@@ -626,6 +653,7 @@ impl AudioReceiver {
                     return None;
                 }
                 self.next = self.earliest();
+                self.skip_stale();
             }
             Some(next) => {
                 let queued = |s: &Slot| s.pos.is_some_and(|p| p >= next);
@@ -641,6 +669,33 @@ impl AudioReceiver {
             }
         }
         self.next
+    }
+
+    /// Playback starts on a burst (packets held, then released at once): it starts at the
+    /// newest queued packet of the first epoch less the playout delay; the older packets
+    /// are dropped (counted in [`ReceiverStats::delay_removed`]).
+    fn skip_stale(&mut self) {
+        let Some(first) = self.next else { return };
+        let Some(newest) = self
+            .slots
+            .iter()
+            .filter_map(|s| s.pos)
+            .filter(|p| p.0 == first.0)
+            .max()
+        else {
+            return;
+        };
+        let from = newest.1.saturating_sub(u64::from(self.delay_frames()));
+        if from <= first.1 {
+            return;
+        }
+        for slot in &mut self.slots {
+            if slot.pos.is_some_and(|p| p.0 == first.0 && p.1 < from) {
+                slot.pos = None;
+                self.stats.delay_removed += 1;
+            }
+        }
+        self.next = Some((first.0, from));
     }
 
     fn packet(slots: &[Slot], pos: Position) -> Option<&[u8]> {
@@ -689,7 +744,7 @@ impl AudioReceiver {
                 }
                 self.free(pos);
                 self.shrink = false;
-                self.added -= 1;
+                self.added = self.added.saturating_sub(1);
                 self.stats.delay_removed += 1;
                 pos = f;
                 following = pos.1.checked_add(1).map(|c| (pos.0, c));

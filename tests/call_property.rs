@@ -588,10 +588,14 @@ impl Sim {
                 let Some(speaker_id) = self.id_of(speaker) else {
                     continue;
                 };
+                // What it had decoded, and the frames it buffered (its playout delay now).
+                let frame = self.config.audio.frame_duration();
                 let count = listener
                     .voices()
                     .find(|v| v.member == speaker_id)
-                    .map_or(0, |v| v.stats.decoded);
+                    .map_or(u64::from(self.config.audio.playout_delay_frames), |v| {
+                        v.stats.decoded + (v.playout_delay.as_nanos() / frame.as_nanos()) as u64
+                    });
                 opened.entry((to, speaker)).or_insert((at, count));
             }
             for (&(l, s), &(_, count)) in &opened {
@@ -606,7 +610,7 @@ impl Sim {
                     .voices()
                     .find(|v| v.member == id)
                     .map_or(0, |v| v.stats.decoded);
-                if now_count > count + u64::from(self.config.audio.playout_delay_frames) {
+                if now_count > count {
                     decoded.insert((l, s), self.net.now);
                 }
             }

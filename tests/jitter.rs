@@ -5,9 +5,13 @@
 //! Checked: under jitter the delay deepens and late packets stop (against what the fixed
 //! configured delay would have lost on the same arrivals, computed in the same run); a
 //! delay spike is absorbed and the added delay is taken back once the path is calm, every
-//! frame accounted for; and the adversaries' best: a relay delaying genuine packets adds
-//! at most [`MAX_ADDED_DELAY`] of latency, and replayed or forged packets of old positions
-//! add none.
+//! frame accounted for; a path that gets faster is followed down; and the adversaries'
+//! best: a relay delaying genuine packets adds at most [`MAX_ADDED_DELAY`] of buffering, a
+//! relay holding packets and releasing them at once leaves no lasting delay, and replayed
+//! or forged packets of old positions add none.
+//!
+//! The buffering is measured by the harness's own clock, not read back from the receiver:
+//! how long the last packet waited between its arrival and the pull that played it.
 #![cfg(feature = "opus")]
 
 mod common;
@@ -19,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::{ms, room_of, Member, Rng};
 use sotto::audio::{
-    AudioConfig, AudioReceiver, AudioSender, Pulled, ReceiverStats, MAX_ADDED_DELAY, SAMPLE_RATE,
+    AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, ReceiverStats, MAX_ADDED_DELAY,
+    MAX_PLAYOUT_DELAY_FRAMES, SAMPLE_RATE,
 };
 use sotto::media::MediaConfig;
 use sotto::room::RoomConfig;
@@ -31,12 +36,14 @@ struct Run {
     stats: ReceiverStats,
     /// The receiver's playout delay at the end.
     delay: Duration,
-    /// The largest playout delay seen at any pull.
+    /// The largest playout delay the receiver reported at any pull.
     max_delay: Duration,
-    /// Frames pulled while playing (not idle), and how many of them were concealments
-    /// after the sender's last frame (before the stream counted as ended).
-    played: u64,
+    /// Frames concealed after the last frame decoded (the sender had stopped; the stream
+    /// had not yet counted as ended).
     trailing: u64,
+    /// How long the last packet waited in the receiver: from its arrival to the last pull
+    /// that decoded a frame (which played it: no test loses the last packet).
+    buffered: Duration,
     /// When each packet arrived, in ms after the first was sent (None: never delivered).
     arrivals: Vec<Option<u64>>,
 }
@@ -45,6 +52,16 @@ struct Run {
 /// lost). `extra(t)` may inject bytes of its own at ms t (an attacker's); the run goes on
 /// until one second after the last arrival.
 fn run(
+    frames: usize,
+    delay: impl FnMut(usize) -> Option<u64>,
+    extra: impl FnMut(u64, &[Vec<u8>]) -> Vec<Vec<u8>>,
+) -> Run {
+    run_with(&AudioConfig::default(), frames, delay, extra)
+}
+
+/// [`run`] with the receiver's (and sender's) audio configuration (20 ms mono frames).
+fn run_with(
+    config: &AudioConfig,
     frames: usize,
     mut delay: impl FnMut(usize) -> Option<u64>,
     mut extra: impl FnMut(u64, &[Vec<u8>]) -> Vec<Vec<u8>>,
@@ -58,9 +75,8 @@ fn run(
     );
     // After the creator switched into the epoch bob joined.
     let start = t0 + Duration::from_secs(1);
-    let config = AudioConfig::default();
-    let mut sender = AudioSender::new(&config).unwrap();
-    let mut receiver = AudioReceiver::new(&config).unwrap();
+    let mut sender = AudioSender::new(config).unwrap();
+    let mut receiver = AudioReceiver::new(config).unwrap();
     let mut voice = voice::Voice::new(0);
     let mut pcm = vec![0i16; FRAME];
     let mut out = vec![0i16; FRAME];
@@ -68,8 +84,8 @@ fn run(
     let mut sent: Vec<Vec<u8>> = Vec::new();
     let mut arrivals = vec![None; frames];
     let mut last = 0u64;
-    let mut played = 0u64;
     let mut trailing = 0u64;
+    let mut last_decoded = 0u64;
     let mut max_delay = Duration::ZERO;
     let mut t = 0u64;
     // Bounded: frames × 20 ms plus the longest delay any test uses plus a second.
@@ -96,28 +112,28 @@ fn run(
             receiver.push(&bytes, &mut m[1].media, now);
         }
         if t % 20 == 10 {
+            let concealed = receiver.stats().concealed;
             let pulled = receiver.pull_i16(&mut m[1].media, &mut out, now).unwrap();
             match pulled {
-                Pulled::Idle => {}
-                Pulled::Concealed => {
-                    played += 1;
-                    trailing += 1;
-                }
                 Pulled::Decoded | Pulled::FecRecovered => {
-                    played += 1;
                     trailing = 0;
+                    last_decoded = t;
                 }
+                // Inserted frames (delay) are not concealments of lost packets.
+                _ if receiver.stats().concealed > concealed => trailing += 1,
+                _ => {}
             }
             max_delay = max_delay.max(receiver.playout_delay());
         }
         t += 1;
     }
+    let last_arrival = arrivals[frames - 1].expect("the last packet is delivered");
     Run {
         stats: receiver.stats(),
         delay: receiver.playout_delay(),
         max_delay,
-        played,
         trailing,
+        buffered: ms(last_decoded.saturating_sub(last_arrival)),
         arrivals,
     }
 }
@@ -179,11 +195,7 @@ fn under_jitter_the_delay_deepens_and_late_packets_stop() {
         // packet came late and FEC or concealment stood in for it; nothing else was
         // concealed.
         assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late, "{s:?}");
-        assert_eq!(s.fec_recovered + s.concealed - r.trailing, s.late, "{s:?}");
-        assert_eq!(
-            r.played,
-            s.decoded + s.fec_recovered + s.concealed + s.delay_inserted
-        );
+        assert_eq!(s.fec_recovered + s.concealed, s.late + r.trailing, "{s:?}");
     }
     println!("late packets in four minutes: {late} adaptive, {fixed_late} at the fixed delay");
     assert!(
@@ -209,16 +221,40 @@ fn a_delay_spike_is_absorbed_then_the_delay_is_taken_back() {
     // which the delay covers it.
     assert!((1..=5).contains(&s.late), "{s:?}");
     assert!(r.max_delay >= ms(40 + 20 * s.late), "{:?}", r.max_delay);
-    // Twenty calm seconds later every added frame was taken back: the configured delay.
+    // Twenty calm seconds later every added frame was taken back: the configured delay,
+    // and the last packet waited no longer than on a calm path all along.
     assert_eq!(r.delay, ms(40));
     assert_eq!(s.delay_removed, s.delay_inserted);
+    let calm = run(frames, |_| Some(50), |_, _| Vec::new());
+    assert_eq!(r.buffered, calm.buffered);
+    assert!(calm.buffered <= ms(40 + 20), "{:?}", calm.buffered);
     // Nothing else was lost: what the late packets missed was concealed, nothing more.
-    assert_eq!(s.concealed - r.trailing + s.fec_recovered, s.late);
+    assert_eq!(s.concealed + s.fec_recovered, s.late + r.trailing);
     assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late);
-    assert_eq!(
-        r.played,
-        s.decoded + s.fec_recovered + s.concealed + s.delay_inserted
+}
+
+#[test]
+fn a_path_that_gets_faster_is_followed_down() {
+    // 300 ms for ten seconds, then 50 ms: the packets of the faster path overtake, and
+    // 250 ms more is buffered than the delay asks for. Fifty seconds later it is gone.
+    let frames = 3_000;
+    let r = run(
+        frames,
+        |k| Some(if k < 500 { 300 } else { 50 }),
+        |_, _| Vec::new(),
     );
+    let s = r.stats;
+    let calm = run(frames, |_| Some(50), |_, _| Vec::new());
+    println!(
+        "{s:?}; the last packet waited {:?} ({:?} on a calm path)",
+        r.buffered, calm.buffered
+    );
+    assert_eq!((s.late, s.delay_inserted), (0, 0), "{s:?}");
+    // Twelve frames dropped, one per release window: back to the calm path's buffering.
+    assert!(s.delay_removed >= 12, "{s:?}");
+    assert_eq!(r.buffered, calm.buffered);
+    assert_eq!(r.delay, ms(40));
+    assert_eq!(s.decoded + s.delay_removed, frames as u64);
 }
 
 #[test]
@@ -232,10 +268,77 @@ fn a_relay_delaying_genuine_packets_adds_at_most_the_bound() {
         |_, _| Vec::new(),
     );
     let s = r.stats;
-    println!("{s:?}; delay at most {:?}", r.max_delay);
+    println!(
+        "{s:?}; delay at most {:?}; the last packet waited {:?}",
+        r.max_delay, r.buffered
+    );
     assert!(s.late > 0);
     assert_eq!(r.max_delay, ms(40) + MAX_ADDED_DELAY);
-    assert!(s.delay_inserted <= MAX_ADDED_DELAY.as_millis() as u64 / 20);
+    // Measured: the last packet (3 s late, like every packet from the 300th) waited no
+    // more than the configured delay plus the bound (and the pull's 10 ms phase).
+    assert!(
+        r.buffered <= ms(40 + 10) + MAX_ADDED_DELAY,
+        "{:?}",
+        r.buffered
+    );
+}
+
+#[test]
+fn a_relay_holding_packets_then_bursting_leaves_no_lasting_delay() {
+    // 50 ms, except that the relay holds packets 200 to 230 (620 ms, longer than
+    // STREAM_END: the receiver stops) and releases them with packet 231. Playback restarts
+    // on the burst at its newest packets less the delay: the stale ones are dropped, and
+    // the buffering is what it is on a calm path.
+    let frames = 1_000;
+    let release = 231 * 20 + 50;
+    let r = run(
+        frames,
+        |k| {
+            Some(if (200..231).contains(&k) {
+                release - k as u64 * 20
+            } else {
+                50
+            })
+        },
+        |_, _| Vec::new(),
+    );
+    let s = r.stats;
+    let calm = run(frames, |_| Some(50), |_, _| Vec::new());
+    println!(
+        "{s:?}; the last packet waited {:?} ({:?} on a calm path)",
+        r.buffered, calm.buffered
+    );
+    assert_eq!(r.buffered, calm.buffered);
+    assert!(s.delay_removed >= 31, "{s:?}");
+    assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late, "{s:?}");
+}
+
+#[test]
+fn the_configured_delay_is_bounded_and_a_long_one_still_plays() {
+    let mut config = AudioConfig {
+        playout_delay_frames: MAX_PLAYOUT_DELAY_FRAMES + 1,
+        ..AudioConfig::default()
+    };
+    assert_eq!(
+        AudioReceiver::new(&config).err(),
+        Some(AudioError::InvalidConfig)
+    );
+    // At the longest delay nothing can be added (the queue keeps room ahead of it), and
+    // the relay's ramp cannot make the receiver restart: it plays every packet not late.
+    config.playout_delay_frames = MAX_PLAYOUT_DELAY_FRAMES;
+    let frames = 1_000;
+    let r = run_with(
+        &config,
+        frames,
+        |k| Some((k as u64 * 10).min(3_000)),
+        |_, _| Vec::new(),
+    );
+    let s = r.stats;
+    println!("{s:?}; the last packet waited {:?}", r.buffered);
+    assert_eq!(r.max_delay, ms(20 * u64::from(MAX_PLAYOUT_DELAY_FRAMES)));
+    assert_eq!(s.delay_inserted, 0);
+    assert!(s.late > 0 && s.decoded > 500, "{s:?}");
+    assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late, "{s:?}");
 }
 
 #[test]

@@ -43,12 +43,14 @@ fn header_is_current() {
     );
 }
 
-/// Compiles `tests/c/call.c` against the static library; returns the program's path.
-fn build_c_program() -> PathBuf {
+/// Compiles `tests/c/call.c` against the static library into `name`; returns its path.
+/// Each test builds its own executable: tests run in parallel, and executing a file
+/// another test is still writing fails with ETXTBSY ("Text file busy").
+fn build_c_program(name: &str) -> PathBuf {
     let dir = artifacts();
     let lib = dir.join("libsotto_ffi.a");
     assert!(lib.exists(), "{} not built", lib.display());
-    let exe = dir.join("sotto_c_call");
+    let exe = dir.join(name);
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
@@ -75,7 +77,7 @@ fn check_output(output: std::process::Output) {
 
 #[test]
 fn a_whole_call_runs_from_c() {
-    let exe = build_c_program();
+    let exe = build_c_program("sotto_c_call");
     check_output(Command::new(&exe).output().unwrap());
 }
 
@@ -86,7 +88,7 @@ fn a_whole_call_runs_from_c() {
 #[test]
 #[ignore = "needs valgrind; CI runs it"]
 fn c_call_under_valgrind() {
-    let exe = build_c_program();
+    let exe = build_c_program("sotto_c_call_valgrind");
     let output = Command::new("valgrind")
         .args([
             "--error-exitcode=3",

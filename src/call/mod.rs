@@ -428,6 +428,8 @@ pub struct Voice<'a> {
     pub pulled: Pulled,
     /// Its receiver's counters.
     pub stats: ReceiverStats,
+    /// Its receiver's playout delay now (configured plus what late packets added).
+    pub playout_delay: Duration,
 }
 
 /// The parts of a call ([`Call::into_parts`]).
@@ -918,6 +920,7 @@ impl<P: OpenMlsProvider, T: Transport> Call<P, T> {
                 pcm: &s.pcm,
                 pulled: s.pulled,
                 stats: s.receiver.stats(),
+                playout_delay: s.receiver.playout_delay(),
             })
         })
     }
