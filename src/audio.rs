@@ -64,8 +64,9 @@ pub const MAX_ADDED_DELAY: Duration = Duration::from_millis(200);
 
 /// Arrivals a receiver watches (two seconds at 20 ms frames) before it takes back one frame
 /// of delay, if every one of them arrived at least a frame ahead of its turn and some
-/// delay was added or the packets wait longer than the delay asks for. Only packets from
-/// the network of the playing epoch count; a late packet starts the window over.
+/// delay was added or the packets wait longer than the delay asks for. Only packets of
+/// the playing epoch that came from the network (not held for their keys) count, and a
+/// late one of them starts the window over.
 pub const RELEASE_WINDOW: u32 = 100;
 
 /// Most frames a receiver buffers on purpose (configured plus added delay): half its
@@ -361,9 +362,11 @@ pub struct ReceiverStats {
     /// Concealed frames inserted to deepen the playout delay after late packets (not
     /// counted in `concealed`: no packet was lost for them).
     pub delay_inserted: u64,
-    /// Frames dropped to take playout delay back: decoded and dropped while playing, or
-    /// skipped when playback started on a burst of stale packets.
+    /// Frames decoded and dropped while playing to take playout delay back.
     pub delay_removed: u64,
+    /// Packets dropped unplayed when playback started on a burst: all but the newest
+    /// (playout delay + 1) queued packets.
+    pub stale_skipped: u64,
     /// Packets held because their epoch's keys had not arrived.
     pub held: u64,
     /// Packets refused for another reason (malformed, unknown sender, expired epoch,
@@ -671,31 +674,34 @@ impl AudioReceiver {
         self.next
     }
 
-    /// Playback starts on a burst (packets held, then released at once): it starts at the
-    /// newest queued packet of the first epoch less the playout delay; the older packets
-    /// are dropped (counted in [`ReceiverStats::delay_removed`]).
+    /// Playback starts on a burst (packets held, then released at once, in one epoch or
+    /// across an epoch change): it starts at the oldest of the newest (playout delay + 1)
+    /// queued packets, as if they had come at the pace they were sent; the older ones are
+    /// dropped ([`ReceiverStats::stale_skipped`]). Started on packets that came at their
+    /// pace, nothing is skipped.
     fn skip_stale(&mut self) {
-        let Some(first) = self.next else { return };
-        let Some(newest) = self
+        let keep = usize::try_from(self.delay_frames())
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let newer = |p: Position| self.slots.iter().filter(|s| s.pos >= Some(p)).count();
+        // The newest queued position with `keep` queued at or after it (64 slots: no
+        // allocation, at most 64 × 64 comparisons once per start).
+        let from = self
             .slots
             .iter()
             .filter_map(|s| s.pos)
-            .filter(|p| p.0 == first.0)
-            .max()
-        else {
+            .filter(|p| newer(*p) >= keep)
+            .max();
+        let Some(from) = from.filter(|f| self.next.is_some_and(|n| *f > n)) else {
             return;
         };
-        let from = newest.1.saturating_sub(u64::from(self.delay_frames()));
-        if from <= first.1 {
-            return;
-        }
         for slot in &mut self.slots {
-            if slot.pos.is_some_and(|p| p.0 == first.0 && p.1 < from) {
+            if slot.pos.is_some_and(|p| p < from) {
                 slot.pos = None;
-                self.stats.delay_removed += 1;
+                self.stats.stale_skipped += 1;
             }
         }
-        self.next = Some((first.0, from));
+        self.next = Some(from);
     }
 
     fn packet(slots: &[Slot], pos: Position) -> Option<&[u8]> {

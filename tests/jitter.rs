@@ -21,7 +21,7 @@ mod voice;
 
 use std::time::{Duration, Instant};
 
-use common::{ms, room_of, Member, Rng};
+use common::{ms, room_of, speak, Member, Rng};
 use sotto::audio::{
     AudioConfig, AudioError, AudioReceiver, AudioSender, Pulled, ReceiverStats, MAX_ADDED_DELAY,
     MAX_PLAYOUT_DELAY_FRAMES, SAMPLE_RATE,
@@ -56,13 +56,16 @@ fn run(
     delay: impl FnMut(usize) -> Option<u64>,
     extra: impl FnMut(u64, &[Vec<u8>]) -> Vec<Vec<u8>>,
 ) -> Run {
-    run_with(&AudioConfig::default(), frames, delay, extra)
+    run_with(&AudioConfig::default(), frames, None, delay, extra)
 }
 
-/// [`run`] with the receiver's (and sender's) audio configuration (20 ms mono frames).
+/// [`run`] with the receiver's (and sender's) audio configuration (20 ms mono frames), and
+/// a self-update of the sender's before it seals frame `commit_at` (its frames change epoch
+/// a switch delay, one second, later).
 fn run_with(
     config: &AudioConfig,
     frames: usize,
+    commit_at: Option<usize>,
     mut delay: impl FnMut(usize) -> Option<u64>,
     mut extra: impl FnMut(u64, &[Vec<u8>]) -> Vec<Vec<u8>>,
 ) -> Run {
@@ -93,6 +96,9 @@ fn run_with(
         let now = start + ms(t);
         if t.is_multiple_of(20) && sent.len() < frames {
             let k = sent.len();
+            if commit_at == Some(k) {
+                speak(&mut m, 0, now);
+            }
             voice.fill(&mut pcm);
             let packet = sender.send_i16(&pcm, &mut m[0].media, now).unwrap();
             sent.push(packet.to_vec());
@@ -128,6 +134,11 @@ fn run_with(
         t += 1;
     }
     let last_arrival = arrivals[frames - 1].expect("the last packet is delivered");
+    assert!(
+        last_decoded >= last_arrival,
+        "the last packet was not played (last decoded at {last_decoded} ms, it came at \
+         {last_arrival} ms)"
+    );
     Run {
         stats: receiver.stats(),
         delay: receiver.playout_delay(),
@@ -194,7 +205,11 @@ fn under_jitter_the_delay_deepens_and_late_packets_stop() {
         // Every frame is accounted for: decoded, or dropped to shrink the delay, or its
         // packet came late and FEC or concealment stood in for it; nothing else was
         // concealed.
-        assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late, "{s:?}");
+        assert_eq!(
+            s.decoded + s.delay_removed + s.stale_skipped,
+            frames as u64 - s.late,
+            "{s:?}"
+        );
         assert_eq!(s.fec_recovered + s.concealed, s.late + r.trailing, "{s:?}");
     }
     println!("late packets in four minutes: {late} adaptive, {fixed_late} at the fixed delay");
@@ -227,7 +242,8 @@ fn a_delay_spike_is_absorbed_then_the_delay_is_taken_back() {
     assert_eq!(s.delay_removed, s.delay_inserted);
     let calm = run(frames, |_| Some(50), |_, _| Vec::new());
     assert_eq!(r.buffered, calm.buffered);
-    assert!(calm.buffered <= ms(40 + 20), "{:?}", calm.buffered);
+    assert_eq!(calm.buffered, ms(40));
+    assert_eq!((calm.stats.delay_removed, calm.stats.stale_skipped), (0, 0));
     // Nothing else was lost: what the late packets missed was concealed, nothing more.
     assert_eq!(s.concealed + s.fec_recovered, s.late + r.trailing);
     assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late);
@@ -250,9 +266,11 @@ fn a_path_that_gets_faster_is_followed_down() {
         r.buffered, calm.buffered
     );
     assert_eq!((s.late, s.delay_inserted), (0, 0), "{s:?}");
-    // Twelve frames dropped, one per release window: back to the calm path's buffering.
-    assert!(s.delay_removed >= 12, "{s:?}");
+    // The slack went from 2 to 15 frames: 13 dropped, one per release window, and the
+    // buffering is the calm path's again (40 ms).
+    assert_eq!(s.delay_removed, 13, "{s:?}");
     assert_eq!(r.buffered, calm.buffered);
+    assert_eq!(calm.buffered, ms(40));
     assert_eq!(r.delay, ms(40));
     assert_eq!(s.decoded + s.delay_removed, frames as u64);
 }
@@ -309,8 +327,47 @@ fn a_relay_holding_packets_then_bursting_leaves_no_lasting_delay() {
         r.buffered, calm.buffered
     );
     assert_eq!(r.buffered, calm.buffered);
-    assert!(s.delay_removed >= 31, "{s:?}");
-    assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late, "{s:?}");
+    // Exactly the 31 held packets were skipped (the queue held 200 to 233 at the restart;
+    // 231, 232 and 233 are the newest delay + 1), none taken back later.
+    assert_eq!((s.stale_skipped, s.delay_removed), (31, 0), "{s:?}");
+    assert_eq!(s.decoded + s.stale_skipped, frames as u64 - s.late, "{s:?}");
+}
+
+#[test]
+fn a_burst_across_an_epoch_change_leaves_no_lasting_delay() {
+    // The same hold, timed (as the relay can: it sees commits go by) so that the burst
+    // holds the last packets of one epoch and the first of the next: the sender commits
+    // before frame 100 and seals in the new epoch from frame 150; packets 140 to 170 are
+    // held 620 ms and released with packet 171. The restart skips both epochs' stale
+    // packets alike.
+    let frames = 1_000;
+    let release = 171 * 20 + 50;
+    let held = |k: usize| {
+        Some(if (140..171).contains(&k) {
+            release - k as u64 * 20
+        } else {
+            50
+        })
+    };
+    let r = run_with(&AudioConfig::default(), frames, Some(100), held, |_, _| {
+        Vec::new()
+    });
+    let s = r.stats;
+    let calm = run_with(
+        &AudioConfig::default(),
+        frames,
+        Some(100),
+        |_| Some(50),
+        |_, _| Vec::new(),
+    );
+    println!(
+        "{s:?}; the last packet waited {:?} ({:?} on a calm path)",
+        r.buffered, calm.buffered
+    );
+    assert_eq!(calm.buffered, ms(40));
+    assert_eq!(r.buffered, calm.buffered);
+    assert_eq!((s.stale_skipped, s.delay_removed), (31, 0), "{s:?}");
+    assert_eq!(s.decoded + s.stale_skipped, frames as u64 - s.late, "{s:?}");
 }
 
 #[test]
@@ -323,13 +380,16 @@ fn the_configured_delay_is_bounded_and_a_long_one_still_plays() {
         AudioReceiver::new(&config).err(),
         Some(AudioError::InvalidConfig)
     );
-    // At the longest delay nothing can be added (the queue keeps room ahead of it), and
-    // the relay's ramp cannot make the receiver restart: it plays every packet not late.
+    // At the longest delay nothing can be added (the queue keeps room ahead of it), so the
+    // relay's ramp cannot push packets a queue's length ahead of playback (which would
+    // restart the receiver at every packet): it restarts only when the stream stalls, and
+    // plays every packet not late.
     config.playout_delay_frames = MAX_PLAYOUT_DELAY_FRAMES;
     let frames = 1_000;
     let r = run_with(
         &config,
         frames,
+        None,
         |k| Some((k as u64 * 10).min(3_000)),
         |_, _| Vec::new(),
     );
@@ -338,7 +398,11 @@ fn the_configured_delay_is_bounded_and_a_long_one_still_plays() {
     assert_eq!(r.max_delay, ms(20 * u64::from(MAX_PLAYOUT_DELAY_FRAMES)));
     assert_eq!(s.delay_inserted, 0);
     assert!(s.late > 0 && s.decoded > 500, "{s:?}");
-    assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late, "{s:?}");
+    assert_eq!(
+        s.decoded + s.delay_removed + s.stale_skipped,
+        frames as u64 - s.late,
+        "{s:?}"
+    );
 }
 
 #[test]
