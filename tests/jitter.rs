@@ -149,6 +149,38 @@ fn run_with(
     }
 }
 
+/// A run with `delay` (and a self-update before frame `commit_at`) beside the same run on a
+/// calm path (50 ms for every packet), whose last packet waits the configured 40 ms.
+fn against_calm(
+    frames: usize,
+    commit_at: Option<usize>,
+    delay: impl FnMut(usize) -> Option<u64>,
+) -> (Run, Run) {
+    let config = AudioConfig::default();
+    let r = run_with(&config, frames, commit_at, delay, |_, _| Vec::new());
+    let calm = run_with(&config, frames, commit_at, |_| Some(50), |_, _| Vec::new());
+    println!(
+        "{:?}; the last packet waited {:?} ({:?} on a calm path)",
+        r.stats, r.buffered, calm.buffered
+    );
+    assert_eq!(calm.buffered, ms(40));
+    assert_eq!((calm.stats.delay_removed, calm.stats.stale_skipped), (0, 0));
+    (r, calm)
+}
+
+/// 50 ms per packet, except that the relay holds the packets of `range` and releases them
+/// with the packet after it (at its 50 ms).
+fn held(range: std::ops::Range<usize>) -> impl FnMut(usize) -> Option<u64> {
+    let release = range.end as u64 * 20 + 50;
+    move |k| {
+        Some(if range.contains(&k) {
+            release - k as u64 * 20
+        } else {
+            50
+        })
+    }
+}
+
 /// Packets the fixed configured delay (2 frames after the first arrival, pulls at
 /// 20j + 10 ms) would have received after their turn, on the same arrivals.
 fn late_at_fixed_delay(arrivals: &[Option<u64>]) -> usize {
@@ -225,13 +257,11 @@ fn a_delay_spike_is_absorbed_then_the_delay_is_taken_back() {
     // 50 ms steady; from 10 s, half a second of packets 100 ms slower; calm again after.
     let frames = 1_500;
     let spike = 500..525;
-    let r = run(
-        frames,
-        |k| Some(if spike.contains(&k) { 150 } else { 50 }),
-        |_, _| Vec::new(),
-    );
+    let (r, calm) = against_calm(frames, None, |k| {
+        Some(if spike.contains(&k) { 150 } else { 50 })
+    });
     let s = r.stats;
-    println!("{s:?}; delay now {:?}, at most {:?}", r.delay, r.max_delay);
+    println!("delay now {:?}, at most {:?}", r.delay, r.max_delay);
     // The first packets of the spike come late (at most its 100 ms = 5 frames), after
     // which the delay covers it.
     assert!((1..=5).contains(&s.late), "{s:?}");
@@ -240,10 +270,7 @@ fn a_delay_spike_is_absorbed_then_the_delay_is_taken_back() {
     // and the last packet waited no longer than on a calm path all along.
     assert_eq!(r.delay, ms(40));
     assert_eq!(s.delay_removed, s.delay_inserted);
-    let calm = run(frames, |_| Some(50), |_, _| Vec::new());
     assert_eq!(r.buffered, calm.buffered);
-    assert_eq!(calm.buffered, ms(40));
-    assert_eq!((calm.stats.delay_removed, calm.stats.stale_skipped), (0, 0));
     // Nothing else was lost: what the late packets missed was concealed, nothing more.
     assert_eq!(s.concealed + s.fec_recovered, s.late + r.trailing);
     assert_eq!(s.decoded + s.delay_removed, frames as u64 - s.late);
@@ -254,23 +281,13 @@ fn a_path_that_gets_faster_is_followed_down() {
     // 300 ms for ten seconds, then 50 ms: the packets of the faster path overtake, and
     // 250 ms more is buffered than the delay asks for. Fifty seconds later it is gone.
     let frames = 3_000;
-    let r = run(
-        frames,
-        |k| Some(if k < 500 { 300 } else { 50 }),
-        |_, _| Vec::new(),
-    );
+    let (r, calm) = against_calm(frames, None, |k| Some(if k < 500 { 300 } else { 50 }));
     let s = r.stats;
-    let calm = run(frames, |_| Some(50), |_, _| Vec::new());
-    println!(
-        "{s:?}; the last packet waited {:?} ({:?} on a calm path)",
-        r.buffered, calm.buffered
-    );
     assert_eq!((s.late, s.delay_inserted), (0, 0), "{s:?}");
     // The slack went from 2 to 15 frames: 13 dropped, one per release window, and the
     // buffering is the calm path's again (40 ms).
     assert_eq!(s.delay_removed, 13, "{s:?}");
     assert_eq!(r.buffered, calm.buffered);
-    assert_eq!(calm.buffered, ms(40));
     assert_eq!(r.delay, ms(40));
     assert_eq!(s.decoded + s.delay_removed, frames as u64);
 }
@@ -308,24 +325,8 @@ fn a_relay_holding_packets_then_bursting_leaves_no_lasting_delay() {
     // on the burst at its newest packets less the delay: the stale ones are dropped, and
     // the buffering is what it is on a calm path.
     let frames = 1_000;
-    let release = 231 * 20 + 50;
-    let r = run(
-        frames,
-        |k| {
-            Some(if (200..231).contains(&k) {
-                release - k as u64 * 20
-            } else {
-                50
-            })
-        },
-        |_, _| Vec::new(),
-    );
+    let (r, calm) = against_calm(frames, None, held(200..231));
     let s = r.stats;
-    let calm = run(frames, |_| Some(50), |_, _| Vec::new());
-    println!(
-        "{s:?}; the last packet waited {:?} ({:?} on a calm path)",
-        r.buffered, calm.buffered
-    );
     assert_eq!(r.buffered, calm.buffered);
     // Exactly the 31 held packets were skipped (the queue held 200 to 233 at the restart;
     // 231, 232 and 233 are the newest delay + 1), none taken back later.
@@ -341,30 +342,8 @@ fn a_burst_across_an_epoch_change_leaves_no_lasting_delay() {
     // held 620 ms and released with packet 171. The restart skips both epochs' stale
     // packets alike.
     let frames = 1_000;
-    let release = 171 * 20 + 50;
-    let held = |k: usize| {
-        Some(if (140..171).contains(&k) {
-            release - k as u64 * 20
-        } else {
-            50
-        })
-    };
-    let r = run_with(&AudioConfig::default(), frames, Some(100), held, |_, _| {
-        Vec::new()
-    });
+    let (r, calm) = against_calm(frames, Some(100), held(140..171));
     let s = r.stats;
-    let calm = run_with(
-        &AudioConfig::default(),
-        frames,
-        Some(100),
-        |_| Some(50),
-        |_, _| Vec::new(),
-    );
-    println!(
-        "{s:?}; the last packet waited {:?} ({:?} on a calm path)",
-        r.buffered, calm.buffered
-    );
-    assert_eq!(calm.buffered, ms(40));
     assert_eq!(r.buffered, calm.buffered);
     assert_eq!((s.stale_skipped, s.delay_removed), (31, 0), "{s:?}");
     assert_eq!(s.decoded + s.stale_skipped, frames as u64 - s.late, "{s:?}");
